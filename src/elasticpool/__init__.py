@@ -1,0 +1,36 @@
+"""elasticpool: an elastic, driver-agnostic PostgreSQL connection pool.
+
+The pool starts empty, grows only for callers it cannot serve, shrinks when
+connections sit idle, retires them at a lifetime, and holds a per-instance or
+fleet-wide connection budget. See :class:`Pool` and :class:`PoolSettings`.
+"""
+
+from __future__ import annotations
+
+from ._connector import Connector, ResetMode
+from ._errors import (
+    ElasticPoolError,
+    ElasticPoolWarning,
+    PoolClosed,
+    PoolTimeout,
+    TooManyWaiters,
+)
+from ._pool import Pool, PoolStats
+from ._settings import DEFAULT_TOTAL_MAX_CONNECTIONS, LimitMode, PoolSettings
+
+__all__ = [
+    "DEFAULT_TOTAL_MAX_CONNECTIONS",
+    "Connector",
+    "ElasticPoolError",
+    "ElasticPoolWarning",
+    "LimitMode",
+    "Pool",
+    "PoolClosed",
+    "PoolSettings",
+    "PoolStats",
+    "PoolTimeout",
+    "ResetMode",
+    "TooManyWaiters",
+]
+
+__version__ = "0.1.0.dev0"

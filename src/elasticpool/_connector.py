@@ -1,0 +1,87 @@
+"""The driver contract.
+
+A :class:`Connector` is everything the pool knows about a database driver. The
+pool never imports a driver: adapters (``elasticpool.asyncpg``,
+``elasticpool.psycopg``) and the fake in :mod:`elasticpool.testing` implement
+this protocol, and so can you.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol, TypeVar, runtime_checkable
+
+__all__ = ["Connector", "ResetMode"]
+
+ConnT = TypeVar("ConnT")
+
+ResetMode = Literal["none", "rollback", "session"]
+"""What the pool does to a connection when it comes back.
+
+* ``"none"``: nothing. Only for connections nobody can leave dirty.
+* ``"rollback"``: roll back an open or failed transaction.
+* ``"session"``: roll back, then clear session state (settings, role, LISTEN,
+  cursors, prepared statements, advisory locks) so the next borrower sees a
+  fresh session.
+"""
+
+
+@runtime_checkable
+class Connector(Protocol[ConnT]):
+    """How the pool opens, checks, resets and closes one kind of connection.
+
+    Exact semantics the pool relies on:
+
+    * :meth:`connect` returns a ready connection or raises. It may be cancelled
+      (the pool bounds it with ``connect_timeout``); a cancelled connect must
+      not leak a half-open connection.
+    * :meth:`close` closes gracefully and may wait on the network; the pool
+      runs it shielded with a time bound and calls :meth:`terminate` if the
+      bound passes. :meth:`terminate` is synchronous and must not block.
+    * :meth:`is_closed` is a cheap local check (no I/O).
+    * :meth:`ping` raises if the connection is unusable; the pool calls it only
+      on borrow after the connection sat idle longer than ``ping_after``, or
+      after another connection of the pool was found dead.
+    * :meth:`needs_reset` is a cheap local check deciding whether
+      :meth:`reset` must run before the connection is reused; when it returns
+      ``False`` the connection goes straight back to the idle set.
+    * :meth:`reset` raises if the connection cannot be made clean; the pool
+      then discards it.
+    * :meth:`is_disconnect` says whether an exception raised while the
+      connection was in use means the connection is dead (connection-class
+      errors); the pool then evicts it and checks the other idle connections
+      before handing them out.
+
+    It is not a pool: it keeps no connections of its own.
+    """
+
+    async def connect(self) -> ConnT:
+        """Open one new connection."""
+        ...
+
+    async def close(self, conn: ConnT) -> None:
+        """Close ``conn`` gracefully."""
+        ...
+
+    def terminate(self, conn: ConnT) -> None:
+        """Close ``conn`` at once, without waiting on the network."""
+        ...
+
+    def is_closed(self, conn: ConnT) -> bool:
+        """Whether ``conn`` is already known to be closed or dead."""
+        ...
+
+    async def ping(self, conn: ConnT) -> None:
+        """Raise if ``conn`` cannot serve a query."""
+        ...
+
+    def needs_reset(self, conn: ConnT, mode: ResetMode) -> bool:
+        """Whether :meth:`reset` must run before ``conn`` is reused under ``mode``."""
+        ...
+
+    async def reset(self, conn: ConnT, mode: ResetMode) -> None:
+        """Make ``conn`` clean for the next borrower under ``mode``."""
+        ...
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the connection it came from is dead."""
+        ...

@@ -1,0 +1,595 @@
+"""The pool: the anyio shell that carries out the planner's plans.
+
+Everything that decides lives in ``_state.Planner``; this module only reads the
+clock, awaits, spawns background work and wakes waiters. Pool state is never
+held across an await: each event is one synchronous call into the planner,
+then the plan it left is carried out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable, Generator
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import anyio
+import anyio.abc
+from anyio.lowlevel import checkpoint
+
+from ._connector import Connector
+from ._errors import PoolClosed, PoolTimeout
+from ._settings import PoolSettings
+from ._state import CloseReason, Outcome, Plan, Planner, Slot, SlotState
+
+__all__ = ["Pool", "PoolStats"]
+
+logger = logging.getLogger("elasticpool")
+
+ConnT = TypeVar("ConnT")
+
+_DEFAULT: Any = object()
+_current_time = anyio.current_time
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A snapshot of one pool, as :meth:`Pool.stats` returns it.
+
+    Gauges are counts at the moment of the call; counters only grow over the
+    pool's life. Times are in seconds. ``in_use`` includes connections already
+    handed to a waiter that has not resumed yet.
+    """
+
+    name: str
+    size: int
+    idle: int
+    in_use: int
+    connecting: int
+    resetting: int
+    closing: int
+    waiting: int
+    min: int
+    max: int
+    oldest_waiter_age: float
+    acquires: int
+    timeouts: int
+    connects: int
+    connect_errors: int
+    closed_idle: int
+    closed_lifetime: int
+    closed_broken: int
+    closed_resize: int
+    total_wait_time: float
+    total_usage_time: float
+
+
+class _Acquire(Generic[ConnT]):
+    """What :meth:`Pool.acquire` returns: an async context manager, and awaitable."""
+
+    __slots__ = ("_conn", "_pool", "_timeout")
+
+    def __init__(self, pool: Pool[ConnT], timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: ConnT | None = None
+
+    async def __aenter__(self) -> ConnT:
+        conn: ConnT = await self._pool._acquire(self._timeout)
+        self._conn = conn
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool._release(conn, exc, explicit=False)
+
+    def __await__(self) -> Generator[Any, None, ConnT]:
+        return self._pool._acquire(self._timeout).__await__()
+
+
+class Pool(Generic[ConnT]):
+    """An elastic pool of connections made by one :class:`~elasticpool.Connector`.
+
+    It starts empty (or at ``min_connections``), opens connections only for
+    callers that no pending connect already covers, hands each ready
+    connection to the oldest waiter, and shrinks again as connections sit idle
+    past ``idle_timeout`` or reach ``connection_lifetime``. See
+    :class:`~elasticpool.PoolSettings` for every knob.
+
+    Use it as ``async with Pool(connector, max_connections=10) as pool:``; on
+    asyncio ``await pool.open()`` / ``await pool.close()`` work as well. Inside,
+    ``async with pool.acquire() as conn`` lends the driver's own connection
+    object and takes it back on exit, whatever happens.
+
+    Semantics callers can rely on:
+
+    * every :meth:`acquire` is a checkpoint (it can be cancelled and it lets
+      other tasks run), and callers are served strictly first come, first
+      served;
+    * a caller that waits longer than ``pool_timeout`` gets
+      :class:`~elasticpool.PoolTimeout` (a :class:`TimeoutError`) whose message
+      names the pool and its counts, and whose ``__cause__`` is the last
+      connect error if connects were failing;
+    * a cancelled caller never loses a connection: one already handed to it
+      passes to the next waiter;
+    * closing is bounded: :meth:`close` waits up to ``timeout`` for borrowed
+      connections to come back, then terminates what is left.
+
+    It is not thread-safe: use it from the event loop that opened it.
+    """
+
+    def __init__(
+        self,
+        connector: Connector[ConnT],
+        settings: PoolSettings | None = None,
+        *,
+        membership: object | None = None,
+        name: str = "default",
+        **overrides: Any,
+    ) -> None:
+        if settings is None:
+            settings = PoolSettings(**overrides)
+        elif overrides:
+            settings = settings.replace(**overrides)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string (got {name!r})")
+        self.name = name
+        self.settings = settings
+        self.membership = membership
+        self._connector = connector
+        self._planner = Planner(settings)
+        self._in_use: dict[int, Slot] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._tick_event: anyio.Event | None = None
+        self._drained: anyio.Event | None = None
+        self._stop: anyio.Event | None = None
+        self._runner_done: anyio.Event | None = None
+        self._state = "new"  # new → open → closing → closed
+        self._reset_mode = settings.reset
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Pool[ConnT]:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Start the pool's background work (idempotent). The floor fills in the background."""
+        if self._state == "open":
+            return
+        if self._state != "new":
+            raise PoolClosed(f"pool {self.name!r} is closed and cannot be opened again")
+        started = anyio.Event()
+        self._stop = anyio.Event()
+        self._runner_done = anyio.Event()
+        self._drained = anyio.Event()
+        _spawn_system_task(self._run, started)
+        await started.wait()
+        self._state = "open"
+        self._planner.tick(_current_time())
+        self._execute(self._planner.take_plan())
+
+    async def _run(self, started: anyio.Event) -> None:
+        assert self._stop is not None
+        assert self._runner_done is not None
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._ticker)
+                started.set()
+                await self._stop.wait()
+                tg.cancel_scope.cancel()
+        except BaseException:  # pragma: no cover - a bug in our own background code
+            logger.exception("pool %r: background runner failed", self.name)
+        finally:
+            self._tg = None
+            self._runner_done.set()
+
+    async def close(self, timeout: float | None = 10.0) -> None:
+        """Close the pool; bounded.
+
+        Queued callers get :class:`~elasticpool.PoolClosed` at once and idle
+        connections are closed. Borrowed connections close as they come back;
+        after ``timeout`` seconds (``None``: no bound) whatever is left is
+        terminated. Calling it again is harmless; it cannot be reopened.
+        """
+        if self._state in ("closing", "closed"):
+            if self._runner_done is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._runner_done.wait()
+            return
+        if self._state == "new":
+            self._state = "closed"
+            self._planner.close(_current_time())
+            return
+        self._state = "closing"
+        planner = self._planner
+        planner.close(_current_time())
+        self._execute(planner.take_plan())
+        assert self._drained is not None
+        assert self._stop is not None
+        assert self._runner_done is not None
+        try:
+            if planner.remaining():
+                with anyio.move_on_after(math.inf if timeout is None else timeout):
+                    await self._drained.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                left = planner.remaining()
+                if left:
+                    logger.warning(
+                        "pool %r: terminating %d connection(s) not returned in time",
+                        self.name,
+                        len(left),
+                    )
+                for slot in left:
+                    if slot.conn is not None:
+                        self._terminate(slot.conn)
+                    planner.forget(slot)
+                self._stop.set()
+                await self._runner_done.wait()
+                self._state = "closed"
+
+    def _check_drained(self) -> None:
+        if self._planner.closed and self._drained is not None and not self._planner.remaining():
+            self._drained.set()
+
+    # ------------------------------------------------------------------ acquire
+
+    def acquire(self, *, timeout: float | None = _DEFAULT) -> _Acquire[ConnT]:
+        """Borrow a connection: ``async with pool.acquire() as conn``.
+
+        ``conn = await pool.acquire()`` works too; give it back with :meth:`release`.
+
+        ``timeout`` overrides ``pool_timeout`` for this call (``None``: wait
+        forever). Raises :class:`~elasticpool.PoolTimeout`,
+        :class:`~elasticpool.TooManyWaiters` or :class:`~elasticpool.PoolClosed`.
+        """
+        if timeout is _DEFAULT:
+            timeout = self.settings.pool_timeout
+        elif timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds or None (got {timeout!r})")
+        return _Acquire(self, timeout)
+
+    def acquire_nowait(self) -> ConnT:
+        """Borrow an idle connection without waiting, or raise :class:`anyio.WouldBlock`.
+
+        It is not a checkpoint, does not queue, and does not ping: the
+        connection is the most recently used idle one. Give it back with
+        :meth:`release`.
+        """
+        self._check_open()
+        planner = self._planner
+        slot = planner.acquire(_current_time())
+        if planner._plan is not None:
+            self._execute(planner.take_plan())
+        if slot is None:
+            raise anyio.WouldBlock
+        conn: ConnT = slot.conn
+        self._in_use[id(conn)] = slot
+        return conn
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            if self._state == "new":
+                raise RuntimeError(
+                    f"pool {self.name!r} is not open: use 'async with pool' or 'await pool.open()'"
+                )
+            raise PoolClosed(f"pool {self.name!r} is closed ({self._planner.describe()})")
+
+    async def _acquire(self, timeout: float | None) -> ConnT:
+        await checkpoint()  # cancel point and schedule point, before any state changes
+        self._check_open()
+        planner = self._planner
+        now = _current_time()
+        deadline = math.inf if timeout is None else now + timeout
+        while True:
+            slot = planner.acquire(now)
+            if planner._plan is not None:
+                self._execute(planner.take_plan())
+            if slot is None:
+                slot = await self._wait(now, None if timeout is None else deadline - now)
+            if planner.should_ping(slot, now) and not await self._ping(slot):
+                now = _current_time()
+                if now >= deadline:
+                    self._raise_timeout(timeout)
+                continue
+            conn: ConnT = slot.conn
+            self._in_use[id(conn)] = slot
+            return conn
+
+    async def _wait(self, now: float, timeout: float | None) -> Slot:
+        planner = self._planner
+        w = planner.enqueue(now, timeout)
+        event = w.token = anyio.Event()
+        if planner._plan is not None:
+            self._execute(planner.take_plan())
+        try:
+            await event.wait()
+        except BaseException:
+            # Cancelled (or worse) while queued: leave the queue, and pass on a
+            # slot that was already reserved for us. No await here.
+            planner.cancel(w, _current_time())
+            if planner._plan is not None:
+                self._execute(planner.take_plan())
+            raise
+        outcome = w.outcome
+        if outcome is Outcome.HANDED:
+            return planner.claim(w, _current_time())
+        if outcome is Outcome.TIMEOUT:
+            self._raise_timeout(timeout)
+        raise PoolClosed(f"pool {self.name!r} closed while waiting ({planner.describe()})")
+
+    def _raise_timeout(self, timeout: float | None) -> None:
+        planner = self._planner
+        msg = f"pool {self.name!r}: no connection within {timeout:g}s ({planner.describe()})"
+        if planner.failures and planner.last_connect_error is not None:
+            err = planner.last_connect_error
+            raise PoolTimeout(f"{msg}; connects are failing: {type(err).__name__}: {err}") from err
+        raise PoolTimeout(msg)
+
+    async def _ping(self, slot: Slot) -> bool:
+        """Ping a freshly borrowed slot; on failure it is evicted and ``False`` returned."""
+        planner = self._planner
+        try:
+            await self._connector.ping(slot.conn)
+        except Exception as exc:
+            logger.info("pool %r: connection failed its health check: %r", self.name, exc)
+            planner.pinged(slot, False, _current_time())
+            self._execute(planner.take_plan())
+            return False
+        except BaseException:
+            # Cancelled mid-ping: the connection's state is unknown, so evict it.
+            planner.release(slot, _current_time(), broken=True)
+            self._execute(planner.take_plan())
+            raise
+        planner.pinged(slot, True, _current_time())
+        return True
+
+    # ------------------------------------------------------------------ release
+
+    def release(self, conn: ConnT) -> None:
+        """Give back a connection borrowed with ``await pool.acquire()`` or :meth:`acquire_nowait`.
+
+        Releasing one that is not borrowed from this pool (or twice) raises
+        :class:`RuntimeError`.
+        """
+        self._release(conn, None, explicit=True)
+
+    def _release(self, conn: ConnT, exc: BaseException | None, *, explicit: bool) -> None:
+        slot = self._in_use.pop(id(conn), None)
+        if slot is None or slot.conn is not conn:
+            if slot is not None:  # an id() collision with a live borrow: put it back
+                self._in_use[id(slot.conn)] = slot
+            if explicit:
+                raise RuntimeError(
+                    f"connection {conn!r} is not borrowed from pool {self.name!r} "
+                    "(released twice, or from another pool)"
+                )
+            return
+        if slot.state is SlotState.CLOSED:  # terminated by a forced close
+            return
+        connector = self._connector
+        broken = connector.is_closed(conn) or (exc is not None and connector.is_disconnect(exc))
+        mode = self._reset_mode
+        reset = not broken and mode != "none" and connector.needs_reset(conn, mode)
+        planner = self._planner
+        planner.release(slot, _current_time(), broken=broken, reset=reset)
+        if planner._plan is not None:
+            self._execute(planner.take_plan())
+
+    # ------------------------------------------------------------------ plans
+
+    def _execute(self, plan: Plan | None) -> None:
+        """Carry out a plan: spawn connects, closes and resets; wake waiters and the ticker."""
+        if plan is None:
+            return
+        tg = self._tg
+        if tg is None:
+            # No runner (never opened, or already stopped): nothing can run in the
+            # background, so close what must be closed right away.
+            for slot in plan.close:
+                if slot.conn is not None:
+                    self._terminate(slot.conn)
+                self._planner.closed_conn(slot, _current_time())
+            for slot in plan.connect:
+                self._planner.connect_failed(slot, None, _current_time(), 0.0)
+            for slot in plan.reset:
+                self._planner.reset_done(slot, False, _current_time())
+        else:
+            for slot in plan.connect:
+                tg.start_soon(self._connect, slot)
+            for slot in plan.close:
+                tg.start_soon(self._close_slot, slot)
+            for slot in plan.reset:
+                tg.start_soon(self._reset, slot)
+        for w in plan.wake:
+            w.token.set()
+        if plan.wake_ticker and self._tick_event is not None:
+            self._tick_event.set()
+        if self._planner.closed:
+            self._check_drained()
+
+    async def _ticker(self) -> None:
+        planner = self._planner
+        while True:
+            self._tick_event = event = anyio.Event()
+            now = _current_time()
+            planner.tick(now)
+            plan = planner.take_plan()
+            if plan is not None:
+                plan.wake_ticker = False  # tick() has just set next_wake itself
+                self._execute(plan)
+            with anyio.CancelScope(deadline=planner.next_wake):
+                await event.wait()
+
+    async def _connect(self, slot: Slot) -> None:
+        planner = self._planner
+        try:
+            with anyio.fail_after(self.settings.connect_timeout):
+                conn = await self._connector.connect()
+        except Exception as exc:
+            if slot.state is SlotState.CONNECTING:
+                planner.connect_failed(slot, exc, _current_time(), random.random())
+            if planner.failures <= 1:
+                logger.warning("pool %r: connect failed: %r", self.name, exc)
+            else:
+                logger.debug("pool %r: connect failed again: %r", self.name, exc)
+        except BaseException:
+            if slot.state is SlotState.CONNECTING:
+                planner.connect_failed(slot, None, _current_time(), 0.0)
+            raise
+        else:
+            if slot.state is not SlotState.CONNECTING:  # forgotten by a forced close
+                self._terminate(conn)
+                return
+            planner.connected(slot, conn, _current_time(), random.random())
+        if planner._plan is not None:
+            self._execute(planner.take_plan())
+
+    async def _close_slot(self, slot: Slot) -> None:
+        conn = slot.conn
+        with anyio.CancelScope(shield=True):
+            if conn is not None:
+                await self._close_conn(conn)
+            if slot.state is SlotState.CLOSING:
+                self._planner.closed_conn(slot, _current_time())
+                self._execute(self._planner.take_plan())
+
+    async def _close_conn(self, conn: ConnT) -> None:
+        """Close gracefully within ``close_timeout``, else terminate. Never raises."""
+        with anyio.move_on_after(self.settings.close_timeout) as scope:
+            try:
+                await self._connector.close(conn)
+            except Exception as exc:
+                logger.debug("pool %r: close failed, terminating: %r", self.name, exc)
+                self._terminate(conn)
+        if scope.cancelled_caught:
+            self._terminate(conn)
+
+    def _terminate(self, conn: ConnT) -> None:
+        try:
+            self._connector.terminate(conn)
+        except Exception as exc:  # pragma: no cover - a connector bug
+            logger.debug("pool %r: terminate failed: %r", self.name, exc)
+
+    async def _reset(self, slot: Slot) -> None:
+        planner = self._planner
+        ok = False
+        try:
+            with anyio.fail_after(self.settings.close_timeout):
+                await self._connector.reset(slot.conn, self._reset_mode)
+            ok = True
+        except Exception as exc:
+            logger.info("pool %r: reset failed, discarding the connection: %r", self.name, exc)
+        finally:
+            if slot.state is SlotState.RESETTING:
+                planner.reset_done(slot, ok, _current_time())
+                self._execute(planner.take_plan())
+
+    # ------------------------------------------------------------------ limits
+
+    async def resize(self, max_connections: int) -> None:
+        """Change this pool's limit now, with trio ``CapacityLimiter.total_tokens`` semantics.
+
+        Raising it starts connects for queued callers at once. Lowering it
+        closes idle surplus now and busy surplus as it comes back; a borrowed
+        connection is never revoked, so the pool can stay above the new limit
+        until then.
+        """
+        planner = self._planner
+        planner.resize(max_connections, _current_time())
+        self._execute(planner.take_plan())
+        await checkpoint()
+
+    async def expire_connections(self) -> None:
+        """Retire every current connection: idle ones now, borrowed ones as they come back."""
+        planner = self._planner
+        planner.expire_all(_current_time())
+        self._execute(planner.take_plan())
+        await checkpoint()
+
+    # ------------------------------------------------------------------ inspection
+
+    def stats(self) -> PoolStats:
+        """A frozen snapshot of the pool's gauges and counters."""
+        p = self._planner
+        closed_for = p.closed_for
+        return PoolStats(
+            name=self.name,
+            size=p.size,
+            idle=p.n_idle,
+            in_use=p.n_in_use + p.n_reserved,
+            connecting=p.n_connecting,
+            resetting=p.n_resetting,
+            closing=p.n_closing,
+            waiting=p.n_waiting,
+            min=p.floor,
+            max=p.limit,
+            oldest_waiter_age=p.oldest_waiter_age(_current_time()),
+            acquires=p.acquires,
+            timeouts=p.timeouts,
+            connects=p.connects,
+            connect_errors=p.connect_errors,
+            closed_idle=closed_for[CloseReason.IDLE],
+            closed_lifetime=closed_for[CloseReason.LIFETIME],
+            closed_broken=closed_for[CloseReason.BROKEN],
+            closed_resize=closed_for[CloseReason.RESIZE],
+            total_wait_time=p.wait_time,
+            total_usage_time=p.usage_time,
+        )
+
+    def __repr__(self) -> str:
+        p = self._planner
+        state = "" if self._state == "open" else f" {self._state}"
+        return (
+            f"<Pool {self.name!r}{state} [in use {p.n_in_use + p.n_reserved}, idle {p.n_idle}, "
+            f"connecting {p.n_connecting} | waiting {p.n_waiting}]>"
+        )
+
+
+def _spawn_system_task(fn: Callable[[anyio.Event], Awaitable[None]], started: anyio.Event) -> None:
+    """Run ``fn(started)`` in the background, outside the caller's task tree.
+
+    A pool outlives the call that opens it (``await pool.open()``), so its
+    background work cannot live in a task group of the caller's. On asyncio it
+    is a plain task (kept referenced); on trio a system task.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        import trio  # noqa: PLC0415 - only ever needed on trio
+
+        async def _trio_runner() -> None:
+            await fn(started)
+
+        trio.lowlevel.spawn_system_task(_trio_runner)
+        return
+    task: asyncio.Task[None] = loop.create_task(_as_coroutine(fn, started))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _as_coroutine(fn: Callable[[anyio.Event], Awaitable[None]], started: anyio.Event) -> None:
+    await fn(started)
+
+
+_background: set[asyncio.Task[None]] = set()

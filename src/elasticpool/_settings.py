@@ -1,0 +1,217 @@
+"""Pool settings: one frozen, validated record."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Any, Literal
+
+from ._connector import ResetMode
+from ._errors import ElasticPoolWarning
+
+__all__ = ["DEFAULT_TOTAL_MAX_CONNECTIONS", "LimitMode", "PoolSettings"]
+
+DEFAULT_TOTAL_MAX_CONNECTIONS = 50
+"""The fleet total when neither ``max_connections`` nor ``total_max_connections`` is set.
+
+It is Hasura's default pool size, so a fleet of one behaves like a Hasura
+instance out of the box.
+"""
+
+LimitMode = Literal["strict", "soft"]
+
+_RESET_MODES = ("none", "rollback", "session")
+_LIMIT_MODES = ("strict", "soft")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: object, low: int, *, optional: bool) -> None:
+    allowed = f"an integer >= {low}" + (" or None" if optional else "")
+    if value is None and optional:
+        return
+    if not _is_int(value):
+        raise TypeError(f"{name} must be {allowed} (got {value!r})")
+    assert isinstance(value, int)
+    if value < low:
+        raise ValueError(f"{name} must be {allowed} (got {value})")
+
+
+def _check_seconds(name: str, value: object, *, low: float, strict: bool, optional: bool) -> None:
+    op = ">" if strict else ">="
+    allowed = f"a finite number of seconds {op} {low:g}" + (" or None" if optional else "")
+    if value is None and optional:
+        return
+    if not _is_number(value):
+        raise TypeError(f"{name} must be {allowed} (got {value!r})")
+    assert isinstance(value, (int, float))
+    if math.isnan(value) or math.isinf(value) or value < low or (strict and value == low):
+        raise ValueError(f"{name} must be {allowed} (got {value!r})")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """How big a pool may grow, and when it shrinks, retires and gives up.
+
+    Every field is checked when the record is made: a value of the wrong type
+    raises :class:`TypeError`, one out of range raises :class:`ValueError`; both
+    name the field and the allowed range. A legal but contradictory combination
+    is corrected with an :class:`~elasticpool.ElasticPoolWarning`, as HikariCP
+    does:
+
+    * ``idle_timeout >= connection_lifetime``: the idle timeout could never fire
+      before the lifetime does, so it is disabled (set to ``None``).
+    * ``min_connections`` above the resolved limit is an error, not a correction.
+
+    Limits (see :func:`elasticpool.resolve_limit` for the precedence rules):
+
+    ``max_connections``
+        Per-instance limit. Used alone, it is a fixed limit and the fleet total
+        is unbounded.
+    ``total_max_connections``
+        Limit for all instances of the pool together; wins when both are set.
+        When neither is set the total is :data:`DEFAULT_TOTAL_MAX_CONNECTIONS`.
+    ``min_connections``
+        Warm floor refilled in the background (default 0: the pool starts
+        empty and may shrink to nothing).
+
+    Timing (seconds; ``None`` disables where allowed):
+
+    ``idle_timeout``
+        An idle connection above the floor is closed after this long unused.
+    ``connection_lifetime``
+        A connection is retired after this long, shortened for each connection
+        by a random fraction of up to ``lifetime_jitter`` so a cohort opened
+        together does not retire together. Checked at checkout and at return;
+        an idle connection is retired in the background.
+    ``pool_timeout``
+        How long :meth:`Pool.acquire` waits before raising
+        :class:`~elasticpool.PoolTimeout` (``None``: forever).
+    ``connect_timeout``
+        Bound on one connect attempt; a slower connect counts as failed.
+    ``ping_after``
+        A connection idle longer than this is pinged on borrow (``None``:
+        never ping; 0: always).
+    ``close_timeout``
+        Bound on closing one connection gracefully before it is terminated.
+    ``backoff_initial`` / ``backoff_max``
+        Reconnect backoff after failed connects: doubles from the initial delay
+        up to the maximum, each delay drawn at random from its upper half. The
+        pool never gives up; waiters still time out at ``pool_timeout``.
+
+    Other:
+
+    ``max_waiting``
+        At most this many callers queue; one more raises
+        :class:`~elasticpool.TooManyWaiters` at once (``None``: unbounded).
+    ``max_connecting``
+        At most this many connects run at once. Growth is for waiters that no
+        pending connect already covers, so this is what keeps a burst from
+        opening a connection per waiter.
+    ``reset``
+        What happens to a returned connection before reuse (see
+        :data:`~elasticpool.ResetMode`). The default, ``"session"``, is the safe
+        one: no borrower sees what another left behind.
+    ``limit_mode``
+        ``"strict"``: connections being closed count against the limit until
+        they are gone. ``"soft"``: up to ``soft_overflow`` closing connections
+        stop counting, so replacements need not wait for slow closes.
+
+    It is not a connection string: driver options belong to the connector.
+    """
+
+    max_connections: int | None = None
+    total_max_connections: int | None = None
+    min_connections: int = 0
+    idle_timeout: float | None = 180.0
+    connection_lifetime: float | None = 600.0
+    lifetime_jitter: float = 0.025
+    pool_timeout: float | None = 30.0
+    max_waiting: int | None = None
+    connect_timeout: float = 10.0
+    max_connecting: int = 2
+    ping_after: float | None = 1.0
+    close_timeout: float = 5.0
+    backoff_initial: float = 0.1
+    backoff_max: float = 10.0
+    reset: ResetMode = "session"
+    limit_mode: LimitMode = "strict"
+    soft_overflow: int = 2
+
+    def __post_init__(self) -> None:
+        _check_int("max_connections", self.max_connections, 1, optional=True)
+        _check_int("total_max_connections", self.total_max_connections, 1, optional=True)
+        _check_int("min_connections", self.min_connections, 0, optional=False)
+        _check_seconds("idle_timeout", self.idle_timeout, low=0, strict=True, optional=True)
+        _check_seconds(
+            "connection_lifetime", self.connection_lifetime, low=0, strict=True, optional=True
+        )
+        if not _is_number(self.lifetime_jitter):
+            raise TypeError(
+                f"lifetime_jitter must be a number in [0, 0.5] (got {self.lifetime_jitter!r})"
+            )
+        if not 0 <= self.lifetime_jitter <= 0.5:
+            raise ValueError(
+                f"lifetime_jitter must be a number in [0, 0.5] (got {self.lifetime_jitter!r})"
+            )
+        _check_seconds("pool_timeout", self.pool_timeout, low=0, strict=True, optional=True)
+        _check_int("max_waiting", self.max_waiting, 1, optional=True)
+        _check_seconds("connect_timeout", self.connect_timeout, low=0, strict=True, optional=False)
+        _check_int("max_connecting", self.max_connecting, 1, optional=False)
+        _check_seconds("ping_after", self.ping_after, low=0, strict=False, optional=True)
+        _check_seconds("close_timeout", self.close_timeout, low=0, strict=False, optional=False)
+        _check_seconds("backoff_initial", self.backoff_initial, low=0, strict=True, optional=False)
+        _check_seconds("backoff_max", self.backoff_max, low=0, strict=True, optional=False)
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError(
+                f"backoff_max must be >= backoff_initial "
+                f"(got backoff_max={self.backoff_max!r}, backoff_initial={self.backoff_initial!r})"
+            )
+        if self.reset not in _RESET_MODES:
+            raise ValueError(f"reset must be one of {_RESET_MODES} (got {self.reset!r})")
+        if self.limit_mode not in _LIMIT_MODES:
+            raise ValueError(f"limit_mode must be one of {_LIMIT_MODES} (got {self.limit_mode!r})")
+        _check_int("soft_overflow", self.soft_overflow, 0, optional=False)
+        limit = self.instance_limit()
+        if self.min_connections > limit:
+            which = (
+                "total_max_connections"
+                if self.total_max_connections is not None
+                else "max_connections"
+                if self.max_connections is not None
+                else "the default total"
+            )
+            raise ValueError(
+                f"min_connections must be <= {which} ({limit}) (got {self.min_connections})"
+            )
+        if (
+            self.idle_timeout is not None
+            and self.connection_lifetime is not None
+            and self.idle_timeout >= self.connection_lifetime
+        ):
+            warnings.warn(
+                f"idle_timeout ({self.idle_timeout:g}s) >= connection_lifetime "
+                f"({self.connection_lifetime:g}s) can never fire first; idle_timeout disabled",
+                ElasticPoolWarning,
+                stacklevel=3,
+            )
+            object.__setattr__(self, "idle_timeout", None)
+
+    def instance_limit(self) -> int:
+        """This instance's limit when it is a fleet of one (no membership)."""
+        if self.total_max_connections is not None:
+            return self.total_max_connections
+        if self.max_connections is not None:
+            return self.max_connections
+        return DEFAULT_TOTAL_MAX_CONNECTIONS
+
+    def replace(self, **changes: Any) -> PoolSettings:
+        """A copy with ``changes`` applied and validated again."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,682 @@
+"""The planner: a pure, synchronous state machine for one pool.
+
+It holds the slots, the FIFO of waiters and the limit, and decides; it never
+awaits, never reads a clock (``now`` is an argument) and never touches a
+socket. Each event leaves the actions it implies in an outbox, a :class:`Plan`
+(connect these slots, close these, reset these, wake these waiters) that the
+caller takes with :meth:`Planner.take_plan` and carries out. The anyio shell in
+``_pool.py`` is one such caller; the tests are another, with no event loop.
+
+Invariants (checked by :meth:`Planner.check`, after every step in the tests):
+
+* every slot is in exactly one state, and the per-state counters match;
+* the idle deque holds exactly the IDLE slots, least recently used first;
+* a RESERVED slot and its waiter point at each other, and that waiter is no
+  longer queued; a queued waiter holds no slot and has no outcome;
+* no connect is planned that would take the budget above the limit, and no
+  slot sits IDLE while the budget is above the limit (a lowered limit is met
+  as busy surplus comes back; nothing in use is revoked);
+* waiters are served strictly first in, first out (no barging: a fresh
+  ``acquire`` never takes an idle slot while someone is queued);
+* after :meth:`Planner.tick` no queued waiter is past its deadline, and no
+  idle slot above the floor is older than ``idle_timeout``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import heapq
+import itertools
+import math
+from collections import OrderedDict, deque
+from typing import Any
+
+from ._errors import PoolClosed, TooManyWaiters
+from ._settings import PoolSettings
+
+__all__ = ["CloseReason", "Outcome", "Plan", "Planner", "Slot", "SlotState", "Waiter"]
+
+_INF = math.inf
+
+
+class SlotState(enum.Enum):
+    """Where a slot is in its life. The budget counts all but CLOSING (see ``limit_mode``)."""
+
+    CONNECTING = "connecting"
+    IDLE = "idle"
+    RESERVED = "reserved"  # handed to a waiter that has not woken yet
+    IN_USE = "in use"
+    RESETTING = "resetting"  # returned, being cleaned before reuse
+    CLOSING = "closing"
+    CLOSED = "closed"  # gone: in no collection, counted nowhere
+
+
+class CloseReason(enum.Enum):
+    """Why a connection was closed (each has a counter in the stats)."""
+
+    IDLE = "idle"
+    LIFETIME = "lifetime"
+    BROKEN = "broken"
+    RESIZE = "resize"
+    POOL_CLOSED = "pool closed"
+
+
+class Outcome(enum.Enum):
+    """How a waiter's wait ended."""
+
+    HANDED = "handed"  # a slot is reserved for it
+    TIMEOUT = "timeout"
+    CLOSED = "closed"  # the pool closed
+    CANCELLED = "cancelled"  # the caller gave up
+
+
+class Slot:
+    """One connection's place in the pool, whatever state it is in."""
+
+    __slots__ = (
+        "borrowed_at",
+        "checked_gen",
+        "close_reason",
+        "conn",
+        "connected_at",
+        "expires_at",
+        "id",
+        "idle_since",
+        "state",
+        "waiter",
+    )
+
+    def __init__(self, slot_id: int) -> None:
+        self.id = slot_id
+        self.state = SlotState.CONNECTING
+        self.conn: Any = None
+        self.connected_at = _INF
+        self.expires_at = _INF
+        self.idle_since = _INF
+        self.borrowed_at = _INF
+        self.checked_gen = 0
+        self.waiter: Waiter | None = None
+        self.close_reason: CloseReason | None = None
+
+    def __repr__(self) -> str:
+        return f"<Slot {self.id} {self.state.value}>"
+
+
+class Waiter:
+    """A caller queued for a slot; ``token`` belongs to the caller (the shell's wake-up)."""
+
+    __slots__ = ("deadline", "enqueued_at", "id", "outcome", "slot", "token")
+
+    def __init__(self, waiter_id: int, enqueued_at: float, deadline: float) -> None:
+        self.id = waiter_id
+        self.enqueued_at = enqueued_at
+        self.deadline = deadline
+        self.slot: Slot | None = None
+        self.outcome: Outcome | None = None
+        self.token: Any = None
+
+    def __lt__(self, other: Waiter) -> bool:  # for the deadline heap
+        return self.id < other.id
+
+    def __repr__(self) -> str:
+        state = self.outcome.value if self.outcome else "queued"
+        return f"<Waiter {self.id} {state}>"
+
+
+@dataclasses.dataclass(slots=True)
+class Plan:
+    """What the caller must do after an event. Lists are in the order to do them."""
+
+    connect: list[Slot] = dataclasses.field(default_factory=list)
+    """New CONNECTING slots: open a connection for each, then report back."""
+    close: list[Slot] = dataclasses.field(default_factory=list)
+    """CLOSING slots: close each connection (bounded), then report :meth:`Planner.closed`."""
+    reset: list[Slot] = dataclasses.field(default_factory=list)
+    """RESETTING slots: reset each, then report :meth:`Planner.reset_done`."""
+    wake: list[Waiter] = dataclasses.field(default_factory=list)
+    """Waiters whose outcome is set (handed a slot, timed out, or closed out): wake them."""
+    wake_ticker: bool = False
+    """The earliest deadline moved closer: the ticker must recompute when to wake."""
+
+
+class Planner:
+    """Slots, waiters and limits of one pool, and every decision about them.
+
+    Event methods (``acquire``, ``enqueue``, ``connected``, ``release``, …) take
+    ``now`` from the caller, change state, and add to the outbox; the caller
+    then takes the :class:`Plan` with :meth:`take_plan`. Random draws (lifetime
+    jitter, backoff jitter) are arguments too, in ``[0, 1)``, so the planner is
+    deterministic.
+
+    It is not thread-safe and not async: the shell calls it from one event loop
+    and never awaits while in the middle of an event.
+    """
+
+    def __init__(self, settings: PoolSettings, limit: int | None = None) -> None:
+        self.settings = settings
+        self.limit = settings.instance_limit() if limit is None else limit
+        self.closed = False
+        self.generation = 0
+        self._ids = itertools.count(1)
+        self._slots: set[Slot] = set()
+        self._idle: deque[Slot] = deque()
+        self._waiters: OrderedDict[Waiter, None] = OrderedDict()
+        self._deadlines: list[tuple[float, Waiter]] = []
+        self.n_connecting = 0
+        self.n_reserved = 0
+        self.n_in_use = 0
+        self.n_resetting = 0
+        self.n_closing = 0
+        self.failures = 0
+        self.backoff_until = -_INF
+        self.last_connect_error: BaseException | None = None
+        self.next_wake = _INF
+        self._lowered_from = 0  # budget when the limit was last lowered, while surplus remains
+        self._plan: Plan | None = None
+        # counters
+        self.acquires = 0
+        self.timeouts = 0
+        self.connects = 0
+        self.connect_errors = 0
+        self.closed_for: dict[CloseReason, int] = dict.fromkeys(CloseReason, 0)
+        self.wait_time = 0.0
+        self.usage_time = 0.0
+
+    # ------------------------------------------------------------------ counts
+
+    @property
+    def size(self) -> int:
+        """Live connections, open or opening: everything but CLOSING."""
+        return len(self._slots) - self.n_closing
+
+    @property
+    def n_idle(self) -> int:
+        return len(self._idle)
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def budget_used(self) -> int:
+        """What counts against the limit: live slots, and closing ones unless soft mode forgives."""
+        closing = self.n_closing
+        if self.settings.limit_mode == "soft":
+            closing = max(0, closing - self.settings.soft_overflow)
+        live: int = len(self._slots) - self.n_closing
+        return live + closing
+
+    @property
+    def floor(self) -> int:
+        return min(self.settings.min_connections, self.limit)
+
+    def oldest_waiter_age(self, now: float) -> float:
+        for w in self._waiters:
+            return now - w.enqueued_at
+        return 0.0
+
+    # ------------------------------------------------------------------ outbox
+
+    def _out(self) -> Plan:
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = Plan()
+        return plan
+
+    def take_plan(self) -> Plan | None:
+        """The actions accumulated since the last call, or ``None`` if there are none."""
+        plan, self._plan = self._plan, None
+        return plan
+
+    def _poke(self, deadline: float) -> None:
+        if deadline < self.next_wake:
+            self.next_wake = deadline
+            self._out().wake_ticker = True
+
+    # ------------------------------------------------------------------ acquire
+
+    def acquire(self, now: float) -> Slot | None:
+        """Take an idle slot at once, or return ``None`` if the caller must queue.
+
+        Never barges: with anyone queued, it returns ``None``. Idle slots past
+        their lifetime or idle timeout found on the way are closed (MRU first).
+        The slot returned is IN_USE; see :meth:`should_ping`.
+        """
+        if self.closed:
+            raise PoolClosed(f"pool is closed ({self.describe()})")
+        if self._waiters:
+            return None
+        idle = self._idle
+        while idle:
+            slot = idle.pop()
+            if now >= slot.expires_at:
+                self._close(slot, CloseReason.LIFETIME)
+                continue
+            timeout = self.settings.idle_timeout
+            if timeout is not None and now - slot.idle_since >= timeout and self.size > self.floor:
+                self._close(slot, CloseReason.IDLE)
+                continue
+            slot.state = SlotState.IN_USE
+            slot.borrowed_at = now
+            self.n_in_use += 1
+            self.acquires += 1
+            if self._plan is not None:  # something was closed on the way: refill the floor
+                self._grow(now)
+            return slot
+        if self._plan is not None:
+            self._grow(now)
+        return None
+
+    def enqueue(self, now: float, timeout: float | None) -> Waiter:
+        """Queue a caller (after :meth:`acquire` returned ``None``) and grow for it if uncovered."""
+        if self.closed:
+            raise PoolClosed(f"pool is closed ({self.describe()})")
+        max_waiting = self.settings.max_waiting
+        if max_waiting is not None and len(self._waiters) >= max_waiting:
+            raise TooManyWaiters(
+                f"too many waiters: {len(self._waiters)} already queued, "
+                f"max_waiting is {max_waiting} ({self.describe()})"
+            )
+        deadline = _INF if timeout is None else now + timeout
+        w = Waiter(next(self._ids), now, deadline)
+        self._waiters[w] = None
+        if deadline < _INF:
+            heapq.heappush(self._deadlines, (deadline, w))
+            if len(self._deadlines) > 2 * len(self._waiters) + 64:
+                self._compact_deadlines()
+            self._poke(deadline)
+        self._grow(now)
+        return w
+
+    def claim(self, w: Waiter, now: float) -> Slot:
+        """A woken waiter takes the slot reserved for it (RESERVED → IN_USE)."""
+        slot = w.slot
+        if w.outcome is not Outcome.HANDED or slot is None:
+            raise RuntimeError(f"waiter {w.id} holds no slot ({w.outcome})")
+        w.slot = None
+        slot.waiter = None
+        slot.state = SlotState.IN_USE
+        slot.borrowed_at = now
+        self.n_reserved -= 1
+        self.n_in_use += 1
+        self.acquires += 1
+        self.wait_time += now - w.enqueued_at
+        return slot
+
+    def cancel(self, w: Waiter, now: float) -> None:
+        """The waiter gave up (cancelled). A slot already reserved for it is passed on."""
+        if w.outcome is None:
+            if w in self._waiters:
+                del self._waiters[w]
+            w.outcome = Outcome.CANCELLED
+            return
+        if w.outcome is Outcome.HANDED and w.slot is not None:
+            slot = w.slot
+            w.slot = None
+            slot.waiter = None
+            self.n_reserved -= 1
+            self._settle(slot, now)
+
+    def should_ping(self, slot: Slot, now: float) -> bool:
+        """Whether a freshly acquired slot must be pinged before the caller gets it."""
+        after = self.settings.ping_after
+        if after is None:
+            return False
+        return slot.checked_gen < self.generation or now - slot.idle_since > after
+
+    def pinged(self, slot: Slot, ok: bool, now: float) -> None:
+        """Report a ping's result. A failed ping evicts the slot and makes the others suspect."""
+        if ok:
+            slot.checked_gen = self.generation
+            return
+        self.release(slot, now, broken=True)
+
+    # ------------------------------------------------------------------ release
+
+    def release(self, slot: Slot, now: float, *, broken: bool = False, reset: bool = False) -> None:
+        """A borrower gives ``slot`` back.
+
+        ``broken``: the connection is dead (closed, or a connection-class error);
+        it is closed and the generation bumped, so idle slots get pinged before
+        reuse. ``reset``: the connection must be reset before reuse. Otherwise
+        it goes to the oldest waiter or to the idle set — unless it is past its
+        lifetime or the pool is over its limit, when it is closed instead.
+        """
+        if slot.state is not SlotState.IN_USE:
+            raise RuntimeError(f"slot {slot.id} released while {slot.state.value}")
+        self.n_in_use -= 1
+        self.usage_time += now - slot.borrowed_at
+        if broken:
+            self.generation += 1
+            self._close(slot, CloseReason.BROKEN)
+            self._grow(now)
+            return
+        if reset and not self.closed:
+            slot.state = SlotState.RESETTING
+            self.n_resetting += 1
+            self._out().reset.append(slot)
+            return
+        self._settle(slot, now)
+
+    def reset_done(self, slot: Slot, ok: bool, now: float) -> None:
+        """Report a reset's result: a failed reset discards the connection."""
+        if slot.state is not SlotState.RESETTING:
+            raise RuntimeError(f"slot {slot.id} reset while {slot.state.value}")
+        self.n_resetting -= 1
+        if not ok:
+            self.generation += 1
+            self._close(slot, CloseReason.BROKEN)
+            self._grow(now)
+            return
+        self._settle(slot, now)
+
+    def _settle(self, slot: Slot, now: float) -> None:
+        """Put a usable, unowned slot where it belongs: closed, to a waiter, or idle."""
+        # Invariants: slot is counted in no state counter yet; it is in self._slots.
+        if self.closed:
+            self._close(slot, CloseReason.POOL_CLOSED)
+            return
+        if now >= slot.expires_at:
+            self._close(slot, CloseReason.LIFETIME)
+            self._grow(now)
+            return
+        if self.budget_used > self.limit:  # the slot is still counted as live here
+            self._close(slot, CloseReason.RESIZE)
+            return
+        if self._waiters:
+            w, _ = self._waiters.popitem(last=False)
+            slot.state = SlotState.RESERVED
+            slot.waiter = w
+            w.slot = slot
+            w.outcome = Outcome.HANDED
+            self.n_reserved += 1
+            self._out().wake.append(w)
+            return
+        slot.idle_since = now
+        self._idle.append(slot)
+        timeout = self.settings.idle_timeout
+        deadline = slot.expires_at if timeout is None else min(slot.expires_at, now + timeout)
+        self._poke(deadline)
+
+    # ------------------------------------------------------------------ connects
+
+    def connected(self, slot: Slot, conn: Any, now: float, jitter: float) -> None:
+        """A planned connect succeeded. ``jitter`` in [0, 1) scales the lifetime's jitter."""
+        if slot.state is not SlotState.CONNECTING:
+            raise RuntimeError(f"slot {slot.id} connected while {slot.state.value}")
+        self.n_connecting -= 1
+        self.connects += 1
+        self.failures = 0
+        self.backoff_until = -_INF
+        slot.conn = conn
+        slot.connected_at = now
+        slot.idle_since = now
+        slot.checked_gen = self.generation
+        lifetime = self.settings.connection_lifetime
+        if lifetime is not None:
+            slot.expires_at = now + lifetime * (1.0 - self.settings.lifetime_jitter * jitter)
+        self._settle(slot, now)
+
+    def connect_failed(
+        self, slot: Slot, error: BaseException | None, now: float, jitter: float
+    ) -> None:
+        """A planned connect failed (``error``) or was abandoned (``None``: no backoff).
+
+        After a failure, no connect starts before a backoff delay that doubles
+        with each consecutive failure, from ``backoff_initial`` to
+        ``backoff_max``, drawn from its upper half by ``jitter``.
+        """
+        if slot.state is not SlotState.CONNECTING:
+            raise RuntimeError(f"slot {slot.id} failed while {slot.state.value}")
+        self.n_connecting -= 1
+        self._slots.discard(slot)
+        slot.state = SlotState.CLOSED
+        if error is not None:
+            self.connect_errors += 1
+            self.last_connect_error = error
+            self.failures += 1
+            s = self.settings
+            delay = min(s.backoff_max, s.backoff_initial * 2.0 ** min(self.failures - 1, 60))
+            self.backoff_until = now + delay * (0.5 + 0.5 * jitter)
+        self._grow(now)
+
+    def _wanted(self) -> int:
+        uncovered = len(self._waiters) - self.n_connecting - self.n_resetting
+        return max(uncovered, self.floor - self.size)
+
+    def _grow(self, now: float) -> None:
+        """Plan connects for uncovered waiters and the floor, within limit, concurrency, backoff."""
+        if self.closed:
+            return
+        want = self._wanted()
+        if want <= 0:
+            return
+        if now < self.backoff_until:
+            self._poke(self.backoff_until)
+            return
+        n = min(
+            want,
+            self.limit - self.budget_used,
+            self.settings.max_connecting - self.n_connecting,
+        )
+        if n <= 0:
+            return
+        out = self._out()
+        for _ in range(n):
+            slot = Slot(next(self._ids))
+            self._slots.add(slot)
+            self.n_connecting += 1
+            out.connect.append(slot)
+
+    # ------------------------------------------------------------------ closing
+
+    def _close(self, slot: Slot, reason: CloseReason) -> None:
+        # Invariants: slot is counted in no state counter and is in no queue.
+        slot.state = SlotState.CLOSING
+        slot.close_reason = reason
+        self.n_closing += 1
+        self.closed_for[reason] += 1
+        self._out().close.append(slot)
+
+    def closed_conn(self, slot: Slot, now: float) -> None:
+        """A CLOSING slot's connection is closed: the slot is gone and its budget is free."""
+        if slot.state is not SlotState.CLOSING:
+            raise RuntimeError(f"slot {slot.id} closed while {slot.state.value}")
+        self.n_closing -= 1
+        self._slots.discard(slot)
+        slot.state = SlotState.CLOSED
+        self._grow(now)
+
+    # ------------------------------------------------------------------ time
+
+    def tick(self, now: float) -> None:
+        """Time passed: time out waiters, retire idle slots, grow after backoff; set next_wake."""
+        dl = self._deadlines
+        while dl and dl[0][0] <= now:
+            _, w = heapq.heappop(dl)
+            if w.outcome is None:
+                del self._waiters[w]
+                w.outcome = Outcome.TIMEOUT
+                self.timeouts += 1
+                self._out().wake.append(w)
+        timeout = self.settings.idle_timeout
+        idle = self._idle
+        if idle:
+            keep: list[Slot] = []
+            changed = False
+            for slot in idle:  # least recently used first
+                if now >= slot.expires_at:
+                    self._close(slot, CloseReason.LIFETIME)
+                    changed = True
+                elif (
+                    timeout is not None
+                    and now - slot.idle_since >= timeout
+                    and self.size - 1 >= self.floor
+                ):
+                    # size counts this slot until _close marks it CLOSING
+                    self._close(slot, CloseReason.IDLE)
+                    changed = True
+                else:
+                    keep.append(slot)
+            if changed:
+                self._idle = deque(keep)
+        self._grow(now)
+        self.next_wake = self._earliest(now)
+
+    def _earliest(self, now: float) -> float:
+        t = _INF
+        dl = self._deadlines
+        while dl and dl[0][1].outcome is not None:
+            heapq.heappop(dl)
+        if dl:
+            t = dl[0][0]
+        idle = self._idle
+        if idle:
+            t = min(t, *(s.expires_at for s in idle))
+            timeout = self.settings.idle_timeout
+            if timeout is not None and self.size > self.floor:
+                t = min(t, idle[0].idle_since + timeout)
+        if self.backoff_until > now and self._wanted() > 0:
+            t = min(t, self.backoff_until)
+        return t
+
+    def _compact_deadlines(self) -> None:
+        self._deadlines = [(d, w) for d, w in self._deadlines if w.outcome is None]
+        heapq.heapify(self._deadlines)
+
+    # ------------------------------------------------------------------ limits
+
+    def resize(self, limit: int, now: float) -> None:
+        """Set the limit, with trio ``CapacityLimiter.total_tokens`` semantics.
+
+        Raising it lets queued waiters grow the pool at once. Lowering it closes
+        idle surplus now and busy surplus as it comes back; a connection in use
+        is never revoked, so the budget can stay above the new limit until then.
+        """
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError(f"max_connections must be an integer >= 1 (got {limit!r})")
+        old = self.limit
+        self.limit = limit
+        if limit < old:
+            self._lowered_from = max(self._lowered_from, self.budget_used)
+            while self._idle and self.budget_used > limit:
+                self._close(self._idle.popleft(), CloseReason.RESIZE)
+        self._grow(now)
+
+    def expire_all(self, now: float) -> None:
+        """Retire every current connection: idle ones now, busy ones when they come back."""
+        for slot in self._slots:
+            slot.expires_at = now
+        while self._idle:
+            self._close(self._idle.popleft(), CloseReason.LIFETIME)
+        self._grow(now)
+
+    def close(self, now: float) -> None:
+        """Close the pool: queued waiters are closed out and idle slots closed now.
+
+        Busy, connecting and resetting slots close as they come back.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        out = self._out()
+        for w in self._waiters:
+            w.outcome = Outcome.CLOSED
+            out.wake.append(w)
+        self._waiters.clear()
+        self._deadlines.clear()
+        while self._idle:
+            self._close(self._idle.popleft(), CloseReason.POOL_CLOSED)
+
+    def remaining(self) -> list[Slot]:
+        """Every slot not yet CLOSED (for a forced shutdown)."""
+        return list(self._slots)
+
+    def forget(self, slot: Slot) -> None:
+        """Drop a slot whose connection was terminated outside the normal flow (forced close)."""
+        if slot not in self._slots:
+            return
+        state = slot.state
+        if state is SlotState.IDLE:
+            self._idle.remove(slot)
+        elif state is SlotState.RESERVED:
+            self.n_reserved -= 1
+            if slot.waiter is not None:
+                slot.waiter.slot = None
+                slot.waiter.outcome = Outcome.CLOSED
+                slot.waiter = None
+        elif state is SlotState.IN_USE:
+            self.n_in_use -= 1
+        elif state is SlotState.RESETTING:
+            self.n_resetting -= 1
+        elif state is SlotState.CONNECTING:
+            self.n_connecting -= 1
+        elif state is SlotState.CLOSING:
+            self.n_closing -= 1
+        self._slots.discard(slot)
+        slot.state = SlotState.CLOSED
+
+    # ------------------------------------------------------------------ inspection
+
+    def describe(self) -> str:
+        """Counts for messages: ``size 3 (in use 2, idle 1, connecting 0), waiting 4, limit 10``."""
+        return (
+            f"size {self.size} (in use {self.n_in_use + self.n_reserved}, idle {len(self._idle)}, "
+            f"connecting {self.n_connecting}), waiting {len(self._waiters)}, limit {self.limit}"
+        )
+
+    def check(self) -> None:
+        """Assert the structural invariants in the module docstring (for tests; O(size + waiters)).
+
+        It also forgets a past lowering of the limit once the budget is back
+        under it, so it must run after every event for that check to be tight.
+        """
+        counts = dict.fromkeys(SlotState, 0)
+        for slot in self._slots:
+            counts[slot.state] += 1
+        assert counts[SlotState.CLOSED] == 0, "a CLOSED slot is still tracked"
+        assert counts[SlotState.CONNECTING] == self.n_connecting, (counts, self.n_connecting)
+        assert counts[SlotState.RESERVED] == self.n_reserved, (counts, self.n_reserved)
+        assert counts[SlotState.IN_USE] == self.n_in_use, (counts, self.n_in_use)
+        assert counts[SlotState.RESETTING] == self.n_resetting, (counts, self.n_resetting)
+        assert counts[SlotState.CLOSING] == self.n_closing, (counts, self.n_closing)
+        assert counts[SlotState.IDLE] == len(self._idle), (counts, len(self._idle))
+        assert len(set(map(id, self._idle))) == len(self._idle), "a slot is idle twice"
+        for slot in self._idle:
+            assert slot.state is SlotState.IDLE
+            assert slot in self._slots
+        assert all(a.idle_since <= b.idle_since for a, b in itertools.pairwise(self._idle)), (
+            "idle deque out of recency order"
+        )
+        for slot in self._slots:
+            if slot.state is SlotState.RESERVED:
+                w = slot.waiter
+                assert w is not None
+                assert w.slot is slot
+                assert w.outcome is Outcome.HANDED
+                assert w not in self._waiters
+            else:
+                assert slot.waiter is None, slot
+        for w in self._waiters:
+            assert w.slot is None, w
+            assert w.outcome is None, w
+        ids = [w.id for w in self._waiters]
+        assert ids == sorted(ids), "waiters out of FIFO order"
+        if self._idle:
+            assert not self._waiters, "a slot sits idle while callers wait"
+            assert self.budget_used <= self.limit, "idle surplus above the limit"
+        if self.budget_used > self.limit:
+            assert self._lowered_from >= self.budget_used, (
+                f"budget {self.budget_used} above limit {self.limit} without a lowering"
+            )
+        else:
+            self._lowered_from = 0
+        overflow = self.settings.soft_overflow if self.settings.limit_mode == "soft" else 0
+        assert len(self._slots) <= max(self.limit, self._lowered_from) + overflow, (
+            "open connections above limit + soft overflow"
+        )
+        assert self.n_connecting <= self.settings.max_connecting
+        if self.closed:
+            assert not self._waiters
+            assert not self._idle
