@@ -152,6 +152,7 @@ class Pool(Generic[ConnT]):
         self._tg: anyio.abc.TaskGroup | None = None
         self._tick_event: anyio.Event | None = None
         self._drained: anyio.Event | None = None
+        self._ready: anyio.Event | None = None
         self._stop: anyio.Event | None = None
         self._runner_done: anyio.Event | None = None
         self._state = "new"  # new → open → closing → closed
@@ -197,7 +198,7 @@ class Pool(Generic[ConnT]):
                 started.set()
                 await self._stop.wait()
                 tg.cancel_scope.cancel()
-        except BaseException:  # pragma: no cover - a bug in our own background code
+        except Exception:  # pragma: no cover - a bug in our own background code
             logger.exception("pool %r: background runner failed", self.name)
         finally:
             self._tg = None
@@ -247,6 +248,26 @@ class Pool(Generic[ConnT]):
                 self._stop.set()
                 await self._runner_done.wait()
                 self._state = "closed"
+
+    async def wait(self, timeout: float | None = 30.0) -> None:
+        """Wait until ``min_connections`` connections are open (the warm floor is full).
+
+        Raises :class:`~elasticpool.PoolTimeout` after ``timeout`` seconds
+        (``None``: no bound), with the last connect error as its cause.
+        """
+        self._check_open()
+        planner = self._planner
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
+            while planner.size - planner.n_connecting < planner.floor:
+                self._check_open()
+                self._ready = event = anyio.Event()
+                await event.wait()
+            return
+        msg = (
+            f"pool {self.name!r}: floor of {planner.floor} not reached within {timeout:g}s "
+            f"({planner.describe()})"
+        )
+        raise PoolTimeout(msg) from planner.last_connect_error
 
     def _check_drained(self) -> None:
         if self._planner.closed and self._drained is not None and not self._planner.remaining():
@@ -401,6 +422,8 @@ class Pool(Generic[ConnT]):
     def _execute(self, plan: Plan | None) -> None:
         """Carry out a plan: spawn connects, closes and resets; wake waiters and the ticker."""
         if plan is None:
+            if self._planner.closed:
+                self._check_drained()
             return
         tg = self._tg
         if tg is None:
@@ -427,6 +450,8 @@ class Pool(Generic[ConnT]):
             self._tick_event.set()
         if self._planner.closed:
             self._check_drained()
+            if self._ready is not None:
+                self._ready.set()
 
     async def _ticker(self) -> None:
         planner = self._planner
@@ -462,6 +487,8 @@ class Pool(Generic[ConnT]):
                 self._terminate(conn)
                 return
             planner.connected(slot, conn, _current_time(), random.random())
+            if self._ready is not None:
+                self._ready.set()
         if planner._plan is not None:
             self._execute(planner.take_plan())
 

@@ -14,8 +14,8 @@ Invariants (checked by :meth:`Planner.check`, after every step in the tests):
 * a RESERVED slot and its waiter point at each other, and that waiter is no
   longer queued; a queued waiter holds no slot and has no outcome;
 * no connect is planned that would take the budget above the limit, and no
-  slot sits IDLE while the budget is above the limit (a lowered limit is met
-  as busy surplus comes back; nothing in use is revoked);
+  slot sits IDLE while live connections are above the limit (a lowered limit
+  is met as busy surplus comes back; nothing in use is revoked);
 * waiters are served strictly first in, first out (no barging: a fresh
   ``acquire`` never takes an idle slot while someone is queued);
 * after :meth:`Planner.tick` no queued waiter is past its deadline, and no
@@ -323,7 +323,7 @@ class Planner:
         after = self.settings.ping_after
         if after is None:
             return False
-        return slot.checked_gen < self.generation or now - slot.idle_since > after
+        return slot.checked_gen < self.generation or now - slot.idle_since >= after
 
     def pinged(self, slot: Slot, ok: bool, now: float) -> None:
         """Report a ping's result. A failed ping evicts the slot and makes the others suspect."""
@@ -381,7 +381,9 @@ class Planner:
             self._close(slot, CloseReason.LIFETIME)
             self._grow(now)
             return
-        if self.budget_used > self.limit:  # the slot is still counted as live here
+        # Surplus is judged on live connections: slots still closing block new
+        # connects (strict mode) but are no reason to drop a usable one.
+        if self.size > self.limit:  # the slot is still counted as live here
             self._close(slot, CloseReason.RESIZE)
             return
         if self._waiters:
@@ -393,6 +395,7 @@ class Planner:
             self.n_reserved += 1
             self._out().wake.append(w)
             return
+        slot.state = SlotState.IDLE
         slot.idle_since = now
         self._idle.append(slot)
         timeout = self.settings.idle_timeout
@@ -414,8 +417,10 @@ class Planner:
         slot.idle_since = now
         slot.checked_gen = self.generation
         lifetime = self.settings.connection_lifetime
-        if lifetime is not None:
-            slot.expires_at = now + lifetime * (1.0 - self.settings.lifetime_jitter * jitter)
+        if lifetime is not None:  # min(): expire_all() may have run while it connected
+            slot.expires_at = min(
+                slot.expires_at, now + lifetime * (1.0 - self.settings.lifetime_jitter * jitter)
+            )
         self._settle(slot, now)
 
     def connect_failed(
@@ -560,7 +565,7 @@ class Planner:
         self.limit = limit
         if limit < old:
             self._lowered_from = max(self._lowered_from, self.budget_used)
-            while self._idle and self.budget_used > limit:
+            while self._idle and self.size > limit:
                 self._close(self._idle.popleft(), CloseReason.RESIZE)
         self._grow(now)
 
@@ -665,7 +670,7 @@ class Planner:
         assert ids == sorted(ids), "waiters out of FIFO order"
         if self._idle:
             assert not self._waiters, "a slot sits idle while callers wait"
-            assert self.budget_used <= self.limit, "idle surplus above the limit"
+            assert self.size <= self.limit, "idle surplus above the limit"
         if self.budget_used > self.limit:
             assert self._lowered_from >= self.budget_used, (
                 f"budget {self.budget_used} above limit {self.limit} without a lowering"

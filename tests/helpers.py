@@ -1,0 +1,35 @@
+"""Helpers shared by the engine tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from elasticpool import Pool
+from elasticpool._state import SlotState
+from elasticpool.testing import FakeConnector
+
+
+def assert_consistent(pool: Pool[Any], connector: FakeConnector) -> None:
+    """The planner's invariants hold and the fake's open connections are exactly the pool's."""
+    planner = pool._planner
+    planner.check()
+    held = {
+        slot.conn
+        for slot in planner.remaining()
+        if slot.conn is not None and slot.state is not SlotState.CONNECTING
+    }
+    assert connector.open == held, f"leaked {connector.open - held}, lost {held - connector.open}"
+    stats = pool.stats()
+    assert stats.size == stats.idle + stats.in_use + stats.connecting + stats.resetting
+
+
+async def wait_until(predicate: Callable[[], bool], *, limit: int = 10_000) -> None:
+    """Let other tasks run until ``predicate()`` holds (a checkpoint loop, no wall-clock sleep)."""
+    for _ in range(limit):
+        if predicate():
+            return
+        await anyio.lowlevel.checkpoint()
+    raise AssertionError("condition never became true")

@@ -1,0 +1,484 @@
+"""The pool's behaviour with the fake connector, on asyncio and on trio (virtual time)."""
+
+from __future__ import annotations
+
+import math
+
+import anyio
+import pytest
+
+from elasticpool import (
+    ElasticPoolError,
+    Pool,
+    PoolClosed,
+    PoolSettings,
+    PoolStats,
+    PoolTimeout,
+    TooManyWaiters,
+)
+from elasticpool.testing import FakeConnection, FakeConnector, FakeDisconnect
+
+from .helpers import assert_consistent, wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_starts_empty_and_grows_on_demand() -> None:
+    """A new pool opens no connection until someone asks, then reuses the one it opened."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=5) as pool:
+        assert pool.stats().size == 0
+        assert connector.connects_started == 0
+        for _ in range(5):
+            async with pool.acquire() as conn:
+                assert isinstance(conn, FakeConnection)
+        assert connector.connects_ok == 1
+        assert pool.stats().size == 1
+        assert_consistent(pool, connector)
+
+
+async def test_floor_is_filled_in_background() -> None:
+    """min_connections are opened without anyone asking; wait() returns once they are."""
+    connector = FakeConnector(connect_delay=0.01)
+    async with Pool(connector, max_connections=5, min_connections=3) as pool:
+        await pool.wait(timeout=5)
+        stats = pool.stats()
+        assert stats.idle == 3
+        assert stats.size == 3
+        assert stats.min == 3
+        assert_consistent(pool, connector)
+
+
+async def test_most_recently_used_is_reused() -> None:
+    """Idle connections are handed out most recently used first, so the surplus ages out."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=3) as pool:
+        a = await pool.acquire()
+        b = await pool.acquire()
+        pool.release(a)
+        pool.release(b)
+        for _ in range(3):
+            async with pool.acquire() as conn:
+                assert conn is b
+
+
+async def test_never_more_in_use_than_the_limit() -> None:
+    """Many tasks share at most max_connections connections, and all finish."""
+    connector = FakeConnector(connect_delay=0.001)
+    limit = 4
+    in_use = 0
+    peak = 0
+    done = 0
+
+    async def worker() -> None:
+        nonlocal in_use, peak, done
+        for _ in range(5):
+            async with pool.acquire() as conn:
+                in_use += 1
+                peak = max(peak, in_use)
+                await conn.execute(0.001)
+                in_use -= 1
+        done += 1
+
+    async with Pool(connector, max_connections=limit) as pool:
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(worker)
+        assert done == 20
+        assert peak <= limit
+        assert pool.stats().size <= limit
+        assert pool.stats().acquires == 100
+        assert_consistent(pool, connector)
+
+
+async def test_waiters_are_served_first_in_first_out() -> None:
+    """With one connection, queued callers get it strictly in arrival order."""
+    connector = FakeConnector()
+    order: list[int] = []
+    async with Pool(connector, max_connections=1) as pool:
+        holder = await pool.acquire()
+
+        async def waiter(i: int, queued: anyio.Event) -> None:
+            queued.set()
+            async with pool.acquire():
+                order.append(i)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                queued = anyio.Event()
+                tg.start_soon(waiter, i, queued)
+                await queued.wait()
+                await wait_until(lambda i=i: pool.stats().waiting == i + 1)
+            pool.release(holder)
+        assert order == list(range(6))
+
+
+async def test_no_barging_past_queued_waiters() -> None:
+    """A returned connection goes to the oldest waiter, not to a caller arriving later."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=1) as pool:
+        holder = await pool.acquire()
+        got: list[str] = []
+
+        async def queued_first() -> None:
+            async with pool.acquire():
+                got.append("first")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(queued_first)
+            await wait_until(lambda: pool.stats().waiting == 1)
+            pool.release(holder)
+            with pytest.raises(anyio.WouldBlock):
+                pool.acquire_nowait()  # reserved for the waiter: nothing idle to take
+            async with pool.acquire():
+                got.append("late")
+        assert got == ["first", "late"]
+
+
+async def test_max_waiting_turns_callers_away_with_a_clear_error() -> None:
+    """One caller past max_waiting gets TooManyWaiters at once, naming the pool and counts."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=1, max_waiting=2, name="api") as pool:
+        holder = await pool.acquire()
+        async with anyio.create_task_group() as tg:
+            for _ in range(2):
+                tg.start_soon(_acquire_release, pool)
+            await wait_until(lambda: pool.stats().waiting == 2)
+            with pytest.raises(TooManyWaiters, match=r"2 already queued, max_waiting is 2.*"):
+                await pool.acquire()
+            pool.release(holder)
+        assert_consistent(pool, connector)
+
+
+async def _acquire_release(pool: Pool[FakeConnection]) -> None:
+    async with pool.acquire():
+        pass
+
+
+async def test_pool_timeout_is_a_timeout_error_naming_the_pool() -> None:
+    """A caller that cannot be served in time gets PoolTimeout (a TimeoutError) with counts."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=1, pool_timeout=0.05, name="api") as pool:
+        holder = await pool.acquire()
+        with pytest.raises(TimeoutError) as info:
+            await pool.acquire()
+        assert isinstance(info.value, PoolTimeout)
+        assert isinstance(info.value, ElasticPoolError)
+        msg = str(info.value)
+        assert msg.startswith("pool 'api': no connection within 0.05s")
+        assert "in use 1" in msg
+        assert "limit 1" in msg
+        assert info.value.__cause__ is None
+        pool.release(holder)
+        assert pool.stats().timeouts == 1
+        assert_consistent(pool, connector)
+
+
+async def test_timeout_carries_the_last_connect_error() -> None:
+    """While connects fail, a timed-out caller's error has the connect error as its cause."""
+    connector = FakeConnector()
+    connector.fail_next(1000, OSError("fake: no route to host"))
+    async with Pool(connector, max_connections=2, pool_timeout=0.3, backoff_initial=0.01) as pool:
+        with pytest.raises(PoolTimeout, match="connects are failing: OSError") as info:
+            await pool.acquire()
+        assert isinstance(info.value.__cause__, OSError)
+        assert pool.stats().connect_errors >= 2
+        connector._fail.clear()  # the database comes back: the pool recovers by itself
+        async with pool.acquire() as conn:
+            await conn.execute()
+        assert_consistent(pool, connector)
+
+
+async def test_per_call_timeout_overrides_pool_timeout() -> None:
+    """acquire(timeout=...) bounds that one call; a bad value is a ValueError naming it."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=1, pool_timeout=60) as pool:
+        holder = await pool.acquire()
+        with pytest.raises(PoolTimeout, match="within 0.02s"):
+            await pool.acquire(timeout=0.02)
+        with pytest.raises(ValueError, match=r"timeout must be > 0 seconds or None \(got -1\)"):
+            pool.acquire(timeout=-1)
+        pool.release(holder)
+
+
+async def test_connection_broken_on_return_is_evicted() -> None:
+    """A connection reported closed when it comes back is closed, not reused."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=2) as pool:
+        async with pool.acquire() as first:
+            connector.break_next_returns(1)
+        async with pool.acquire() as second:
+            assert second is not first
+        assert pool.stats().closed_broken == 1
+        await wait_until(lambda: first not in connector.open)
+        assert_consistent(pool, connector)
+
+
+async def test_disconnect_error_in_use_evicts_and_checks_the_others() -> None:
+    """A connection-class error inside 'async with' evicts that connection and makes idle ones suspect."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=3, ping_after=60) as pool:
+        a = await pool.acquire()
+        b = await pool.acquire()
+        pool.release(b)  # b idle, recently used: normally not pinged
+        pings = connector.pings
+        with pytest.raises(FakeDisconnect):
+            async with pool.acquire() as conn:
+                assert conn is b
+                conn.kill()
+                await conn.execute()
+        await wait_until(lambda: b not in connector.open)  # closed in the background
+        pool.release(a)
+        async with pool.acquire() as conn:
+            assert conn is a
+        assert connector.pings == pings + 1, "the idle survivor was pinged before reuse"
+        assert pool.stats().closed_broken == 1
+
+
+async def test_dead_idle_connection_is_replaced_not_handed_out() -> None:
+    """A connection that died while idle fails its ping on borrow and the caller gets a fresh one."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=2, ping_after=0) as pool:
+        async with pool.acquire() as first:
+            pass
+        first.kill()
+        async with pool.acquire() as conn:
+            assert conn is not first
+            await conn.execute()
+        assert pool.stats().closed_broken == 1
+        assert_consistent(pool, connector)
+
+
+async def test_dirty_connection_is_reset_before_reuse() -> None:
+    """A connection returned inside a transaction is reset before the next borrower sees it."""
+    connector = FakeConnector(reset_delay=0.001)
+    async with Pool(connector, max_connections=1) as pool:
+        async with pool.acquire() as conn:
+            conn.begin()
+            conn.set_session_state()
+        async with pool.acquire() as again:
+            assert again is conn
+            assert not again.in_transaction
+            assert not again.session_dirty
+        assert connector.resets == 1
+
+
+async def test_rollback_mode_leaves_session_state_alone() -> None:
+    """reset='rollback' only ends the transaction; a clean connection skips the reset."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=1, reset="rollback") as pool:
+        async with pool.acquire() as conn:
+            conn.set_session_state()
+        assert connector.resets == 0
+        async with pool.acquire() as conn:
+            conn.begin()
+        async with pool.acquire() as conn:
+            assert not conn.in_transaction
+            assert conn.session_dirty
+        assert connector.resets == 1
+
+
+async def test_failed_reset_discards_the_connection() -> None:
+    """When a reset fails, that connection is closed and the next borrower gets another."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=1) as pool:
+        async with pool.acquire() as conn:
+            conn.begin()
+            connector.fail_next_resets(1)
+        async with pool.acquire() as other:
+            assert other is not conn
+        await wait_until(lambda: conn not in connector.open)
+        assert pool.stats().closed_broken == 1
+        assert_consistent(pool, connector)
+
+
+async def test_resize_up_serves_waiters_at_once() -> None:
+    """Raising the limit lets queued callers get new connections without waiting for returns."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=1) as pool:
+        holder = await pool.acquire()
+        served = anyio.Event()
+
+        async def waiter() -> None:
+            async with pool.acquire():
+                served.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await wait_until(lambda: pool.stats().waiting == 1)
+            await pool.resize(2)
+            await served.wait()
+        assert pool.stats().max == 2
+        pool.release(holder)
+
+
+async def test_resize_down_never_revokes_and_closes_surplus() -> None:
+    """Lowering the limit closes idle surplus now and busy surplus as it comes back."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=4) as pool:
+        conns = [await pool.acquire() for _ in range(4)]
+        pool.release(conns[0])
+        pool.release(conns[1])
+        await pool.resize(1)
+        stats = pool.stats()
+        assert stats.idle == 0
+        assert stats.in_use == 2, "borrowed connections are not revoked"
+        pool.release(conns[2])
+        assert pool.stats().size == 1
+        pool.release(conns[3])
+        stats = pool.stats()
+        assert stats.size == 1
+        assert stats.idle == 1
+        assert stats.closed_resize == 3
+        with pytest.raises(ValueError, match=r"max_connections must be an integer >= 1 \(got 0\)"):
+            await pool.resize(0)
+        assert_consistent(pool, connector)
+
+
+async def test_acquire_nowait() -> None:
+    """acquire_nowait takes an idle connection or raises WouldBlock without queueing."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=1) as pool:
+        with pytest.raises(anyio.WouldBlock):
+            pool.acquire_nowait()
+        async with pool.acquire():
+            pass
+        conn = pool.acquire_nowait()
+        with pytest.raises(anyio.WouldBlock):
+            pool.acquire_nowait()
+        pool.release(conn)
+        assert pool.stats().waiting == 0
+
+
+async def test_release_misuse_is_a_clear_error() -> None:
+    """Releasing twice, or a connection of another pool, raises RuntimeError and harms nothing."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=2, name="a") as a, Pool(connector, name="b") as b:
+        conn = await a.acquire()
+        with pytest.raises(RuntimeError, match="not borrowed from pool 'b'"):
+            b.release(conn)
+        a.release(conn)
+        with pytest.raises(RuntimeError, match="released twice, or from another pool"):
+            a.release(conn)
+        assert a.stats().idle == 1
+        assert_consistent(a, connector)
+
+
+async def test_acquire_is_a_checkpoint() -> None:
+    """acquire() in a cancelled scope raises even with an idle connection ready."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=1) as pool:
+        async with pool.acquire():
+            pass
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            async with pool.acquire():
+                pytest.fail("acquire did not check for cancellation")
+        assert scope.cancelled_caught
+        assert pool.stats().idle == 1
+
+
+async def test_close_is_bounded_and_leaves_nothing_open() -> None:
+    """close() fails waiters, closes idle ones, waits for returns, then terminates the rest."""
+    connector = FakeConnector()
+    pool = Pool(connector, max_connections=2, pool_timeout=None)
+    await pool.open()
+    held = await pool.acquire()
+    returned = await pool.acquire()
+    outcome: list[BaseException] = []
+
+    async def waiter() -> None:
+        try:
+            await pool.acquire()
+        except PoolClosed as exc:
+            outcome.append(exc)
+
+    async def give_back_while_closing() -> None:
+        await wait_until(lambda: pool._planner.closed)
+        pool.release(returned)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await wait_until(lambda: pool.stats().waiting == 1)
+        tg.start_soon(give_back_while_closing)
+        await pool.close(timeout=0.05)
+    assert len(outcome) == 1
+    assert "closed while waiting" in str(outcome[0])
+    assert connector.open == set(), "every connection closed or terminated"
+    assert held.closed
+    assert returned.closed
+    assert connector.terminates == 1, "only the connection never returned is terminated"
+    assert connector.closes == 1
+    pool.release(held)  # coming back after a forced close is harmless
+    with pytest.raises(PoolClosed, match="pool 'default' is closed"):
+        await pool.acquire()
+    await pool.close()  # idempotent
+    assert "closed" in repr(pool)
+
+
+async def test_close_waits_for_borrowed_connections() -> None:
+    """A connection returned during the graceful phase is closed normally, not terminated."""
+    connector = FakeConnector()
+    pool = Pool(connector, max_connections=2)
+    await pool.open()
+    held = await pool.acquire()
+
+    async def give_back() -> None:
+        await wait_until(lambda: pool._planner.closed)
+        pool.release(held)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(give_back)
+        await pool.close(timeout=30)
+    assert connector.terminates == 0
+    assert connector.closes == 1
+    assert connector.open == set()
+
+
+async def test_hanging_close_is_terminated() -> None:
+    """A graceful close that hangs is cut off at close_timeout and the connection terminated."""
+    connector = FakeConnector(hang_closes=True)
+    async with Pool(connector, max_connections=1, close_timeout=0.01) as pool:
+        async with pool.acquire():
+            pass
+    assert connector.open == set()
+    assert connector.terminates == 1
+
+
+async def test_unopened_pool_says_how_to_open_it() -> None:
+    """Using a pool before opening it is a RuntimeError saying what to do."""
+    pool = Pool(FakeConnector())
+    with pytest.raises(RuntimeError, match=r"not open: use 'async with pool'"):
+        await pool.acquire()
+
+
+async def test_stats_and_repr() -> None:
+    """stats() is a frozen snapshot; repr shows the counts."""
+    connector = FakeConnector()
+    async with Pool(connector, PoolSettings(max_connections=3), name="api") as pool:
+        conn = await pool.acquire()
+        stats = pool.stats()
+        assert isinstance(stats, PoolStats)
+        assert (stats.name, stats.size, stats.in_use, stats.idle, stats.max) == ("api", 1, 1, 0, 3)
+        with pytest.raises(AttributeError):
+            stats.size = 5  # type: ignore[misc]
+        assert repr(pool) == "<Pool 'api' [in use 1, idle 0, connecting 0 | waiting 0]>"
+        pool.release(conn)
+        stats = pool.stats()
+        assert stats.acquires == 1
+        assert stats.connects == 1
+        assert stats.total_usage_time >= 0
+        assert math.isfinite(stats.total_wait_time)
+
+
+async def test_settings_overrides_and_bad_values() -> None:
+    """Keyword settings build PoolSettings; invalid ones raise before anything opens."""
+    connector = FakeConnector()
+    pool = Pool(connector, PoolSettings(max_connections=3), idle_timeout=5)
+    assert pool.settings.max_connections == 3
+    assert pool.settings.idle_timeout == 5
+    with pytest.raises(ValueError, match=r"min_connections must be <= max_connections \(2\)"):
+        Pool(connector, max_connections=2, min_connections=3)
+    with pytest.raises(ValueError, match="name must be a non-empty string"):
+        Pool(connector, name="")
+    assert connector.connects_started == 0
