@@ -195,8 +195,8 @@ def pg_dsn(pg_server: PgServer) -> str:
 # =============================================================================
 # Engine: ``anyio_backend`` runs every ``@pytest.mark.anyio`` test on asyncio
 # (real time) and on trio with a fresh ``MockClock(autojump_threshold=0)``
-# (virtual time: sleeps cost nothing and times are exact). A module can narrow
-# it to virtual time only with ``pytestmark = pytest.mark.virtual_time``.
+# (virtual time: sleeps cost nothing and times are exact). Modules that assert
+# exact times override it with a trio-only fixture of their own.
 # =============================================================================
 import trio.testing  # noqa: E402
 
@@ -206,8 +206,6 @@ import trio.testing  # noqa: E402
 )
 def anyio_backend(request: pytest.FixtureRequest) -> object:
     """asyncio in real time, and trio in virtual time."""
-    if request.node.get_closest_marker("virtual_time") is not None and request.param != "trio":
-        pytest.skip("virtual-time test: trio MockClock only")
     if request.param == "trio":
         return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
     return "asyncio"

@@ -194,7 +194,7 @@ async def test_per_call_timeout_overrides_pool_timeout() -> None:
     connector = FakeConnector()
     async with Pool(connector, max_connections=1, pool_timeout=60) as pool:
         holder = await pool.acquire()
-        with pytest.raises(PoolTimeout, match="within 0.02s"):
+        with pytest.raises(PoolTimeout, match=r"within 0\.02s"):
             await pool.acquire(timeout=0.02)
         with pytest.raises(ValueError, match=r"timeout must be > 0 seconds or None \(got -1\)"):
             pool.acquire(timeout=-1)
@@ -215,18 +215,22 @@ async def test_connection_broken_on_return_is_evicted() -> None:
 
 
 async def test_disconnect_error_in_use_evicts_and_checks_the_others() -> None:
-    """A connection-class error inside 'async with' evicts that connection and makes idle ones suspect."""
+    """A connection-class error inside 'async with' evicts it and makes idle ones suspect."""
     connector = FakeConnector()
     async with Pool(connector, max_connections=3, ping_after=60) as pool:
         a = await pool.acquire()
         b = await pool.acquire()
         pool.release(b)  # b idle, recently used: normally not pinged
         pings = connector.pings
-        with pytest.raises(FakeDisconnect):
-            async with pool.acquire() as conn:
+
+        async def use_dying_connection() -> None:
+            async with pool.acquire() as conn:  # the error passes through __aexit__
                 assert conn is b
                 conn.kill()
                 await conn.execute()
+
+        with pytest.raises(FakeDisconnect):
+            await use_dying_connection()
         await wait_until(lambda: b not in connector.open)  # closed in the background
         pool.release(a)
         async with pool.acquire() as conn:
@@ -236,7 +240,7 @@ async def test_disconnect_error_in_use_evicts_and_checks_the_others() -> None:
 
 
 async def test_dead_idle_connection_is_replaced_not_handed_out() -> None:
-    """A connection that died while idle fails its ping on borrow and the caller gets a fresh one."""
+    """A connection that died while idle fails its ping on borrow; the caller gets a fresh one."""
     connector = FakeConnector()
     async with Pool(connector, max_connections=2, ping_after=0) as pool:
         async with pool.acquire() as first:
@@ -438,9 +442,8 @@ async def test_close_waits_for_borrowed_connections() -> None:
 async def test_hanging_close_is_terminated() -> None:
     """A graceful close that hangs is cut off at close_timeout and the connection terminated."""
     connector = FakeConnector(hang_closes=True)
-    async with Pool(connector, max_connections=1, close_timeout=0.01) as pool:
-        async with pool.acquire():
-            pass
+    async with Pool(connector, max_connections=1, close_timeout=0.01) as pool, pool.acquire():
+        pass
     assert connector.open == set()
     assert connector.terminates == 1
 

@@ -218,7 +218,7 @@ class PlannerMachine(RuleBasedStateMachine):
     @rule(limit=st.integers(1, 6))
     def resize(self, limit: int) -> None:
         """The limit changes (as the fleet layer would change it)."""
-        before = [s for s in self.borrowed]
+        before = list(self.borrowed)
         self.p.resize(limit, self.now)
         self._collect()
         assert all(s.state is SlotState.IN_USE for s in before), "resize revoked a borrowed slot"
