@@ -33,3 +33,17 @@ async def wait_until(predicate: Callable[[], bool], *, limit: int = 10_000) -> N
             return
         await anyio.lowlevel.checkpoint()
     raise AssertionError("condition never became true")
+
+
+async def settle(pool: Pool[Any], *, step: float = 0.01, limit: int = 100_000) -> None:
+    """In virtual time: let background connects, resets and closes finish.
+
+    Polls the pool's own counts (there is no event for "nothing in flight");
+    each poll lets the mock clock jump, so this costs no real time.
+    """
+    for _ in range(limit):
+        stats = pool.stats()
+        if not (stats.connecting or stats.resetting or stats.closing):
+            return
+        await anyio.sleep(step)
+    raise AssertionError(f"background work never settled: {pool.stats()}")
