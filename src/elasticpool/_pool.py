@@ -21,6 +21,7 @@ import anyio
 import anyio.abc
 from anyio.lowlevel import checkpoint
 
+from ._backend import Waker, current_backend
 from ._connector import Connector
 from ._errors import PoolClosed, PoolTimeout
 from ._settings import PoolSettings
@@ -33,7 +34,6 @@ logger = logging.getLogger("elasticpool")
 ConnT = TypeVar("ConnT")
 
 _DEFAULT: Any = object()
-_current_time = anyio.current_time
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,18 +69,37 @@ class PoolStats:
 
 
 class _Acquire(Generic[ConnT]):
-    """What :meth:`Pool.acquire` returns: an async context manager, and awaitable."""
+    """What :meth:`Pool.acquire` returns: an async context manager, and awaitable.
 
-    __slots__ = ("_conn", "_pool", "_timeout")
+    As a context manager it holds the slot itself (no lookup on release); the
+    lease number tells this borrow from a later one of the same slot.
+    """
+
+    __slots__ = ("_lease", "_pool", "_slot", "_timeout")
 
     def __init__(self, pool: Pool[ConnT], timeout: float | None) -> None:
         self._pool = pool
         self._timeout = timeout
-        self._conn: ConnT | None = None
+        self._slot: Slot | None = None
+        self._lease = 0
 
     async def __aenter__(self) -> ConnT:
-        conn: ConnT = await self._pool._acquire(self._timeout)
-        self._conn = conn
+        # The hot path, inlined from Pool._acquire_slot: one checkpoint, one clock
+        # read, one planner call.
+        pool = self._pool
+        await pool._sleep(0)  # cancel point and schedule point, before any state change
+        planner = pool._planner
+        if pool._state != "open":
+            pool._check_open()
+        now = pool._now()
+        slot = planner.acquire(now)
+        if planner._plan is not None:
+            pool._execute(planner.take_plan())
+        if slot is None or (pool._ping_after is not None and planner.should_ping(slot, now)):
+            slot = await pool._acquire_slow(slot, now, self._timeout)
+        self._slot = slot
+        self._lease = slot.lease
+        conn: ConnT = slot.conn
         return conn
 
     async def __aexit__(
@@ -89,12 +108,12 @@ class _Acquire(Generic[ConnT]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            self._pool._release(conn, exc, explicit=False)
+        slot, self._slot = self._slot, None
+        if slot is not None and slot.lease == self._lease and slot.state is SlotState.IN_USE:
+            self._pool._release_slot(slot, exc)
 
     def __await__(self) -> Generator[Any, None, ConnT]:
-        return self._pool._acquire(self._timeout).__await__()
+        return self._pool._acquire_registered(self._timeout).__await__()
 
 
 class Pool(Generic[ConnT]):
@@ -157,6 +176,10 @@ class Pool(Generic[ConnT]):
         self._runner_done: anyio.Event | None = None
         self._state = "new"  # new → open → closing → closed
         self._reset_mode = settings.reset
+        self._ping_after = settings.ping_after
+        self._now: Callable[[], float] = anyio.current_time
+        self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+        self._waker: Callable[[], Waker] = anyio.Event
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -178,6 +201,10 @@ class Pool(Generic[ConnT]):
             return
         if self._state != "new":
             raise PoolClosed(f"pool {self.name!r} is closed and cannot be opened again")
+        backend = current_backend()
+        self._now = backend.now
+        self._sleep = backend.sleep
+        self._waker = backend.waker
         started = anyio.Event()
         self._stop = anyio.Event()
         self._runner_done = anyio.Event()
@@ -185,7 +212,7 @@ class Pool(Generic[ConnT]):
         _spawn_system_task(self._run, started)
         await started.wait()
         self._state = "open"
-        self._planner.tick(_current_time())
+        self._planner.tick(self._now())
         self._execute(self._planner.take_plan())
 
     async def _run(self, started: anyio.Event) -> None:
@@ -219,11 +246,11 @@ class Pool(Generic[ConnT]):
             return
         if self._state == "new":
             self._state = "closed"
-            self._planner.close(_current_time())
+            self._planner.close(self._now())
             return
         self._state = "closing"
         planner = self._planner
-        planner.close(_current_time())
+        planner.close(self._now())
         self._execute(planner.take_plan())
         assert self._drained is not None
         assert self._stop is not None
@@ -299,7 +326,7 @@ class Pool(Generic[ConnT]):
         """
         self._check_open()
         planner = self._planner
-        slot = planner.acquire(_current_time())
+        slot = planner.acquire(self._now())
         if planner._plan is not None:
             self._execute(planner.take_plan())
         if slot is None:
@@ -316,31 +343,47 @@ class Pool(Generic[ConnT]):
                 )
             raise PoolClosed(f"pool {self.name!r} is closed ({self._planner.describe()})")
 
-    async def _acquire(self, timeout: float | None) -> ConnT:
-        await checkpoint()  # cancel point and schedule point, before any state changes
-        self._check_open()
+    async def _acquire_registered(self, timeout: float | None) -> ConnT:
+        """``await pool.acquire()``: borrow and remember it for :meth:`release`."""
+        slot = await self._acquire_slot(timeout)
+        conn: ConnT = slot.conn
+        self._in_use[id(conn)] = slot
+        return conn
+
+    async def _acquire_slot(self, timeout: float | None) -> Slot:
+        # The hot path: a checkpoint, one planner call, one clock read.
+        await self._sleep(0)  # cancel point and schedule point, before any state change
+        if self._state != "open":
+            self._check_open()
         planner = self._planner
-        now = _current_time()
+        now = self._now()
+        slot = planner.acquire(now)
+        if planner._plan is not None:
+            self._execute(planner.take_plan())
+        if slot is not None and (self._ping_after is None or not planner.should_ping(slot, now)):
+            return slot
+        return await self._acquire_slow(slot, now, timeout)
+
+    async def _acquire_slow(self, slot: Slot | None, now: float, timeout: float | None) -> Slot:
+        """Wait for a slot and/or ping it; loop until a healthy one or the deadline."""
+        planner = self._planner
         deadline = math.inf if timeout is None else now + timeout
         while True:
+            if slot is None:
+                slot = await self._wait(now, None if timeout is None else deadline - now)
+            if not planner.should_ping(slot, now) or await self._ping(slot):
+                return slot
+            now = self._now()
+            if now >= deadline:
+                self._raise_timeout(timeout)
             slot = planner.acquire(now)
             if planner._plan is not None:
                 self._execute(planner.take_plan())
-            if slot is None:
-                slot = await self._wait(now, None if timeout is None else deadline - now)
-            if planner.should_ping(slot, now) and not await self._ping(slot):
-                now = _current_time()
-                if now >= deadline:
-                    self._raise_timeout(timeout)
-                continue
-            conn: ConnT = slot.conn
-            self._in_use[id(conn)] = slot
-            return conn
 
     async def _wait(self, now: float, timeout: float | None) -> Slot:
         planner = self._planner
         w = planner.enqueue(now, timeout)
-        event = w.token = anyio.Event()
+        event = w.token = self._waker()
         if planner._plan is not None:
             self._execute(planner.take_plan())
         try:
@@ -348,13 +391,13 @@ class Pool(Generic[ConnT]):
         except BaseException:
             # Cancelled (or worse) while queued: leave the queue, and pass on a
             # slot that was already reserved for us. No await here.
-            planner.cancel(w, _current_time())
+            planner.cancel(w, self._now())
             if planner._plan is not None:
                 self._execute(planner.take_plan())
             raise
         outcome = w.outcome
         if outcome is Outcome.HANDED:
-            return planner.claim(w, _current_time())
+            return planner.claim(w, self._now())
         if outcome is Outcome.TIMEOUT:
             self._raise_timeout(timeout)
         raise PoolClosed(f"pool {self.name!r} closed while waiting ({planner.describe()})")
@@ -374,15 +417,15 @@ class Pool(Generic[ConnT]):
             await self._connector.ping(slot.conn)
         except Exception as exc:
             logger.info("pool %r: connection failed its health check: %r", self.name, exc)
-            planner.pinged(slot, False, _current_time())
+            planner.pinged(slot, False, self._now())
             self._execute(planner.take_plan())
             return False
         except BaseException:
             # Cancelled mid-ping: the connection's state is unknown, so evict it.
-            planner.release(slot, _current_time(), broken=True)
+            planner.release(slot, self._now(), broken=True)
             self._execute(planner.take_plan())
             raise
-        planner.pinged(slot, True, _current_time())
+        planner.pinged(slot, True, self._now())
         return True
 
     # ------------------------------------------------------------------ release
@@ -390,30 +433,29 @@ class Pool(Generic[ConnT]):
     def release(self, conn: ConnT) -> None:
         """Give back a connection borrowed with ``await pool.acquire()`` or :meth:`acquire_nowait`.
 
-        Releasing one that is not borrowed from this pool (or twice) raises
-        :class:`RuntimeError`.
+        Releasing one that is not borrowed that way from this pool (released
+        twice, from another pool, or borrowed with ``async with``, which gives
+        it back itself) raises :class:`RuntimeError`.
         """
-        self._release(conn, None, explicit=True)
-
-    def _release(self, conn: ConnT, exc: BaseException | None, *, explicit: bool) -> None:
         slot = self._in_use.pop(id(conn), None)
         if slot is None or slot.conn is not conn:
             if slot is not None:  # an id() collision with a live borrow: put it back
                 self._in_use[id(slot.conn)] = slot
-            if explicit:
-                raise RuntimeError(
-                    f"connection {conn!r} is not borrowed from pool {self.name!r} "
-                    "(released twice, or from another pool)"
-                )
-            return
-        if slot.state is SlotState.CLOSED:  # terminated by a forced close
-            return
+            raise RuntimeError(
+                f"connection {conn!r} is not borrowed from pool {self.name!r} "
+                "(released twice, or from another pool)"
+            )
+        if slot.state is SlotState.IN_USE:  # else terminated by a forced close
+            self._release_slot(slot, None)
+
+    def _release_slot(self, slot: Slot, exc: BaseException | None) -> None:
+        conn = slot.conn
         connector = self._connector
         broken = connector.is_closed(conn) or (exc is not None and connector.is_disconnect(exc))
         mode = self._reset_mode
-        reset = not broken and mode != "none" and connector.needs_reset(conn, mode)
+        reset = mode != "none" and not broken and connector.needs_reset(conn, mode)
         planner = self._planner
-        planner.release(slot, _current_time(), broken=broken, reset=reset)
+        planner.release(slot, self._now(), broken, reset)
         if planner._plan is not None:
             self._execute(planner.take_plan())
 
@@ -432,11 +474,11 @@ class Pool(Generic[ConnT]):
             for slot in plan.close:
                 if slot.conn is not None:
                     self._terminate(slot.conn)
-                self._planner.closed_conn(slot, _current_time())
+                self._planner.closed_conn(slot, self._now())
             for slot in plan.connect:
-                self._planner.connect_failed(slot, None, _current_time(), 0.0)
+                self._planner.connect_failed(slot, None, self._now(), 0.0)
             for slot in plan.reset:
-                self._planner.reset_done(slot, False, _current_time())
+                self._planner.reset_done(slot, False, self._now())
         else:
             for slot in plan.connect:
                 tg.start_soon(self._connect, slot)
@@ -457,7 +499,7 @@ class Pool(Generic[ConnT]):
         planner = self._planner
         while True:
             self._tick_event = event = anyio.Event()
-            now = _current_time()
+            now = self._now()
             planner.tick(now)
             plan = planner.take_plan()
             if plan is not None:
@@ -473,20 +515,20 @@ class Pool(Generic[ConnT]):
                 conn = await self._connector.connect()
         except Exception as exc:
             if slot.state is SlotState.CONNECTING:
-                planner.connect_failed(slot, exc, _current_time(), random.random())
+                planner.connect_failed(slot, exc, self._now(), random.random())
             if planner.failures <= 1:
                 logger.warning("pool %r: connect failed: %r", self.name, exc)
             else:
                 logger.debug("pool %r: connect failed again: %r", self.name, exc)
         except BaseException:
             if slot.state is SlotState.CONNECTING:
-                planner.connect_failed(slot, None, _current_time(), 0.0)
+                planner.connect_failed(slot, None, self._now(), 0.0)
             raise
         else:
             if slot.state is not SlotState.CONNECTING:  # forgotten by a forced close
                 self._terminate(conn)
                 return
-            planner.connected(slot, conn, _current_time(), random.random())
+            planner.connected(slot, conn, self._now(), random.random())
             if self._ready is not None:
                 self._ready.set()
         if planner._plan is not None:
@@ -498,7 +540,7 @@ class Pool(Generic[ConnT]):
             if conn is not None:
                 await self._close_conn(conn)
             if slot.state is SlotState.CLOSING:
-                self._planner.closed_conn(slot, _current_time())
+                self._planner.closed_conn(slot, self._now())
                 self._execute(self._planner.take_plan())
 
     async def _close_conn(self, conn: ConnT) -> None:
@@ -529,7 +571,7 @@ class Pool(Generic[ConnT]):
             logger.info("pool %r: reset failed, discarding the connection: %r", self.name, exc)
         finally:
             if slot.state is SlotState.RESETTING:
-                planner.reset_done(slot, ok, _current_time())
+                planner.reset_done(slot, ok, self._now())
                 self._execute(planner.take_plan())
 
     # ------------------------------------------------------------------ limits
@@ -543,14 +585,14 @@ class Pool(Generic[ConnT]):
         until then.
         """
         planner = self._planner
-        planner.resize(max_connections, _current_time())
+        planner.resize(max_connections, self._now())
         self._execute(planner.take_plan())
         await checkpoint()
 
     async def expire_connections(self) -> None:
         """Retire every current connection: idle ones now, borrowed ones as they come back."""
         planner = self._planner
-        planner.expire_all(_current_time())
+        planner.expire_all(self._now())
         self._execute(planner.take_plan())
         await checkpoint()
 
@@ -571,7 +613,7 @@ class Pool(Generic[ConnT]):
             waiting=p.n_waiting,
             min=p.floor,
             max=p.limit,
-            oldest_waiter_age=p.oldest_waiter_age(_current_time()),
+            oldest_waiter_age=p.oldest_waiter_age(self._now()),
             acquires=p.acquires,
             timeouts=p.timeouts,
             connects=p.connects,

@@ -83,6 +83,7 @@ class Slot:
         "expires_at",
         "id",
         "idle_since",
+        "lease",
         "state",
         "waiter",
     )
@@ -96,6 +97,7 @@ class Slot:
         self.idle_since = _INF
         self.borrowed_at = _INF
         self.checked_gen = 0
+        self.lease = 0  # bumped at every borrow: tells one borrow from the next
         self.waiter: Waiter | None = None
         self.close_reason: CloseReason | None = None
 
@@ -155,6 +157,7 @@ class Planner:
 
     def __init__(self, settings: PoolSettings, limit: int | None = None) -> None:
         self.settings = settings
+        self._idle_timeout = settings.idle_timeout
         self.limit = settings.instance_limit() if limit is None else limit
         self.closed = False
         self.generation = 0
@@ -253,12 +256,13 @@ class Planner:
             if now >= slot.expires_at:
                 self._close(slot, CloseReason.LIFETIME)
                 continue
-            timeout = self.settings.idle_timeout
+            timeout = self._idle_timeout
             if timeout is not None and now - slot.idle_since >= timeout and self.size > self.floor:
                 self._close(slot, CloseReason.IDLE)
                 continue
             slot.state = SlotState.IN_USE
             slot.borrowed_at = now
+            slot.lease += 1
             self.n_in_use += 1
             self.acquires += 1
             if self._plan is not None:  # something was closed on the way: refill the floor
@@ -298,6 +302,7 @@ class Planner:
         slot.waiter = None
         slot.state = SlotState.IN_USE
         slot.borrowed_at = now
+        slot.lease += 1
         self.n_reserved -= 1
         self.n_in_use += 1
         self.acquires += 1
@@ -334,7 +339,7 @@ class Planner:
 
     # ------------------------------------------------------------------ release
 
-    def release(self, slot: Slot, now: float, *, broken: bool = False, reset: bool = False) -> None:
+    def release(self, slot: Slot, now: float, broken: bool = False, reset: bool = False) -> None:
         """A borrower gives ``slot`` back.
 
         ``broken``: the connection is dead (closed, or a connection-class error);
@@ -383,7 +388,7 @@ class Planner:
             return
         # Surplus is judged on live connections: slots still closing block new
         # connects (strict mode) but are no reason to drop a usable one.
-        if self.size > self.limit:  # the slot is still counted as live here
+        if len(self._slots) - self.n_closing > self.limit:  # size; the slot still counts
             self._close(slot, CloseReason.RESIZE)
             return
         if self._waiters:
@@ -398,9 +403,12 @@ class Planner:
         slot.state = SlotState.IDLE
         slot.idle_since = now
         self._idle.append(slot)
-        timeout = self.settings.idle_timeout
-        deadline = slot.expires_at if timeout is None else min(slot.expires_at, now + timeout)
-        self._poke(deadline)
+        timeout = self._idle_timeout
+        deadline = slot.expires_at
+        if timeout is not None and now + timeout < deadline:
+            deadline = now + timeout
+        if deadline < self.next_wake:
+            self._poke(deadline)
 
     # ------------------------------------------------------------------ connects
 
