@@ -629,9 +629,10 @@ class Pool(Generic[ConnT]):
     def __repr__(self) -> str:
         p = self._planner
         state = "" if self._state == "open" else f" {self._state}"
+        resetting = f", resetting {p.n_resetting}" if p.n_resetting else ""
         return (
             f"<Pool {self.name!r}{state} [in use {p.n_in_use + p.n_reserved}, idle {p.n_idle}, "
-            f"connecting {p.n_connecting} | waiting {p.n_waiting}]>"
+            f"connecting {p.n_connecting}{resetting} | waiting {p.n_waiting}]>"
         )
 
 

@@ -430,6 +430,7 @@ class Planner:
                 slot.expires_at, now + lifetime * (1.0 - self.settings.lifetime_jitter * jitter)
             )
         self._settle(slot, now)
+        self._grow(now)  # a connect finished: room for the next one, if still wanted
 
     def connect_failed(
         self, slot: Slot, error: BaseException | None, now: float, jitter: float

@@ -1,0 +1,116 @@
+"""PoolSettings: validation with clear errors, and HikariCP-style corrections."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from elasticpool import DEFAULT_TOTAL_MAX_CONNECTIONS, ElasticPoolWarning, PoolSettings
+
+
+def test_defaults_match_the_design() -> None:
+    """The defaults are the documented ones: empty start, 180 s idle, 600 s life, 30 s wait."""
+    s = PoolSettings()
+    assert (s.min_connections, s.idle_timeout, s.connection_lifetime) == (0, 180.0, 600.0)
+    assert (s.lifetime_jitter, s.pool_timeout, s.ping_after) == (0.025, 30.0, 1.0)
+    assert s.reset == "session"
+    assert s.instance_limit() == DEFAULT_TOTAL_MAX_CONNECTIONS == 50
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_connections", 0, r"max_connections must be an integer >= 1 or None \(got 0\)"),
+        ("total_max_connections", -3, r"total_max_connections must be an integer >= 1"),
+        ("min_connections", -1, r"min_connections must be an integer >= 0 \(got -1\)"),
+        ("idle_timeout", 0, r"idle_timeout must be a finite number of seconds > 0 or None"),
+        ("connection_lifetime", -5.0, r"connection_lifetime must be .* > 0 or None \(got -5.0\)"),
+        ("lifetime_jitter", 0.6, r"lifetime_jitter must be a number in \[0, 0.5\] \(got 0.6\)"),
+        ("lifetime_jitter", -0.1, r"lifetime_jitter must be a number in \[0, 0.5\]"),
+        ("pool_timeout", -1, r"pool_timeout must be a finite number of seconds > 0 or None"),
+        ("pool_timeout", math.inf, r"pool_timeout must be .* \(got inf\)"),
+        ("pool_timeout", math.nan, r"pool_timeout must be .* \(got nan\)"),
+        ("max_waiting", 0, r"max_waiting must be an integer >= 1 or None \(got 0\)"),
+        ("connect_timeout", 0, r"connect_timeout must be a finite number of seconds > 0"),
+        ("max_connecting", 0, r"max_connecting must be an integer >= 1 \(got 0\)"),
+        ("ping_after", -1, r"ping_after must be a finite number of seconds >= 0 or None"),
+        ("close_timeout", -1, r"close_timeout must be a finite number of seconds >= 0"),
+        ("backoff_initial", 0, r"backoff_initial must be a finite number of seconds > 0"),
+        ("reset", "everything", r"reset must be one of \('none', 'rollback', 'session'\)"),
+        ("limit_mode", "loose", r"limit_mode must be one of \('strict', 'soft'\)"),
+        ("soft_overflow", -1, r"soft_overflow must be an integer >= 0 \(got -1\)"),
+    ],
+)
+def test_out_of_range_is_a_value_error_naming_field_and_range(
+    field: str, value: object, message: str
+) -> None:
+    """Each setting out of range raises ValueError naming the setting and the allowed range."""
+    with pytest.raises(ValueError, match=message):
+        PoolSettings(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_connections", "10"),
+        ("max_connections", 2.5),
+        ("max_connections", True),
+        ("min_connections", None),
+        ("idle_timeout", "180"),
+        ("pool_timeout", True),
+        ("lifetime_jitter", "0.1"),
+        ("connect_timeout", None),
+    ],
+)
+def test_wrong_type_is_a_type_error_naming_the_field(field: str, value: object) -> None:
+    """A value of the wrong type raises TypeError naming the setting and what it takes."""
+    with pytest.raises(TypeError, match=rf"^{field} must be .* \(got {value!r}\)$"):
+        PoolSettings(**{field: value})
+
+
+def test_min_above_the_limit_is_an_error() -> None:
+    """min_connections above the limit is an error naming the limit that applies."""
+    with pytest.raises(ValueError, match=r"min_connections must be <= max_connections \(4\)"):
+        PoolSettings(max_connections=4, min_connections=5)
+    with pytest.raises(ValueError, match=r"<= total_max_connections \(6\) \(got 7\)"):
+        PoolSettings(total_max_connections=6, min_connections=7)
+    with pytest.raises(ValueError, match=r"<= the default total \(50\)"):
+        PoolSettings(min_connections=51)
+
+
+def test_backoff_max_below_initial_is_an_error() -> None:
+    """backoff_max below backoff_initial names both values."""
+    with pytest.raises(ValueError, match=r"backoff_max must be >= backoff_initial"):
+        PoolSettings(backoff_initial=5, backoff_max=1)
+
+
+def test_idle_timeout_not_below_lifetime_is_disabled_with_a_warning() -> None:
+    """As HikariCP does: an idle timeout that can never fire first is switched off, loudly."""
+    with pytest.warns(ElasticPoolWarning, match=r"idle_timeout \(700s\) >= connection_lifetime"):
+        s = PoolSettings(idle_timeout=700, connection_lifetime=600)
+    assert s.idle_timeout is None
+    assert s.connection_lifetime == 600
+
+
+def test_none_disables_optional_timers() -> None:
+    """None turns off idle timeout, lifetime, pool timeout and pings."""
+    s = PoolSettings(idle_timeout=None, connection_lifetime=None, pool_timeout=None, ping_after=None)
+    assert (s.idle_timeout, s.connection_lifetime, s.pool_timeout, s.ping_after) == (None,) * 4
+
+
+def test_total_wins_over_max_for_a_fleet_of_one() -> None:
+    """With both limits set, the fleet total is the limit (precedence as in Hasura)."""
+    assert PoolSettings(max_connections=10, total_max_connections=30).instance_limit() == 30
+    assert PoolSettings(max_connections=10).instance_limit() == 10
+
+
+def test_settings_are_frozen_and_replace_revalidates() -> None:
+    """Settings cannot be changed in place; replace() validates the copy."""
+    s = PoolSettings(max_connections=5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.max_connections = 6  # type: ignore[misc]
+    assert s.replace(max_connections=6).max_connections == 6
+    with pytest.raises(ValueError, match="max_connections"):
+        s.replace(max_connections=0)

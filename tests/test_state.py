@@ -1,0 +1,193 @@
+"""The planner on its own: no event loop, time as an argument, plans as values."""
+
+from __future__ import annotations
+
+import pytest
+
+from elasticpool import PoolClosed, PoolSettings, TooManyWaiters
+from elasticpool._state import CloseReason, Outcome, Planner, SlotState
+
+
+def planner(**kw: object) -> Planner:
+    return Planner(PoolSettings(**kw))  # type: ignore[arg-type]
+
+
+def test_empty_planner_plans_nothing() -> None:
+    """A fresh pool with no floor opens nothing on a tick."""
+    p = planner(max_connections=5)
+    p.tick(0.0)
+    assert p.take_plan() is None
+    assert p.size == 0
+
+
+def test_floor_is_planned_within_connect_concurrency() -> None:
+    """min_connections is opened in the background, at most max_connecting at a time."""
+    p = planner(max_connections=10, min_connections=5, max_connecting=2)
+    p.tick(0.0)
+    plan = p.take_plan()
+    assert plan is not None
+    assert len(plan.connect) == 2
+    p.connected(plan.connect[0], "c1", 0.1, 0.0)
+    plan = p.take_plan()
+    assert plan is not None
+    assert len(plan.connect) == 1
+    p.check()
+
+
+def test_grows_only_for_uncovered_waiters() -> None:
+    """Three waiters with two connects pending plan no third connect beyond concurrency."""
+    p = planner(max_connections=10, max_connecting=3)
+    assert p.acquire(0.0) is None
+    w1 = p.enqueue(0.0, 30.0)
+    plan = p.take_plan()
+    assert plan is not None
+    assert len(plan.connect) == 1
+    p.enqueue(0.0, 30.0)
+    assert len(p.take_plan().connect) == 1  # type: ignore[union-attr]
+    # a returned connection covers the oldest waiter: no new connect for it
+    slot = plan.connect[0]
+    p.connected(slot, "c", 0.1, 0.0)
+    plan = p.take_plan()
+    assert plan is not None
+    assert plan.wake == [w1]
+    assert w1.outcome is Outcome.HANDED
+    assert slot.state is SlotState.RESERVED
+    assert plan.connect == []
+    p.check()
+
+
+def test_first_ready_connection_goes_to_the_oldest_waiter() -> None:
+    """Whichever connect finishes first, the oldest waiter gets it."""
+    p = planner(max_connections=10, max_connecting=2)
+    w1 = p.enqueue(0.0, None)
+    w2 = p.enqueue(0.0, None)
+    a, b = p.take_plan().connect  # type: ignore[union-attr]
+    p.connected(b, "b", 0.2, 0.0)
+    assert p.take_plan().wake == [w1]  # type: ignore[union-attr]
+    assert w1.slot is b
+    p.connected(a, "a", 0.3, 0.0)
+    assert p.take_plan().wake == [w2]  # type: ignore[union-attr]
+
+
+def test_idle_shrink_happens_at_the_tick_after_idle_timeout() -> None:
+    """An idle slot is closed by the first tick at or after idle_timeout, and next_wake says when."""
+    p = planner(max_connections=3, idle_timeout=10.0, connection_lifetime=None)
+    w = p.enqueue(0.0, None)
+    slot = p.take_plan().connect[0]  # type: ignore[union-attr]
+    p.connected(slot, "c", 1.0, 0.0)
+    p.take_plan()
+    p.claim(w, 1.0)
+    p.release(slot, 2.0)
+    p.take_plan()
+    p.tick(2.0)
+    assert p.next_wake == 12.0
+    p.tick(11.999)
+    assert p.take_plan() is None
+    p.tick(12.0)
+    plan = p.take_plan()
+    assert plan is not None
+    assert plan.close == [slot]
+    assert slot.close_reason is CloseReason.IDLE
+    assert p.closed_for[CloseReason.IDLE] == 1
+
+
+def test_lifetime_jitter_only_shortens() -> None:
+    """The jitter draw shortens the lifetime by up to lifetime_jitter, never lengthens it."""
+    p = planner(max_connections=3, connection_lifetime=100.0, lifetime_jitter=0.1, idle_timeout=None)
+    for draw, expected in ((0.0, 100.0), (0.5, 95.0), (0.999, 90.01)):
+        w = p.enqueue(0.0, None)
+        slot = p.take_plan().connect[0]  # type: ignore[union-attr]
+        p.connected(slot, "c", 0.0, draw)
+        assert slot.expires_at == pytest.approx(expected)
+        p.take_plan()
+        p.claim(w, 0.0)
+
+
+def test_expired_connection_is_closed_at_checkout_and_replaced() -> None:
+    """An idle slot past its lifetime is not handed out; acquire closes it and queues."""
+    p = planner(max_connections=2, connection_lifetime=5.0, lifetime_jitter=0.0, idle_timeout=1.0)
+    w = p.enqueue(0.0, None)
+    slot = p.take_plan().connect[0]  # type: ignore[union-attr]
+    p.connected(slot, "c", 0.0, 0.0)
+    p.take_plan()
+    p.claim(w, 0.0)
+    p.release(slot, 0.5)
+    p.take_plan()
+    assert p.acquire(6.0) is None  # no tick ran; checkout notices the expiry itself
+    plan = p.take_plan()
+    assert plan is not None
+    assert plan.close == [slot]
+    assert slot.close_reason is CloseReason.LIFETIME
+
+
+def test_waiter_times_out_at_its_deadline_on_tick() -> None:
+    """A queued waiter is timed out by the tick at its deadline, and counted."""
+    p = planner(max_connections=1)
+    p.enqueue(0.0, None)  # holds the only connect
+    w = p.enqueue(1.0, 5.0)
+    p.take_plan()
+    assert p.next_wake == 6.0
+    p.tick(5.999)
+    assert w.outcome is None
+    p.tick(6.0)
+    assert w.outcome is Outcome.TIMEOUT
+    assert p.timeouts == 1
+    assert p.take_plan().wake == [w]  # type: ignore[union-attr]
+
+
+def test_backoff_blocks_connects_until_it_ends() -> None:
+    """After a failure no connect is planned before the backoff ends; the tick then retries."""
+    p = planner(max_connections=2, backoff_initial=1.0, backoff_max=4.0)
+    p.enqueue(0.0, None)
+    slot = p.take_plan().connect[0]  # type: ignore[union-attr]
+    err = ConnectionRefusedError("no")
+    p.connect_failed(slot, err, 0.5, 1.0)  # draw 1.0: the full ceiling, 1 s
+    assert p.backoff_until == 1.5
+    assert p.last_connect_error is err
+    plan = p.take_plan()
+    assert plan is not None
+    assert plan.connect == []
+    assert p.next_wake == 1.5
+    p.tick(1.5)
+    assert len(p.take_plan().connect) == 1  # type: ignore[union-attr]
+
+
+def test_max_waiting_and_closed_raise_from_the_planner() -> None:
+    """The planner refuses callers past max_waiting, and everything after close."""
+    p = planner(max_connections=1, max_waiting=1)
+    p.enqueue(0.0, None)
+    with pytest.raises(TooManyWaiters, match="1 already queued, max_waiting is 1"):
+        p.enqueue(0.0, None)
+    p.close(0.0)
+    with pytest.raises(PoolClosed, match="pool is closed"):
+        p.acquire(0.0)
+
+
+def test_double_release_is_refused() -> None:
+    """Releasing a slot that is not in use is a RuntimeError, and changes nothing."""
+    p = planner(max_connections=1)
+    w = p.enqueue(0.0, None)
+    slot = p.take_plan().connect[0]  # type: ignore[union-attr]
+    p.connected(slot, "c", 0.0, 0.0)
+    p.claim(w, 0.0)
+    p.release(slot, 1.0)
+    with pytest.raises(RuntimeError, match="released while idle"):
+        p.release(slot, 1.0)
+    p.check()
+
+
+def test_soft_mode_forgives_closing_slots_up_to_the_overflow() -> None:
+    """In soft mode a replacement may open while up to soft_overflow old ones still close."""
+    for mode, expect_connect in (("strict", 0), ("soft", 1)):
+        p = planner(max_connections=1, limit_mode=mode, soft_overflow=1)
+        w = p.enqueue(0.0, None)
+        slot = p.take_plan().connect[0]  # type: ignore[union-attr]
+        p.connected(slot, "c", 0.0, 0.0)
+        p.claim(w, 0.0)
+        p.take_plan()
+        p.release(slot, 1.0, broken=True)  # closing, not yet closed
+        p.take_plan()
+        p.enqueue(1.0, None)
+        plan = p.take_plan()
+        assert len(plan.connect if plan else []) == expect_connect, mode
+        p.check()
