@@ -485,3 +485,18 @@ async def test_settings_overrides_and_bad_values() -> None:
     with pytest.raises(ValueError, match="name must be a non-empty string"):
         Pool(connector, name="")
     assert connector.connects_started == 0
+
+
+async def test_concurrent_opens_start_one_pool() -> None:
+    """Two tasks opening the same pool at once share one opening; close() validates its bound."""
+    connector = FakeConnector()
+    pool = Pool(connector, max_connections=2, min_connections=1)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pool.open)
+        tg.start_soon(pool.open)
+    await pool.wait()
+    assert pool.stats().size == 1
+    with pytest.raises(ValueError, match=r"timeout must be >= 0 seconds or None \(got -1\)"):
+        await pool.close(timeout=-1)
+    await pool.close()
+    assert connector.open == set()

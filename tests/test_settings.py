@@ -96,7 +96,9 @@ def test_idle_timeout_not_below_lifetime_is_disabled_with_a_warning() -> None:
 
 def test_none_disables_optional_timers() -> None:
     """None turns off idle timeout, lifetime, pool timeout and pings."""
-    s = PoolSettings(idle_timeout=None, connection_lifetime=None, pool_timeout=None, ping_after=None)
+    s = PoolSettings(
+        idle_timeout=None, connection_lifetime=None, pool_timeout=None, ping_after=None
+    )
     assert (s.idle_timeout, s.connection_lifetime, s.pool_timeout, s.ping_after) == (None,) * 4
 
 

@@ -70,7 +70,7 @@ def test_first_ready_connection_goes_to_the_oldest_waiter() -> None:
 
 
 def test_idle_shrink_happens_at_the_tick_after_idle_timeout() -> None:
-    """An idle slot is closed by the first tick at or after idle_timeout, and next_wake says when."""
+    """An idle slot closes at the first tick at or after idle_timeout; next_wake says when."""
     p = planner(max_connections=3, idle_timeout=10.0, connection_lifetime=None)
     w = p.enqueue(0.0, None)
     slot = p.take_plan().connect[0]  # type: ignore[union-attr]
@@ -93,7 +93,9 @@ def test_idle_shrink_happens_at_the_tick_after_idle_timeout() -> None:
 
 def test_lifetime_jitter_only_shortens() -> None:
     """The jitter draw shortens the lifetime by up to lifetime_jitter, never lengthens it."""
-    p = planner(max_connections=3, connection_lifetime=100.0, lifetime_jitter=0.1, idle_timeout=None)
+    p = planner(
+        max_connections=3, connection_lifetime=100.0, lifetime_jitter=0.1, idle_timeout=None
+    )
     for draw, expected in ((0.0, 100.0), (0.5, 95.0), (0.999, 90.01)):
         w = p.enqueue(0.0, None)
         slot = p.take_plan().connect[0]  # type: ignore[union-attr]

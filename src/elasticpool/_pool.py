@@ -174,7 +174,8 @@ class Pool(Generic[ConnT]):
         self._ready: anyio.Event | None = None
         self._stop: anyio.Event | None = None
         self._runner_done: anyio.Event | None = None
-        self._state = "new"  # new → open → closing → closed
+        self._opened: anyio.Event | None = None
+        self._state = "new"  # new → opening → open → closing → closed
         self._reset_mode = settings.reset
         self._ping_after = settings.ping_after
         self._now: Callable[[], float] = anyio.current_time
@@ -199,8 +200,15 @@ class Pool(Generic[ConnT]):
         """Start the pool's background work (idempotent). The floor fills in the background."""
         if self._state == "open":
             return
+        if self._state == "opening":  # another task is opening it: wait for that
+            assert self._opened is not None
+            await self._opened.wait()
+            self._check_open()
+            return
         if self._state != "new":
             raise PoolClosed(f"pool {self.name!r} is closed and cannot be opened again")
+        self._state = "opening"
+        self._opened = opened = anyio.Event()
         backend = current_backend()
         self._now = backend.now
         self._sleep = backend.sleep
@@ -210,8 +218,10 @@ class Pool(Generic[ConnT]):
         self._runner_done = anyio.Event()
         self._drained = anyio.Event()
         _spawn_system_task(self._run, started)
-        await started.wait()
+        with anyio.CancelScope(shield=True):  # the runner is started: finish the job
+            await started.wait()
         self._state = "open"
+        opened.set()
         self._planner.tick(self._now())
         self._execute(self._planner.take_plan())
 
@@ -239,6 +249,8 @@ class Pool(Generic[ConnT]):
         after ``timeout`` seconds (``None``: no bound) whatever is left is
         terminated. Calling it again is harmless; it cannot be reopened.
         """
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be >= 0 seconds or None (got {timeout!r})")
         if self._state in ("closing", "closed"):
             if self._runner_done is not None:
                 with anyio.CancelScope(shield=True):
