@@ -206,7 +206,7 @@ async def test_connection_broken_on_return_is_evicted() -> None:
     connector = FakeConnector()
     async with Pool(connector, max_connections=2) as pool:
         async with pool.acquire() as first:
-            connector.break_next_returns(1)
+            first.drop()
         async with pool.acquire() as second:
             assert second is not first
         assert pool.stats().closed_broken == 1
@@ -500,3 +500,18 @@ async def test_concurrent_opens_start_one_pool() -> None:
         await pool.close(timeout=-1)
     await pool.close()
     assert connector.open == set()
+
+
+async def test_connection_known_closed_is_never_handed_out() -> None:
+    """An idle connection the driver already reports closed is evicted at checkout, unpinged."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=2, ping_after=None) as pool:
+        async with pool.acquire() as first:
+            pass
+        first.drop()  # e.g. the server terminated it and the driver saw the socket close
+        async with pool.acquire() as conn:
+            assert conn is not first
+            assert not connector.is_closed(conn)
+        assert connector.pings == 0
+        assert pool.stats().closed_broken == 1
+        assert_consistent(pool, connector)

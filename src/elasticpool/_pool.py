@@ -95,7 +95,11 @@ class _Acquire(Generic[ConnT]):
         slot = planner.acquire(now)
         if planner._plan is not None:
             pool._execute(planner.take_plan())
-        if slot is None or (pool._ping_after is not None and planner.should_ping(slot, now)):
+        if (
+            slot is None
+            or pool._is_closed(slot.conn)
+            or (pool._ping_after is not None and planner.should_ping(slot, now))
+        ):
             slot = await pool._acquire_slow(slot, now, self._timeout)
         self._slot = slot
         self._lease = slot.lease
@@ -166,6 +170,7 @@ class Pool(Generic[ConnT]):
         self.settings = settings
         self.membership = membership
         self._connector = connector
+        self._is_closed = connector.is_closed
         self._planner = Planner(settings)
         self._in_use: dict[int, Slot] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -372,18 +377,29 @@ class Pool(Generic[ConnT]):
         slot = planner.acquire(now)
         if planner._plan is not None:
             self._execute(planner.take_plan())
-        if slot is not None and (self._ping_after is None or not planner.should_ping(slot, now)):
+        if (
+            slot is not None
+            and not self._is_closed(slot.conn)
+            and (self._ping_after is None or not planner.should_ping(slot, now))
+        ):
             return slot
         return await self._acquire_slow(slot, now, timeout)
 
     async def _acquire_slow(self, slot: Slot | None, now: float, timeout: float | None) -> Slot:
-        """Wait for a slot and/or ping it; loop until a healthy one or the deadline."""
+        """Wait for a slot and/or check it; loop until a healthy one or the deadline.
+
+        A connection the driver already knows is closed is evicted without a
+        ping (no caller ever gets one); one due for a ping is pinged.
+        """
         planner = self._planner
         deadline = math.inf if timeout is None else now + timeout
         while True:
             if slot is None:
                 slot = await self._wait(now, None if timeout is None else deadline - now)
-            if not planner.should_ping(slot, now) or await self._ping(slot):
+            if self._is_closed(slot.conn):
+                planner.pinged(slot, False, self._now())
+                self._execute(planner.take_plan())
+            elif not planner.should_ping(slot, now) or await self._ping(slot):
                 return slot
             now = self._now()
             if now >= deadline:

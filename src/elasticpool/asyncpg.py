@@ -21,7 +21,15 @@ _DEAD_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})  # admin/crash shutdown
 
 
 def is_disconnect_error(exc: BaseException) -> bool:
-    """Whether ``exc`` from asyncpg means the connection is gone (a connection-class error)."""
+    """Whether ``exc`` from asyncpg means the connection is gone (a connection-class error).
+
+    A :class:`TimeoutError` is an :class:`OSError` on Python >= 3.10 but says
+    nothing about the connection (a query ``timeout=``, an enclosing
+    ``fail_after``, a :class:`~elasticpool.PoolTimeout` from a nested acquire),
+    so it is not one.
+    """
+    if isinstance(exc, TimeoutError):
+        return False
     if isinstance(
         exc,
         (

@@ -2,9 +2,10 @@
 
 :class:`FakeConnector` implements :class:`~elasticpool.Connector` with
 scriptable behaviour: connect latency, connect failures, connects that hang,
-connections that die while idle or in use, connections that come back broken,
-slow or failing resets and closes. Everything it does goes through anyio, so
-it runs on asyncio and trio, and in trio's virtual time.
+connections that die while idle or in use (unnoticed, or noticed by the driver
+so they come back broken), slow or failing resets and closes. Everything it
+does goes through anyio, so it runs on asyncio and trio, and in trio's virtual
+time.
 
 Example::
 
@@ -37,13 +38,23 @@ class FakeDisconnect(ConnectionError):
 class FakeConnection:
     """A pretend connection. Its flags are public so tests can set and read them."""
 
-    __slots__ = ("closed", "connector", "dead", "id", "in_transaction", "session_dirty", "uses")
+    __slots__ = (
+        "closed",
+        "connector",
+        "dead",
+        "dropped",
+        "id",
+        "in_transaction",
+        "session_dirty",
+        "uses",
+    )
 
     def __init__(self, connector: FakeConnector, conn_id: int) -> None:
         self.connector = connector
         self.id = conn_id
         self.closed = False
         self.dead = False
+        self.dropped = False
         self.in_transaction = False
         self.session_dirty = False
         self.uses = 0
@@ -69,8 +80,20 @@ class FakeConnection:
         self.session_dirty = True
 
     def kill(self) -> None:
-        """The server side goes away: pings, queries and resets now fail."""
+        """The server side goes away unnoticed: pings, queries and resets now fail.
+
+        ``is_closed()`` still says no, as a driver does until it next touches
+        the socket.
+        """
         self.dead = True
+
+    def drop(self) -> None:
+        """The connection dies and the driver knows: ``is_closed()`` now says yes.
+
+        Call it while the connection is borrowed to have it come back broken.
+        """
+        self.dead = True
+        self.dropped = True
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "dead" if self.dead else "open"
@@ -83,7 +106,8 @@ class FakeConnector:
     ``connect_delay`` (seconds, or a callable returning seconds) is how long each
     connect takes; ``close_delay`` and ``reset_delay`` likewise. Scripts for the
     next operations: :meth:`fail_next`, :meth:`hang_next` (until
-    :meth:`release_hangs`), :meth:`break_next_returns`, :meth:`fail_next_resets`.
+    :meth:`release_hangs`), :meth:`fail_next_resets`; per connection,
+    :meth:`FakeConnection.kill` and :meth:`FakeConnection.drop`.
     ``hang_closes`` makes every graceful close hang (the pool must terminate).
 
     Counters (``connects_started``, ``connects_ok``, ``connects_failed``,
@@ -119,7 +143,6 @@ class FakeConnector:
         self._fail: list[BaseException] = []
         self._hang = 0
         self._hang_release = anyio.Event()
-        self._break_returns = 0
         self._fail_resets = 0
 
     # scripts -----------------------------------------------------------------
@@ -138,16 +161,12 @@ class FakeConnector:
         self._hang_release.set()
         self._hang_release = anyio.Event()
 
-    def break_next_returns(self, n: int = 1) -> None:
-        """The next ``n`` connections given back to the pool are reported closed on return."""
-        self._break_returns += n
-
     def fail_next_resets(self, n: int = 1) -> None:
         """The next ``n`` resets raise."""
         self._fail_resets += n
 
     def kill_all(self) -> None:
-        """Every open connection dies (as after a server restart)."""
+        """Every open connection dies unnoticed (as after a server restart)."""
         for conn in self.open:
             conn.kill()
 
@@ -191,11 +210,7 @@ class FakeConnector:
         self.open.discard(conn)
 
     def is_closed(self, conn: FakeConnection) -> bool:
-        if self._break_returns > 0 and not conn.closed:
-            self._break_returns -= 1
-            conn.dead = True
-            return True
-        return conn.closed
+        return conn.closed or conn.dropped
 
     async def ping(self, conn: FakeConnection) -> None:
         self.pings += 1
