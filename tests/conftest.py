@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import pytest
 
-from elasticpool.embedded import EmbeddedPostgres
+from elasticpool.embedded import EmbeddedPostgres, make_dsn
 
 TEST_DSN_ENV = "ELASTICPOOL_TEST_DSN"
 
@@ -98,14 +98,17 @@ class ExternalPostgres:
         database: str | None = None,
         application_name: str | None = None,
     ) -> str:
-        u = quote(user if user is not None else self._user, safe="")
-        p = quote(password if password is not None else self._password, safe="")
-        d = quote(database if database is not None else self._database, safe="")
-        query = dict(self._extra)
+        params = dict(self._extra)
         if application_name is not None:
-            query["application_name"] = application_name
-        uri = f"postgresql://{u}:{p}@{quote(self._host, safe='')}:{self._port}/{d}"
-        return uri + ("?" + urlencode(query, quote_via=quote) if query else "")
+            params["application_name"] = application_name
+        return make_dsn(
+            host=self._host,
+            port=self._port,
+            user=self._user if user is None else user,
+            password=self._password if password is None else password,
+            database=self._database if database is None else database,
+            params=params,
+        )
 
     def conninfo_kwargs(self) -> dict[str, object]:
         return {

@@ -65,6 +65,7 @@ __all__ = [
     "EmbeddedPostgres",
     "EmbeddedPostgresError",
     "StopMode",
+    "make_dsn",
 ]
 
 StopMode = Literal["smart", "fast", "immediate"]
@@ -108,6 +109,23 @@ _BIND_FAILURE = ("could not bind", "address already in use", "could not create a
 _STOP_MODES = ("smart", "fast", "immediate")
 
 _T = TypeVar("_T", bound="EmbeddedPostgres")
+
+
+def make_dsn(
+    *,
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    database: str,
+    params: Mapping[str, str] | None = None,
+) -> str:
+    """``postgresql://user:password@host:port/database?params``, every part percent-encoded."""
+    u, p, d = (quote(part, safe="") for part in (user, password, database))
+    uri = f"postgresql://{u}:{p}@{quote(host, safe='')}:{port}/{d}"
+    if params:
+        uri += "?" + urlencode(dict(params), quote_via=quote)
+    return uri
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -584,13 +602,15 @@ class EmbeddedPostgres:
         Defaults are the superuser, its password and ``postgres``; every part is
         percent-encoded. ``application_name`` becomes a query parameter.
         """
-        u = quote(user if user is not None else self.user, safe="")
-        p = quote(password if password is not None else self._password, safe="")
-        d = quote(database if database is not None else self.database, safe="")
-        uri = f"postgresql://{u}:{p}@{self.host}:{self._port}/{d}"
-        if application_name is not None:
-            uri += "?" + urlencode({"application_name": application_name}, quote_via=quote)
-        return uri
+        params = {} if application_name is None else {"application_name": application_name}
+        return make_dsn(
+            host=self.host,
+            port=self._port,
+            user=self.user if user is None else user,
+            password=self._password if password is None else password,
+            database=self.database if database is None else database,
+            params=params,
+        )
 
     def conninfo_kwargs(self) -> dict[str, object]:
         """``host``, ``port``, ``user``, ``password``, ``database`` for ``asyncpg.connect(**kw)``.
