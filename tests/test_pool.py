@@ -515,3 +515,87 @@ async def test_connection_known_closed_is_never_handed_out() -> None:
         assert connector.pings == 0
         assert pool.stats().closed_broken == 1
         assert_consistent(pool, connector)
+
+
+async def test_transaction_commits_or_rolls_back_then_releases() -> None:
+    """pool.transaction() commits a clean block, rolls back a failing one, and always releases."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=1) as pool:
+        async with pool.transaction() as conn:
+            assert conn.in_transaction
+        assert (conn.commits, conn.rollbacks) == (1, 0)
+        with pytest.raises(ZeroDivisionError):
+            async with pool.transaction() as conn:
+                1 / 0  # noqa: B018
+        assert (conn.commits, conn.rollbacks) == (1, 1)
+        assert not conn.in_transaction
+        assert pool.stats().idle == 1
+        assert connector.resets == 0, "nothing left to reset after COMMIT/ROLLBACK"
+
+
+async def test_terminate_is_immediate_and_synchronous() -> None:
+    """terminate() closes every connection at once, borrowed ones included, and fails waiters."""
+    connector = FakeConnector()
+    pool = Pool(connector, max_connections=1, pool_timeout=None)
+    await pool.open()
+    held = await pool.acquire()
+    failed: list[BaseException] = []
+
+    async def waiter() -> None:
+        try:
+            await pool.acquire()
+        except PoolClosed as exc:
+            failed.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await wait_until(lambda: pool.stats().waiting == 1)
+        pool.terminate()
+    assert held.closed
+    assert connector.open == set()
+    assert len(failed) == 1
+    pool.release(held)  # harmless after terminate
+    await pool.close()  # and so is a close after it
+
+
+async def test_check_evicts_dead_idle_connections() -> None:
+    """check() pings every idle connection and closes the dead ones."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=3, ping_after=None) as pool:
+        conns = [await pool.acquire() for _ in range(3)]
+        for conn in conns:
+            pool.release(conn)
+        conns[0].kill()
+        conns[2].drop()
+        acquires = pool.stats().acquires
+        await pool.check()
+        await wait_until(lambda: len(connector.open) == 1)
+        assert connector.open == {conns[1]}
+        stats = pool.stats()
+        assert (stats.idle, stats.closed_broken, stats.acquires) == (1, 2, acquires)
+
+
+async def test_resize_can_raise_the_floor() -> None:
+    """resize(max, min_connections=n) opens the new floor in the background."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=2) as pool:
+        await pool.resize(4, min_connections=3)
+        await pool.wait()
+        stats = pool.stats()
+        assert (stats.size, stats.min, stats.max) == (3, 3, 4)
+        with pytest.raises(ValueError, match=r"min_connections must be an integer in \[0, 4\]"):
+            await pool.resize(4, min_connections=5)
+
+
+async def test_stats_count_waits_broken_returns_and_connect_time() -> None:
+    """waits, returned_broken and total_connect_time are counted."""
+    connector = FakeConnector(connect_delay=0.01)
+    async with Pool(connector, max_connections=1) as pool:
+        async with pool.acquire() as conn:
+            conn.drop()
+        async with pool.acquire():
+            pass
+        stats = pool.stats()
+        assert stats.waits == 2  # both found nothing idle and queued for a connect
+        assert stats.returned_broken == 1
+        assert stats.total_connect_time >= 0.02 - 1e-9

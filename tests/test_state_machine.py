@@ -215,11 +215,31 @@ class PlannerMachine(RuleBasedStateMachine):
                 assert self.now - slot.idle_since < timeout, "idle slot above floor too old"
         assert self.p.next_wake > self.now
 
-    @rule(limit=st.integers(1, 6))
-    def resize(self, limit: int) -> None:
+    @precondition(lambda self: self.p.n_idle)
+    @rule(data=st.data(), ok=st.booleans())
+    def check_idle(self, data: st.DataObject, ok: bool) -> None:
+        """Pool.check(): one idle slot is taken out, pinged, and given back or evicted."""
+        idle = self.p.idle_slots()
+        slot = idle[data.draw(st.integers(0, len(idle) - 1))]
+        acquires = self.p.acquires
+        if not self.p.take_for_check(slot, self.now):
+            assert self.queued, "an idle slot could not be taken with nobody waiting"
+            return
+        assert self.p.acquires == acquires, "a check is not a borrow"
+        self.p.pinged(slot, ok, self.now)
+        if ok:
+            self.p.release(slot, self.now)
+        self._collect()
+
+    @rule(limit=st.integers(1, 6), floor=st.sampled_from([None, 0, 1, 3]))
+    def resize(self, limit: int, floor: int | None) -> None:
         """The limit changes (as the fleet layer would change it)."""
         before = list(self.borrowed)
-        self.p.resize(limit, self.now)
+        if floor is not None and floor > limit:
+            with pytest.raises(ValueError, match="min_connections must be an integer in"):
+                self.p.resize(limit, self.now, floor)
+            return
+        self.p.resize(limit, self.now, floor)
         self._collect()
         assert all(s.state is SlotState.IN_USE for s in before), "resize revoked a borrowed slot"
         if self.p.n_idle:

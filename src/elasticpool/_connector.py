@@ -8,7 +8,8 @@ this protocol, and so can you.
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, TypeVar, runtime_checkable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 __all__ = ["Connector", "ResetMode"]
 
@@ -50,6 +51,12 @@ class Connector(Protocol[ConnT]):
       connection was in use means the connection is dead (connection-class
       errors); the pool then evicts it and checks the other idle connections
       before handing them out.
+    * :meth:`is_closed` is asked when a connection is lent and when it comes
+      back: it must say yes for any connection that cannot be reused as it is
+      (closed, or left mid-query by a cancelled task when the driver cannot
+      recover it).
+    * :meth:`transaction` returns the driver's own transaction context manager
+      (``BEGIN`` on entry, ``COMMIT`` on a clean exit, ``ROLLBACK`` on an error).
 
     It is not a pool: it keeps no connections of its own.
     """
@@ -84,4 +91,8 @@ class Connector(Protocol[ConnT]):
 
     def is_disconnect(self, exc: BaseException) -> bool:
         """Whether ``exc`` means the connection it came from is dead."""
+        ...
+
+    def transaction(self, conn: ConnT) -> AbstractAsyncContextManager[Any]:
+        """A transaction on ``conn``: BEGIN, then COMMIT or ROLLBACK on exit."""
         ...

@@ -9,11 +9,12 @@ then the plan it left is carried out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -66,6 +67,12 @@ class PoolStats:
     closed_resize: int
     total_wait_time: float
     total_usage_time: float
+    waits: int = 0
+    """Acquires that had to queue."""
+    returned_broken: int = 0
+    """Connections that came back dead (closed, or a connection-class error)."""
+    total_connect_time: float = 0.0
+    """Seconds spent in successful connects."""
 
 
 class _Acquire(Generic[ConnT]):
@@ -173,6 +180,7 @@ class Pool(Generic[ConnT]):
         self._is_closed = connector.is_closed
         self._planner = Planner(settings)
         self._in_use: dict[int, Slot] = {}
+        self._connect_time = 0.0
         self._tg: anyio.abc.TaskGroup | None = None
         self._tick_event: anyio.Event | None = None
         self._drained: anyio.Event | None = None
@@ -538,6 +546,7 @@ class Pool(Generic[ConnT]):
 
     async def _connect(self, slot: Slot) -> None:
         planner = self._planner
+        started = self._now()
         try:
             with anyio.fail_after(self.settings.connect_timeout):
                 conn = await self._connector.connect()
@@ -556,7 +565,9 @@ class Pool(Generic[ConnT]):
             if slot.state is not SlotState.CONNECTING:  # forgotten by a forced close
                 self._terminate(conn)
                 return
-            planner.connected(slot, conn, self._now(), random.random())
+            now = self._now()
+            self._connect_time += now - started
+            planner.connected(slot, conn, now, random.random())
             if self._ready is not None:
                 self._ready.set()
         if planner._plan is not None:
@@ -602,18 +613,71 @@ class Pool(Generic[ConnT]):
                 planner.reset_done(slot, ok, self._now())
                 self._execute(planner.take_plan())
 
+    @contextlib.asynccontextmanager
+    async def transaction(self, *, timeout: float | None = _DEFAULT) -> AsyncIterator[ConnT]:
+        """Borrow a connection inside a transaction: ``async with pool.transaction() as conn``.
+
+        BEGIN on entry; COMMIT when the block ends normally, ROLLBACK when it
+        raises; then the connection goes back. This is the transaction-scoped
+        use that Hyperdrive's "transaction pooling mode" describes: hold a
+        connection only as long as one transaction.
+        """
+        async with self.acquire(timeout=timeout) as conn, self._connector.transaction(conn):
+            yield conn
+
+    def terminate(self) -> None:
+        """Close the pool at once: terminate every connection, borrowed or not, without waiting.
+
+        Queued callers get :class:`~elasticpool.PoolClosed`. Use :meth:`close`
+        for a graceful shutdown.
+        """
+        if self._state in ("new", "closed"):
+            self._state = "closed"
+            self._planner.close(self._now())
+            return
+        planner = self._planner
+        planner.close(self._now())
+        plan = planner.take_plan()
+        if plan is not None:
+            for w in plan.wake:
+                w.token.set()
+        for slot in planner.remaining():
+            if slot.conn is not None:
+                self._terminate(slot.conn)
+            planner.forget(slot)
+        self._state = "closed"
+        if self._stop is not None:
+            self._stop.set()
+
+    async def check(self) -> None:
+        """Ping every idle connection now and close those that fail.
+
+        Connections are taken out of the idle set one at a time, so callers
+        are served meanwhile.
+        """
+        self._check_open()
+        planner = self._planner
+        for slot in planner.idle_slots():
+            if not planner.take_for_check(slot, self._now()):
+                continue  # borrowed meanwhile, or callers are waiting: they come first
+            if self._is_closed(slot.conn):
+                planner.pinged(slot, False, self._now())
+                self._execute(planner.take_plan())
+            elif await self._ping(slot):
+                self._release_slot(slot, None)
+
     # ------------------------------------------------------------------ limits
 
-    async def resize(self, max_connections: int) -> None:
+    async def resize(self, max_connections: int, min_connections: int | None = None) -> None:
         """Change this pool's limit now, with trio ``CapacityLimiter.total_tokens`` semantics.
 
         Raising it starts connects for queued callers at once. Lowering it
         closes idle surplus now and busy surplus as it comes back; a borrowed
         connection is never revoked, so the pool can stay above the new limit
-        until then.
+        until then. ``min_connections`` changes the warm floor as well.
         """
         planner = self._planner
-        planner.resize(max_connections, self._now())
+        planner.resize(max_connections, self._now(), min_connections)
         self._execute(planner.take_plan())
         await checkpoint()
 
@@ -652,6 +716,9 @@ class Pool(Generic[ConnT]):
             closed_resize=closed_for[CloseReason.RESIZE],
             total_wait_time=p.wait_time,
             total_usage_time=p.usage_time,
+            waits=p.queued,
+            returned_broken=p.returned_broken,
+            total_connect_time=self._connect_time,
         )
 
     def __repr__(self) -> str:

@@ -159,6 +159,7 @@ class Planner:
         self.settings = settings
         self._idle_timeout = settings.idle_timeout
         self.limit = settings.instance_limit() if limit is None else limit
+        self.min_connections = settings.min_connections
         self.closed = False
         self.generation = 0
         self._ids = itertools.count(1)
@@ -185,6 +186,8 @@ class Planner:
         self.closed_for: dict[CloseReason, int] = dict.fromkeys(CloseReason, 0)
         self.wait_time = 0.0
         self.usage_time = 0.0
+        self.queued = 0  # acquires that had to wait
+        self.returned_broken = 0  # connections that came back dead
 
     # ------------------------------------------------------------------ counts
 
@@ -212,7 +215,7 @@ class Planner:
 
     @property
     def floor(self) -> int:
-        return min(self.settings.min_connections, self.limit)
+        return min(self.min_connections, self.limit)
 
     def oldest_waiter_age(self, now: float) -> float:
         for w in self._waiters:
@@ -272,6 +275,25 @@ class Planner:
             self._grow(now)
         return None
 
+    def idle_slots(self) -> list[Slot]:
+        """The idle slots, least recently used first (a snapshot)."""
+        return list(self._idle)
+
+    def take_for_check(self, slot: Slot, now: float) -> bool:
+        """Take a specific idle slot out to check it (IN_USE, not counted as a borrow).
+
+        Returns ``False`` if it is no longer idle. Give it back with
+        :meth:`release` (or :meth:`pinged` with ``ok=False`` to evict it).
+        """
+        if slot.state is not SlotState.IDLE or self._waiters:
+            return False
+        self._idle.remove(slot)
+        slot.state = SlotState.IN_USE
+        slot.borrowed_at = now
+        slot.lease += 1
+        self.n_in_use += 1
+        return True
+
     def enqueue(self, now: float, timeout: float | None) -> Waiter:
         """Queue a caller (after :meth:`acquire` returned ``None``) and grow for it if uncovered."""
         if self.closed:
@@ -285,6 +307,7 @@ class Planner:
         deadline = _INF if timeout is None else now + timeout
         w = Waiter(next(self._ids), now, deadline)
         self._waiters[w] = None
+        self.queued += 1
         if deadline < _INF:
             heapq.heappush(self._deadlines, (deadline, w))
             if len(self._deadlines) > 2 * len(self._waiters) + 64:
@@ -336,6 +359,7 @@ class Planner:
             slot.checked_gen = self.generation
             return
         self.release(slot, now, broken=True)
+        self.returned_broken -= 1  # found dead on the way out, not returned dead
 
     # ------------------------------------------------------------------ release
 
@@ -353,6 +377,7 @@ class Planner:
         self.n_in_use -= 1
         self.usage_time += now - slot.borrowed_at
         if broken:
+            self.returned_broken += 1
             self.generation += 1
             self._close(slot, CloseReason.BROKEN)
             self._grow(now)
@@ -561,15 +586,23 @@ class Planner:
 
     # ------------------------------------------------------------------ limits
 
-    def resize(self, limit: int, now: float) -> None:
+    def resize(self, limit: int, now: float, floor: int | None = None) -> None:
         """Set the limit, with trio ``CapacityLimiter.total_tokens`` semantics.
 
         Raising it lets queued waiters grow the pool at once. Lowering it closes
         idle surplus now and busy surplus as it comes back; a connection in use
         is never revoked, so the budget can stay above the new limit until then.
+        ``floor`` sets ``min_connections`` too (at most the new limit): raising
+        it opens connections in the background, lowering it lets idle ones age out.
         """
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ValueError(f"max_connections must be an integer >= 1 (got {limit!r})")
+        if floor is not None:
+            if not isinstance(floor, int) or isinstance(floor, bool) or not 0 <= floor <= limit:
+                raise ValueError(
+                    f"min_connections must be an integer in [0, {limit}] (got {floor!r})"
+                )
+            self.min_connections = floor
         old = self.limit
         self.limit = limit
         if limit < old:

@@ -7,6 +7,7 @@ runs on asyncio only, so pools using this connector do too.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -108,6 +109,10 @@ class AsyncpgConnector:
 
     def is_disconnect(self, exc: BaseException) -> bool:
         return is_disconnect_error(exc)
+
+    def transaction(self, conn: asyncpg.Connection) -> AbstractAsyncContextManager[Any]:
+        tx: AbstractAsyncContextManager[Any] = conn.transaction()
+        return tx
 
     def __repr__(self) -> str:
         where = ""

@@ -22,7 +22,8 @@ a pool cares about (open, dead, in a transaction, session state changed).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
 
@@ -40,11 +41,13 @@ class FakeConnection:
 
     __slots__ = (
         "closed",
+        "commits",
         "connector",
         "dead",
         "dropped",
         "id",
         "in_transaction",
+        "rollbacks",
         "session_dirty",
         "uses",
     )
@@ -58,6 +61,8 @@ class FakeConnection:
         self.in_transaction = False
         self.session_dirty = False
         self.uses = 0
+        self.commits = 0
+        self.rollbacks = 0
 
     async def execute(self, work: float = 0.0) -> None:
         """Pretend to run a query taking ``work`` seconds; raise if the connection is dead."""
@@ -245,3 +250,22 @@ class FakeConnector:
 
     def is_disconnect(self, exc: BaseException) -> bool:
         return isinstance(exc, FakeDisconnect)
+
+    def transaction(self, conn: FakeConnection) -> AbstractAsyncContextManager[None]:
+        return _fake_transaction(conn)
+
+
+@asynccontextmanager
+async def _fake_transaction(conn: FakeConnection) -> AsyncIterator[None]:
+    """BEGIN; COMMIT on a clean exit (counted in ``conn.commits``), ROLLBACK otherwise."""
+    await conn.execute()
+    conn.begin()
+    try:
+        yield
+    except BaseException:
+        conn.in_transaction = False
+        conn.rollbacks += 1
+        raise
+    await conn.execute()
+    conn.in_transaction = False
+    conn.commits += 1
