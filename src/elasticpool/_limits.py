@@ -1,0 +1,209 @@
+"""The limit resolver: settings and a fleet view in, this instance's limit out. Pure.
+
+Precedence (Hasura's rules):
+
+* ``total_max_connections`` and ``max_connections`` both set: the total wins
+  (a warning says once that ``max_connections`` is ignored);
+* neither set: the total is :data:`~elasticpool.DEFAULT_TOTAL_MAX_CONNECTIONS`;
+* only ``max_connections``: a fixed per-instance limit, and the fleet total is
+  unbounded (``Resolution.fleet_total`` is ``None``);
+* no membership: a fleet of one, whose share is the whole total.
+
+Division of a total among live members (:func:`divide`) is max-min fair over
+each member's demand (connections in use plus callers waiting):
+
+1. every member asking for connections gets up to an equal level, raised
+   until the total is used up or every demand is met (water-filling), so a
+   member that asks always gets at least ``min(demand, total // askers)``;
+2. what is left after every demand is met is spread evenly over all members
+   as headroom, so an idle member can take its first connections before the
+   next heartbeat;
+3. integer remainders go one each to members in a fixed order (by id), so
+   nothing is wasted and the same view always gives the same shares.
+
+More members than the total is fine: idle members hold nothing, busy ones
+share what there is. It never divides by zero and never hands out more than
+the total.
+
+A *share* is what a member may grow to; its *grant* (:func:`grants`) is what
+it may hold now: a grower only gets what others have actually released,
+so the connections open across the fleet stay within the total (see
+docs/fleet.md for the bound while views are in flight).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping, Sequence
+
+from ._errors import ElasticPoolWarning
+from ._settings import DEFAULT_TOTAL_MAX_CONNECTIONS, PoolSettings
+
+__all__ = [
+    "HYPERDRIVE_MINIMUM_TOTAL",
+    "Member",
+    "Resolution",
+    "divide",
+    "grants",
+    "resolve_limit",
+]
+
+HYPERDRIVE_MINIMUM_TOTAL = 5
+"""Totals below this are raised to it (with a warning) unless explicitly allowed."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Member:
+    """One live instance of a pool as the fleet sees it."""
+
+    id: str
+    demand: int = 0
+    """Connections it wants: in use plus callers waiting."""
+    holding: int = 0
+    """Connections it has open (its pool size, closing ones included)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Resolution:
+    """What :func:`resolve_limit` decided for one instance."""
+
+    limit: int
+    """This instance's limit now (what its pool is resized to)."""
+    share: int
+    """What it may grow to once others release (its fair share of the total)."""
+    fleet_total: int | None
+    """The total divided among the fleet; ``None`` when only a per-instance limit is set."""
+    members: int
+    """Live members counted in the division (1 without membership)."""
+    source: str
+    """Which rule applied: ``"total"``, ``"default total"`` or ``"max_connections"``."""
+
+
+def _water_fill(total: int, wants: Mapping[str, int]) -> tuple[dict[str, int], int]:
+    """Max-min fair integer split of ``total`` over ``wants``; returns (allocation, left over).
+
+    Ties and remainders go in a fixed order (least served, then id), so the
+    same input always gives the same output.
+    """
+    alloc = dict.fromkeys(sorted(wants), 0)
+    remaining = total
+    unmet = [k for k in alloc if wants[k] > 0]
+    while remaining > 0 and unmet:
+        level = remaining // len(unmet)
+        if level == 0:  # fewer units than askers: one each, least served first
+            for k in sorted(unmet, key=lambda k: (alloc[k], k))[:remaining]:
+                alloc[k] += 1
+            return alloc, 0
+        still: list[str] = []
+        for k in unmet:
+            give = min(level, wants[k] - alloc[k])
+            alloc[k] += give
+            remaining -= give
+            if alloc[k] < wants[k]:
+                still.append(k)
+        unmet = still
+    return alloc, remaining
+
+
+def divide(total: int, members: Sequence[Member]) -> dict[str, int]:
+    """Split ``total`` among ``members`` (see the module docstring); shares by member id.
+
+    Deterministic: the result depends only on ``total`` and the members' ids
+    and demands, not on their order in ``members``.
+    """
+    if total < 0:
+        raise ValueError(f"total must be >= 0 (got {total})")
+    shares, remaining = _water_fill(total, {m.id: max(0, m.demand) for m in members})
+    if remaining > 0 and shares:  # headroom: evenly over everyone, remainder by id
+        each, extra = divmod(remaining, len(shares))
+        for i, k in enumerate(shares):
+            shares[k] += each + (1 if i < extra else 0)
+    return shares
+
+
+def grants(total: int, members: Sequence[Member], shares: Mapping[str, int]) -> dict[str, int]:
+    """What each member may hold now, given what everyone holds: growers share what is free.
+
+    A member above its share is granted its share (it shrinks as its
+    borrowers return connections; nothing is revoked). A member below its
+    share keeps what it holds and may grow into the free part of the total,
+    ``total - sum(holdings)``, which is split max-min fairly among the
+    growers by how far each is below its share. So, for one view,
+    ``sum(max(holding, grant)) <= max(total, sum(holdings))``: growth never
+    takes the fleet above the total.
+    """
+    free = max(0, total - sum(m.holding for m in members))
+    wants = {m.id: shares[m.id] - m.holding for m in members if shares[m.id] > m.holding}
+    alloc, _ = _water_fill(free, wants)
+    return {
+        m.id: shares[m.id] if m.holding >= shares[m.id] else m.holding + alloc[m.id]
+        for m in members
+    }
+
+
+_warned_max_ignored: set[tuple[int, int]] = set()
+
+
+def resolve_limit(
+    settings: PoolSettings,
+    members: Sequence[Member] | None = None,
+    me: str | None = None,
+    *,
+    fleet_total: int | None = None,
+    allow_small_total: bool = False,
+) -> Resolution:
+    """This instance's limit, from its settings and (optionally) a view of the fleet.
+
+    ``members`` is the live fleet including this instance (``me`` is its
+    id); without it the instance is a fleet of one. ``fleet_total``, when
+    given, is a total set fleet-wide at run time (it overrides the settings'
+    total, as a live change does). Totals below
+    :data:`HYPERDRIVE_MINIMUM_TOTAL` are raised to it with an
+    :class:`~elasticpool.ElasticPoolWarning` unless ``allow_small_total``.
+    """
+    total = fleet_total if fleet_total is not None else settings.total_max_connections
+    source = "total"
+    if total is not None and settings.max_connections is not None:
+        key = (total, settings.max_connections)
+        if key not in _warned_max_ignored:
+            _warned_max_ignored.add(key)
+            warnings.warn(
+                f"both total_max_connections ({total}) and max_connections "
+                f"({settings.max_connections}) are set: the total wins, max_connections "
+                "is ignored",
+                ElasticPoolWarning,
+                stacklevel=2,
+            )
+    if total is None:
+        if settings.max_connections is not None:
+            return Resolution(
+                limit=settings.max_connections,
+                share=settings.max_connections,
+                fleet_total=None,
+                members=1 if not members else len(members),
+                source="max_connections",
+            )
+        total = DEFAULT_TOTAL_MAX_CONNECTIONS
+        source = "default total"
+    if total < HYPERDRIVE_MINIMUM_TOTAL and not allow_small_total:
+        warnings.warn(
+            f"total_max_connections {total} is below the minimum of "
+            f"{HYPERDRIVE_MINIMUM_TOTAL}; using {HYPERDRIVE_MINIMUM_TOTAL} "
+            "(pass allow_small_total=True to keep it)",
+            ElasticPoolWarning,
+            stacklevel=2,
+        )
+        total = HYPERDRIVE_MINIMUM_TOTAL
+    if not members:
+        return Resolution(limit=total, share=total, fleet_total=total, members=1, source=source)
+    if me is None or all(m.id != me for m in members):
+        raise ValueError(f"member {me!r} is not in the fleet view")
+    shares = divide(total, members)
+    return Resolution(
+        limit=grants(total, members, shares)[me],
+        share=shares[me],
+        fleet_total=total,
+        members=len(members),
+        source=source,
+    )
