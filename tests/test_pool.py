@@ -334,8 +334,8 @@ async def test_resize_down_never_revokes_and_closes_surplus() -> None:
         assert stats.size == 1
         assert stats.idle == 1
         assert stats.closed_resize == 3
-        with pytest.raises(ValueError, match=r"max_connections must be an integer >= 1 \(got 0\)"):
-            await pool.resize(0)
+        with pytest.raises(ValueError, match=r"max_connections must be an integer >= 0 \(got -1\)"):
+            await pool.resize(-1)
         assert_consistent(pool, connector)
 
 
@@ -599,3 +599,26 @@ async def test_stats_count_waits_broken_returns_and_connect_time() -> None:
         assert stats.waits == 2  # both found nothing idle and queued for a connect
         assert stats.returned_broken == 1
         assert stats.total_connect_time >= 0.02 - 1e-9
+
+
+async def test_resize_to_zero_pauses_and_raising_resumes() -> None:
+    """At limit 0 callers queue and time out; raising the limit serves the queue."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=2, pool_timeout=0.05) as pool:
+        async with pool.acquire():
+            pass
+        await pool.resize(0)
+        assert pool.stats().idle == 0, "idle surplus closed"
+        with pytest.raises(PoolTimeout):
+            await pool.acquire()
+        served = anyio.Event()
+
+        async def waiter() -> None:
+            async with pool.acquire(timeout=None):
+                served.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await wait_until(lambda: pool.stats().waiting == 1)
+            await pool.resize(1)
+            await served.wait()

@@ -231,7 +231,7 @@ class PlannerMachine(RuleBasedStateMachine):
             self.p.release(slot, self.now)
         self._collect()
 
-    @rule(limit=st.integers(1, 6), floor=st.sampled_from([None, 0, 1, 3]))
+    @rule(limit=st.integers(0, 6), floor=st.sampled_from([None, 0, 1, 3]))
     def resize(self, limit: int, floor: int | None) -> None:
         """The limit changes (as the fleet layer would change it)."""
         before = list(self.borrowed)

@@ -675,6 +675,10 @@ class Pool(Generic[ConnT]):
         closes idle surplus now and busy surplus as it comes back; a borrowed
         connection is never revoked, so the pool can stay above the new limit
         until then. ``min_connections`` changes the warm floor as well.
+
+        ``max_connections=0`` pauses the pool: callers queue (and time out at
+        ``pool_timeout``) until the limit is raised again. The fleet layer uses
+        it for a member that is granted nothing while the budget is taken.
         """
         planner = self._planner
         planner.resize(max_connections, self._now(), min_connections)

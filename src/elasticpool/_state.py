@@ -595,8 +595,8 @@ class Planner:
         ``floor`` sets ``min_connections`` too (at most the new limit): raising
         it opens connections in the background, lowering it lets idle ones age out.
         """
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise ValueError(f"max_connections must be an integer >= 1 (got {limit!r})")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise ValueError(f"max_connections must be an integer >= 0 (got {limit!r})")
         if floor is not None:
             if not isinstance(floor, int) or isinstance(floor, bool) or not 0 <= floor <= limit:
                 raise ValueError(
