@@ -116,3 +116,43 @@ def test_settings_are_frozen_and_replace_revalidates() -> None:
     assert s.replace(max_connections=6).max_connections == 6
     with pytest.raises(ValueError, match="max_connections"):
         s.replace(max_connections=0)
+
+
+def test_from_hasura_accepts_hasura_names_and_meanings() -> None:
+    """Hasura's pool_settings map over, with 0 meaning "never" for lifetime and idle timeout."""
+    s = PoolSettings.from_hasura(
+        {
+            "max_connections": 50,
+            "total_max_connections": 100,
+            "idle_timeout": 0,
+            "connection_lifetime": 0,
+            "pool_timeout": 30,
+            "retries": 1,
+        }
+    )
+    assert (s.max_connections, s.total_max_connections) == (50, 100)
+    assert (s.idle_timeout, s.connection_lifetime, s.pool_timeout) == (None, None, 30)
+    with pytest.raises(ValueError, match=r"unknown hasura pool_settings key\(s\) \['isolation'\]"):
+        PoolSettings.from_hasura({"isolation": "serializable"})
+    with pytest.raises(ValueError, match="idle_timeout must be"):
+        PoolSettings.from_hasura({"idle_timeout": -1})
+
+
+def test_from_env_reads_prefixed_variables() -> None:
+    """ELASTICPOOL_* variables fill the settings; bad values name the variable."""
+    env = {
+        "ELASTICPOOL_TOTAL_MAX_CONNECTIONS": "80",
+        "ELASTICPOOL_IDLE_TIMEOUT": "60",
+        "ELASTICPOOL_POOL_TIMEOUT": "none",
+        "ELASTICPOOL_RESET": "rollback",
+        "ELASTICPOOL_LIFETIME_JITTER": "0.1",
+        "UNRELATED": "x",
+    }
+    s = PoolSettings.from_env(env)
+    assert (s.total_max_connections, s.idle_timeout, s.pool_timeout) == (80, 60, None)
+    assert (s.reset, s.lifetime_jitter) == ("rollback", 0.1)
+    with pytest.raises(
+        ValueError, match=r"ELASTICPOOL_MAX_CONNECTIONS must be a number \(got 'ten'\)"
+    ):
+        PoolSettings.from_env({"ELASTICPOOL_MAX_CONNECTIONS": "ten"})
+    assert PoolSettings.from_env({}) == PoolSettings()

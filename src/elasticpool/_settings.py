@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from ._connector import ResetMode
 from ._errors import ElasticPoolWarning
 
-__all__ = ["DEFAULT_TOTAL_MAX_CONNECTIONS", "LimitMode", "PoolSettings"]
+__all__ = ["DEFAULT_TOTAL_MAX_CONNECTIONS", "HASURA_NAMES", "LimitMode", "PoolSettings"]
+
+HASURA_NAMES = (
+    "max_connections",
+    "total_max_connections",
+    "idle_timeout",
+    "connection_lifetime",
+    "pool_timeout",
+    "retries",
+)
+"""Hasura's ``pool_settings`` keys that :meth:`PoolSettings.from_hasura` accepts."""
+
+_ENV_PREFIX = "ELASTICPOOL_"
 
 DEFAULT_TOTAL_MAX_CONNECTIONS = 50
 """The fleet total when neither ``max_connections`` nor ``total_max_connections`` is set.
@@ -211,6 +225,67 @@ class PoolSettings:
         if self.max_connections is not None:
             return self.max_connections
         return DEFAULT_TOTAL_MAX_CONNECTIONS
+
+    @classmethod
+    def from_hasura(cls, pool_settings: Mapping[str, Any], **overrides: Any) -> PoolSettings:
+        """Settings from a Hasura ``pool_settings`` mapping, with Hasura's meanings.
+
+        Accepted keys: ``max_connections``, ``total_max_connections``,
+        ``idle_timeout``, ``connection_lifetime``, ``pool_timeout`` and
+        ``retries``. As in Hasura, ``connection_lifetime: 0`` means connections
+        are never retired and ``idle_timeout: 0`` that they never time out
+        (both become ``None`` here); Hasura's ``pool_timeout`` waits forever
+        when absent, ours keeps its finite default unless given. ``retries``
+        is accepted and ignored: this pool never stops reconnecting (callers
+        get :class:`~elasticpool.PoolTimeout` instead). An unknown key is a
+        :class:`ValueError` naming the accepted ones. ``overrides`` are other
+        :class:`PoolSettings` fields.
+        """
+        unknown = sorted(set(pool_settings) - set(HASURA_NAMES))
+        if unknown:
+            raise ValueError(
+                f"unknown hasura pool_settings key(s) {unknown}; accepted: {list(HASURA_NAMES)}"
+            )
+        fields: dict[str, Any] = {k: v for k, v in pool_settings.items() if k != "retries"}
+        for key in ("connection_lifetime", "idle_timeout"):
+            if fields.get(key) == 0 and not isinstance(fields.get(key), bool):
+                fields[key] = None
+        return cls(**{**fields, **overrides})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> PoolSettings:
+        """Settings from ``ELASTICPOOL_<NAME>`` environment variables, Hasura names included.
+
+        ``ELASTICPOOL_TOTAL_MAX_CONNECTIONS=100``, ``ELASTICPOOL_IDLE_TIMEOUT=60``
+        and so on, for every :class:`PoolSettings` field (Hasura's meanings for
+        Hasura's names, as in :meth:`from_hasura`). The empty string and
+        ``none`` mean ``None``. A value that does not parse is a
+        :class:`ValueError` naming the variable.
+        """
+        env = os.environ if environ is None else environ
+        hasura: dict[str, Any] = {}
+        other: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            var = _ENV_PREFIX + f.name.upper()
+            if var not in env:
+                continue
+            raw = env[var].strip()
+            if raw.lower() in ("", "none"):
+                value: Any = None
+            elif f.name in ("reset", "limit_mode"):
+                value = raw
+            else:
+                try:
+                    value = int(raw)
+                except ValueError:
+                    try:
+                        value = float(raw)
+                    except ValueError:
+                        raise ValueError(f"{var} must be a number (got {raw!r})") from None
+            (hasura if f.name in HASURA_NAMES else other)[f.name] = value
+        if _ENV_PREFIX + "RETRIES" in env:
+            hasura["retries"] = env[_ENV_PREFIX + "RETRIES"]
+        return cls.from_hasura(hasura, **{**other, **overrides})
 
     def replace(self, **changes: Any) -> PoolSettings:
         """A copy with ``changes`` applied and validated again."""
