@@ -78,8 +78,11 @@ class PlannerMachine(RuleBasedStateMachine):
 
     # -------------------------------------------------------------- rules
 
-    @rule(timeout=st.sampled_from([None, 0.5, 2.0, 10.0]))
-    def acquire(self, timeout: float | None) -> None:
+    @rule(
+        timeout=st.sampled_from([None, 0.5, 2.0, 10.0]),
+        priority=st.sampled_from([False] * 5 + [True]),
+    )
+    def acquire(self, timeout: float | None, priority: bool) -> None:
         """A caller asks for a slot: takes an idle one or queues."""
         if self.p.closed:
             with pytest.raises(PoolClosed):
@@ -98,7 +101,12 @@ class PlannerMachine(RuleBasedStateMachine):
                 with pytest.raises(TooManyWaiters):
                     self.p.enqueue(self.now, timeout)
             else:
-                self.queued.append(self.p.enqueue(self.now, timeout))
+                w = self.p.enqueue(self.now, timeout, priority)
+                if priority:  # after earlier priority waiters, before every ordinary one
+                    at = sum(1 for q in self.queued if q.priority)
+                    self.queued.insert(at, w)
+                else:
+                    self.queued.append(w)
         self._collect()
 
     @precondition(lambda self: self.borrowed)

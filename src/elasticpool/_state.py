@@ -17,7 +17,8 @@ Invariants (checked by :meth:`Planner.check`, after every step in the tests):
   slot sits IDLE while live connections are above the limit (a lowered limit
   is met as busy surplus comes back; nothing in use is revoked);
 * waiters are served strictly first in, first out (no barging: a fresh
-  ``acquire`` never takes an idle slot while someone is queued);
+  ``acquire`` never takes an idle slot while someone is queued); the only
+  exception is a priority waiter (the fleet heartbeat), served first;
 * after :meth:`Planner.tick` no queued waiter is past its deadline, and no
   idle slot above the floor is older than ``idle_timeout``.
 """
@@ -108,10 +109,13 @@ class Slot:
 class Waiter:
     """A caller queued for a slot; ``token`` belongs to the caller (the shell's wake-up)."""
 
-    __slots__ = ("deadline", "enqueued_at", "id", "outcome", "slot", "token")
+    __slots__ = ("deadline", "enqueued_at", "id", "outcome", "priority", "slot", "token")
 
-    def __init__(self, waiter_id: int, enqueued_at: float, deadline: float) -> None:
+    def __init__(
+        self, waiter_id: int, enqueued_at: float, deadline: float, priority: bool = False
+    ) -> None:
         self.id = waiter_id
+        self.priority = priority
         self.enqueued_at = enqueued_at
         self.deadline = deadline
         self.slot: Slot | None = None
@@ -294,8 +298,13 @@ class Planner:
         self.n_in_use += 1
         return True
 
-    def enqueue(self, now: float, timeout: float | None) -> Waiter:
-        """Queue a caller (after :meth:`acquire` returned ``None``) and grow for it if uncovered."""
+    def enqueue(self, now: float, timeout: float | None, priority: bool = False) -> Waiter:
+        """Queue a caller (after :meth:`acquire` returned ``None``) and grow for it if uncovered.
+
+        ``priority`` puts it ahead of every ordinary waiter (after earlier
+        priority ones): the fleet heartbeat uses it so that coordination is
+        not starved by the pool's own callers. Ordinary waiters stay FIFO.
+        """
         if self.closed:
             raise PoolClosed(f"pool is closed ({self.describe()})")
         max_waiting = self.settings.max_waiting
@@ -305,8 +314,13 @@ class Planner:
                 f"max_waiting is {max_waiting} ({self.describe()})"
             )
         deadline = _INF if timeout is None else now + timeout
-        w = Waiter(next(self._ids), now, deadline)
+        w = Waiter(next(self._ids), now, deadline, priority)
         self._waiters[w] = None
+        if priority:
+            ahead = [q for q in self._waiters if q.priority and q is not w]
+            self._waiters.move_to_end(w, last=False)
+            for q in reversed(ahead):  # earlier priority waiters stay in front of it
+                self._waiters.move_to_end(q, last=False)
         self.queued += 1
         if deadline < _INF:
             heapq.heappush(self._deadlines, (deadline, w))
@@ -708,8 +722,12 @@ class Planner:
         for w in self._waiters:
             assert w.slot is None, w
             assert w.outcome is None, w
-        ids = [w.id for w in self._waiters]
+        flags = [w.priority for w in self._waiters]
+        assert flags == sorted(flags, reverse=True), "a priority waiter behind an ordinary one"
+        ids = [w.id for w in self._waiters if not w.priority]
         assert ids == sorted(ids), "waiters out of FIFO order"
+        prio = [w.id for w in self._waiters if w.priority]
+        assert prio == sorted(prio), "priority waiters out of order"
         if self._idle:
             assert not self._waiters, "a slot sits idle while callers wait"
             assert self.size <= self.limit, "idle surplus above the limit"
