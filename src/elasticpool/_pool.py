@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import random
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -25,8 +26,10 @@ from anyio.lowlevel import checkpoint
 from ._backend import Waker, current_backend
 from ._connector import Connector
 from ._errors import PoolClosed, PoolTimeout
+from ._limits import resolve_limit
 from ._settings import PoolSettings
 from ._state import CloseReason, Outcome, Plan, Planner, Slot, SlotState
+from .fleet._base import FleetStatus, Membership
 
 __all__ = ["Pool", "PoolStats"]
 
@@ -163,7 +166,7 @@ class Pool(Generic[ConnT]):
         connector: Connector[ConnT],
         settings: PoolSettings | None = None,
         *,
-        membership: object | None = None,
+        membership: Membership | None = None,
         name: str = "default",
         **overrides: Any,
     ) -> None:
@@ -178,7 +181,12 @@ class Pool(Generic[ConnT]):
         self.membership = membership
         self._connector = connector
         self._is_closed = connector.is_closed
-        self._planner = Planner(settings)
+        self._planner = Planner(
+            settings, resolve_limit(settings, allow_small_total=settings.allow_small_total).limit
+        )
+        self._coordinating: Slot | None = None
+        # Prefix of the application_name its connections carry, when the connector tags them.
+        self.application_name_prefix: str | None = None
         self._in_use: dict[int, Slot] = {}
         self._connect_time = 0.0
         self._tg: anyio.abc.TaskGroup | None = None
@@ -235,8 +243,19 @@ class Pool(Generic[ConnT]):
             await started.wait()
         self._state = "open"
         opened.set()
+        if self.membership is not None:
+            # The first limit comes from the fleet, before anyone borrows.
+            await self.membership.join(self)
+            assert self._tg is not None
+            self._tg.start_soon(self._run_membership, self.membership)
         self._planner.tick(self._now())
         self._execute(self._planner.take_plan())
+
+    async def _run_membership(self, membership: Membership) -> None:
+        try:
+            await membership.run(self)
+        except Exception:  # pragma: no cover - a bug in a membership
+            logger.exception("pool %r: fleet membership stopped", self.name)
 
     async def _run(self, started: anyio.Event) -> None:
         assert self._stop is not None
@@ -273,6 +292,9 @@ class Pool(Generic[ConnT]):
             self._state = "closed"
             self._planner.close(self._now())
             return
+        if self.membership is not None and self._state == "open":
+            with anyio.CancelScope(shield=True):
+                await self.membership.leave(self)
         self._state = "closing"
         planner = self._planner
         planner.close(self._now())
@@ -393,7 +415,9 @@ class Pool(Generic[ConnT]):
             return slot
         return await self._acquire_slow(slot, now, timeout)
 
-    async def _acquire_slow(self, slot: Slot | None, now: float, timeout: float | None) -> Slot:
+    async def _acquire_slow(
+        self, slot: Slot | None, now: float, timeout: float | None, priority: bool = False
+    ) -> Slot:
         """Wait for a slot and/or check it; loop until a healthy one or the deadline.
 
         A connection the driver already knows is closed is evicted without a
@@ -403,7 +427,7 @@ class Pool(Generic[ConnT]):
         deadline = math.inf if timeout is None else now + timeout
         while True:
             if slot is None:
-                slot = await self._wait(now, None if timeout is None else deadline - now)
+                slot = await self._wait(now, None if timeout is None else deadline - now, priority)
             if self._is_closed(slot.conn):
                 planner.pinged(slot, False, self._now())
                 self._execute(planner.take_plan())
@@ -416,9 +440,9 @@ class Pool(Generic[ConnT]):
             if planner._plan is not None:
                 self._execute(planner.take_plan())
 
-    async def _wait(self, now: float, timeout: float | None) -> Slot:
+    async def _wait(self, now: float, timeout: float | None, priority: bool = False) -> Slot:
         planner = self._planner
-        w = planner.enqueue(now, timeout)
+        w = planner.enqueue(now, timeout, priority)
         event = w.token = self._waker()
         if planner._plan is not None:
             self._execute(planner.take_plan())
@@ -665,6 +689,112 @@ class Pool(Generic[ConnT]):
                 self._execute(planner.take_plan())
             elif await self._ping(slot):
                 self._release_slot(slot, None)
+
+    # ------------------------------------------------------------------ fleet
+
+    def fleet(self) -> FleetStatus:
+        """This pool's view of its fleet: members, shares, holdings, demand, its limit.
+
+        Without a membership it is a fleet of one whose share is the whole
+        limit (``fleet_total`` is ``None`` when only ``max_connections`` is set).
+        """
+        if self.membership is not None:
+            return self.membership.status(self)
+        r = resolve_limit(self.settings, allow_small_total=self.settings.allow_small_total)
+        return FleetStatus(
+            pool=self.name,
+            instance="",
+            membership="none",
+            limit=self._planner.limit,
+            share=r.share,
+            fleet_total=r.fleet_total,
+            source=r.source,
+        )
+
+    async def set_fleet_total(self, total: int | None) -> None:
+        """Change ``total_max_connections`` for the whole fleet, live (``None``: back to settings).
+
+        Needs a membership that coordinates (:class:`~elasticpool.PostgresMembership`):
+        every instance adopts the new total at its next heartbeat.
+        """
+        set_total = getattr(self.membership, "set_total", None)
+        if set_total is None:
+            raise RuntimeError(
+                f"pool {self.name!r} has no coordinating membership: "
+                "use PostgresMembership to change the fleet total live"
+            )
+        self._check_open()
+        await set_total(self, total)
+
+    @contextlib.asynccontextmanager
+    async def _coordination(self) -> AsyncIterator[Any]:
+        """A connection for one coordination transaction, counted inside the budget if it can be.
+
+        One of the pool's own: an idle one, else the next to come back (ahead of
+        every caller), else a new one within the limit. Only when the pool's
+        limit is 0 (or it is not open) is a connection of its own opened for
+        the transaction and closed after it: the one documented way a member
+        can exceed its grant, by one connection for one short transaction.
+        """
+        planner = self._planner
+        if self._state != "open" or planner.limit == 0:
+            with anyio.fail_after(self.settings.connect_timeout):
+                conn = await self._connector.connect()
+            try:
+                yield conn
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._close_conn(conn)
+            return
+        now = self._now()
+        slot = planner.acquire(now)
+        if planner._plan is not None:
+            self._execute(planner.take_plan())
+        if (
+            slot is None
+            or self._is_closed(slot.conn)
+            or (self._ping_after is not None and planner.should_ping(slot, now))
+        ):
+            slot = await self._acquire_slow(slot, now, None, priority=True)
+        lease = slot.lease
+        self._coordinating = slot
+        ok = False
+        try:
+            yield slot.conn
+            ok = True
+        finally:
+            self._coordinating = None
+            if slot.lease == lease and slot.state is SlotState.IN_USE:
+                if ok:  # committed: nothing to reset
+                    planner.release(slot, self._now(), self._is_closed(slot.conn), False)
+                    if planner._plan is not None:
+                        self._execute(planner.take_plan())
+                else:
+                    self._release_slot(slot, sys.exc_info()[1])
+
+    @contextlib.asynccontextmanager
+    async def _frozen(self) -> AsyncIterator[tuple[int, int]]:
+        """Hold the pool at its current size and yield (demand, holding) for a heartbeat.
+
+        While the heartbeat's transaction runs the pool must not grow beyond
+        what it reports; the membership then resizes it to its new grant. If
+        the heartbeat fails, the previous limit comes back.
+        """
+        p = self._planner
+        before = p.limit
+        coordinating = 1 if self._coordinating is not None else 0
+        demand = p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting - coordinating
+        holding = len(p.remaining())
+        if p.size < before:
+            p.resize(p.size, self._now())
+            self._execute(p.take_plan())
+        try:
+            yield max(0, demand), holding
+        except BaseException:
+            if p.limit != before and not p.closed:
+                p.resize(before, self._now())
+                self._execute(p.take_plan())
+            raise
 
     # ------------------------------------------------------------------ limits
 

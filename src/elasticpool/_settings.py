@@ -136,7 +136,12 @@ class PoolSettings:
     ``limit_mode``
         ``"strict"``: connections being closed count against the limit until
         they are gone. ``"soft"``: up to ``soft_overflow`` closing connections
-        stop counting, so replacements need not wait for slow closes.
+        stop counting, so replacements need not wait for slow closes; and a
+        fleet member that loses coordination keeps a bounded share instead of
+        dropping to zero.
+    ``allow_small_total``
+        A total below 5 (Hyperdrive's minimum) is raised to 5 with a warning
+        unless this is true.
 
     It is not a connection string: driver options belong to the connector.
     """
@@ -158,6 +163,7 @@ class PoolSettings:
     reset: ResetMode = "session"
     limit_mode: LimitMode = "strict"
     soft_overflow: int = 2
+    allow_small_total: bool = False
 
     def __post_init__(self) -> None:
         _check_int("max_connections", self.max_connections, 1, optional=True)
@@ -193,6 +199,8 @@ class PoolSettings:
         if self.limit_mode not in _LIMIT_MODES:
             raise ValueError(f"limit_mode must be one of {_LIMIT_MODES} (got {self.limit_mode!r})")
         _check_int("soft_overflow", self.soft_overflow, 0, optional=False)
+        if not isinstance(self.allow_small_total, bool):
+            raise TypeError(f"allow_small_total must be a bool (got {self.allow_small_total!r})")
         limit = self.instance_limit()
         if self.min_connections > limit:
             which = (
@@ -274,6 +282,8 @@ class PoolSettings:
                 value: Any = None
             elif f.name in ("reset", "limit_mode"):
                 value = raw
+            elif f.name == "allow_small_total":
+                value = raw.lower() in ("1", "true", "yes", "on")
             else:
                 try:
                     value = int(raw)

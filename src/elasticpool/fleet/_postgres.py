@@ -1,0 +1,360 @@
+"""Fleet membership coordinated through the PostgreSQL database itself.
+
+Every instance of a pool (same pool name, same database) keeps a lease row
+in a small table. Each heartbeat is one short transaction that, under a
+transaction-scoped advisory lock, reaps expired leases, reads every live
+member's demand, holdings and last grant, computes this member's share and
+grant (:func:`elasticpool._limits.heartbeat_grant`) and writes its row back.
+Lease times come from the database clock (``now()``), so instance clocks do
+not matter. The pool's limit changes only through ``Pool.resize``.
+
+See docs/fleet.md for the bound on how far the fleet can exceed its total,
+and what happens when coordination fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .._limits import HYPERDRIVE_MINIMUM_TOTAL, Member, divide, heartbeat_grant, resolve_limit
+from ._base import FleetStatus, MemberStatus
+from ._sql import fetch, quote_ident
+
+if TYPE_CHECKING:
+    from .._pool import Pool
+
+__all__ = ["PostgresMembership"]
+
+logger = logging.getLogger("elasticpool.fleet")
+
+
+class PostgresMembership:
+    """Share ``total_max_connections`` with every other instance of the pool, through PostgreSQL.
+
+    ``table`` (and ``schema``) name the lease table; it and ``<table>_config``
+    are created if missing (``create_tables=False`` to require them, e.g. for
+    a role without CREATE rights: then an administrator runs
+    :meth:`create_tables_sql`). Identifiers are quoted; every value is a
+    parameter. ``instance_id`` defaults to a random id per process.
+
+    Timing: a heartbeat every ``heartbeat_interval`` seconds (with ±10 %
+    jitter), each bounded by ``heartbeat_timeout`` (default: the interval); a
+    lease lives ``lease_ttl`` seconds (default 5 intervals) after its last
+    heartbeat, by the database clock.
+
+    Failure: while heartbeats fail, the instance keeps its last limit for one
+    ``lease_ttl`` (measured locally from the start of its last good
+    heartbeat, which is never later than the database's expiry of its lease),
+    then falls back: in ``limit_mode="strict"`` to 0 (nothing new is opened;
+    borrowed connections drain), in ``"soft"`` to ``total // members`` of its
+    last view, at most its last limit (a bounded overflow, for
+    availability, as Hyperdrive does).
+
+    It is not a lock service: the bound it keeps is documented, not absolute.
+    """
+
+    def __init__(
+        self,
+        *,
+        table: str = "elasticpool_fleet",
+        schema: str | None = None,
+        instance_id: str | None = None,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float | None = None,
+        lease_ttl: float | None = None,
+        create_tables: bool = True,
+    ) -> None:
+        for name, value in (("table", table), ("schema", schema), ("instance_id", instance_id)):
+            if value is not None and (not isinstance(value, str) or not value or "\x00" in value):
+                raise ValueError(f"{name} must be a non-empty string (got {value!r})")
+        if not isinstance(heartbeat_interval, (int, float)) or not 0 < heartbeat_interval <= 3600:
+            raise ValueError(
+                f"heartbeat_interval must be in (0, 3600] seconds (got {heartbeat_interval!r})"
+            )
+        ttl = 5 * heartbeat_interval if lease_ttl is None else lease_ttl
+        if not isinstance(ttl, (int, float)) or ttl < 2 * heartbeat_interval:
+            raise ValueError(
+                f"lease_ttl must be >= 2 * heartbeat_interval ({2 * heartbeat_interval:g}s) "
+                f"(got {lease_ttl!r})"
+            )
+        timeout = heartbeat_interval if heartbeat_timeout is None else heartbeat_timeout
+        if not isinstance(timeout, (int, float)) or not 0 < timeout < ttl:
+            raise ValueError(
+                f"heartbeat_timeout must be in (0, lease_ttl={ttl:g}) seconds (got {timeout!r})"
+            )
+        prefix = "" if schema is None else quote_ident(schema) + "."
+        self._table = prefix + quote_ident(table)
+        self._config = prefix + quote_ident(table + "_config")
+        self._table_name = table if schema is None else f"{schema}.{table}"
+        self.instance_id = instance_id or uuid.uuid4().hex[:12]
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.heartbeat_timeout = float(timeout)
+        self.lease_ttl = float(ttl)
+        self.create_tables = create_tables
+        # last good view
+        self._members: tuple[MemberStatus, ...] = ()
+        self._share = 0
+        self._limit = 0
+        self._total: int | None = None
+        self._source = "total"
+        self._last_ok: float | None = None
+        self._healthy = False
+        self._observed: int | None = None
+        self._tables_ready = False
+
+    # ------------------------------------------------------------------ sql
+
+    def create_tables_sql(self) -> str:
+        """The DDL for the lease and config tables (for an administrator to run once)."""
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self._table} ("
+            " pool_name text NOT NULL,"
+            " instance_id text NOT NULL,"
+            " heartbeat_at timestamptz NOT NULL,"
+            " expires_at timestamptz NOT NULL,"
+            " demand integer NOT NULL DEFAULT 0,"
+            " holding integer NOT NULL DEFAULT 0,"
+            " share integer NOT NULL DEFAULT 0,"
+            " granted integer NOT NULL DEFAULT 0,"
+            " PRIMARY KEY (pool_name, instance_id));\n"
+            f"CREATE TABLE IF NOT EXISTS {self._config} ("
+            " pool_name text PRIMARY KEY,"
+            " total_max_connections integer,"
+            " updated_at timestamptz NOT NULL DEFAULT now());"
+        )
+
+    async def _ensure_tables(self, conn: Any) -> None:
+        if self._tables_ready:
+            return
+        rows = await fetch(
+            conn,
+            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
+            self._table,
+            self._config,
+        )
+        if not rows[0][0]:
+            if not self.create_tables:
+                raise RuntimeError(
+                    f"lease table {self._table_name!r} is missing and create_tables is False"
+                )
+            for statement in self.create_tables_sql().split(";\n"):
+                await fetch(conn, statement.rstrip(";"))
+        self._tables_ready = True
+
+    def _lock_key(self, pool: Pool[Any]) -> str:
+        return f"elasticpool:{self._table_name}:{pool.name}"
+
+    async def _heartbeat_tx(
+        self, pool: Pool[Any], conn: Any, demand: int, holding: int
+    ) -> tuple[int, int, int | None, str, tuple[MemberStatus, ...], int | None]:
+        """One heartbeat transaction; returns (share, grant, total, source, members, observed)."""
+        await self._ensure_tables(conn)
+        async with pool._connector.transaction(conn):
+            await fetch(
+                conn, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", self._lock_key(pool)
+            )
+            await fetch(
+                conn,
+                f"DELETE FROM {self._table} WHERE pool_name = $1 AND expires_at < now()",
+                pool.name,
+            )
+            rows = await fetch(
+                conn,
+                "SELECT instance_id, demand, holding, granted,"
+                " extract(epoch FROM now() - heartbeat_at)::float8"
+                f" FROM {self._table} WHERE pool_name = $1",
+                pool.name,
+            )
+            config = await fetch(
+                conn,
+                f"SELECT total_max_connections FROM {self._config} WHERE pool_name = $1",
+                pool.name,
+            )
+            live_total = config[0][0] if config else None
+            resolution = resolve_limit(
+                pool.settings,
+                fleet_total=live_total,
+                allow_small_total=pool.settings.allow_small_total,
+            )
+            members = [
+                Member(str(r[0]), int(r[1]), int(r[2]), int(r[3]))
+                for r in rows
+                if r[0] != self.instance_id
+            ]
+            members.append(Member(self.instance_id, demand, holding, 0))
+            total = resolution.fleet_total
+            if total is None:  # only max_connections: fixed per instance, fleet unbounded
+                share = grant = resolution.limit
+                shares = dict.fromkeys((m.id for m in members), resolution.limit)
+            else:
+                share, grant = heartbeat_grant(total, members, self.instance_id)
+                shares = divide(total, members)
+            await fetch(
+                conn,
+                f"INSERT INTO {self._table} AS t (pool_name, instance_id, heartbeat_at,"
+                " expires_at, demand, holding, share, granted)"
+                " VALUES ($1, $2, now(), now() + make_interval(secs => $3), $4, $5, $6, $7)"
+                " ON CONFLICT (pool_name, instance_id) DO UPDATE SET"
+                " heartbeat_at = EXCLUDED.heartbeat_at, expires_at = EXCLUDED.expires_at,"
+                " demand = EXCLUDED.demand, holding = EXCLUDED.holding,"
+                " share = EXCLUDED.share, granted = EXCLUDED.granted",
+                pool.name,
+                self.instance_id,
+                self.lease_ttl,
+                demand,
+                holding,
+                share,
+                grant,
+            )
+            ages = {str(r[0]): float(r[4]) for r in rows}
+            view = tuple(
+                MemberStatus(
+                    id=m.id,
+                    demand=m.demand,
+                    holding=m.holding,
+                    share=shares[m.id],
+                    granted=grant if m.id == self.instance_id else m.granted,
+                    heartbeat_age=0.0 if m.id == self.instance_id else ages.get(m.id, 0.0),
+                )
+                for m in sorted(members, key=lambda m: m.id)
+            )
+            observed = await self._observed_backends(pool, conn)
+        return share, grant, total, resolution.source, view, observed
+
+    async def _observed_backends(self, pool: Pool[Any], conn: Any) -> int | None:
+        tag = pool.application_name_prefix
+        if tag is None:
+            return None
+        rows = await fetch(
+            conn,
+            "SELECT count(*) FROM pg_stat_activity WHERE starts_with(application_name, $1)",
+            tag,
+        )
+        return int(rows[0][0])
+
+    # ------------------------------------------------------------------ membership
+
+    async def join(self, pool: Pool[Any]) -> None:
+        """First heartbeat, before anyone borrows: the pool starts at its grant."""
+        await pool.resize(0)  # nothing opens before the fleet has a say
+        await self._beat(pool)
+
+    async def run(self, pool: Pool[Any]) -> None:
+        """Heartbeat until cancelled."""
+        while True:
+            jitter = 1.0 + random.uniform(-0.1, 0.1)
+            await anyio.sleep(self.heartbeat_interval * jitter)
+            await self._beat(pool)
+
+    async def leave(self, pool: Pool[Any]) -> None:
+        """Drop this instance's lease so its share returns to the others at once."""
+        with contextlib.suppress(Exception), anyio.fail_after(self.heartbeat_timeout):
+            async with pool._coordination() as conn:
+                await fetch(
+                    conn,
+                    f"DELETE FROM {self._table} WHERE pool_name = $1 AND instance_id = $2",
+                    pool.name,
+                    self.instance_id,
+                )
+
+    async def _beat(self, pool: Pool[Any]) -> None:
+        started = pool._now()
+        try:
+            with anyio.fail_after(self.heartbeat_timeout):
+                async with pool._coordination() as conn, pool._frozen() as (demand, holding):
+                    result = await self._heartbeat_tx(pool, conn, demand, holding)
+                    share, grant, total, source, view, observed = result
+                    await pool.resize(grant)
+        except Exception as exc:
+            await self._failed(pool, exc, started)
+            return
+        self._share, self._limit, self._total, self._source = share, grant, total, source
+        self._members, self._observed = view, observed
+        self._last_ok = started
+        if not self._healthy and self._last_ok is not None:
+            logger.info("pool %r: fleet coordination ok (limit %d)", pool.name, grant)
+        self._healthy = True
+
+    async def _failed(self, pool: Pool[Any], exc: BaseException, started: float) -> None:
+        if self._healthy:
+            logger.warning("pool %r: fleet heartbeat failed: %r", pool.name, exc)
+        else:
+            logger.debug("pool %r: fleet heartbeat failed again: %r", pool.name, exc)
+        self._healthy = False
+        last = self._last_ok
+        if last is not None and started - last < self.lease_ttl:
+            return  # keep the last limit for one ttl
+        if pool.settings.limit_mode == "soft" and self._total is not None:
+            members = max(1, len(self._members))
+            fallback = max(0, min(self._limit, self._total // members))
+        elif pool.settings.limit_mode == "soft" and last is None:
+            fallback = 1  # never coordinated: one connection, for availability
+        else:
+            fallback = 0
+        if pool.stats().max != fallback:
+            logger.warning(
+                "pool %r: no fleet coordination for %.1fs, falling back to limit %d (%s mode)",
+                pool.name,
+                started - (last if last is not None else started),
+                fallback,
+                pool.settings.limit_mode,
+            )
+            await pool.resize(fallback)
+
+    # ------------------------------------------------------------------ live total
+
+    async def set_total(self, pool: Pool[Any], total: int | None) -> None:
+        """Set the fleet total for every instance of ``pool`` (``None``: back to the settings).
+
+        Each instance adopts it at its next heartbeat, this one at once.
+        """
+        if total is not None and (
+            not isinstance(total, int) or isinstance(total, bool) or total < 1
+        ):
+            raise ValueError(f"total_max_connections must be an integer >= 1 (got {total!r})")
+        if total is not None and total < HYPERDRIVE_MINIMUM_TOTAL:
+            resolve_limit(  # warns, or not, exactly as the heartbeat will
+                pool.settings.replace(total_max_connections=total),
+                allow_small_total=pool.settings.allow_small_total,
+            )
+        async with pool._coordination() as conn:
+            await self._ensure_tables(conn)
+            await fetch(
+                conn,
+                f"INSERT INTO {self._config} (pool_name, total_max_connections, updated_at)"
+                " VALUES ($1, $2, now()) ON CONFLICT (pool_name) DO UPDATE SET"
+                " total_max_connections = EXCLUDED.total_max_connections, updated_at = now()",
+                pool.name,
+                total,
+            )
+        await self._beat(pool)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self, pool: Pool[Any]) -> FleetStatus:
+        now = pool._now()
+        return FleetStatus(
+            pool=pool.name,
+            instance=self.instance_id,
+            membership="postgres",
+            limit=pool.stats().max,
+            share=self._share,
+            fleet_total=self._total,
+            source=self._source,
+            members=self._members,
+            observed_backends=self._observed,
+            healthy=self._healthy,
+            last_heartbeat_age=None if self._last_ok is None else now - self._last_ok,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"PostgresMembership(table={self._table_name!r}, instance_id={self.instance_id!r}, "
+            f"heartbeat_interval={self.heartbeat_interval:g}, lease_ttl={self.lease_ttl:g})"
+        )

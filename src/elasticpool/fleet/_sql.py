@@ -1,0 +1,49 @@
+"""Running a statement on a driver's own connection, whichever driver it is.
+
+Statements are written with PostgreSQL's ``$1, $2, ...`` placeholders, each
+used once and in order; values are always passed as parameters, never
+formatted into the text. Identifiers (the lease table's name) are quoted with
+:func:`quote_ident`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["fetch", "quote_ident"]
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier (``"a""b"`` for ``a"b``)."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ValueError(f"an sql identifier must be a non-empty string without NUL (got {name!r})")
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def fetch(conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Run ``sql`` with ``args`` on ``conn`` (asyncpg or psycopg); the rows as tuples."""
+    module = type(conn).__module__
+    if module.startswith("asyncpg"):
+        rows = await conn.fetch(sql, *args)
+        return [tuple(r) for r in rows]
+    if module.startswith("psycopg"):
+        order = [int(n) for n in _PLACEHOLDER.findall(sql)]
+        if order != list(range(1, len(order) + 1)) or len(order) != len(args):
+            raise ValueError(f"placeholders must be $1..$n in order, once each: {sql!r}")
+        async with conn.cursor() as cur:
+            await cur.execute(_PLACEHOLDER.sub("%s", sql), list(args))
+            if cur.description is None:
+                return []
+            return [tuple(r) for r in await cur.fetchall()]
+    custom = getattr(conn, "fleet_fetch", None)
+    if custom is not None:
+        result: Sequence[tuple[Any, ...]] = await custom(sql, *args)
+        return list(result)
+    raise TypeError(
+        f"cannot run sql on a {type(conn).__module__}.{type(conn).__qualname__} connection: "
+        "PostgresMembership supports asyncpg and psycopg connections"
+    )

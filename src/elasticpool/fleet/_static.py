@@ -1,0 +1,75 @@
+"""A fleet whose size is known in advance: no coordination at all."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .._limits import Member, divide, resolve_limit
+from ._base import FleetStatus
+
+if TYPE_CHECKING:
+    from .._pool import Pool
+
+__all__ = ["StaticMembership"]
+
+
+class StaticMembership:
+    """``instances`` copies of the pool share the total evenly; nothing is coordinated.
+
+    Use it when the replica count is known (a Deployment's ``replicas``, the
+    number of worker processes). With ``index`` (this copy's number, from 0)
+    the remainder of the division is handed out by index, so the whole total
+    is used: 10 over 3 is 4 + 3 + 3. Without it each copy takes
+    ``total // instances`` (Hasura's split: the remainder is left unused,
+    since a copy cannot know whether it is the one to take it).
+
+    More copies than the total is allowed: copies whose share is 0 stay at
+    limit 0 (callers wait and time out), and a warning says so when the pool
+    opens. It is not demand-aware: for that, use
+    :class:`~elasticpool.PostgresMembership`.
+    """
+
+    def __init__(self, instances: int, *, index: int | None = None) -> None:
+        if not isinstance(instances, int) or isinstance(instances, bool) or instances < 1:
+            raise ValueError(f"instances must be an integer >= 1 (got {instances!r})")
+        if index is not None and (
+            not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < instances
+        ):
+            raise ValueError(f"index must be an integer in [0, {instances - 1}] (got {index!r})")
+        self.instances = instances
+        self.index = index
+
+    def _limit(self, pool: Pool[Any]) -> tuple[int, int | None, str]:
+        resolution = resolve_limit(pool.settings, allow_small_total=pool.settings.allow_small_total)
+        total = resolution.fleet_total
+        if total is None:  # only max_connections: per instance, nothing to divide
+            return resolution.limit, None, resolution.source
+        if self.index is None:
+            return total // self.instances, total, resolution.source
+        members = [Member(f"{i:06}") for i in range(self.instances)]
+        return divide(total, members)[f"{self.index:06}"], total, resolution.source
+
+    async def join(self, pool: Pool[Any]) -> None:
+        limit, _total, _source = self._limit(pool)
+        await pool.resize(limit)
+
+    async def run(self, pool: Pool[Any]) -> None:
+        return None
+
+    async def leave(self, pool: Pool[Any]) -> None:
+        return None
+
+    def status(self, pool: Pool[Any]) -> FleetStatus:
+        limit, total, source = self._limit(pool)
+        return FleetStatus(
+            pool=pool.name,
+            instance="" if self.index is None else str(self.index),
+            membership="static",
+            limit=pool.stats().max,
+            share=limit,
+            fleet_total=total,
+            source=source,
+        )
+
+    def __repr__(self) -> str:
+        return f"StaticMembership(instances={self.instances}, index={self.index})"
