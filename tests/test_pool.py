@@ -622,3 +622,83 @@ async def test_resize_to_zero_pauses_and_raising_resumes() -> None:
             await wait_until(lambda: pool.stats().waiting == 1)
             await pool.resize(1)
             await served.wait()
+
+
+async def test_fail_fast_raises_the_connect_error_at_once() -> None:
+    """With fail_fast, a caller nothing can serve gets the connect error, not a timeout."""
+    connector = FakeConnector()
+    connector.fail_next(1, ConnectionRefusedError("fake: refused"))
+    async with Pool(connector, max_connections=2, fail_fast=True, pool_timeout=60) as pool:
+        t0 = anyio.current_time()
+        with pytest.raises(ConnectionRefusedError, match="fake: refused"):
+            await pool.acquire()
+        assert anyio.current_time() - t0 < 30, "did not wait for pool_timeout"
+        async with pool.acquire() as conn:  # the next connect works
+            await conn.execute()
+
+
+async def test_fail_fast_keeps_waiters_a_pending_connect_covers() -> None:
+    """Only waiters beyond the connects still under way fail; the oldest keeps its place."""
+    connector = FakeConnector(connect_delay=0.01)
+    connector.fail_next(1)
+    outcome: dict[int, str] = {}
+    async with Pool(connector, max_connections=2, max_connecting=2, fail_fast=True) as pool:
+
+        async def borrower(i: int) -> None:
+            try:
+                async with pool.acquire():
+                    outcome[i] = "ok"
+            except ConnectionRefusedError:
+                outcome[i] = "failed"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(borrower, 1)
+            await wait_until(lambda: pool.stats().waiting == 1)
+            tg.start_soon(borrower, 2)
+        assert outcome == {1: "ok", 2: "failed"}
+
+
+async def test_without_fail_fast_waiters_ride_out_failed_connects() -> None:
+    """By default a failed connect is retried and the waiter is served when one succeeds."""
+    connector = FakeConnector()
+    connector.fail_next(2)
+    async with Pool(connector, max_connections=1, backoff_initial=0.01) as pool:
+        async with pool.acquire() as conn:
+            await conn.execute()
+        assert pool.stats().connect_errors == 2
+
+
+async def test_retire_closes_a_borrowed_connection_on_return() -> None:
+    """retire() on a borrow (context manager or awaited) closes it when it comes back."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=2) as pool:
+        borrow = pool.acquire()
+        async with borrow as first:
+            borrow.retire()
+        conn = await pool.acquire()
+        assert conn is not first
+        pool.retire(conn)
+        pool.release(conn)
+        await wait_until(lambda: connector.open == set())
+        assert pool.stats().closed_lifetime == 2
+        with pytest.raises(RuntimeError, match="is not borrowed from pool"):
+            pool.retire(conn)
+
+
+async def test_none_mode_still_asks_the_connector_about_reset() -> None:
+    """reset='none' skips resets the connector does not ask for, but honours one it needs."""
+
+    class Picky(FakeConnector):
+        def needs_reset(self, conn: FakeConnection, mode: str) -> bool:  # type: ignore[override]
+            return conn.in_transaction  # e.g. a query cancelled inside a transaction
+
+    connector = Picky()
+    async with Pool(connector, max_connections=1, reset="none") as pool:
+        async with pool.acquire() as conn:
+            conn.set_session_state()
+        assert connector.resets == 0
+        async with pool.acquire() as conn:
+            conn.begin()
+        async with pool.acquire() as conn:
+            assert not conn.in_transaction
+        assert connector.resets == 1

@@ -193,3 +193,18 @@ def test_soft_mode_forgives_closing_slots_up_to_the_overflow() -> None:
         plan = p.take_plan()
         assert len(plan.connect if plan else []) == expect_connect, mode
         p.check()
+
+
+def test_release_at_the_floor_does_not_wake_the_ticker() -> None:
+    """An idle deadline below the floor cannot fire, so returning a connection there is quiet."""
+    p = planner(max_connections=1, min_connections=1, connection_lifetime=None)
+    p.tick(0.0)
+    slot = p.take_plan().connect[0]  # type: ignore[union-attr]
+    p.connected(slot, "c", 0.0, 0.0)
+    p.take_plan()
+    p.tick(0.0)
+    for t in range(1, 50):
+        got = p.acquire(float(t))
+        assert got is slot
+        p.release(slot, float(t))
+        assert p.take_plan() is None, "the ticker was poked for a deadline that cannot fire"

@@ -35,6 +35,7 @@ class PlannerMachine(RuleBasedStateMachine):
         ping_after=st.sampled_from([None, 0.0, 1.0]),
         limit_mode=st.sampled_from(["strict", "soft"]),
         soft_overflow=st.integers(0, 2),
+        fail_fast=st.booleans(),
     )
     def setup(self, **kw: Any) -> None:
         """Build a planner with random, valid settings."""
@@ -75,6 +76,9 @@ class PlannerMachine(RuleBasedStateMachine):
                 self.woken.append(w)
             elif w.outcome is Outcome.TIMEOUT:
                 assert w.deadline <= self.now, "timed out before its deadline"
+            elif w.outcome is Outcome.CONNECT_FAILED:
+                assert self.settings.fail_fast
+                assert not self.borrowed, "failed fast while a borrowed slot could come back"
 
     # -------------------------------------------------------------- rules
 

@@ -129,6 +129,12 @@ class _Acquire(Generic[ConnT]):
     def __await__(self) -> Generator[Any, None, ConnT]:
         return self._pool._acquire_registered(self._timeout).__await__()
 
+    def retire(self) -> None:
+        """Close the borrowed connection when it comes back instead of reusing it."""
+        slot = self._slot
+        if slot is not None and slot.lease == self._lease:
+            self._pool._planner.retire(slot)
+
 
 class Pool(Generic[ConnT]):
     """An elastic pool of connections made by one :class:`~elasticpool.Connector`.
@@ -332,8 +338,12 @@ class Pool(Generic[ConnT]):
         self._check_open()
         planner = self._planner
         with anyio.move_on_after(math.inf if timeout is None else timeout):
+            errors = planner.connect_errors
             while planner.size - planner.n_connecting < planner.floor:
                 self._check_open()
+                if self.settings.fail_fast and planner.connect_errors > errors:
+                    assert planner.last_connect_error is not None
+                    raise planner.last_connect_error
                 self._ready = event = anyio.Event()
                 await event.wait()
             return
@@ -460,6 +470,8 @@ class Pool(Generic[ConnT]):
             return planner.claim(w, self._now())
         if outcome is Outcome.TIMEOUT:
             self._raise_timeout(timeout)
+        if outcome is Outcome.CONNECT_FAILED and planner.last_connect_error is not None:
+            raise planner.last_connect_error
         raise PoolClosed(f"pool {self.name!r} closed while waiting ({planner.describe()})")
 
     def _raise_timeout(self, timeout: float | None) -> None:
@@ -508,12 +520,25 @@ class Pool(Generic[ConnT]):
         if slot.state is SlotState.IN_USE:  # else terminated by a forced close
             self._release_slot(slot, None)
 
+    def retire(self, conn: ConnT) -> None:
+        """Close ``conn`` (borrowed with ``await pool.acquire()``) when it comes back.
+
+        For connections that must not be reused, e.g. after a number of
+        queries; ``async with pool.acquire() as conn`` borrows use the context
+        manager's own ``retire()``.
+        """
+        slot = self._in_use.get(id(conn))
+        if slot is None or slot.conn is not conn:
+            raise RuntimeError(f"connection {conn!r} is not borrowed from pool {self.name!r}")
+        self._planner.retire(slot)
+
     def _release_slot(self, slot: Slot, exc: BaseException | None) -> None:
         conn = slot.conn
         connector = self._connector
         broken = connector.is_closed(conn) or (exc is not None and connector.is_disconnect(exc))
-        mode = self._reset_mode
-        reset = mode != "none" and not broken and connector.needs_reset(conn, mode)
+        # Asked in "none" mode too: a connector may know this connection must be
+        # cleaned anyway (a query cancelled mid-flight inside a transaction).
+        reset = not broken and connector.needs_reset(conn, self._reset_mode)
         planner = self._planner
         planner.release(slot, self._now(), broken, reset)
         if planner._plan is not None:
@@ -577,6 +602,8 @@ class Pool(Generic[ConnT]):
         except Exception as exc:
             if slot.state is SlotState.CONNECTING:
                 planner.connect_failed(slot, exc, self._now(), random.random())
+            if self._ready is not None:
+                self._ready.set()
             if planner.failures <= 1:
                 logger.warning("pool %r: connect failed: %r", self.name, exc)
             else:

@@ -139,6 +139,12 @@ class PoolSettings:
         stop counting, so replacements need not wait for slow closes; and a
         fleet member that loses coordination keeps a bounded share instead of
         dropping to zero.
+    ``fail_fast``
+        When a connect fails and no connection is borrowed, idle or being
+        reset (none can come back to serve the queue), the waiters that no
+        pending connect covers fail at once with that connect's error,
+        instead of waiting for a retry up to ``pool_timeout``. asyncpg's pool
+        behaves so; the drop-in face turns it on.
     ``allow_small_total``
         A total below 5 (Hyperdrive's minimum) is raised to 5 with a warning
         unless this is true.
@@ -164,6 +170,7 @@ class PoolSettings:
     limit_mode: LimitMode = "strict"
     soft_overflow: int = 2
     allow_small_total: bool = False
+    fail_fast: bool = False
 
     def __post_init__(self) -> None:
         _check_int("max_connections", self.max_connections, 1, optional=True)
@@ -199,8 +206,9 @@ class PoolSettings:
         if self.limit_mode not in _LIMIT_MODES:
             raise ValueError(f"limit_mode must be one of {_LIMIT_MODES} (got {self.limit_mode!r})")
         _check_int("soft_overflow", self.soft_overflow, 0, optional=False)
-        if not isinstance(self.allow_small_total, bool):
-            raise TypeError(f"allow_small_total must be a bool (got {self.allow_small_total!r})")
+        for flag in ("allow_small_total", "fail_fast"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{flag} must be a bool (got {getattr(self, flag)!r})")
         limit = self.instance_limit()
         if self.min_connections > limit:
             which = (
@@ -282,7 +290,7 @@ class PoolSettings:
                 value: Any = None
             elif f.name in ("reset", "limit_mode"):
                 value = raw
-            elif f.name == "allow_small_total":
+            elif f.name in ("allow_small_total", "fail_fast"):
                 value = raw.lower() in ("1", "true", "yes", "on")
             else:
                 try:

@@ -70,6 +70,7 @@ class Outcome(enum.Enum):
     TIMEOUT = "timeout"
     CLOSED = "closed"  # the pool closed
     CANCELLED = "cancelled"  # the caller gave up
+    CONNECT_FAILED = "connect failed"  # fail_fast: a connect it needed failed
 
 
 class Slot:
@@ -403,6 +404,10 @@ class Planner:
             return
         self._settle(slot, now)
 
+    def retire(self, slot: Slot) -> None:
+        """Close a borrowed ``slot`` when it comes back, as at the end of its lifetime."""
+        slot.expires_at = -_INF
+
     def reset_done(self, slot: Slot, ok: bool, now: float) -> None:
         """Report a reset's result: a failed reset discards the connection."""
         if slot.state is not SlotState.RESETTING:
@@ -444,7 +449,8 @@ class Planner:
         self._idle.append(slot)
         timeout = self._idle_timeout
         deadline = slot.expires_at
-        if timeout is not None and now + timeout < deadline:
+        # The idle deadline matters only above the floor (tick ignores it at the floor).
+        if timeout is not None and now + timeout < deadline and self.size > self.floor:
             deadline = now + timeout
         if deadline < self.next_wake:
             self._poke(deadline)
@@ -492,7 +498,26 @@ class Planner:
             s = self.settings
             delay = min(s.backoff_max, s.backoff_initial * 2.0 ** min(self.failures - 1, 60))
             self.backoff_until = now + delay * (0.5 + 0.5 * jitter)
+            if s.fail_fast:
+                self._fail_uncovered(now)
         self._grow(now)
+
+    def _fail_uncovered(self, now: float) -> None:
+        """fail_fast: waiters that nothing can serve now get the connect error.
+
+        Nothing can serve a waiter when no connection is borrowed, reserved,
+        being reset or idle (none can come back to it) and no pending connect
+        covers it: the newest waiters beyond the pending connects fail, the
+        oldest keep their place for the connects still under way.
+        """
+        if self.n_in_use or self.n_reserved or self.n_resetting or self._idle:
+            return
+        keep = self.n_connecting
+        out = self._out()
+        for w in list(self._waiters)[keep:]:
+            del self._waiters[w]
+            w.outcome = Outcome.CONNECT_FAILED
+            out.wake.append(w)
 
     def _wanted(self) -> int:
         uncovered = len(self._waiters) - self.n_connecting - self.n_resetting
