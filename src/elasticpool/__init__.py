@@ -15,22 +15,34 @@ from ._errors import (
     PoolTimeout,
     TooManyWaiters,
 )
+from ._limits import Member, Resolution, resolve_limit
 from ._pool import Pool, PoolStats
 from ._settings import DEFAULT_TOTAL_MAX_CONNECTIONS, LimitMode, PoolSettings
+from ._wrap import wrap
+from .fleet import FleetStatus, Membership, MemberStatus, PostgresMembership, StaticMembership
 
 __all__ = [
     "DEFAULT_TOTAL_MAX_CONNECTIONS",
     "Connector",
     "ElasticPoolError",
     "ElasticPoolWarning",
+    "FleetStatus",
     "LimitMode",
+    "Member",
+    "MemberStatus",
+    "Membership",
     "Pool",
     "PoolClosed",
     "PoolSettings",
     "PoolStats",
     "PoolTimeout",
+    "PostgresMembership",
     "ResetMode",
+    "Resolution",
+    "StaticMembership",
     "TooManyWaiters",
+    "resolve_limit",
+    "wrap",
 ]
 
 __version__ = "0.1.0.dev0"

@@ -792,8 +792,11 @@ class Pool(Generic[ConnT]):
         finally:
             self._coordinating = None
             if slot.lease == lease and slot.state is SlotState.IN_USE:
-                if ok:  # committed: nothing to reset
-                    planner.release(slot, self._now(), self._is_closed(slot.conn), False)
+                if ok:  # committed: reset only if a transaction was somehow left open
+                    conn = slot.conn
+                    broken = self._is_closed(conn)
+                    dirty = not broken and self._connector.needs_reset(conn, "rollback")
+                    planner.release(slot, self._now(), broken, dirty)
                     if planner._plan is not None:
                         self._execute(planner.take_plan())
                 else:

@@ -72,8 +72,9 @@ def is_disconnect_error(exc: BaseException) -> bool:
     any other server error of severity ``FATAL`` or ``PANIC`` (the server ends
     the session after sending one, e.g. an idle-in-transaction timeout),
     asyncpg's :class:`~asyncpg.exceptions.InterfaceError` "connection is closed",
-    :class:`OSError` (which includes :class:`ConnectionError`), and an
-    exception group holding any of these.
+    its ``InternalClientError`` "cannot switch to state" (a query racing a
+    server-side termination), :class:`OSError` (which includes
+    :class:`ConnectionError`), and an exception group holding any of these.
 
     Not one: :class:`TimeoutError`. It is an :class:`OSError` on Python >= 3.10
     but says nothing about the connection (a query ``timeout=``, an enclosing
@@ -93,6 +94,11 @@ def is_disconnect_error(exc: BaseException) -> bool:
     if isinstance(exc, InterfaceError):
         message = str(exc.args[0]) if exc.args else ""
         return "connection is closed" in message or "connection was closed" in message
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # A FATAL error the server sends on its own (pg_terminate_backend, shutdown)
+        # leaves asyncpg's protocol waiting for a ReadyForQuery that never comes,
+        # until end-of-file is read: a query in that window fails with this.
+        return str(exc).startswith(("cannot switch to state", "not connected"))
     if isinstance(exc, _EXCEPTION_GROUP):
         return any(is_disconnect_error(inner) for inner in exc.exceptions)
     return False

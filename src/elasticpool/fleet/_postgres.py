@@ -154,7 +154,9 @@ class PostgresMembership:
         self, pool: Pool[Any], conn: Any, demand: int, holding: int
     ) -> tuple[int, int, int | None, str, tuple[MemberStatus, ...], int | None]:
         """One heartbeat transaction; returns (share, grant, total, source, members, observed)."""
-        await self._ensure_tables(conn)
+        if not self._tables_ready:
+            async with pool._connector.transaction(conn):
+                await self._ensure_tables(conn)
         async with pool._connector.transaction(conn):
             await fetch(
                 conn, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", self._lock_key(pool)
@@ -255,7 +257,7 @@ class PostgresMembership:
     async def leave(self, pool: Pool[Any]) -> None:
         """Drop this instance's lease so its share returns to the others at once."""
         with contextlib.suppress(Exception), anyio.fail_after(self.heartbeat_timeout):
-            async with pool._coordination() as conn:
+            async with pool._coordination() as conn, pool._connector.transaction(conn):
                 await fetch(
                     conn,
                     f"DELETE FROM {self._table} WHERE pool_name = $1 AND instance_id = $2",
@@ -323,7 +325,7 @@ class PostgresMembership:
                 pool.settings.replace(total_max_connections=total),
                 allow_small_total=pool.settings.allow_small_total,
             )
-        async with pool._coordination() as conn:
+        async with pool._coordination() as conn, pool._connector.transaction(conn):
             await self._ensure_tables(conn)
             await fetch(
                 conn,
