@@ -234,3 +234,32 @@ async def test_hikaricp_spike_opens_few_connections() -> None:
         assert stats.size <= 10, stats
         assert stats.acquires == 50
         assert stats.timeouts == 0
+
+
+async def test_lowering_the_floor_lets_idle_connections_age_out_on_time() -> None:
+    """Connections kept by a floor that is then lowered close at exactly idle_timeout."""
+    rec = Recorder()
+    settings = {"min_connections": 3, "idle_timeout": 10, "connection_lifetime": None}
+    async with Pool(rec, max_connections=4, **settings) as pool:
+        await pool.wait()
+        ready = anyio.current_time()
+        await anyio.sleep(50)  # at the floor: nothing closes
+        assert rec.close_times == {}
+        await pool.resize(4, min_connections=1)
+        await anyio.sleep(1)
+        assert sorted(rec.close_times.values()) == [ready + 50, ready + 50]
+        assert pool.stats().size == 1
+
+
+async def test_idle_connection_ages_out_while_another_is_busy() -> None:
+    """Above the floor only because a new connection is busy, the idle one still closes on time."""
+    rec = Recorder()
+    settings = {"min_connections": 1, "idle_timeout": 10, "connection_lifetime": None}
+    async with Pool(rec, max_connections=2, **settings) as pool:
+        await pool.wait()
+        first = await pool.acquire()
+        async with pool.acquire():  # a second connection: size 2 > floor 1
+            pool.release(first)  # idle, least recently used, above the floor
+            returned = anyio.current_time()
+            await anyio.sleep(15)
+            assert rec.close_times == {first.id: returned + 10}

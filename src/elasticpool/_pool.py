@@ -438,6 +438,7 @@ class Pool(Generic[ConnT]):
         while True:
             if slot is None:
                 slot = await self._wait(now, None if timeout is None else deadline - now, priority)
+                now = self._now()  # the ping decision is about now, not when we queued
             if self._is_closed(slot.conn):
                 planner.pinged(slot, False, self._now())
                 self._execute(planner.take_plan())
@@ -502,9 +503,11 @@ class Pool(Generic[ConnT]):
 
     # ------------------------------------------------------------------ release
 
-    def release(self, conn: ConnT) -> None:
+    def release(self, conn: ConnT, *, exc: BaseException | None = None) -> None:
         """Give back a connection borrowed with ``await pool.acquire()`` or :meth:`acquire_nowait`.
 
+        ``exc`` is the error the borrower met, if any: a connection-class error
+        evicts the connection, as when it leaves ``async with pool.acquire()``.
         Releasing one that is not borrowed that way from this pool (released
         twice, from another pool, or borrowed with ``async with``, which gives
         it back itself) raises :class:`RuntimeError`.
@@ -518,7 +521,7 @@ class Pool(Generic[ConnT]):
                 "(released twice, or from another pool)"
             )
         if slot.state is SlotState.IN_USE:  # else terminated by a forced close
-            self._release_slot(slot, None)
+            self._release_slot(slot, exc)
 
     def retire(self, conn: ConnT) -> None:
         """Close ``conn`` (borrowed with ``await pool.acquire()``) when it comes back.

@@ -447,13 +447,22 @@ class Planner:
         slot.state = SlotState.IDLE
         slot.idle_since = now
         self._idle.append(slot)
+        if slot.expires_at < self.next_wake:
+            self._poke(slot.expires_at)
+        self._poke_idle()
+
+    def _poke_idle(self) -> None:
+        """Make sure the ticker wakes for the least recently used idle slot's idle timeout.
+
+        That deadline matters only while the pool is above its floor (the tick
+        ignores it at the floor), so the events that raise the size above the
+        floor, or lower the floor, call this too.
+        """
         timeout = self._idle_timeout
-        deadline = slot.expires_at
-        # The idle deadline matters only above the floor (tick ignores it at the floor).
-        if timeout is not None and now + timeout < deadline and self.size > self.floor:
-            deadline = now + timeout
-        if deadline < self.next_wake:
-            self._poke(deadline)
+        if timeout is not None and self._idle and self.size > self.floor:
+            deadline = self._idle[0].idle_since + timeout
+            if deadline < self.next_wake:
+                self._poke(deadline)
 
     # ------------------------------------------------------------------ connects
 
@@ -546,6 +555,7 @@ class Planner:
             self._slots.add(slot)
             self.n_connecting += 1
             out.connect.append(slot)
+        self._poke_idle()
 
     # ------------------------------------------------------------------ closing
 
@@ -649,6 +659,7 @@ class Planner:
             while self._idle and self.size > limit:
                 self._close(self._idle.popleft(), CloseReason.RESIZE)
         self._grow(now)
+        self._poke_idle()  # a lower floor can make idle deadlines count
 
     def expire_all(self, now: float) -> None:
         """Retire every current connection: idle ones now, busy ones when they come back."""
