@@ -987,3 +987,14 @@ async def test_code_written_for_asyncpg_pool_runs_unchanged(pg_server: Any) -> N
         "closed",
     ]
     assert ours == theirs
+
+
+async def test_awaiting_twice_at_once_fails_with_asyncpgs_message(pg_server: Any) -> None:
+    """A pool awaited by two tasks at once: the second gets asyncpg's own InterfaceError text."""
+    pool = create_pool(pg_server.dsn(), min_size=1, max_size=1)
+    first = asyncio.ensure_future(pool._async_init())
+    second = asyncio.ensure_future(pool._async_init())
+    await first
+    with pytest.raises(pg_exc.InterfaceError, match=r"^pool is being initialized in another task$"):
+        await second
+    await pool.close()

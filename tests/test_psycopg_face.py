@@ -812,3 +812,18 @@ async def test_code_written_for_psycopg_pool_runs_unchanged(pg_server: Any, obse
             await observer.execute(f"DROP TABLE {table}")
     assert results["elasticpool.psycopg"] == results["psycopg_pool"]
     assert results["psycopg_pool"]["rows"] == [(1,)]
+
+
+@postgres
+async def test_bad_returns_are_logged_as_psycopg_pool_does(
+    pg_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection given back mid-transaction is logged at WARNING with psycopg_pool's text."""
+    dsn = pg_server.dsn(application_name=unique("log"))
+    async with AsyncConnectionPool(dsn, min_size=1, open=False) as pool:
+        conn = await pool.getconn()
+        await conn.execute("SELECT 1")  # psycopg opened a transaction: INTRANS
+        with caplog.at_level("WARNING", logger="elasticpool"):
+            await pool.putconn(conn)
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert any(m.startswith("rolling back returned connection") for m in warned), warned

@@ -661,7 +661,7 @@ class Pool(Generic[ConnT]):
                 await self._connector.reset(slot.conn, self._reset_mode)
             ok = True
         except Exception as exc:
-            logger.info("pool %r: reset failed, discarding the connection: %r", self.name, exc)
+            logger.warning("pool %r: error resetting connection, discarded: %r", self.name, exc)
         finally:
             if slot.state is SlotState.RESETTING:
                 planner.reset_done(slot, ok, self._now())

@@ -642,7 +642,7 @@ class AsyncpgPool:
         if self._state == "open":
             return self
         if self._state == "opening":
-            raise InterfaceError(f"pool {self.name!r} is being initialized in another task")
+            raise InterfaceError("pool is being initialized in another task")  # asyncpg's text
         if self._state != "new":
             raise self._closed_error()
         self._state = "opening"

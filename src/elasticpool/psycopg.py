@@ -276,6 +276,16 @@ def _forget_prepared(conn: psycopg.AsyncConnection[Any]) -> None:
     manager._to_flush.clear()
 
 
+def _log_returned_state(conn: Any) -> None:
+    """psycopg_pool's warnings for a connection given back in a bad state (same texts)."""
+    if conn.closed or conn.pgconn.transaction_status == _UNKNOWN:
+        logger.warning("discarding closed connection: %s", conn)
+    elif conn.pgconn.transaction_status == _ACTIVE:
+        logger.warning("closing returned connection: %s", conn)
+    elif conn.pgconn.transaction_status != _IDLE:
+        logger.warning("rolling back returned connection: %s", conn)
+
+
 async def check_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     """Return quietly if ``conn`` can serve a query, else raise (one round trip).
 
@@ -1085,6 +1095,7 @@ class AsyncConnectionPool(Generic[ACT]):
             msg = f"it comes from pool {pool.name!r}" if pool else "it doesn't come from any pool"
             raise ValueError(f"can't return connection to pool {self.name!r}, {msg}: {conn}")
         cast(Any, conn)._pool = None
+        _log_returned_state(conn)
         self.elastic.release(conn, exc=error)
 
     # ------------------------------------------------------------------ maintenance
