@@ -187,9 +187,11 @@ class Pool(Generic[ConnT]):
         self.membership = membership
         self._connector = connector
         self._is_closed = connector.is_closed
-        self._planner = Planner(
-            settings, resolve_limit(settings, allow_small_total=settings.allow_small_total).limit
-        )
+        # With a membership nothing opens before the fleet has a say (join sets the limit).
+        limit = resolve_limit(settings, allow_small_total=settings.allow_small_total).limit
+        self._planner = Planner(settings, 0 if membership is not None else limit)
+        self._membership_scope: anyio.CancelScope | None = None
+        self._membership_done: anyio.Event | None = None
         self._coordinating: Slot | None = None
         # Prefix of the application_name its connections carry, when the connector tags them.
         self.application_name_prefix: str | None = None
@@ -258,10 +260,26 @@ class Pool(Generic[ConnT]):
         self._execute(self._planner.take_plan())
 
     async def _run_membership(self, membership: Membership) -> None:
+        self._membership_done = done = anyio.Event()
         try:
-            await membership.run(self)
+            with anyio.CancelScope() as self._membership_scope:
+                await membership.run(self)
         except Exception:  # pragma: no cover - a bug in a membership
             logger.exception("pool %r: fleet membership stopped", self.name)
+        finally:
+            done.set()
+
+    async def _stop_membership(self) -> None:
+        """Stop the heartbeats, then leave the fleet (bounded, shielded)."""
+        membership = self.membership
+        if membership is None:
+            return
+        with anyio.CancelScope(shield=True):
+            if self._membership_scope is not None:
+                self._membership_scope.cancel()
+            if self._membership_done is not None:
+                await self._membership_done.wait()
+            await membership.leave(self)
 
     async def _run(self, started: anyio.Event) -> None:
         assert self._stop is not None
@@ -298,9 +316,6 @@ class Pool(Generic[ConnT]):
             self._state = "closed"
             self._planner.close(self._now())
             return
-        if self.membership is not None and self._state == "open":
-            with anyio.CancelScope(shield=True):
-                await self.membership.leave(self)
         self._state = "closing"
         planner = self._planner
         planner.close(self._now())
@@ -325,6 +340,9 @@ class Pool(Generic[ConnT]):
                     if slot.conn is not None:
                         self._terminate(slot.conn)
                     planner.forget(slot)
+                # Only now that nothing is held: heartbeats kept the lease while
+                # borrowed connections were still out.
+                await self._stop_membership()
                 self._stop.set()
                 await self._runner_done.wait()
                 self._state = "closed"
@@ -700,6 +718,8 @@ class Pool(Generic[ConnT]):
                 self._terminate(slot.conn)
             planner.forget(slot)
         self._state = "closed"
+        if self._membership_scope is not None:  # its lease expires after its ttl
+            self._membership_scope.cancel()
         if self._stop is not None:
             self._stop.set()
 
@@ -757,17 +777,33 @@ class Pool(Generic[ConnT]):
         await set_total(self, total)
 
     @contextlib.asynccontextmanager
-    async def _coordination(self) -> AsyncIterator[Any]:
+    async def _coordination(self, wait_own: float = 0.5) -> AsyncIterator[Any]:
         """A connection for one coordination transaction, counted inside the budget if it can be.
 
         One of the pool's own: an idle one, else the next to come back (ahead of
         every caller), else a new one within the limit. Only when the pool's
-        limit is 0 (or it is not open) is a connection of its own opened for
-        the transaction and closed after it: the one documented way a member
-        can exceed its grant, by one connection for one short transaction.
+        limit is 0, or none of its own comes back within ``wait_own`` seconds,
+        or it is closing, is a connection of its own opened for the transaction
+        and closed after it: the one documented way a member can exceed its
+        grant, by one connection for one short transaction.
         """
         planner = self._planner
-        if self._state != "open" or planner.limit == 0:
+        slot: Slot | None = None
+        if self._state == "open" and planner.limit > 0:
+            now = self._now()
+            slot = planner.acquire(now)
+            if planner._plan is not None:
+                self._execute(planner.take_plan())
+            if (
+                slot is None
+                or self._is_closed(slot.conn)
+                or (self._ping_after is not None and planner.should_ping(slot, now))
+            ):
+                try:
+                    slot = await self._acquire_slow(slot, now, wait_own, priority=True)
+                except PoolTimeout:  # every connection stays borrowed: one of its own
+                    slot = None
+        if slot is None:
             with anyio.fail_after(self.settings.connect_timeout):
                 conn = await self._connector.connect()
             try:
@@ -776,16 +812,6 @@ class Pool(Generic[ConnT]):
                 with anyio.CancelScope(shield=True):
                     await self._close_conn(conn)
             return
-        now = self._now()
-        slot = planner.acquire(now)
-        if planner._plan is not None:
-            self._execute(planner.take_plan())
-        if (
-            slot is None
-            or self._is_closed(slot.conn)
-            or (self._ping_after is not None and planner.should_ping(slot, now))
-        ):
-            slot = await self._acquire_slow(slot, now, None, priority=True)
         lease = slot.lease
         self._coordinating = slot
         ok = False
@@ -806,27 +832,35 @@ class Pool(Generic[ConnT]):
                     self._release_slot(slot, sys.exc_info()[1])
 
     @contextlib.asynccontextmanager
-    async def _frozen(self) -> AsyncIterator[tuple[int, int]]:
-        """Hold the pool at its current size and yield (demand, holding) for a heartbeat.
+    async def _frozen(self) -> AsyncIterator[Freeze]:
+        """Hold the pool at its current size for a heartbeat; yield what it reports.
 
         While the heartbeat's transaction runs the pool must not grow beyond
-        what it reports; the membership then resizes it to its new grant. If
-        the heartbeat fails, the previous limit comes back.
+        what it reports. The membership applies its new grant with
+        :meth:`Freeze.apply`, synchronously, as soon as the transaction has
+        committed. If the heartbeat fails before that, the limit goes back to
+        what it was, or to the new grant if that is lower and may already be
+        committed (a failure during COMMIT leaves that unknown).
         """
         p = self._planner
-        before = p.limit
         coordinating = 1 if self._coordinating is not None else 0
-        demand = p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting - coordinating
-        holding = len(p.remaining())
-        if p.size < before:
+        freeze = Freeze(
+            self,
+            demand=max(0, p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting - coordinating),
+            holding=len(p.remaining()),
+            before=p.limit,
+        )
+        if p.size < p.limit:
             p.resize(p.size, self._now())
             self._execute(p.take_plan())
         try:
-            yield max(0, demand), holding
+            yield freeze
         except BaseException:
-            if p.limit != before and not p.closed:
-                p.resize(before, self._now())
-                self._execute(p.take_plan())
+            if not freeze.applied and not p.closed:
+                back = freeze.before if freeze.grant is None else min(freeze.before, freeze.grant)
+                if p.limit != back:
+                    p.resize(back, self._now())
+                    self._execute(p.take_plan())
             raise
 
     # ------------------------------------------------------------------ limits
@@ -896,6 +930,28 @@ class Pool(Generic[ConnT]):
             f"<Pool {self.name!r}{state} [in use {p.n_in_use + p.n_reserved}, idle {p.n_idle}, "
             f"connecting {p.n_connecting}{resetting} | waiting {p.n_waiting}]>"
         )
+
+
+class Freeze:
+    """A pool held at its size during one heartbeat (see ``Pool._frozen``)."""
+
+    __slots__ = ("applied", "before", "demand", "grant", "holding", "pool")
+
+    def __init__(self, pool: Pool[Any], *, demand: int, holding: int, before: int) -> None:
+        self.pool = pool
+        self.demand = demand
+        self.holding = holding
+        self.before = before
+        self.grant: int | None = None
+        self.applied = False
+
+    def apply(self, limit: int) -> None:
+        """Set the pool's limit now, with no await: the heartbeat's outcome is committed."""
+        p = self.pool._planner
+        if not p.closed:
+            p.resize(limit, self.pool._now())
+            self.pool._execute(p.take_plan())
+        self.applied = True
 
 
 def _spawn_system_task(fn: Callable[[anyio.Event], Awaitable[None]], started: anyio.Event) -> None:

