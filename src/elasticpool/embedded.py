@@ -600,9 +600,15 @@ class EmbeddedPostgres:
         """A ``postgresql://user:password@127.0.0.1:port/database`` URI.
 
         Defaults are the superuser, its password and ``postgres``; every part is
-        percent-encoded. ``application_name`` becomes a query parameter.
+        percent-encoded. ``application_name`` becomes a query parameter, and
+        ``sslmode=disable`` is always there (the server has no TLS).
         """
-        params = {} if application_name is None else {"application_name": application_name}
+        # The server has no TLS: say so, rather than have drivers try it first
+        # (a connect cancelled during asyncpg's TLS attempt leaves an unretrieved
+        # error behind).
+        params = {"sslmode": "disable"}
+        if application_name is not None:
+            params["application_name"] = application_name
         return make_dsn(
             host=self.host,
             port=self._port,
