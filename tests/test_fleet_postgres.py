@@ -26,6 +26,7 @@ sleep is used to synchronise, only to let load run for a while.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import logging
@@ -987,3 +988,39 @@ async def test_members_joining_at_once_create_the_tables_without_errors(
             await p.close()
     failures = [r.getMessage() for r in caplog.records if "heartbeat failed" in r.getMessage()]
     assert not [f for f in failures if "duplicate key" in f], failures
+
+
+async def test_heartbeat_waiting_for_a_connection_is_not_counted_as_a_caller(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A heartbeat that waits for one of its own connections adds no waits or timeouts to stats."""
+    a = fleet.pool(total=5, membership={"instance_id": "a"})
+    async with a, holding(a, 5):
+        await wait_for(lambda: a.stats().in_use, lambda n: n == 5, "five never held")
+        before = a.stats()
+        await anyio.sleep(10 * INTERVAL)  # heartbeats come and wait for a connection meanwhile
+        after = a.stats()
+        assert (after.waits, after.timeouts) == (before.waits, before.timeouts)
+    assert not [r for r in caplog.records if "heartbeat failed" in r.getMessage()]
+
+
+async def test_callers_queuing_at_the_limit_bring_the_heartbeat_forward(fleet: Fleet) -> None:
+    """Demand at a member at its limit reaches its lease well before a regular heartbeat."""
+    interval = 2.0
+    a = fleet.pool(total=5, interval=interval, ttl=5 * interval, membership={"instance_id": "a"})
+    b = fleet.pool(total=5, interval=interval, ttl=5 * interval, membership={"instance_id": "b"})
+    async with a, holding(a, 5), b:
+        await wait_for(fleet.leases, lambda rows: "b" in rows, "b never joined")
+        assert b.stats().max == 0, "a holds the whole total"
+        asked = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(b.acquire(timeout=4 * interval).__aenter__))
+            await wait_for(
+                fleet.leases,
+                lambda rows: rows["b"]["demand"] > 0,
+                "b's demand never reached its lease",
+                bound=interval,
+            )
+            reported = anyio.current_time() - asked
+            tg.cancel_scope.cancel()
+    assert reported < 0.75 * interval, f"demand reported after {reported:.2f}s"

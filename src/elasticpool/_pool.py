@@ -191,6 +191,8 @@ class Pool(Generic[ConnT]):
         limit = resolve_limit(settings, allow_small_total=settings.allow_small_total).limit
         self._planner = Planner(settings, 0 if membership is not None else limit)
         self._membership_scope: anyio.CancelScope | None = None
+        # Set when a caller queues at the limit; a membership may heartbeat early on it.
+        self._fleet_demand: anyio.Event | None = None
         self._membership_done: anyio.Event | None = None
         self._coordinating: Slot | None = None
         # Prefix of the application_name its connections carry, when the connector tags them.
@@ -472,6 +474,12 @@ class Pool(Generic[ConnT]):
     async def _wait(self, now: float, timeout: float | None, priority: bool = False) -> Slot:
         planner = self._planner
         w = planner.enqueue(now, timeout, priority)
+        if (
+            not priority
+            and self._fleet_demand is not None
+            and planner.budget_used + planner.n_connecting >= planner.limit
+        ):
+            self._fleet_demand.set()  # a caller queues at the limit: the fleet should know
         event = w.token = self._waker()
         if planner._plan is not None:
             self._execute(planner.take_plan())
@@ -801,7 +809,7 @@ class Pool(Generic[ConnT]):
             ):
                 try:
                     slot = await self._acquire_slow(slot, now, wait_own, priority=True)
-                except PoolTimeout:  # every connection stays borrowed: one of its own
+                except (PoolTimeout, PoolClosed):  # all stay borrowed, or closing
                     slot = None
         if slot is None:
             with anyio.fail_after(self.settings.connect_timeout):

@@ -322,7 +322,8 @@ class Planner:
             self._waiters.move_to_end(w, last=False)
             for q in reversed(ahead):  # earlier priority waiters stay in front of it
                 self._waiters.move_to_end(q, last=False)
-        self.queued += 1
+        if not priority:  # the fleet heartbeat's own waits are not the callers'
+            self.queued += 1
         if deadline < _INF:
             heapq.heappush(self._deadlines, (deadline, w))
             if len(self._deadlines) > 2 * len(self._waiters) + 64:
@@ -343,8 +344,9 @@ class Planner:
         slot.lease += 1
         self.n_reserved -= 1
         self.n_in_use += 1
-        self.acquires += 1
-        self.wait_time += now - w.enqueued_at
+        if not w.priority:
+            self.acquires += 1
+            self.wait_time += now - w.enqueued_at
         return slot
 
     def cancel(self, w: Waiter, now: float) -> None:
@@ -586,7 +588,8 @@ class Planner:
             if w.outcome is None:
                 del self._waiters[w]
                 w.outcome = Outcome.TIMEOUT
-                self.timeouts += 1
+                if not w.priority:
+                    self.timeouts += 1
                 self._out().wake.append(w)
         timeout = self.settings.idle_timeout
         idle = self._idle

@@ -119,6 +119,7 @@ class PostgresMembership:
         self._observed: int | None = None
         self._tables_ready = False
         self._failing = False
+        self._beating = anyio.Lock()
 
     # ------------------------------------------------------------------ sql
 
@@ -270,10 +271,18 @@ class PostgresMembership:
         await self._beat(pool)
 
     async def run(self, pool: Pool[Any]) -> None:
-        """Heartbeat until cancelled."""
+        """Heartbeat until cancelled; early when callers queue at the limit.
+
+        Demand is only seen at a heartbeat, so a caller queuing while its
+        pool is at its limit (0 included) wakes the next one early, at most
+        one early heartbeat per quarter interval.
+        """
         while True:
             jitter = 1.0 + random.uniform(-0.1, 0.1)
-            await anyio.sleep(self.heartbeat_interval * jitter)
+            pool._fleet_demand = demand = anyio.Event()
+            with anyio.move_on_after(self.heartbeat_interval * jitter):
+                await demand.wait()
+                await anyio.sleep(self.heartbeat_interval / 4)  # let demand gather
             await self._beat(pool)
 
     async def leave(self, pool: Pool[Any]) -> None:
@@ -288,6 +297,10 @@ class PostgresMembership:
                 )
 
     async def _beat(self, pool: Pool[Any]) -> None:
+        async with self._beating:  # one heartbeat at a time per member (set_total runs one too)
+            await self._beat_once(pool)
+
+    async def _beat_once(self, pool: Pool[Any]) -> None:
         started = pool._now()
         try:
             with anyio.fail_after(self.heartbeat_timeout):
