@@ -1024,3 +1024,19 @@ async def test_callers_queuing_at_the_limit_bring_the_heartbeat_forward(fleet: F
             reported = anyio.current_time() - asked
             tg.cancel_scope.cancel()
     assert reported < 0.75 * interval, f"demand reported after {reported:.2f}s"
+
+
+async def test_fleet_view_reports_the_backends_the_server_sees(fleet: Fleet) -> None:
+    """With application_name, fleet() reports the fleet's backends as the server counts them."""
+    a = fleet.pool(membership={"instance_id": "a", "application_name": fleet.app})
+    b = fleet.pool(membership={"instance_id": "b", "application_name": fleet.app})
+    async with a, b, holding(a, 3), holding(b, 2):
+        server = await wait_for(fleet.backends, lambda pids: len(pids) >= 5, "five never open")
+        status = await wait_for(  # the view is as of a's last heartbeat: wait for one
+            a.fleet,
+            lambda st: (st.observed_backends or 0) >= 5 and sum(m.holding for m in st.members) >= 5,
+            "a never saw the fleet's backends and holdings",
+        )
+        assert status.observed_backends is not None
+        assert status.observed_backends <= len(server) + 2  # + heartbeat connections
+        assert {m.id for m in status.members} == {"a", "b"}

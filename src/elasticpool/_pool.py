@@ -195,8 +195,6 @@ class Pool(Generic[ConnT]):
         self._fleet_demand: anyio.Event | None = None
         self._membership_done: anyio.Event | None = None
         self._coordinating: Slot | None = None
-        # Prefix of the application_name its connections carry, when the connector tags them.
-        self.application_name_prefix: str | None = None
         self._in_use: dict[int, Slot] = {}
         self._connect_time = 0.0
         self._tg: anyio.abc.TaskGroup | None = None

@@ -58,6 +58,13 @@ class PostgresMembership:
     lease lives ``lease_ttl`` seconds (default 5 intervals) after its last
     heartbeat, by the database clock.
 
+    Observability: with ``application_name`` (the name every member's
+    connections carry: set it in the connector, e.g.
+    ``AsyncpgConnector(dsn, server_settings={"application_name": "api"})``),
+    each heartbeat also counts the fleet's backends in ``pg_stat_activity``;
+    :meth:`Pool.fleet() <elasticpool.Pool.fleet>` reports it as
+    ``observed_backends``, next to the shares and holdings.
+
     Failure: while heartbeats fail, the instance keeps its last limit for one
     ``lease_ttl`` (measured locally from the start of its last good
     heartbeat, which is never later than the database's expiry of its lease),
@@ -79,8 +86,14 @@ class PostgresMembership:
         heartbeat_timeout: float | None = None,
         lease_ttl: float | None = None,
         create_tables: bool = True,
+        application_name: str | None = None,
     ) -> None:
-        for name, value in (("table", table), ("schema", schema), ("instance_id", instance_id)):
+        for name, value in (
+            ("table", table),
+            ("schema", schema),
+            ("instance_id", instance_id),
+            ("application_name", application_name),
+        ):
             if value is not None and (not isinstance(value, str) or not value or "\x00" in value):
                 raise ValueError(f"{name} must be a non-empty string (got {value!r})")
         interval = _seconds("heartbeat_interval", heartbeat_interval, "in (0, 3600]")
@@ -108,6 +121,7 @@ class PostgresMembership:
         self.heartbeat_timeout = float(timeout)
         self.lease_ttl = float(ttl)
         self.create_tables = create_tables
+        self.application_name = application_name
         # last good view
         self._members: tuple[MemberStatus, ...] = ()
         self._share = 0
@@ -253,13 +267,12 @@ class PostgresMembership:
         return share, grant, total, resolution.source, view, observed
 
     async def _observed_backends(self, pool: Pool[Any], conn: Any) -> int | None:
-        tag = pool.application_name_prefix
-        if tag is None:
+        """Backends ``pg_stat_activity`` shows with the fleet's ``application_name`` (if given)."""
+        name = self.application_name
+        if name is None:
             return None
         rows = await fetch(
-            conn,
-            "SELECT count(*) FROM pg_stat_activity WHERE starts_with(application_name, $1)",
-            tag,
+            conn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name
         )
         return int(rows[0][0])
 
