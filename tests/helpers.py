@@ -47,3 +47,31 @@ async def settle(pool: Pool[Any], *, step: float = 0.01, limit: int = 100_000) -
             return
         await anyio.sleep(step)
     raise AssertionError(f"background work never settled: {pool.stats()}")
+
+
+async def eventually(
+    probe: Callable[[], Any],
+    predicate: Callable[[Any], bool],
+    what: str,
+    *,
+    bound: float = 10.0,
+    poll: float = 0.02,
+) -> Any:
+    """Poll ``probe()`` (sync or async) until ``predicate(value)`` holds; return that value.
+
+    Only for effects that have no event to wait on (the server's, or a pool's
+    background work). Fails with ``what`` and the last value after ``bound``
+    seconds.
+    """
+    value: Any = None
+    try:
+        with anyio.fail_after(bound):
+            while True:
+                value = probe()
+                if hasattr(value, "__await__"):
+                    value = await value
+                if predicate(value):
+                    return value
+                await anyio.sleep(poll)
+    except TimeoutError:
+        raise AssertionError(f"{what} (after {bound:g}s, last seen: {value!r})") from None

@@ -29,6 +29,8 @@ from elasticpool.asyncpg import (  # noqa: E402
     session_reset_sql,
 )
 
+from .helpers import eventually  # noqa: E402
+
 BOUND = 10.0
 """Overall bound, in seconds, on any one wait for a server-side effect."""
 
@@ -48,16 +50,8 @@ def app_name(label: str) -> str:
 
 
 async def poll(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until ``await check()`` is true, looking every :data:`POLL` s for :data:`BOUND` s.
-
-    Only for effects that have no event: the server's, seen through a query.
-    """
-    try:
-        with anyio.fail_after(BOUND):
-            while not await check():  # noqa: ASYNC110 - polling the server, there is no event
-                await anyio.sleep(POLL)
-    except TimeoutError:
-        raise AssertionError(f"{what}: not within {BOUND:g}s") from None
+    """Wait until ``await check()`` is true, looking every :data:`POLL` s for :data:`BOUND` s."""
+    await eventually(check, bool, what, bound=BOUND, poll=POLL)
 
 
 async def settled(pool: Pool[Any]) -> None:

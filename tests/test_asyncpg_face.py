@@ -34,6 +34,8 @@ from elasticpool.asyncpg import (  # noqa: E402
     is_disconnect_error,
 )
 
+from .helpers import eventually  # noqa: E402
+
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 BOUND = 10.0
@@ -55,16 +57,8 @@ def app_name(label: str) -> str:
 
 
 async def poll(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until ``await check()`` is true, looking every :data:`POLL` s for :data:`BOUND` s.
-
-    Only for effects that have no event: the server's, or the pool's background work.
-    """
-    try:
-        with anyio.fail_after(BOUND):
-            while not await check():  # noqa: ASYNC110 - polling, there is no event
-                await anyio.sleep(POLL)
-    except TimeoutError:
-        raise AssertionError(f"{what}: not within {BOUND:g}s") from None
+    """Wait until ``await check()`` is true, looking every :data:`POLL` s for :data:`BOUND` s."""
+    await eventually(check, bool, what, bound=BOUND, poll=POLL)
 
 
 class Observer:

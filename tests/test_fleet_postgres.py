@@ -47,6 +47,8 @@ from elasticpool import Pool, PoolTimeout
 from elasticpool.embedded import EmbeddedPostgres
 from elasticpool.fleet import PostgresMembership
 
+from .helpers import eventually
+
 asyncpg = pytest.importorskip("asyncpg")
 
 from .fleet_member import DSN_ENV, TrackingConnector  # noqa: E402
@@ -179,18 +181,7 @@ async def wait_for(
     probe: Callable[[], Any], predicate: Callable[[Any], bool], what: str, bound: float = BOUND
 ) -> Any:
     """Poll ``probe()`` (sync or async) until ``predicate`` holds, within ``bound`` seconds."""
-    value: Any = None
-    try:
-        with anyio.fail_after(bound):
-            while True:
-                value = probe()
-                if hasattr(value, "__await__"):
-                    value = await value
-                if predicate(value):
-                    return value
-                await anyio.sleep(POLL)
-    except TimeoutError:
-        raise AssertionError(f"{what} (after {bound:g}s, last seen: {value!r})") from None
+    return await eventually(probe, predicate, what, bound=bound, poll=POLL)
 
 
 async def pause_heartbeats(pool: Pool[Any]) -> None:

@@ -35,6 +35,8 @@ from elasticpool.psycopg import (  # noqa: E402
     is_disconnect_error,
 )
 
+from .helpers import eventually  # noqa: E402
+
 pytestmark = pytest.mark.anyio
 postgres = pytest.mark.postgres
 
@@ -116,16 +118,7 @@ class Observer:
         self, probe: Callable[[], Awaitable[Any]], predicate: Callable[[Any], bool], what: str
     ) -> Any:
         """Run ``probe`` until ``predicate(result)`` holds, within :data:`BOUND` seconds."""
-        value: Any = None
-        try:
-            with anyio.fail_after(BOUND):
-                while True:
-                    value = await probe()
-                    if predicate(value):
-                        return value
-                    await anyio.sleep(POLL)
-        except TimeoutError:
-            raise AssertionError(f"{what} (last: {value!r})") from None
+        return await eventually(probe, predicate, what, bound=BOUND, poll=POLL)
 
 
 @pytest.fixture

@@ -34,6 +34,8 @@ from elasticpool.psycopg import (  # noqa: E402
     TooManyRequests,
 )
 
+from .helpers import eventually  # noqa: E402
+
 pytestmark = pytest.mark.anyio
 postgres = pytest.mark.postgres
 
@@ -87,16 +89,7 @@ async def poll(
     probe: Callable[[], Awaitable[Any]], predicate: Callable[[Any], bool], what: str
 ) -> Any:
     """Run ``probe`` until ``predicate(result)`` holds, within :data:`BOUND` seconds."""
-    value: Any = None
-    try:
-        with anyio.fail_after(BOUND):
-            while True:
-                value = await probe()
-                if predicate(value):
-                    return value
-                await anyio.sleep(POLL)
-    except TimeoutError:
-        raise AssertionError(f"{what} (last: {value!r})") from None
+    return await eventually(probe, predicate, what, bound=BOUND, poll=POLL)
 
 
 @pytest.fixture
