@@ -17,6 +17,10 @@ Example::
 
 It is not a database: a :class:`FakeConnection` has no queries, only the state
 a pool cares about (open, dead, in a transaction, session state changed).
+
+:class:`FaultProxy` is the other half, for tests against a real server: a
+loopback TCP proxy whose faults (latency, blackhole, reset, close after N
+bytes, refused connects) are switched at run time.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import anyio
 
 from ._connector import ResetMode
+from ._faultproxy import FaultProxy
 
-__all__ = ["FakeConnection", "FakeConnector", "FakeDisconnect"]
+__all__ = ["FakeConnection", "FakeConnector", "FakeDisconnect", "FaultProxy"]
 
 
 class FakeDisconnect(ConnectionError):
