@@ -425,8 +425,9 @@ class Pool(Generic[ConnT]):
         self._in_use[id(conn)] = slot
         return conn
 
-    async def _acquire_slot(self, timeout: float | None) -> Slot:
+    async def _acquire_slot(self, timeout: float | None, priority: bool = False) -> Slot:
         # The hot path: a checkpoint, one planner call, one clock read.
+        # (_Acquire.__aenter__ inlines this same step, to save a coroutine layer.)
         await self._sleep(0)  # cancel point and schedule point, before any state change
         if self._state != "open":
             self._check_open()
@@ -441,7 +442,7 @@ class Pool(Generic[ConnT]):
             and (self._ping_after is None or not planner.should_ping(slot, now))
         ):
             return slot
-        return await self._acquire_slow(slot, now, timeout)
+        return await self._acquire_slow(slot, now, timeout, priority)
 
     async def _acquire_slow(
         self, slot: Slot | None, now: float, timeout: float | None, priority: bool = False
@@ -796,19 +797,10 @@ class Pool(Generic[ConnT]):
         planner = self._planner
         slot: Slot | None = None
         if self._state == "open" and planner.limit > 0:
-            now = self._now()
-            slot = planner.acquire(now)
-            if planner._plan is not None:
-                self._execute(planner.take_plan())
-            if (
-                slot is None
-                or self._is_closed(slot.conn)
-                or (self._ping_after is not None and planner.should_ping(slot, now))
-            ):
-                try:
-                    slot = await self._acquire_slow(slot, now, wait_own, priority=True)
-                except (PoolTimeout, PoolClosed):  # all stay borrowed, or closing
-                    slot = None
+            try:
+                slot = await self._acquire_slot(wait_own, priority=True)
+            except (PoolTimeout, PoolClosed):  # all stay borrowed, or closing
+                slot = None
         if slot is None:
             with anyio.fail_after(self.settings.connect_timeout):
                 conn = await self._connector.connect()
