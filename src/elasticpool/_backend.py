@@ -50,6 +50,8 @@ class Backend(NamedTuple):
     """``sleep(0)`` is a checkpoint: a cancel point and a schedule point."""
     waker: Callable[[], Waker]
     """A fresh one-shot event for one waiting task."""
+    current_task: Callable[[], object]
+    """The running task (an identity for "who borrowed this"; never awaited)."""
 
 
 def current_backend() -> Backend:
@@ -59,11 +61,13 @@ def current_backend() -> Backend:
     except RuntimeError:
         pass
     else:
-        return Backend(loop.time, asyncio.sleep, lambda: _FutureWaker(loop))
+        return Backend(loop.time, asyncio.sleep, lambda: _FutureWaker(loop), asyncio.current_task)
     try:
         import trio  # noqa: PLC0415 - only on trio
 
         trio.lowlevel.current_task()
     except (ImportError, RuntimeError):
-        return Backend(anyio.current_time, anyio.sleep, anyio.Event)
-    return Backend(trio.current_time, trio.sleep, trio.Event)
+        return Backend(
+            anyio.current_time, anyio.sleep, anyio.Event, lambda: anyio.get_current_task().id
+        )
+    return Backend(trio.current_time, trio.sleep, trio.Event, trio.lowlevel.current_task)

@@ -40,6 +40,30 @@ ConnT = TypeVar("ConnT")
 _DEFAULT: Any = object()
 
 
+_CONNECTOR_METHODS = (
+    "connect",
+    "close",
+    "terminate",
+    "is_closed",
+    "ping",
+    "needs_reset",
+    "reset",
+    "is_disconnect",
+    "transaction",
+)
+
+
+def _check_seconds(name: str, value: object, *, zero_ok: bool) -> None:
+    """Reject a per-call timeout that is not a number in range (``None`` allowed)."""
+    if value is None:
+        return
+    bound = ">= 0" if zero_ok else "> 0"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds {bound} or None (got {value!r})")
+    if not (value >= 0 if zero_ok else value > 0):  # also rejects nan
+        raise ValueError(f"{name} must be {bound} seconds or None (got {value!r})")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class PoolStats:
     """A snapshot of one pool, as :meth:`Pool.stats` returns it.
@@ -111,6 +135,7 @@ class _Acquire(Generic[ConnT]):
             or (pool._ping_after is not None and planner.should_ping(slot, now))
         ):
             slot = await pool._acquire_slow(slot, now, self._timeout)
+        slot.owner = pool._current_task()
         self._slot = slot
         self._lease = slot.lease
         conn: ConnT = slot.conn
@@ -176,8 +201,19 @@ class Pool(Generic[ConnT]):
         name: str = "default",
         **overrides: Any,
     ) -> None:
+        missing = [m for m in _CONNECTOR_METHODS if not callable(getattr(connector, m, None))]
+        if missing:
+            raise TypeError(
+                f"connector must implement elasticpool.Connector (missing {', '.join(missing)}; "
+                f"got {type(connector).__name__})"
+            )
         if settings is None:
             settings = PoolSettings(**overrides)
+        elif not isinstance(settings, PoolSettings):
+            raise TypeError(
+                "settings must be a PoolSettings (got "
+                f"{type(settings).__name__}); pass settings as keyword arguments instead"
+            )
         elif overrides:
             settings = settings.replace(**overrides)
         if not isinstance(name, str) or not name:
@@ -210,6 +246,7 @@ class Pool(Generic[ConnT]):
         self._now: Callable[[], float] = anyio.current_time
         self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
         self._waker: Callable[[], Waker] = anyio.Event
+        self._current_task: Callable[[], object] = lambda: anyio.get_current_task().id
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -242,6 +279,7 @@ class Pool(Generic[ConnT]):
         self._now = backend.now
         self._sleep = backend.sleep
         self._waker = backend.waker
+        self._current_task = backend.current_task
         started = anyio.Event()
         self._stop = anyio.Event()
         self._runner_done = anyio.Event()
@@ -305,8 +343,7 @@ class Pool(Generic[ConnT]):
         after ``timeout`` seconds (``None``: no bound) whatever is left is
         terminated. Calling it again is harmless; it cannot be reopened.
         """
-        if timeout is not None and not timeout >= 0:
-            raise ValueError(f"timeout must be >= 0 seconds or None (got {timeout!r})")
+        _check_seconds("timeout", timeout, zero_ok=True)
         if self._state in ("closing", "closed"):
             if self._runner_done is not None:
                 with anyio.CancelScope(shield=True):
@@ -353,6 +390,7 @@ class Pool(Generic[ConnT]):
         Raises :class:`~elasticpool.PoolTimeout` after ``timeout`` seconds
         (``None``: no bound), with the last connect error as its cause.
         """
+        _check_seconds("timeout", timeout, zero_ok=True)
         self._check_open()
         planner = self._planner
         with anyio.move_on_after(math.inf if timeout is None else timeout):
@@ -388,8 +426,8 @@ class Pool(Generic[ConnT]):
         """
         if timeout is _DEFAULT:
             timeout = self.settings.pool_timeout
-        elif timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds or None (got {timeout!r})")
+        elif timeout is not None:
+            _check_seconds("timeout", timeout, zero_ok=False)
         return _Acquire(self, timeout)
 
     def acquire_nowait(self) -> ConnT:
@@ -406,6 +444,7 @@ class Pool(Generic[ConnT]):
             self._execute(planner.take_plan())
         if slot is None:
             raise anyio.WouldBlock
+        slot.owner = self._current_task()
         conn: ConnT = slot.conn
         self._in_use[id(conn)] = slot
         return conn
@@ -421,6 +460,7 @@ class Pool(Generic[ConnT]):
     async def _acquire_registered(self, timeout: float | None) -> ConnT:
         """``await pool.acquire()``: borrow and remember it for :meth:`release`."""
         slot = await self._acquire_slot(timeout)
+        slot.owner = self._current_task()
         conn: ConnT = slot.conn
         self._in_use[id(conn)] = slot
         return conn
@@ -503,10 +543,22 @@ class Pool(Generic[ConnT]):
     def _raise_timeout(self, timeout: float | None) -> None:
         planner = self._planner
         msg = f"pool {self.name!r}: no connection within {timeout:g}s ({planner.describe()})"
+        held = self._held_by_current_task()
+        if held:
+            msg += (
+                f"; this task already holds {held} connection{'s' if held > 1 else ''} "
+                "from this pool: a nested acquire waits for itself when the pool is full "
+                "(pass the connection down instead, or raise max_connections)"
+            )
         if planner.failures and planner.last_connect_error is not None:
             err = planner.last_connect_error
             raise PoolTimeout(f"{msg}; connects are failing: {type(err).__name__}: {err}") from err
         raise PoolTimeout(msg)
+
+    def _held_by_current_task(self) -> int:
+        """How many connections of this pool the running task has borrowed (slow path only)."""
+        me = self._current_task()
+        return sum(1 for s in self._planner._slots if s.state is SlotState.IN_USE and s.owner == me)
 
     async def _ping(self, slot: Slot) -> bool:
         """Ping a freshly borrowed slot; on failure it is evicted and ``False`` returned."""
@@ -810,6 +862,7 @@ class Pool(Generic[ConnT]):
                 with anyio.CancelScope(shield=True):
                     await self._close_conn(conn)
             return
+        slot.owner = None  # the pool's own borrow: no caller holds it
         lease = slot.lease
         self._coordinating = slot
         ok = False
@@ -874,6 +927,8 @@ class Pool(Generic[ConnT]):
         ``max_connections=0`` pauses the pool: callers queue (and time out at
         ``pool_timeout``) until the limit is raised again. The fleet layer uses
         it for a member that is granted nothing while the budget is taken.
+        On a closed pool it checks its arguments and changes nothing that
+        matters: no connection opens again.
         """
         planner = self._planner
         planner.resize(max_connections, self._now(), min_connections)

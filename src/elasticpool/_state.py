@@ -86,6 +86,7 @@ class Slot:
         "id",
         "idle_since",
         "lease",
+        "owner",
         "state",
         "waiter",
     )
@@ -100,6 +101,7 @@ class Slot:
         self.borrowed_at = _INF
         self.checked_gen = 0
         self.lease = 0  # bumped at every borrow: tells one borrow from the next
+        self.owner: object = None  # the shell's note of the borrowing task (opaque here)
         self.waiter: Waiter | None = None
         self.close_reason: CloseReason | None = None
 
@@ -647,10 +649,16 @@ class Planner:
         ``floor`` sets ``min_connections`` too (at most the new limit): raising
         it opens connections in the background, lowering it lets idle ones age out.
         """
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            raise TypeError(f"max_connections must be an integer >= 0 (got {limit!r})")
+        if limit < 0:
             raise ValueError(f"max_connections must be an integer >= 0 (got {limit!r})")
         if floor is not None:
-            if not isinstance(floor, int) or isinstance(floor, bool) or not 0 <= floor <= limit:
+            if not isinstance(floor, int) or isinstance(floor, bool):
+                raise TypeError(
+                    f"min_connections must be an integer in [0, {limit}] (got {floor!r})"
+                )
+            if not 0 <= floor <= limit:
                 raise ValueError(
                     f"min_connections must be an integer in [0, {limit}] (got {floor!r})"
                 )
