@@ -237,6 +237,34 @@ async def test_latency_applies_to_new_connections() -> None:
             assert await round_trip(client) >= 2 * delay - TIMER_SLACK
 
 
+async def test_connect_delay_holds_a_new_connection_before_upstream() -> None:
+    """A connection opened under connect_delay reaches the upstream only after the delay."""
+    delay = 0.05
+    async with proxied_echo() as (server, proxy):
+        proxy.connect_delay(delay)
+        async with await connect(proxy) as client:
+            assert await round_trip(client) >= delay - TIMER_SLACK
+            assert server.connections == 1
+
+
+async def test_connect_delay_spares_open_connections() -> None:
+    """An open connection keeps forwarding while a new one is held by connect_delay."""
+    async with proxied_echo() as (server, proxy), await connect(proxy) as old:
+        await round_trip(old)
+        proxy.connect_delay(60.0)  # far past BOUND: the new one is held for the whole test
+        async with await connect(proxy) as new:
+            await new.send(b"held")
+            await round_trip(old)
+            await wait_until(lambda: proxy.accepted == 2)
+            assert server.connections == 1
+        with pytest.raises(ValueError, match="connect_delay"):
+            proxy.connect_delay(-1)
+        proxy.heal()
+        async with await connect(proxy) as healed:
+            await round_trip(healed)
+        assert server.connections == 2
+
+
 async def test_blackhole_new_connection_is_accepted_but_never_answered() -> None:
     """Under a blackhole a new connection gets no answer and never reaches upstream."""
     async with proxied_echo() as (server, proxy):

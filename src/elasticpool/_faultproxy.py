@@ -94,6 +94,10 @@ class FaultProxy:
 
     * :meth:`latency` delays every chunk, in each direction, on new and open
       connections.
+    * :meth:`connect_delay` holds each *new* connection for a while before
+      connecting it upstream: a slow connection set-up (TLS, external
+      authentication, a loaded server) that leaves open connections as fast
+      as ever.
     * :meth:`blackhole` stalls everything: new connections are accepted but not
       connected upstream, open ones stop forwarding. Nothing is dropped: bytes
       already read are held and the kernel buffers fill, as in a network
@@ -139,6 +143,7 @@ class FaultProxy:
         self._mode: _Mode = "forward"
         self._unblocked: anyio.Event | None = None  # set when a blackhole ends
         self._latency = 0.0
+        self._connect_delay = 0.0
         self._close_after: int | None = None
         # Invariants: ``_connections`` holds exactly the handlers that have not yet
         # closed their client stream, so ``active == len(_connections)``.
@@ -208,6 +213,16 @@ class FaultProxy:
             raise ValueError(f"latency must be >= 0 seconds, got {seconds!r}")
         self._latency = float(seconds)
 
+    def connect_delay(self, seconds: float) -> None:
+        """Hold each new connection ``seconds`` before connecting it upstream.
+
+        Open connections are not slowed; ``0`` removes the delay; a negative
+        value raises ``ValueError``.
+        """
+        if not seconds >= 0:
+            raise ValueError(f"connect_delay must be >= 0 seconds, got {seconds!r}")
+        self._connect_delay = float(seconds)
+
     def blackhole(self) -> None:
         """Accept new connections but never connect or answer them; stall open ones too."""
         self._set_mode("blackhole")
@@ -237,8 +252,9 @@ class FaultProxy:
             conn.scope.cancel()
 
     def heal(self) -> None:
-        """Back to plain forwarding: no latency, blackhole, refusal or byte budget for new ones."""
+        """Back to plain forwarding: no latency, connect delay, blackhole, refusal or budget."""
         self._latency = 0.0
+        self._connect_delay = 0.0
         self._close_after = None
         self._set_mode("forward")
 
@@ -296,6 +312,8 @@ class FaultProxy:
                     conn.abort = True
                     return
                 await self._pass_blackhole()
+                if self._connect_delay > 0:
+                    await anyio.sleep(self._connect_delay)
                 try:
                     conn.upstream = await anyio.connect_tcp(
                         self._upstream_host, self._upstream_port
