@@ -56,7 +56,11 @@ class Connector(Protocol[ConnT]):
       (closed, or left mid-query by a cancelled task when the driver cannot
       recover it).
     * :meth:`transaction` returns the driver's own transaction context manager
-      (``BEGIN`` on entry, ``COMMIT`` on a clean exit, ``ROLLBACK`` on an error).
+      (``BEGIN`` on entry, ``COMMIT`` on a clean exit, ``ROLLBACK`` on an error);
+      with ``readonly=True`` the transaction is read-only (``BEGIN READ ONLY``
+      or ``SET TRANSACTION READ ONLY`` first), so the server refuses writes in
+      it. The pool passes ``readonly`` only when it is true, so a connector
+      written before it existed still serves ordinary transactions.
 
     It is not a pool: it keeps no connections of its own.
     """
@@ -93,6 +97,8 @@ class Connector(Protocol[ConnT]):
         """Whether ``exc`` means the connection it came from is dead."""
         ...
 
-    def transaction(self, conn: ConnT) -> AbstractAsyncContextManager[Any]:
-        """A transaction on ``conn``: BEGIN, then COMMIT or ROLLBACK on exit."""
+    def transaction(
+        self, conn: ConnT, *, readonly: bool = False
+    ) -> AbstractAsyncContextManager[Any]:
+        """A transaction on ``conn``: BEGIN (READ ONLY), then COMMIT or ROLLBACK on exit."""
         ...

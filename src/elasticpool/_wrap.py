@@ -119,7 +119,9 @@ class _Leases(Generic[ConnT]):
     def is_disconnect(self, exc: BaseException) -> bool:
         raise NotImplementedError
 
-    def transaction(self, conn: ConnT) -> AbstractAsyncContextManager[Any]:
+    def transaction(
+        self, conn: ConnT, *, readonly: bool = False
+    ) -> AbstractAsyncContextManager[Any]:
         raise NotImplementedError
 
     def ceiling(self) -> int | None:
@@ -258,9 +260,9 @@ class _AsyncpgLeases(_Leases["asyncpg.pool.PoolConnectionProxy[Any]"]):
         return self._is_disconnect(exc)
 
     def transaction(
-        self, conn: asyncpg.pool.PoolConnectionProxy[Any]
+        self, conn: asyncpg.pool.PoolConnectionProxy[Any], *, readonly: bool = False
     ) -> AbstractAsyncContextManager[Any]:
-        tx: AbstractAsyncContextManager[Any] = conn.transaction()
+        tx: AbstractAsyncContextManager[Any] = conn.transaction(readonly=readonly)
         return tx
 
     async def finish(self, *, close: bool, timeout: float | None) -> None:
@@ -375,8 +377,10 @@ class _PsycopgLeases(_Leases[ACT]):
             return state is None or state.startswith("08") or state in _DEAD_SQLSTATES
         return isinstance(exc, psycopg.InterfaceError) and "closed" in str(exc)
 
-    def transaction(self, conn: ACT) -> AbstractAsyncContextManager[Any]:
-        return conn.transaction()
+    def transaction(self, conn: ACT, *, readonly: bool = False) -> AbstractAsyncContextManager[Any]:
+        from .psycopg import _transaction  # noqa: PLC0415 - only with a psycopg pool in hand
+
+        return _transaction(conn, readonly)
 
     async def finish(self, *, close: bool, timeout: float | None) -> None:
         await self.wait_returned(timeout)

@@ -422,8 +422,10 @@ class AsyncpgConnector:
     def is_disconnect(self, exc: BaseException) -> bool:
         return is_disconnect_error(exc)
 
-    def transaction(self, conn: asyncpg.Connection) -> AbstractAsyncContextManager[Any]:
-        tx: AbstractAsyncContextManager[Any] = conn.transaction()
+    def transaction(
+        self, conn: asyncpg.Connection, *, readonly: bool = False
+    ) -> AbstractAsyncContextManager[Any]:
+        tx: AbstractAsyncContextManager[Any] = conn.transaction(readonly=readonly)
         return tx
 
     def __repr__(self) -> str:

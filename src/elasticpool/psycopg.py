@@ -584,15 +584,32 @@ class PsycopgConnector(Generic[ACT]):
 
     # ------------------------------------------------------------------ transactions
 
-    def transaction(self, conn: ACT) -> AbstractAsyncContextManager[Any]:
-        """psycopg's own ``conn.transaction()``: BEGIN, then COMMIT, or ROLLBACK on an error."""
-        tx: AbstractAsyncContextManager[Any] = conn.transaction()
-        return tx
+    def transaction(self, conn: ACT, *, readonly: bool = False) -> AbstractAsyncContextManager[Any]:
+        """psycopg's own ``conn.transaction()``: BEGIN, then COMMIT, or ROLLBACK on an error.
+
+        ``readonly=True`` runs ``SET TRANSACTION READ ONLY`` first thing inside it.
+        """
+        return _transaction(conn, readonly)
 
     # ------------------------------------------------------------------ repr
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {_describe_target(self.conninfo, self.kwargs)}>"
+
+
+def _transaction(conn: ACT, readonly: bool) -> AbstractAsyncContextManager[Any]:
+    """``conn.transaction()``, read-only when asked (psycopg's own has no such flag)."""
+    tx: AbstractAsyncContextManager[Any] = conn.transaction()
+    return _readonly_transaction(conn, tx) if readonly else tx
+
+
+@asynccontextmanager
+async def _readonly_transaction(
+    conn: ACT, tx: AbstractAsyncContextManager[Any]
+) -> AsyncIterator[Any]:
+    async with tx as inner:
+        await conn.execute("SET TRANSACTION READ ONLY", prepare=False)
+        yield inner
 
 
 def _describe_target(conninfo: object, kwargs: object) -> str:

@@ -34,11 +34,15 @@ import anyio
 from ._connector import ResetMode
 from ._faultproxy import FaultProxy
 
-__all__ = ["FakeConnection", "FakeConnector", "FakeDisconnect", "FaultProxy"]
+__all__ = ["FakeConnection", "FakeConnector", "FakeDisconnect", "FakeReadOnlyError", "FaultProxy"]
 
 
 class FakeDisconnect(ConnectionError):
     """Raised by a dead :class:`FakeConnection`; ``FakeConnector.is_disconnect`` says yes to it."""
+
+
+class FakeReadOnlyError(Exception):
+    """Raised by :meth:`FakeConnection.write` inside a read-only transaction (SQLSTATE 25006)."""
 
 
 class FakeConnection:
@@ -52,6 +56,7 @@ class FakeConnection:
         "dropped",
         "id",
         "in_transaction",
+        "read_only",
         "rollbacks",
         "session_dirty",
         "uses",
@@ -64,6 +69,7 @@ class FakeConnection:
         self.dead = False
         self.dropped = False
         self.in_transaction = False
+        self.read_only = False
         self.session_dirty = False
         self.uses = 0
         self.commits = 0
@@ -81,9 +87,16 @@ class FakeConnection:
         if self.dead:
             raise FakeDisconnect(f"fake connection {self.id} died mid-query")
 
-    def begin(self) -> None:
-        """Pretend ``BEGIN``: the connection is now in a transaction."""
+    def begin(self, *, readonly: bool = False) -> None:
+        """Pretend ``BEGIN`` (``READ ONLY``): the connection is now in a transaction."""
         self.in_transaction = True
+        self.read_only = readonly
+
+    async def write(self) -> None:
+        """Pretend an ``INSERT``: raise :class:`FakeReadOnlyError` in a read-only transaction."""
+        await self.execute()
+        if self.read_only:
+            raise FakeReadOnlyError(f"fake connection {self.id}: write in a read-only transaction")
 
     def set_session_state(self) -> None:
         """Pretend ``SET ...``: the session now differs from a fresh one."""
@@ -249,28 +262,30 @@ class FakeConnector:
             raise FakeDisconnect(f"fake: reset of connection {conn.id} failed")
         if conn.closed or conn.dead:
             raise FakeDisconnect(f"fake connection {conn.id} is dead")
-        conn.in_transaction = False
+        conn.in_transaction = conn.read_only = False
         if mode == "session":
             conn.session_dirty = False
 
     def is_disconnect(self, exc: BaseException) -> bool:
         return isinstance(exc, FakeDisconnect)
 
-    def transaction(self, conn: FakeConnection) -> AbstractAsyncContextManager[None]:
-        return _fake_transaction(conn)
+    def transaction(
+        self, conn: FakeConnection, *, readonly: bool = False
+    ) -> AbstractAsyncContextManager[None]:
+        return _fake_transaction(conn, readonly)
 
 
 @asynccontextmanager
-async def _fake_transaction(conn: FakeConnection) -> AsyncIterator[None]:
+async def _fake_transaction(conn: FakeConnection, readonly: bool) -> AsyncIterator[None]:
     """BEGIN; COMMIT on a clean exit (counted in ``conn.commits``), ROLLBACK otherwise."""
     await conn.execute()
-    conn.begin()
+    conn.begin(readonly=readonly)
     try:
         yield
     except BaseException:
-        conn.in_transaction = False
+        conn.in_transaction = conn.read_only = False
         conn.rollbacks += 1
         raise
     await conn.execute()
-    conn.in_transaction = False
+    conn.in_transaction = conn.read_only = False
     conn.commits += 1
