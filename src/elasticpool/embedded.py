@@ -701,6 +701,56 @@ class EmbeddedPostgres:
     def __exit__(self, *exc_info: object) -> None:
         self.cleanup()
 
+    def start_standby(self, *, port: int | None = None) -> EmbeddedPostgres:
+        """Make and start a streaming replica of this running server; return it.
+
+        The standby's data directory is a ``pg_basebackup -R -X stream`` of
+        this server (as its superuser, over 127.0.0.1, which initdb's
+        ``pg_hba.conf`` allows for replication), so it has ``standby.signal``
+        and a ``primary_conninfo`` and follows this server read-only. It
+        listens on 127.0.0.1 at ``port`` (default: a free one) with the same
+        superuser and password; ``stop``/``start``/``restart``/``cleanup``
+        work on it as on any :class:`EmbeddedPostgres`. Clean it up before
+        this server: it reconnects to it in a loop while it is gone.
+
+        Not: promotion, cascading, or synchronous replication.
+        """
+        with self._lock:
+            primary = self._cluster
+            if primary is None or primary.postmaster_pid() is None:
+                raise EmbeddedPostgresError("the server is not running; call start() first")
+        standby = type(self)(port=port, password=self._password, base_dir=self._base_dir)
+        data_dir = Path(tempfile.mkdtemp(prefix="elasticpool-pg-", dir=self._base_dir)).resolve()
+        cluster = _Cluster(bin_dir=primary.bin_dir, data_dir=data_dir, run_as=primary.run_as)
+        _register(cluster)
+        try:
+            if cluster.run_as is not None:
+                _make_ancestors_traversable(data_dir)
+                os.chown(data_dir, cluster.run_as.uid, cluster.run_as.gid)
+            result = cluster.run(
+                "pg_basebackup",
+                [
+                    *("-D", str(data_dir), "-h", self.host, "-p", str(self._port)),
+                    *("-U", self.user, "-R", "-X", "stream", "-c", "fast", "--no-sync"),
+                ],
+                env={"PGPASSWORD": self._password, "PGCONNECT_TIMEOUT": "10"},
+                timeout=_START_TIMEOUT,
+            )
+            if result.returncode != 0:
+                raise EmbeddedPostgresError(
+                    f"pg_basebackup failed (exit {result.returncode}): "
+                    + self._redact(result.stderr.strip() or result.stdout.strip())
+                )
+            with standby._lock:
+                standby._cluster = cluster
+                standby._start_server(cluster)
+        except BaseException:
+            cluster.destroy()
+            _unregister(cluster)
+            standby._cluster = None
+            raise
+        return standby
+
     # ------------------------------------------------------------------ configuration / SQL
 
     def set_config(self, **gucs: str) -> None:
