@@ -669,9 +669,26 @@ class Pool(Generic[ConnT]):
             plan = planner.take_plan()
             if plan is not None:
                 plan.wake_ticker = False  # tick() has just set next_wake itself
+                if plan.saturated_for:
+                    self._warn_saturated(plan.saturated_for, now)
                 self._execute(plan)
             with anyio.CancelScope(deadline=planner.next_wake):
                 await event.wait()
+
+    def _warn_saturated(self, seconds: float, now: float) -> None:
+        p = self._planner
+        logger.warning(
+            "pool %r saturated: no connection free for %.1fs while callers queue "
+            "(in use %d of limit %d, waiting %d, oldest waiting %.1fs); raise "
+            "max_connections or total_max_connections, or look for slow transactions "
+            "holding connections",
+            self.name,
+            seconds,
+            p.n_in_use + p.n_reserved,
+            p.limit,
+            p.n_waiting,
+            p.oldest_waiter_age(now),
+        )
 
     async def _connect(self, slot: Slot) -> None:
         planner = self._planner
@@ -698,6 +715,8 @@ class Pool(Generic[ConnT]):
                 return
             now = self._now()
             self._connect_time += now - started
+            for sink in planner.sinks:  # metrics attached (see Planner.observe)
+                sink.create(now - started)
             planner.connected(slot, conn, now, random.random())
             if self._ready is not None:
                 self._ready.set()

@@ -145,6 +145,13 @@ class PoolSettings:
         pending connect covers fail at once with that connect's error,
         instead of waiting for a retry up to ``pool_timeout``. asyncpg's pool
         behaves so; the drop-in face turns it on.
+    ``saturation_warning``
+        When the pool stays saturated this long (at its limit, callers
+        queued, and no connection free: each went from one borrower straight
+        to the next), a WARNING is logged on the ``elasticpool`` logger with
+        the pool's name and counts, then at most once per this many seconds
+        while it lasts (``None``: never). Checked by the pool's timer, not on
+        each acquire.
     ``allow_small_total``
         A total below 5 (Hyperdrive's minimum) is raised to 5 with a warning
         unless this is true.
@@ -171,6 +178,7 @@ class PoolSettings:
     soft_overflow: int = 2
     allow_small_total: bool = False
     fail_fast: bool = False
+    saturation_warning: float | None = 10.0
 
     def __post_init__(self) -> None:
         _check_int("max_connections", self.max_connections, 1, optional=True)
@@ -206,6 +214,9 @@ class PoolSettings:
         if self.limit_mode not in _LIMIT_MODES:
             raise ValueError(f"limit_mode must be one of {_LIMIT_MODES} (got {self.limit_mode!r})")
         _check_int("soft_overflow", self.soft_overflow, 0, optional=False)
+        _check_seconds(
+            "saturation_warning", self.saturation_warning, low=0, strict=True, optional=True
+        )
         for flag in ("allow_small_total", "fail_fast"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be a bool (got {getattr(self, flag)!r})")

@@ -31,12 +31,21 @@ import heapq
 import itertools
 import math
 from collections import OrderedDict, deque
-from typing import Any
+from typing import Any, Protocol
 
 from ._errors import PoolClosed, TooManyWaiters
 from ._settings import PoolSettings
 
-__all__ = ["CloseReason", "Outcome", "Plan", "Planner", "Slot", "SlotState", "Waiter"]
+__all__ = [
+    "CloseReason",
+    "Outcome",
+    "Plan",
+    "Planner",
+    "Slot",
+    "SlotState",
+    "TimingSink",
+    "Waiter",
+]
 
 _INF = math.inf
 
@@ -133,6 +142,23 @@ class Waiter:
         return f"<Waiter {self.id} {state}>"
 
 
+class TimingSink(Protocol):
+    """Where a pool's per-event timings go when metrics are attached (see :meth:`Planner.observe`).
+
+    Each method gets seconds. Called synchronously from inside a planner
+    event, so it must be quick and must not raise or touch the pool.
+    """
+
+    def wait(self, seconds: float) -> None:
+        """An acquire got its connection after waiting this long (0 when one was idle)."""
+
+    def use(self, seconds: float) -> None:
+        """A borrowed connection came back after this long."""
+
+    def create(self, seconds: float) -> None:
+        """A connect succeeded after this long (reported by the shell, which times it)."""
+
+
 @dataclasses.dataclass(slots=True)
 class Plan:
     """What the caller must do after an event. Lists are in the order to do them."""
@@ -147,6 +173,8 @@ class Plan:
     """Waiters whose outcome is set (handed a slot, timed out, or closed out): wake them."""
     wake_ticker: bool = False
     """The earliest deadline moved closer: the ticker must recompute when to wake."""
+    saturated_for: float = 0.0
+    """If > 0: saturated this many seconds (see :meth:`Planner.tick`); log the warning."""
 
 
 class Planner:
@@ -195,6 +223,9 @@ class Planner:
         self.usage_time = 0.0
         self.queued = 0  # acquires that had to wait
         self.returned_broken = 0  # connections that came back dead
+        self._saturation_check = _INF  # when tick() next looks for saturation
+        self.saturation_warnings = 0
+        self.sinks: tuple[TimingSink, ...] = ()  # see observe()
 
     # ------------------------------------------------------------------ counts
 
@@ -317,6 +348,12 @@ class Planner:
                 f"max_waiting is {max_waiting} ({self.describe()})"
             )
         deadline = _INF if timeout is None else now + timeout
+        if not self._waiters:  # callers start queuing: look for saturation a window later
+            window = self.settings.saturation_warning
+            if window is not None:
+                check = self._saturation_check  # one still due stands (rate limit, flapping)
+                self._saturation_check = now + window if check <= now else min(check, now + window)
+                self._poke(self._saturation_check)
         w = Waiter(next(self._ids), now, deadline, priority)
         self._waiters[w] = None
         if priority:
@@ -615,7 +652,33 @@ class Planner:
             if changed:
                 self._idle = deque(keep)
         self._grow(now)
+        if now >= self._saturation_check:
+            self._check_saturation(now)
         self.next_wake = self._earliest(now)
+
+    def _check_saturation(self, now: float) -> None:
+        """Rate-limited saturation report, due one window after callers started queuing.
+
+        Saturated means: callers are queued now, the pool has no room to grow
+        for them (its budget is at the limit), and no connection has been
+        free (idle, or newly opened) for at least ``saturation_warning``
+        seconds, so every connection went from one borrower straight to the
+        next. Reported in the plan at most once per window.
+        """
+        window = self.settings.saturation_warning
+        if window is None or not self._waiters:
+            self._saturation_check = _INF
+            return
+        # With no connection at all (a limit of 0), since the oldest caller queued.
+        oldest = next(iter(self._waiters)).enqueued_at
+        last_free = max((s.idle_since for s in self._slots if s.idle_since < _INF), default=oldest)
+        if now - last_free < window:
+            self._saturation_check = last_free + window
+            return
+        self._saturation_check = now + window
+        if self.budget_used >= self.limit:
+            self.saturation_warnings += 1
+            self._out().saturated_for = now - last_free
 
     def _earliest(self, now: float) -> float:
         t = _INF
@@ -630,6 +693,8 @@ class Planner:
             timeout = self.settings.idle_timeout
             if timeout is not None and self.size > self.floor:
                 t = min(t, idle[0].idle_since + timeout)
+        if self._waiters:  # a check is only due while callers queue
+            t = min(t, self._saturation_check)
         if self.backoff_until > now and self._wanted() > 0:
             t = min(t, self.backoff_until)
         return t
@@ -725,6 +790,28 @@ class Planner:
         self._slots.discard(slot)
         slot.state = SlotState.CLOSED
 
+    # ------------------------------------------------------------------ timings
+
+    def observe(self, sink: TimingSink) -> None:
+        """Report every acquire's wait and every borrow's use time to ``sink`` from now on.
+
+        Until a sink is attached the planner does no per-event timing work at
+        all: attaching the first one switches this planner to a subclass whose
+        ``acquire``, ``claim`` and ``release`` also report; detaching the last
+        one (:meth:`unobserve`) switches it back. Attaching twice is a no-op.
+        """
+        if any(s is sink for s in self.sinks):
+            return
+        self.sinks = (*self.sinks, sink)
+        if type(self) is Planner:
+            self.__class__ = _TimedPlanner
+
+    def unobserve(self, sink: TimingSink) -> None:
+        """Stop reporting to ``sink`` (no-op if it is not attached)."""
+        self.sinks = tuple(s for s in self.sinks if s is not sink)
+        if not self.sinks and self.__class__ is not Planner:
+            self.__class__ = Planner
+
     # ------------------------------------------------------------------ inspection
 
     def describe(self) -> str:
@@ -792,3 +879,35 @@ class Planner:
         if self.closed:
             assert not self._waiters
             assert not self._idle
+
+
+class _TimedPlanner(Planner):
+    """A :class:`Planner` with timing sinks attached: the same decisions, plus reports.
+
+    Every acquire that gets a slot reports its wait (0.0 when an idle one was
+    taken at once, the time queued when a waiter claims its slot); every
+    release reports how long the slot was borrowed. Borrows the counters do
+    not count (a check's, the fleet heartbeat's) are not reported either, so
+    the sinks' counts match :attr:`Planner.acquires`.
+    """
+
+    def acquire(self, now: float) -> Slot | None:
+        acquires = self.acquires
+        slot = super().acquire(now)
+        if slot is not None and self.acquires != acquires:
+            for sink in self.sinks:
+                sink.wait(0.0)
+        return slot
+
+    def claim(self, w: Waiter, now: float) -> Slot:
+        slot = super().claim(w, now)
+        if not w.priority:
+            for sink in self.sinks:
+                sink.wait(now - w.enqueued_at)
+        return slot
+
+    def release(self, slot: Slot, now: float, broken: bool = False, reset: bool = False) -> None:
+        borrowed_at = slot.borrowed_at
+        super().release(slot, now, broken, reset)
+        for sink in self.sinks:
+            sink.use(now - borrowed_at)

@@ -1,0 +1,79 @@
+"""What the metrics exporters share: bucket bounds and a plain histogram.
+
+The exporters (:mod:`elasticpool.otel`, :mod:`elasticpool.prometheus`) read
+gauges and counters from :meth:`Pool.stats() <elasticpool.Pool.stats>` and
+:meth:`Pool.fleet() <elasticpool.Pool.fleet>` when they are collected, so an
+attached exporter costs nothing between collections. Only the three timing
+histograms need a report per event; they attach a
+:class:`~elasticpool._state.TimingSink` to the pool's planner, which does no
+timing work at all while none is attached.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from collections.abc import Sequence
+
+__all__ = ["DEFAULT_BUCKETS", "Histogram", "check_buckets"]
+
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+"""Upper bounds (seconds) of the wait, use and connect time histograms, +Inf implied."""
+
+
+def check_buckets(buckets: Sequence[float]) -> tuple[float, ...]:
+    """``buckets`` as a tuple, or :class:`ValueError` unless finite, positive and increasing."""
+    out = tuple(float(b) for b in buckets)
+    if not out or any(not math.isfinite(b) or b <= 0 for b in out):
+        raise ValueError(f"buckets must be finite numbers of seconds > 0 (got {buckets!r})")
+    if any(a >= b for a, b in itertools.pairwise(out)):
+        raise ValueError(f"buckets must be strictly increasing (got {buckets!r})")
+    return out
+
+
+class Histogram:
+    """Counts of observations per bucket, with their sum; not cumulative, +Inf last.
+
+    Not thread-safe for writers (the pool's event loop is the only one); a
+    reader in another thread (an exporter's HTTP thread) may see one
+    observation counted in ``count`` but not yet in a bucket, never worse.
+    """
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """``(le, cumulative count)`` pairs, Prometheus style, ending with ``+Inf``."""
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, n in zip((*self.bounds, math.inf), list(self.counts), strict=True):
+            total += n
+            out.append(("+Inf" if bound == math.inf else repr(bound), float(total)))
+        return out
