@@ -20,6 +20,7 @@ from ._pool import Pool, PoolStats
 from ._settings import DEFAULT_TOTAL_MAX_CONNECTIONS, LimitMode, PoolSettings
 from ._wrap import wrap
 from .fleet import FleetStatus, Membership, MemberStatus, PostgresMembership, StaticMembership
+from .replicas import NoReplicaAvailable, RoutingMemberStats, RoutingPool, RoutingStats
 
 __all__ = [
     "DEFAULT_TOTAL_MAX_CONNECTIONS",
@@ -31,6 +32,7 @@ __all__ = [
     "Member",
     "MemberStatus",
     "Membership",
+    "NoReplicaAvailable",
     "Pool",
     "PoolClosed",
     "PoolSettings",
@@ -39,6 +41,9 @@ __all__ = [
     "PostgresMembership",
     "ResetMode",
     "Resolution",
+    "RoutingMemberStats",
+    "RoutingPool",
+    "RoutingStats",
     "StaticMembership",
     "TooManyWaiters",
     "resolve_limit",

@@ -1,0 +1,645 @@
+"""Read replicas: one routing pool over a primary and its replicas.
+
+:class:`RoutingPool` composes ordinary :class:`~elasticpool.Pool` objects, one
+per server, each with its own :class:`~elasticpool.PoolSettings` (limits, fleet
+totals, membership). It decides only *which* member serves a borrow:
+
+* writes (the default) always go to the primary;
+* read-only borrows go to a healthy replica, the least loaded one (in use +
+  waiting, relative to its limit), ties broken round robin;
+* a replica whose read meets a connect failure or a disconnect is
+  quarantined; a background probe tries it again after a backoff that doubles
+  from ``quarantine_initial`` to ``quarantine_max``, and puts it back when a
+  connection of it answers a ping;
+* with no healthy replica, reads go to the primary (``fallback_to_primary``),
+  or fail at once with :class:`NoReplicaAvailable`.
+
+It is not a replication manager: it never promotes, never checks replication
+lag, and never sends a write to a replica.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any, Generic, Literal, TypeVar
+
+import anyio
+import anyio.abc
+
+from ._errors import ElasticPoolError, PoolClosed, PoolTimeout, TooManyWaiters
+from ._pool import Pool, PoolStats, _Acquire, _spawn_system_task
+
+__all__ = ["NoReplicaAvailable", "RoutingMemberStats", "RoutingPool", "RoutingStats"]
+
+logger = logging.getLogger("elasticpool")
+
+ConnT = TypeVar("ConnT")
+
+_DEFAULT: Any = object()
+
+# How often a read queued at a replica looks for connect failures of that
+# replica (the pool has no event for them). Only while a read waits there.
+_WATCH_INTERVAL = 0.05
+
+
+class NoReplicaAvailable(ElasticPoolError):
+    """A read found no healthy replica and ``fallback_to_primary`` is off."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoutingMemberStats:
+    """One member of a :class:`RoutingPool`, as :meth:`RoutingPool.stats` returns it."""
+
+    name: str
+    """The member pool's name."""
+    role: Literal["primary", "replica"]
+    healthy: bool
+    """Whether reads are routed to it (the primary is always healthy: nothing routes around it)."""
+    quarantines: int
+    """Times it was taken out of rotation."""
+    retry_in: float
+    """Seconds until the next probe while quarantined (0 once a probe is under way), else 0."""
+    last_error: str | None
+    """The type name of the error that last quarantined it."""
+    reads: int
+    """Read-only borrows it served."""
+    writes: int
+    """Write borrows it served (replicas: always 0)."""
+    pool: PoolStats
+    """The member pool's own snapshot."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoutingStats:
+    """A snapshot of a :class:`RoutingPool`: its members and its routing counters."""
+
+    name: str
+    primary: RoutingMemberStats
+    replicas: tuple[RoutingMemberStats, ...]
+    reads: int
+    """Read-only borrows served, by replicas or by the primary."""
+    writes: int
+    """Write borrows served (all by the primary)."""
+    fallbacks: int
+    """Reads the primary served because no replica was healthy."""
+    healthy_replicas: int
+
+
+class _Member(Generic[ConnT]):
+    """Routing state of one member pool. Invariant: a primary is never quarantined."""
+
+    __slots__ = (
+        "backoff",
+        "healthy",
+        "last_error",
+        "pool",
+        "probing",
+        "quarantines",
+        "reads",
+        "role",
+        "until",
+        "writes",
+    )
+
+    def __init__(self, pool: Pool[ConnT], role: Literal["primary", "replica"]) -> None:
+        self.pool = pool
+        self.role: Literal["primary", "replica"] = role
+        self.healthy = True
+        self.quarantines = 0
+        self.until = -math.inf  # next probe, while quarantined
+        self.backoff = 0.0
+        self.last_error: str | None = None
+        self.probing = False
+        self.reads = 0
+        self.writes = 0
+
+    def load(self) -> float:
+        """Borrowed + queued, relative to the member's limit (a paused member is full)."""
+        p = self.pool._planner
+        busy = p.n_in_use + p.n_reserved + p.n_waiting
+        return busy / p.limit if p.limit > 0 else math.inf
+
+
+class _MemberFailed(Exception):
+    """A member's connects failed while a borrow waited on it (internal)."""
+
+    def __init__(self, error: BaseException | None) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class _RoutedAcquire(Generic[ConnT]):
+    """What :meth:`RoutingPool.acquire` returns: an async context manager.
+
+    After entry, :attr:`pool` is the member pool that lent the connection.
+    """
+
+    __slots__ = ("_inner", "_member", "_readonly", "_router", "_timeout")
+
+    def __init__(self, router: RoutingPool[ConnT], readonly: bool, timeout: float | None) -> None:
+        self._router = router
+        self._readonly = readonly
+        self._timeout = timeout
+        self._member: _Member[ConnT] | None = None
+        self._inner: _Acquire[ConnT] | None = None
+
+    @property
+    def pool(self) -> Pool[ConnT]:
+        """The member pool serving this borrow (only inside the ``async with`` block)."""
+        if self._member is None:
+            raise RuntimeError("no connection is borrowed: use it inside 'async with'")
+        return self._member.pool
+
+    async def __aenter__(self) -> ConnT:
+        router = self._router
+        if self._readonly:
+            member, inner, conn = await router._borrow_read(self._timeout)
+        else:
+            member, inner, conn = await router._borrow_write(self._timeout)
+        self._member, self._inner = member, inner
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        member, self._member = self._member, None
+        inner, self._inner = self._inner, None
+        if member is None or inner is None:
+            return
+        if member.role == "replica" and exc is not None:
+            connector = member.pool._connector
+            if isinstance(exc, Exception) and connector.is_disconnect(exc):
+                self._router._quarantine(member, exc)
+        await inner.__aexit__(exc_type, exc, tb)
+
+
+class RoutingPool(Generic[ConnT]):
+    """A pool face over a primary :class:`~elasticpool.Pool` and replica pools.
+
+    ``async with RoutingPool(primary, [replica1, replica2]) as db:`` opens every
+    member pool (and closes them all on exit). Then:
+
+    * ``async with db.acquire() as conn`` (and ``db.transaction()``) borrows
+      from the primary;
+    * ``async with db.acquire(readonly=True) as conn`` borrows from a healthy
+      replica, the least loaded relative to its limit, round robin among
+      equals; ``db.transaction(readonly=True)`` also makes the transaction
+      read-only (``BEGIN READ ONLY`` through the member's connector), so a
+      write in it fails even when the primary serves it;
+    * ``timeout`` (default: the first chosen member's ``pool_timeout``) bounds
+      the whole borrow, including moving on from a failing replica.
+
+    Health, exactly: a replica is quarantined when a read waiting on it sees
+    one of its connects fail (or its pool raises a connect error, with
+    ``fail_fast``), or when a read's borrow of it ends with a disconnect-class
+    error. A read that was waiting on a replica when it was quarantined moves
+    on to another replica or the primary within the same ``timeout``; a read
+    whose connection died under it gets that error (nothing is retried for
+    it). Quarantined replicas are probed in the background: the pool pings its
+    idle connections, then one borrowed connection must answer a ping. A
+    replica that is merely busy is not unhealthy: its callers queue, and time
+    out with :class:`~elasticpool.PoolTimeout`, as in any pool.
+
+    It does not re-implement a pool: limits, waiting, resets, lifetimes and
+    fleet budgets are each member's own. It is not thread-safe, and a plain
+    ``acquire(readonly=True)`` without a transaction is read-only only because
+    the replica is; on the primary fallback, use ``transaction(readonly=True)``
+    to have the server enforce it.
+    """
+
+    def __init__(
+        self,
+        primary: Pool[ConnT],
+        replicas: Sequence[Pool[ConnT]] = (),
+        *,
+        fallback_to_primary: bool = True,
+        quarantine_initial: float = 1.0,
+        quarantine_max: float = 30.0,
+        probe_timeout: float | None = None,
+        name: str = "routing",
+    ) -> None:
+        if not isinstance(primary, Pool):
+            raise TypeError(f"primary must be an elasticpool.Pool (got {type(primary).__name__})")
+        replicas = tuple(replicas)
+        for r in replicas:
+            if not isinstance(r, Pool):
+                raise TypeError(
+                    f"replicas must be elasticpool.Pool objects (got {type(r).__name__})"
+                )
+        members = (primary, *replicas)
+        if len({id(p) for p in members}) != len(members):
+            raise ValueError("each member pool can be given only once (primary and replicas)")
+        for label, value in (
+            ("quarantine_initial", quarantine_initial),
+            ("quarantine_max", quarantine_max),
+        ):
+            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+                raise ValueError(f"{label} must be a finite number of seconds > 0 (got {value!r})")
+        if quarantine_max < quarantine_initial:
+            raise ValueError(
+                f"quarantine_max must be >= quarantine_initial (got quarantine_max="
+                f"{quarantine_max!r}, quarantine_initial={quarantine_initial!r})"
+            )
+        if probe_timeout is not None and not probe_timeout > 0:
+            raise ValueError(f"probe_timeout must be > 0 seconds or None (got {probe_timeout!r})")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string (got {name!r})")
+        self.name = name
+        self.fallback_to_primary = fallback_to_primary
+        self.quarantine_initial = float(quarantine_initial)
+        self.quarantine_max = float(quarantine_max)
+        self.probe_timeout = probe_timeout
+        self._primary = _Member(primary, "primary")
+        self._replicas = tuple(_Member(r, "replica") for r in replicas)
+        self._rr = 0
+        self._reads = 0
+        self._writes = 0
+        self._fallbacks = 0
+        self._state = "new"  # new → open → closing → closed
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._stop: anyio.Event | None = None
+        self._runner_done: anyio.Event | None = None
+
+    # ------------------------------------------------------------------ members
+
+    @property
+    def primary(self) -> Pool[ConnT]:
+        """The primary's pool."""
+        return self._primary.pool
+
+    @property
+    def replicas(self) -> tuple[Pool[ConnT], ...]:
+        """The replicas' pools, in the order given."""
+        return tuple(m.pool for m in self._replicas)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> RoutingPool[ConnT]:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Open every member pool and start the prober (idempotent)."""
+        if self._state == "open":
+            return
+        if self._state != "new":
+            raise PoolClosed(f"routing pool {self.name!r} is closed and cannot be opened again")
+        opened: list[Pool[ConnT]] = []
+        try:
+            for m in (self._primary, *self._replicas):
+                await m.pool.open()
+                opened.append(m.pool)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for pool in opened:
+                    await pool.close()
+            self._state = "closed"
+            raise
+        started = anyio.Event()
+        self._stop = anyio.Event()
+        self._runner_done = anyio.Event()
+        _spawn_system_task(self._run, started)
+        with anyio.CancelScope(shield=True):
+            await started.wait()
+        self._state = "open"
+
+    async def _run(self, started: anyio.Event) -> None:
+        assert self._stop is not None
+        assert self._runner_done is not None
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                started.set()
+                await self._stop.wait()
+                tg.cancel_scope.cancel()
+        except Exception:  # pragma: no cover - a bug in our own background code
+            logger.exception("routing pool %r: prober failed", self.name)
+        finally:
+            self._tg = None
+            self._runner_done.set()
+
+    async def close(self, timeout: float | None = 10.0) -> None:
+        """Stop probing and close every member pool, concurrently, each bounded by ``timeout``.
+
+        Calling it again is harmless; it cannot be reopened.
+        """
+        if self._state in ("closing", "closed"):
+            return
+        was_open = self._state == "open"
+        self._state = "closing"
+        with anyio.CancelScope(shield=True):
+            if was_open:
+                assert self._stop is not None
+                assert self._runner_done is not None
+                self._stop.set()
+                await self._runner_done.wait()
+            async with anyio.create_task_group() as tg:
+                for m in (self._primary, *self._replicas):
+                    tg.start_soon(_close_pool, m.pool, timeout)
+            self._state = "closed"
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            if self._state == "new":
+                raise RuntimeError(
+                    f"routing pool {self.name!r} is not open: use 'async with' or 'await open()'"
+                )
+            raise PoolClosed(f"routing pool {self.name!r} is closed")
+
+    # ------------------------------------------------------------------ borrowing
+
+    def acquire(
+        self, *, readonly: bool = False, timeout: float | None = _DEFAULT
+    ) -> _RoutedAcquire[ConnT]:
+        """Borrow a connection: ``async with db.acquire(readonly=True) as conn``.
+
+        ``readonly=False`` (the default) borrows from the primary; ``True``
+        from a healthy replica, or the primary when none is healthy and
+        ``fallback_to_primary`` is on (else :class:`NoReplicaAvailable`).
+        ``timeout`` bounds the whole borrow (``None``: no bound; default: the
+        first chosen member's ``pool_timeout``). Context manager only: there
+        is no ``await db.acquire()``.
+        """
+        if timeout is not _DEFAULT and timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds or None (got {timeout!r})")
+        return _RoutedAcquire(self, readonly, timeout)
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, *, readonly: bool = False, timeout: float | None = _DEFAULT
+    ) -> AsyncIterator[ConnT]:
+        """Borrow as :meth:`acquire` does, inside a transaction of the serving member's connector.
+
+        ``readonly=True`` makes it a read-only transaction (``BEGIN READ
+        ONLY``), wherever it runs: a write in it fails on the primary too.
+        COMMIT when the block ends normally, ROLLBACK when it raises.
+        """
+        lease = self.acquire(readonly=readonly, timeout=timeout)
+        async with lease as conn:
+            connector = lease.pool._connector
+            tx = (
+                connector.transaction(conn, readonly=True)
+                if readonly
+                else connector.transaction(conn)
+            )
+            async with tx:
+                yield conn
+
+    async def _borrow_write(
+        self, timeout: float | None
+    ) -> tuple[_Member[ConnT], _Acquire[ConnT], ConnT]:
+        self._check_open()
+        member = self._primary
+        if timeout is _DEFAULT:
+            timeout = member.pool.settings.pool_timeout
+        inner = member.pool.acquire(timeout=timeout)
+        conn = await inner.__aenter__()
+        member.writes += 1
+        self._writes += 1
+        return member, inner, conn
+
+    async def _borrow_read(
+        self, timeout: float | None
+    ) -> tuple[_Member[ConnT], _Acquire[ConnT], ConnT]:
+        self._check_open()
+        start = anyio.current_time()
+        deadline: float | None = None
+        tried: set[_Member[ConnT]] = set()
+        while True:
+            member = self._pick(tried)
+            if member is None:
+                break
+            if deadline is None:
+                if timeout is _DEFAULT:
+                    timeout = member.pool.settings.pool_timeout
+                deadline = math.inf if timeout is None else start + timeout
+            remaining = self._remaining(deadline, timeout)
+            try:
+                inner, conn = await self._borrow_watched(member, remaining)
+            except _MemberFailed as failed:
+                self._quarantine(member, failed.error)
+                tried.add(member)
+                continue
+            member.reads += 1
+            self._reads += 1
+            return member, inner, conn
+        if not self.fallback_to_primary:
+            raise NoReplicaAvailable(
+                f"routing pool {self.name!r}: no healthy replica "
+                f"({self._describe_replicas()}) and fallback_to_primary is off"
+            )
+        member = self._primary
+        if deadline is None:
+            if timeout is _DEFAULT:
+                timeout = member.pool.settings.pool_timeout
+            deadline = math.inf if timeout is None else start + timeout
+        inner = member.pool.acquire(timeout=self._remaining(deadline, timeout))
+        conn = await inner.__aenter__()
+        member.reads += 1
+        self._reads += 1
+        self._fallbacks += 1
+        return member, inner, conn
+
+    def _remaining(self, deadline: float, timeout: float | None) -> float | None:
+        if deadline == math.inf:
+            return None
+        remaining = deadline - anyio.current_time()
+        if remaining <= 0:
+            raise PoolTimeout(
+                f"routing pool {self.name!r}: no connection within {timeout:g}s "
+                f"(replicas: {self._describe_replicas()})"
+            )
+        return remaining
+
+    def _pick(self, tried: set[_Member[ConnT]]) -> _Member[ConnT] | None:
+        """The least loaded healthy replica not yet tried; round robin among equals."""
+        replicas = self._replicas
+        n = len(replicas)
+        best: _Member[ConnT] | None = None
+        best_load = math.inf
+        for i in range(n):
+            m = replicas[(self._rr + i) % n]
+            if not m.healthy or m in tried:
+                continue
+            load = m.load()
+            if best is None or load < best_load:
+                best, best_load = m, load
+        if n:
+            self._rr = (self._rr + 1) % n
+        return best
+
+    async def _borrow_watched(
+        self, member: _Member[ConnT], timeout: float | None
+    ) -> tuple[_Acquire[ConnT], ConnT]:
+        """Borrow from ``member``; raise :class:`_MemberFailed` if its connects fail meanwhile.
+
+        A waiting read leaves the member's queue at once then (a cancelled
+        waiter passes on anything handed to it), rather than waiting out its
+        timeout on a replica that is down.
+        """
+        pool = member.pool
+        planner = pool._planner
+        errors = planner.connect_errors
+        inner = pool.acquire(timeout=timeout)
+        got: list[ConnT] = []
+        failed = False
+        error: Exception | None = None
+
+        async def watch(scope: anyio.CancelScope) -> None:
+            nonlocal failed
+            while planner.connect_errors == errors:  # noqa: ASYNC110 - the pool has no event for it
+                await anyio.sleep(_WATCH_INTERVAL)
+            failed = True
+            scope.cancel()
+
+        # Errors are kept and raised after the task group, never wrapped in a group.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch, tg.cancel_scope)
+            try:
+                got.append(await inner.__aenter__())
+            except Exception as exc:
+                error = exc
+            tg.cancel_scope.cancel()
+        if got:
+            return inner, got[0]
+        if isinstance(error, (PoolTimeout, PoolClosed, TooManyWaiters)):
+            raise error  # busy or closed, not down
+        if error is not None:  # fail_fast: the connect error itself
+            raise _MemberFailed(error) from error
+        assert failed
+        raise _MemberFailed(planner.last_connect_error)
+
+    # ------------------------------------------------------------------ health
+
+    def _quarantine(self, member: _Member[ConnT], error: BaseException | None) -> None:
+        """Take a replica out of rotation and have the prober try it after a backoff."""
+        if member.role != "replica" or not member.healthy:
+            return
+        member.healthy = False
+        member.quarantines += 1
+        member.last_error = type(error).__name__ if error is not None else None
+        member.backoff = self.quarantine_initial
+        member.until = anyio.current_time() + member.backoff
+        logger.warning(
+            "routing pool %r: replica %r quarantined for %gs after %r",
+            self.name,
+            member.pool.name,
+            member.backoff,
+            error,
+        )
+        if self._tg is not None and not member.probing:
+            member.probing = True
+            self._tg.start_soon(self._probe_loop, member)
+
+    async def _probe_loop(self, member: _Member[ConnT]) -> None:
+        try:
+            while not member.healthy:
+                await anyio.sleep(max(0.0, member.until - anyio.current_time()))
+                if await self._probe(member):
+                    member.healthy = True
+                    member.until = -math.inf
+                    logger.info(
+                        "routing pool %r: replica %r is back in rotation",
+                        self.name,
+                        member.pool.name,
+                    )
+                    return
+                member.backoff = min(member.backoff * 2, self.quarantine_max)
+                member.until = anyio.current_time() + member.backoff
+        finally:
+            member.probing = False
+
+    async def _probe(self, member: _Member[ConnT]) -> bool:
+        """Whether ``member`` serves again: idle ones checked, then one borrowed and pinged."""
+        pool = member.pool
+        bound = self.probe_timeout or pool.settings.pool_timeout or pool.settings.connect_timeout
+        with anyio.move_on_after(bound):
+            try:
+                await pool.check()
+                inner, conn = await self._borrow_watched(member, bound)
+                async with _entered(inner):
+                    await pool._connector.ping(conn)
+            except Exception as exc:
+                logger.debug(
+                    "routing pool %r: probe of replica %r failed: %r", self.name, pool.name, exc
+                )
+                return False
+            return True
+        return False
+
+    # ------------------------------------------------------------------ inspection
+
+    def stats(self) -> RoutingStats:
+        """A frozen snapshot: each member's routing state and pool stats, and routing counters."""
+        now = anyio.current_time() if self._state == "open" else -math.inf
+        replicas = tuple(self._member_stats(m, now) for m in self._replicas)
+        return RoutingStats(
+            name=self.name,
+            primary=self._member_stats(self._primary, now),
+            replicas=replicas,
+            reads=self._reads,
+            writes=self._writes,
+            fallbacks=self._fallbacks,
+            healthy_replicas=sum(1 for r in replicas if r.healthy),
+        )
+
+    @staticmethod
+    def _member_stats(m: _Member[ConnT], now: float) -> RoutingMemberStats:
+        retry_in = 0.0 if m.healthy or m.until == -math.inf else max(0.0, m.until - now)
+        return RoutingMemberStats(
+            name=m.pool.name,
+            role=m.role,
+            healthy=m.healthy,
+            quarantines=m.quarantines,
+            retry_in=retry_in,
+            last_error=m.last_error,
+            reads=m.reads,
+            writes=m.writes,
+            pool=m.pool.stats(),
+        )
+
+    def _describe_replicas(self) -> str:
+        healthy = sum(1 for m in self._replicas if m.healthy)
+        return f"{healthy} of {len(self._replicas)} healthy"
+
+    def __repr__(self) -> str:
+        state = "" if self._state == "open" else f" {self._state}"
+        return (
+            f"<RoutingPool {self.name!r}{state} [primary {self._primary.pool.name!r} | "
+            f"replicas {self._describe_replicas()} | reads {self._reads}, "
+            f"writes {self._writes}, fallbacks {self._fallbacks}]>"
+        )
+
+
+@contextlib.asynccontextmanager
+async def _entered(inner: _Acquire[Any]) -> AsyncIterator[None]:
+    """Release an already entered borrow on exit, passing on the error it met."""
+    try:
+        yield
+    except BaseException as exc:
+        await inner.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    await inner.__aexit__(None, None, None)
+
+
+async def _close_pool(pool: Pool[Any], timeout: float | None) -> None:
+    try:
+        await pool.close(timeout)
+    except Exception as exc:  # pragma: no cover - a bug in a member pool
+        logger.warning("closing pool %r failed: %r", pool.name, exc)
