@@ -44,6 +44,11 @@ def _seconds(name: str, value: object, allowed: str) -> float:
     return float(value)
 
 
+def _check_total(total: object) -> None:
+    if total is not None and (not isinstance(total, int) or isinstance(total, bool) or total < 1):
+        raise ValueError(f"total_max_connections must be an integer >= 1 (got {total!r})")
+
+
 class PostgresMembership:
     """Share ``total_max_connections`` with every other instance of the pool, through PostgreSQL.
 
@@ -369,26 +374,78 @@ class PostgresMembership:
 
         Each instance adopts it at its next heartbeat, this one at once.
         """
-        if total is not None and (
-            not isinstance(total, int) or isinstance(total, bool) or total < 1
-        ):
-            raise ValueError(f"total_max_connections must be an integer >= 1 (got {total!r})")
+        _check_total(total)
         if total is not None and total < HYPERDRIVE_MINIMUM_TOTAL:
             resolve_limit(  # warns, or not, exactly as the heartbeat will
                 pool.settings.replace(total_max_connections=total),
                 allow_small_total=pool.settings.allow_small_total,
             )
         async with pool._coordination() as conn, pool._connector.transaction(conn):
-            await self._ensure_tables(conn)
-            await fetch(
-                conn,
-                f"INSERT INTO {self._config} (pool_name, total_max_connections, updated_at)"
-                " VALUES ($1, $2, now()) ON CONFLICT (pool_name) DO UPDATE SET"
-                " total_max_connections = EXCLUDED.total_max_connections, updated_at = now()",
-                pool.name,
-                total,
-            )
+            await self.store_total(conn, pool.name, total)
         await self._beat(pool)
+
+    async def store_total(self, conn: Any, pool_name: str, total: int | None) -> None:
+        """Write the live fleet total of pool ``pool_name`` on ``conn``, without joining the fleet.
+
+        What :meth:`set_total` writes, for tools that are not members
+        (``elasticpool set-total``): every member adopts it at its next
+        heartbeat. Run it inside a transaction on ``conn`` (an asyncpg or
+        psycopg connection); the tables are created if missing and allowed.
+        """
+        _check_total(total)
+        await self._ensure_tables(conn)
+        await fetch(
+            conn,
+            f"INSERT INTO {self._config} (pool_name, total_max_connections, updated_at)"
+            " VALUES ($1, $2, now()) ON CONFLICT (pool_name) DO UPDATE SET"
+            " total_max_connections = EXCLUDED.total_max_connections, updated_at = now()",
+            pool_name,
+            total,
+        )
+
+    async def read_fleets(
+        self, conn: Any, pool_name: str | None = None
+    ) -> dict[str, tuple[int | None, tuple[MemberStatus, ...]]]:
+        """The fleets in the lease table as the database has them now, without joining any.
+
+        By pool name (only ``pool_name`` when given): the live total set with
+        :meth:`set_total` (``None``: each member's settings) and the members
+        whose lease has not expired, each with what it last reported (its
+        ``share`` is the one it computed at its own last heartbeat). Read-only;
+        empty when the tables do not exist. For tools that are not members
+        (``elasticpool status``).
+        """
+        rows = await fetch(
+            conn,
+            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
+            self._table,
+            self._config,
+        )
+        if not rows[0][0]:
+            return {}
+        where, args = ("", ()) if pool_name is None else (" AND pool_name = $1", (pool_name,))
+        leases = await fetch(
+            conn,
+            "SELECT pool_name, instance_id, demand, holding, share, granted,"
+            " extract(epoch FROM now() - heartbeat_at)::float8"
+            f" FROM {self._table} WHERE expires_at >= now(){where}"
+            " ORDER BY pool_name, instance_id",
+            *args,
+        )
+        where = "" if pool_name is None else " WHERE pool_name = $1"
+        configs = await fetch(
+            conn, f"SELECT pool_name, total_max_connections FROM {self._config}{where}", *args
+        )
+        totals: dict[str, int | None] = {str(r[0]): r[1] for r in configs}
+        members: dict[str, list[MemberStatus]] = {}
+        for r in leases:
+            members.setdefault(str(r[0]), []).append(
+                MemberStatus(str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), float(r[6]))
+            )
+        return {
+            name: (totals.get(name), tuple(members.get(name, ())))
+            for name in sorted(totals.keys() | members.keys())
+        }
 
     # ------------------------------------------------------------------ status
 
