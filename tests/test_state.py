@@ -208,3 +208,24 @@ def test_release_at_the_floor_does_not_wake_the_ticker() -> None:
         assert got is slot
         p.release(slot, float(t))
         assert p.take_plan() is None, "the ticker was poked for a deadline that cannot fire"
+
+
+def test_connection_passed_from_borrower_to_waiter_is_not_pinged() -> None:
+    """A connection handed straight from one borrower to the next is fresh, not idle: no ping."""
+    p = planner(max_connections=1, ping_after=1.0, connection_lifetime=None, idle_timeout=None)
+    first = p.enqueue(0.0, None)
+    (slot,) = p.take_plan().connect  # type: ignore[union-attr]
+    p.connected(slot, "c", 0.0, 0.0)
+    p.take_plan()
+    s = p.claim(first, 0.0)
+    for t in (1.0, 2.0, 3.0, 4.0):  # busy for 4 s: never idle, always someone waiting
+        w = p.enqueue(t - 0.5, None)
+        p.release(s, t)
+        assert p.take_plan().wake == [w]  # type: ignore[union-attr]
+        s = p.claim(w, t + 0.01)
+        assert not p.should_ping(s, t + 0.01)
+    p.release(s, 5.0)  # now it sits idle past ping_after: pinged before reuse
+    again = p.acquire(6.5)
+    assert again is s
+    assert p.should_ping(s, 6.5)
+    p.check()

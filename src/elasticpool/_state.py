@@ -92,6 +92,7 @@ class Slot:
         "conn",
         "connected_at",
         "expires_at",
+        "handed_at",
         "id",
         "idle_since",
         "lease",
@@ -107,6 +108,7 @@ class Slot:
         self.connected_at = _INF
         self.expires_at = _INF
         self.idle_since = _INF
+        self.handed_at = -_INF  # last handed straight from a borrower to a waiter
         self.borrowed_at = _INF
         self.checked_gen = 0
         self.lease = 0  # bumped at every borrow: tells one borrow from the next
@@ -407,7 +409,11 @@ class Planner:
         after = self.settings.ping_after
         if after is None:
             return False
-        return slot.checked_gen < self.generation or now - slot.idle_since >= after
+        # A slot handed from borrower to waiter was in use until then: it is idle
+        # since the later of the two (idle_since itself stays as the saturation
+        # warning needs it: the last time the slot was really free).
+        idle_since = max(slot.idle_since, slot.handed_at)
+        return slot.checked_gen < self.generation or now - idle_since >= after
 
     def pinged(self, slot: Slot, ok: bool, now: float) -> None:
         """Report a ping's result. A failed ping evicts the slot and makes the others suspect."""
@@ -480,6 +486,7 @@ class Planner:
             w, _ = self._waiters.popitem(last=False)
             slot.state = SlotState.RESERVED
             slot.waiter = w
+            slot.handed_at = now  # in use until now: not idle, whatever idle_since says
             w.slot = slot
             w.outcome = Outcome.HANDED
             self.n_reserved += 1
