@@ -511,3 +511,24 @@ class TestVirtualTime:
                 == 0.0
             )
         provider.shutdown()
+
+
+async def test_drop_in_faces_stand_for_their_pools() -> None:
+    """psycopg and asyncpg faces are reported by name; something that is no pool is a TypeError."""
+    from elasticpool.asyncpg import create_pool
+    from elasticpool.psycopg import AsyncConnectionPool
+
+    registry = CollectorRegistry()
+    face: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        "host=127.0.0.1", open=False, name="face", min_size=0, max_size=3
+    )
+    apg = create_pool("postgresql://127.0.0.1/x", min_size=0, max_size=4)  # not opened
+    collector = register(face, apg, registry=registry)
+    assert registry.get_sample_value("elasticpool_connections_max", {"pool": "face"}) == 3
+    name = apg._pool.name
+    assert registry.get_sample_value("elasticpool_connections_max", {"pool": name}) == 4
+    assert type(face.elastic._planner) is not Planner
+    collector.remove(face)
+    assert type(face.elastic._planner) is Planner
+    with pytest.raises(TypeError, match="expected an elasticpool Pool or a drop-in face"):
+        collector.add(object())

@@ -15,8 +15,11 @@ import bisect
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["DEFAULT_BUCKETS", "Histogram", "check_buckets"]
+from ._pool import Pool
+
+__all__ = ["DEFAULT_BUCKETS", "Histogram", "check_buckets", "engine"]
 
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.001,
@@ -46,6 +49,23 @@ def check_buckets(buckets: Sequence[float]) -> tuple[float, ...]:
     if any(a >= b for a, b in itertools.pairwise(out)):
         raise ValueError(f"buckets must be strictly increasing (got {buckets!r})")
     return out
+
+
+def engine(pool: Any) -> Pool[Any]:
+    """The elastic :class:`~elasticpool.Pool` behind ``pool``: itself, or a drop-in face's.
+
+    Accepts a :class:`~elasticpool.Pool` (what :func:`elasticpool.wrap`
+    returns too), :class:`elasticpool.psycopg.AsyncConnectionPool` and the
+    pool :func:`elasticpool.asyncpg.create_pool` makes; anything else is a
+    :class:`TypeError`.
+    """
+    if isinstance(pool, Pool):
+        return pool
+    for attr in ("elastic", "_pool"):  # the psycopg face, the asyncpg face
+        inner = getattr(pool, attr, None)
+        if isinstance(inner, Pool):
+            return inner
+    raise TypeError(f"expected an elasticpool Pool or a drop-in face (got {type(pool).__name__})")
 
 
 class Histogram:

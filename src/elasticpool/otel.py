@@ -32,7 +32,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
 
 from . import __version__
-from ._metrics import DEFAULT_BUCKETS, check_buckets
+from ._metrics import DEFAULT_BUCKETS, check_buckets, engine
 from ._pool import Pool, PoolStats
 
 __all__ = ["PoolInstruments", "instrument"]
@@ -188,8 +188,9 @@ class PoolInstruments:
 
     # ------------------------------------------------------------------ pools
 
-    def add(self, pool: Pool[Any]) -> None:
-        """Report ``pool`` too. A second pool with the same name is a :class:`ValueError`."""
+    def add(self, obj: Any) -> None:
+        """Report ``obj`` (a Pool or a drop-in face) too; a second of one name is a ValueError."""
+        pool = engine(obj)
         entry = self._pools.get(pool.name)
         if entry is not None:
             if entry[0]() is pool:
@@ -200,8 +201,9 @@ class PoolInstruments:
         self._pools[pool.name] = (weakref.ref(pool), timings)
         pool._planner.observe(timings)
 
-    def remove(self, pool: Pool[Any]) -> None:
-        """Stop reporting ``pool`` and detach its histograms (no-op if it is not here)."""
+    def remove(self, obj: Any) -> None:
+        """Stop reporting ``obj`` and detach its histograms (no-op if it is not here)."""
+        pool = engine(obj)
         entry = self._pools.get(pool.name)
         if entry is not None and entry[0]() is pool:
             del self._pools[pool.name]
@@ -280,11 +282,14 @@ def _states(s: PoolStats) -> tuple[tuple[str, int], ...]:
 
 
 def instrument(
-    *pools: Pool[Any],
+    *pools: Any,
     meter_provider: MeterProvider | None = None,
     buckets: Sequence[float] = DEFAULT_BUCKETS,
 ) -> PoolInstruments:
     """Report ``pools`` through OpenTelemetry metrics; returns the :class:`PoolInstruments`.
+
+    Each may be a :class:`~elasticpool.Pool` or a drop-in face (asyncpg's
+    ``create_pool()``, psycopg's ``AsyncConnectionPool``), which stands for its pool.
 
     ``meter_provider`` defaults to the global one
     (``opentelemetry.metrics.get_meter_provider()``). The instruments are made

@@ -34,7 +34,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 
-from ._metrics import DEFAULT_BUCKETS, Histogram, check_buckets
+from ._metrics import DEFAULT_BUCKETS, Histogram, check_buckets, engine
 from ._pool import Pool
 
 __all__ = ["PoolCollector", "register"]
@@ -75,25 +75,28 @@ class PoolCollector:
     """A ``prometheus_client`` collector for one or more pools.
 
     ``PoolCollector(pool_a, pool_b)`` reports both, told apart by the
-    ``pool`` label (their names must differ). :meth:`add` and :meth:`remove`
-    change the set later; :meth:`register` adds the collector to a registry
-    (the default one unless given) and :meth:`close` takes it out again and
-    detaches the histograms from every pool.
+    ``pool`` label (their names must differ). A drop-in face (asyncpg's
+    ``create_pool()``, psycopg's ``AsyncConnectionPool``) stands for its
+    pool. :meth:`add` and :meth:`remove` change the set later;
+    :meth:`register` adds the collector to a registry (the default one unless
+    given) and :meth:`close` takes it out again and detaches the histograms
+    from every pool.
 
     ``buckets`` are the histograms' upper bounds in seconds (``+Inf`` is
     implied). Pools are held weakly: a pool that is garbage-collected drops
     out. A closed pool keeps reporting its last counts until it is removed.
     """
 
-    def __init__(self, *pools: Pool[Any], buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
+    def __init__(self, *pools: Any, buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
         self._bounds = check_buckets(buckets)
         self._entries: dict[str, _Entry] = {}
         self._registry: CollectorRegistry | None = None
         for pool in pools:
             self.add(pool)
 
-    def add(self, pool: Pool[Any]) -> None:
-        """Report ``pool`` too. A second pool with the same name is a :class:`ValueError`."""
+    def add(self, obj: Any) -> None:
+        """Report ``obj`` (a Pool or a drop-in face) too; a second of one name is a ValueError."""
+        pool = engine(obj)
         entry = self._entries.get(pool.name)
         if entry is not None:
             if entry.pool() is pool:
@@ -104,8 +107,9 @@ class PoolCollector:
         self._entries[pool.name] = entry
         pool._planner.observe(entry.timings)
 
-    def remove(self, pool: Pool[Any]) -> None:
-        """Stop reporting ``pool`` and detach its histograms (no-op if it is not here)."""
+    def remove(self, obj: Any) -> None:
+        """Stop reporting ``obj`` and detach its histograms (no-op if it is not here)."""
+        pool = engine(obj)
         entry = self._entries.get(pool.name)
         if entry is not None and entry.pool() is pool:
             del self._entries[pool.name]
@@ -254,6 +258,6 @@ class PoolCollector:
         return f"PoolCollector(pools={sorted(self._entries)})"
 
 
-def register(*pools: Pool[Any], registry: CollectorRegistry | None = None) -> PoolCollector:
+def register(*pools: Any, registry: CollectorRegistry | None = None) -> PoolCollector:
     """``PoolCollector(*pools).register(registry)``: report these pools to Prometheus."""
     return PoolCollector(*pools).register(registry)
