@@ -892,16 +892,16 @@ class _TimedPlanner(Planner):
     """A :class:`Planner` with timing sinks attached: the same decisions, plus reports.
 
     Every acquire that gets a slot reports its wait (0.0 when an idle one was
-    taken at once, the time queued when a waiter claims its slot); every
-    release reports how long the slot was borrowed. Borrows the counters do
-    not count (a check's, the fleet heartbeat's) are not reported either, so
-    the sinks' counts match :attr:`Planner.acquires`.
+    taken at once, the time queued when a waiter claims its slot), exactly
+    when :attr:`Planner.acquires` counts one, so a fleet heartbeat's own
+    waits are left out. Every release reports how long the slot was
+    borrowed, as :attr:`Planner.usage_time` adds it up (the pool's own
+    borrows for checks and heartbeats included).
     """
 
     def acquire(self, now: float) -> Slot | None:
-        acquires = self.acquires
         slot = super().acquire(now)
-        if slot is not None and self.acquires != acquires:
+        if slot is not None:
             for sink in self.sinks:
                 sink.wait(0.0)
         return slot
