@@ -49,7 +49,8 @@ def write_chart(
         bottom.axvspan(start, end, color=colors[i], alpha=0.08, lw=0)
     bottom.set_ylabel("in use + waiting")
     bottom.set_xlabel("seconds (shaded: an instance's burst)")
-    bottom.set_ylim(bottom=0)
+    most = max((max(s.demand, default=0) for s in samples), default=0)
+    bottom.set_ylim(0, most * 1.35 + 1)  # room for the legend above the lines
     bottom.legend(loc="upper left", ncols=4, fontsize="small", frameon=False)
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
