@@ -26,6 +26,7 @@ from elasticpool import (
     PoolTimeout,
     RoutingPool,
 )
+from elasticpool.replicas import replay_lag
 from elasticpool.testing import (
     FakeConnection,
     FakeConnector,
@@ -270,6 +271,32 @@ async def test_quarantined_replica_returns_after_a_probe() -> None:
     assert rcs[0].connects_failed == 2
 
 
+async def test_lagging_replica_leaves_rotation_until_caught_up() -> None:
+    """With max_lag, a replica reporting more lag is quarantined, and returns once caught up."""
+    lags = {}
+
+    async def lag(conn: FakeConnection) -> float | None:
+        await conn.execute()
+        return lags.get(conn.connector)
+
+    rp, pc, rcs = make(
+        max_lag=1.0, lag=lag, lag_check_interval=0.5, quarantine_initial=0.2, quarantine_max=0.4
+    )
+    async with rp:
+        lags[rcs[0]] = 5.0
+        lags[rcs[1]] = None  # unknown: passes
+        await eventually(rp.stats, lambda s: not s.replicas[0].healthy, "replica0 quarantined")
+        stats = rp.stats()
+        assert stats.replicas[0].last_error == "replication lag"
+        assert stats.replicas[1].healthy
+        for _ in range(3):
+            async with rp.acquire(readonly=True) as conn:
+                assert served_by(conn, pc, rcs) == "replica1"
+        lags[rcs[0]] = 0.0
+        await eventually(rp.stats, lambda s: s.replicas[0].healthy, "replica0 caught up")
+        assert rp.stats().replicas[0].quarantines == 1
+
+
 async def test_writes_never_go_to_a_replica() -> None:
     """When the primary cannot connect, a write times out: it is never sent to a replica."""
     rp, pc, rcs = make()
@@ -473,6 +500,63 @@ async def test_real_psycopg_readonly_transaction(replication: Any) -> None:
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             async with rp.transaction(readonly=True) as conn:
                 await conn.execute("CREATE TEMP TABLE ro_probe (v int)")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_real_paused_replay_is_lag_and_resumed_replay_returns(replication: Any) -> None:
+    """With max_lag, a standby whose replay is paused leaves the rotation; resumed, it returns."""
+    primary, standby = replication
+    table = f"lag_{uuid.uuid4().hex[:8]}"
+    router = {"max_lag": 0.5, "lag_check_interval": 0.2, "quarantine_initial": 0.2}
+    async with asyncpg_router(primary, standby, quarantine_max=0.5, **router) as rp:
+        async with rp.transaction() as conn:
+            await conn.execute(f"CREATE TABLE {table} (v int)")
+
+        async def replicated() -> bool:
+            async with rp.transaction(readonly=True) as conn:
+                return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table))
+
+        await eventually(replicated, bool, "a transaction replayed on the standby")
+        async with rp.replicas[0].acquire() as conn:
+            await conn.execute("SELECT pg_catalog.pg_wal_replay_pause()")
+        try:
+            async with rp.transaction() as conn:
+                await conn.execute(f"INSERT INTO {table} VALUES (1)")
+            await eventually(
+                rp.stats, lambda s: not s.replicas[0].healthy, "standby quarantined for lag"
+            )
+            assert rp.stats().replicas[0].last_error == "replication lag"
+            assert not await in_recovery(rp), "reads go to the primary meanwhile"
+        finally:
+            async with rp.replicas[0].acquire() as conn:
+                await conn.execute("SELECT pg_catalog.pg_wal_replay_resume()")
+        await eventually(lambda: in_recovery(rp), bool, "reads back on the standby", bound=20.0)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_real_replay_lag_on_both_drivers(replication: Any) -> None:
+    """replay_lag() reads a number of seconds through asyncpg and psycopg; 0 on the primary."""
+    import asyncpg
+
+    psycopg = pytest.importorskip("psycopg")
+    primary, standby = replication
+    for server in (primary, standby):
+        a = await asyncpg.connect(server.dsn())
+        try:
+            lag_a = await replay_lag(a)
+        finally:
+            await a.close()
+        async with await psycopg.AsyncConnection.connect(server.dsn()) as p:
+            lag_p = await replay_lag(p)
+        assert lag_a is not None
+        assert lag_p is not None
+        if server is primary:
+            assert lag_a == lag_p == 0.0
+        else:
+            assert lag_a >= 0.0
+            assert lag_p >= 0.0
 
 
 @pytest.mark.postgres

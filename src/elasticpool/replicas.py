@@ -12,10 +12,12 @@ totals, membership). It decides only *which* member serves a borrow:
   from ``quarantine_initial`` to ``quarantine_max``, and puts it back when a
   connection of it answers a ping;
 * with no healthy replica, reads go to the primary (``fallback_to_primary``),
-  or fail at once with :class:`NoReplicaAvailable`.
+  or fail at once with :class:`NoReplicaAvailable`;
+* with ``max_lag``, a replica whose replay lag (:func:`replay_lag`) exceeds it
+  is quarantined too, until a probe finds it caught up.
 
-It is not a replication manager: it never promotes, never checks replication
-lag, and never sends a write to a replica.
+It is not a replication manager: it never promotes and never sends a write to
+a replica.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
@@ -34,7 +36,14 @@ import anyio.abc
 from ._errors import ElasticPoolError, PoolClosed, PoolTimeout, TooManyWaiters
 from ._pool import Pool, PoolStats, _Acquire, _spawn_system_task
 
-__all__ = ["NoReplicaAvailable", "RoutingMemberStats", "RoutingPool", "RoutingStats"]
+__all__ = [
+    "REPLAY_LAG_SQL",
+    "NoReplicaAvailable",
+    "RoutingMemberStats",
+    "RoutingPool",
+    "RoutingStats",
+    "replay_lag",
+]
 
 logger = logging.getLogger("elasticpool")
 
@@ -45,6 +54,35 @@ _DEFAULT: Any = object()
 # How often a read queued at a replica looks for connect failures of that
 # replica (the pool has no event for them). Only while a read waits there.
 _WATCH_INTERVAL = 0.05
+
+
+REPLAY_LAG_SQL = (
+    "SELECT CASE WHEN pg_catalog.pg_last_wal_receive_lsn()"
+    " IS NOT DISTINCT FROM pg_catalog.pg_last_wal_replay_lsn() THEN 0::float8"
+    " ELSE coalesce(pg_catalog.date_part('epoch', pg_catalog.now()"
+    " - pg_catalog.pg_last_xact_replay_timestamp())::float8, 'Infinity') END"
+)
+"""Seconds a standby's replay is behind: 0 when it has replayed all it received
+(and on a primary), else the age of the last transaction it replayed, or
+infinity when it is behind and has replayed none since it started."""
+
+_LAG_REASON = "replication lag"
+
+
+async def replay_lag(conn: Any) -> float | None:
+    """Run :data:`REPLAY_LAG_SQL` on an asyncpg or psycopg connection; ``None`` when unknown.
+
+    The default ``lag`` function of :class:`RoutingPool`. For any other kind of
+    connection, pass your own.
+    """
+    fetchval = getattr(conn, "fetchval", None)
+    if fetchval is not None:  # asyncpg
+        value = await fetchval(REPLAY_LAG_SQL)
+    else:  # psycopg
+        cursor = await conn.execute(REPLAY_LAG_SQL, prepare=False)
+        row = await cursor.fetchone()
+        value = None if row is None else row[0]
+    return None if value is None else float(value)
 
 
 class NoReplicaAvailable(ElasticPoolError):
@@ -65,7 +103,7 @@ class RoutingMemberStats:
     retry_in: float
     """Seconds until the next probe while quarantined (0 once a probe is under way), else 0."""
     last_error: str | None
-    """The type name of the error that last quarantined it."""
+    """Why it was last quarantined: the error's type name, or ``"replication lag"``."""
     reads: int
     """Read-only borrows it served."""
     writes: int
@@ -204,9 +242,15 @@ class RoutingPool(Generic[ConnT]):
     on to another replica or the primary within the same ``timeout``; a read
     whose connection died under it gets that error (nothing is retried for
     it). Quarantined replicas are probed in the background: the pool pings its
-    idle connections, then one borrowed connection must answer a ping. A
-    replica that is merely busy is not unhealthy: its callers queue, and time
-    out with :class:`~elasticpool.PoolTimeout`, as in any pool.
+    idle connections, then one borrowed connection must answer a ping (and,
+    with ``max_lag``, report a lag within it). A replica that is merely busy
+    is not unhealthy: its callers queue, and time out with
+    :class:`~elasticpool.PoolTimeout`, as in any pool.
+
+    ``max_lag`` (seconds, default ``None``: not checked): every
+    ``lag_check_interval`` seconds each replica in rotation lends one
+    connection to ``lag(conn)`` (default :func:`replay_lag`); a lag above
+    ``max_lag`` quarantines it. ``None`` from ``lag`` means unknown and passes.
 
     It does not re-implement a pool: limits, waiting, resets, lifetimes and
     fleet budgets are each member's own. It is not thread-safe, and a plain
@@ -224,6 +268,9 @@ class RoutingPool(Generic[ConnT]):
         quarantine_initial: float = 1.0,
         quarantine_max: float = 30.0,
         probe_timeout: float | None = None,
+        max_lag: float | None = None,
+        lag: Callable[[ConnT], Awaitable[float | None]] | None = None,
+        lag_check_interval: float = 5.0,
         name: str = "routing",
     ) -> None:
         if not isinstance(primary, Pool):
@@ -240,6 +287,8 @@ class RoutingPool(Generic[ConnT]):
         for label, value in (
             ("quarantine_initial", quarantine_initial),
             ("quarantine_max", quarantine_max),
+            ("lag_check_interval", lag_check_interval),
+            *((("max_lag", max_lag),) if max_lag is not None else ()),
         ):
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise ValueError(f"{label} must be a finite number of seconds > 0 (got {value!r})")
@@ -257,6 +306,9 @@ class RoutingPool(Generic[ConnT]):
         self.quarantine_initial = float(quarantine_initial)
         self.quarantine_max = float(quarantine_max)
         self.probe_timeout = probe_timeout
+        self.max_lag = max_lag
+        self.lag_check_interval = float(lag_check_interval)
+        self._lag: Callable[[ConnT], Awaitable[float | None]] = lag or replay_lag
         self._primary = _Member(primary, "primary")
         self._replicas = tuple(_Member(r, "replica") for r in replicas)
         self._rr = 0
@@ -318,6 +370,9 @@ class RoutingPool(Generic[ConnT]):
         with anyio.CancelScope(shield=True):
             await started.wait()
         self._state = "open"
+        if self.max_lag is not None and self._tg is not None:
+            for m in self._replicas:
+                self._tg.start_soon(self._lag_loop, m)
 
     async def _run(self, started: anyio.Event) -> None:
         assert self._stop is not None
@@ -527,21 +582,25 @@ class RoutingPool(Generic[ConnT]):
 
     # ------------------------------------------------------------------ health
 
-    def _quarantine(self, member: _Member[ConnT], error: BaseException | None) -> None:
+    def _quarantine(
+        self, member: _Member[ConnT], error: BaseException | None, reason: str | None = None
+    ) -> None:
         """Take a replica out of rotation and have the prober try it after a backoff."""
         if member.role != "replica" or not member.healthy:
             return
         member.healthy = False
         member.quarantines += 1
-        member.last_error = type(error).__name__ if error is not None else None
+        if reason is None and error is not None:
+            reason = type(error).__name__
+        member.last_error = reason
         member.backoff = self.quarantine_initial
         member.until = anyio.current_time() + member.backoff
         logger.warning(
-            "routing pool %r: replica %r quarantined for %gs after %r",
+            "routing pool %r: replica %r quarantined for %gs after %s",
             self.name,
             member.pool.name,
             member.backoff,
-            error,
+            repr(error) if error is not None else reason,
         )
         if self._tg is not None and not member.probing:
             member.probing = True
@@ -565,23 +624,63 @@ class RoutingPool(Generic[ConnT]):
         finally:
             member.probing = False
 
+    def _probe_bound(self, member: _Member[ConnT]) -> float:
+        s = member.pool.settings
+        return self.probe_timeout or s.pool_timeout or s.connect_timeout
+
     async def _probe(self, member: _Member[ConnT]) -> bool:
-        """Whether ``member`` serves again: idle ones checked, then one borrowed and pinged."""
+        """Whether ``member`` serves again: idle ones checked, one borrowed, pinged, lag checked."""
         pool = member.pool
-        bound = self.probe_timeout or pool.settings.pool_timeout or pool.settings.connect_timeout
+        bound = self._probe_bound(member)
         with anyio.move_on_after(bound):
             try:
                 await pool.check()
                 inner, conn = await self._borrow_watched(member, bound)
                 async with _entered(inner):
                     await pool._connector.ping(conn)
+                    lag = None if self.max_lag is None else await self._lag(conn)
             except Exception as exc:
                 logger.debug(
                     "routing pool %r: probe of replica %r failed: %r", self.name, pool.name, exc
                 )
                 return False
+            if lag is not None and self.max_lag is not None and lag > self.max_lag:
+                logger.debug(
+                    "routing pool %r: replica %r still %gs behind", self.name, pool.name, lag
+                )
+                return False
             return True
         return False
+
+    async def _lag_loop(self, member: _Member[ConnT]) -> None:
+        """Every ``lag_check_interval``: quarantine ``member`` if it lags more than ``max_lag``."""
+        assert self.max_lag is not None
+        pool = member.pool
+        while True:
+            await anyio.sleep(self.lag_check_interval)
+            if not member.healthy:
+                continue  # the probe checks the lag before it comes back
+            bound = self._probe_bound(member)
+            lag: float | None = None
+            with anyio.move_on_after(bound):
+                try:
+                    inner, conn = await self._borrow_watched(member, bound)
+                    async with _entered(inner):
+                        lag = await self._lag(conn)
+                except _MemberFailed as failed:
+                    self._quarantine(member, failed.error)
+                except Exception as exc:
+                    if pool._connector.is_disconnect(exc):
+                        self._quarantine(member, exc)
+                    else:
+                        logger.debug(
+                            "routing pool %r: lag check of replica %r failed: %r",
+                            self.name,
+                            pool.name,
+                            exc,
+                        )
+            if lag is not None and lag > self.max_lag:
+                self._quarantine(member, None, _LAG_REASON)
 
     # ------------------------------------------------------------------ inspection
 
