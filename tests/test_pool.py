@@ -702,3 +702,22 @@ async def test_none_mode_still_asks_the_connector_about_reset() -> None:
         async with pool.acquire() as conn:
             assert not conn.in_transaction
         assert connector.resets == 1
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])  # trio in real time here
+async def test_stats_can_be_read_from_another_thread() -> None:
+    """An exporter's thread reads stats() while callers wait: counts and waiter age are sane."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=1, pool_timeout=5) as pool:
+        async with anyio.create_task_group() as tg, pool.acquire():
+            tg.start_soon(_borrow_once, pool)
+            await wait_until(lambda: pool.stats().waiting == 1)
+            await anyio.sleep(0.05)
+            stats = await anyio.to_thread.run_sync(pool.stats)
+        assert (stats.in_use, stats.waiting) == (1, 1)
+        assert 0.04 <= stats.oldest_waiter_age < 5
+
+
+async def _borrow_once(pool: Pool[FakeConnection]) -> None:
+    async with pool.acquire():
+        pass

@@ -15,6 +15,7 @@ import logging
 import math
 import random
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -247,6 +248,7 @@ class Pool(Generic[ConnT]):
         self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
         self._waker: Callable[[], Waker] = anyio.Event
         self._current_task: Callable[[], object] = lambda: anyio.get_current_task().id
+        self._clock_offset = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -280,6 +282,7 @@ class Pool(Generic[ConnT]):
         self._sleep = backend.sleep
         self._waker = backend.waker
         self._current_task = backend.current_task
+        self._clock_offset = backend.now() - time.monotonic()
         started = anyio.Event()
         self._stop = anyio.Event()
         self._runner_done = anyio.Event()
@@ -963,8 +966,22 @@ class Pool(Generic[ConnT]):
 
     # ------------------------------------------------------------------ inspection
 
+    def _stats_now(self) -> float:
+        try:
+            return self._now()
+        except RuntimeError:
+            # Called from another thread (a metrics exporter's HTTP server) on
+            # trio, whose clock only answers inside the run: use the same
+            # monotonic clock, shifted by the offset measured at open().
+            return time.monotonic() + self._clock_offset
+
     def stats(self) -> PoolStats:
-        """A frozen snapshot of the pool's gauges and counters."""
+        """A frozen snapshot of the pool's gauges and counters.
+
+        It may be called from another thread (metrics exporters do): every
+        field is read without awaiting, and a concurrent change can at worst
+        make the snapshot mix two adjacent moments.
+        """
         p = self._planner
         closed_for = p.closed_for
         return PoolStats(
@@ -978,7 +995,7 @@ class Pool(Generic[ConnT]):
             waiting=p.n_waiting,
             min=p.floor,
             max=p.limit,
-            oldest_waiter_age=p.oldest_waiter_age(self._now()),
+            oldest_waiter_age=p.oldest_waiter_age(self._stats_now()),
             acquires=p.acquires,
             timeouts=p.timeouts,
             connects=p.connects,

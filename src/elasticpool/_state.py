@@ -258,9 +258,11 @@ class Planner:
         return min(self.min_connections, self.limit)
 
     def oldest_waiter_age(self, now: float) -> float:
-        for w in self._waiters:
-            return now - w.enqueued_at
-        return 0.0
+        try:  # one step of iteration: safe when read from an exporter's thread
+            w = next(iter(self._waiters), None)
+        except RuntimeError:  # the queue changed under a reader in another thread
+            return 0.0
+        return 0.0 if w is None else now - w.enqueued_at
 
     # ------------------------------------------------------------------ outbox
 
