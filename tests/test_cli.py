@@ -101,7 +101,7 @@ def test_demo_writes_the_chart_and_a_consistent_summary(
     chart = tmp_path / "charts" / "demo.png"
     total, instances = 9, 3
     argv = ["demo", "--dsn", pg_server.dsn(), "--instances", str(instances)]
-    argv += ["--total", str(total), "--duration", "4", "--seed", "7", "--no-live", "--json"]
+    argv += ["--total", str(total), "--duration", "3", "--seed", "7", "--no-live", "--json"]
     assert main([*argv, "--chart", str(chart)]) == 0
     out, err = capsys.readouterr()
     summary = json.loads(out)
@@ -208,6 +208,24 @@ def test_status_without_a_lease_table_says_so(
     assert main(["status", "--json", "--dsn", pg_server.dsn(), "--table", table]) == 0
     assert json.loads(capsys.readouterr().out)["fleets"] == []
     assert pg_server.psql(f"SELECT to_regclass('{table}') IS NULL").strip() == "t"
+
+
+@pytest.mark.postgres
+def test_status_takes_a_key_value_dsn_and_masks_its_password(
+    pg_server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A libpq ``key=value`` DSN works too (through psycopg) and is shown without its password."""
+    pytest.importorskip("psycopg")
+    kw = pg_server.conninfo_kwargs()
+    dsn = (
+        f"host={kw['host']} port={kw['port']} user={kw['user']} password={kw['password']}"
+        f" dbname={kw['database']} sslmode=disable"
+    )
+    table = f"cli_missing_{uuid.uuid4().hex[:8]}"
+    assert main(["status", "--json", "--dsn", dsn, "--table", table]) == 0
+    out = capsys.readouterr().out
+    assert "password=***" in json.loads(out)["server"]["server"]
+    assert pg_server.password not in out
 
 
 # ----------------------------------------------------------------------------- set-total

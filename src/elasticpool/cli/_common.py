@@ -82,24 +82,34 @@ def scrub(text: str, dsn: str | None) -> str:
 
 @contextlib.asynccontextmanager
 async def admin_connection(dsn: str, application_name: str) -> AsyncIterator[Any]:
-    """A plain connection of the command's own (asyncpg, else psycopg), closed on exit."""
-    try:
-        asyncpg: Any = importlib.import_module("asyncpg")
-    except ImportError:
-        asyncpg = None
+    """A plain connection of the command's own, closed on exit.
+
+    asyncpg for a ``postgresql://`` URI when it is installed, else psycopg
+    (which also takes libpq's ``key=value`` form).
+    """
+    drivers = ["psycopg"]
+    if dsn.startswith(("postgresql://", "postgres://")):
+        drivers.insert(0, "asyncpg")
+    module: Any = None
+    for name in drivers:
+        with contextlib.suppress(ImportError):
+            module = importlib.import_module(name)
+            break
+    if module is None:
+        raise CliError(
+            "connecting needs a driver: pip install 'elasticpool[asyncpg]' (postgresql:// "
+            "URIs) or 'elasticpool[psycopg]' (URIs and key=value strings)"
+        )
     try:
         with anyio.fail_after(CONNECT_TIMEOUT):
-            if asyncpg is not None:
-                conn: Any = await asyncpg.connect(
+            if module.__name__ == "asyncpg":
+                conn: Any = await module.connect(
                     dsn, server_settings={"application_name": application_name}
                 )
             else:
-                psycopg = require("psycopg", "asyncpg", "connecting")
-                conn = await psycopg.AsyncConnection.connect(
+                conn = await module.AsyncConnection.connect(
                     dsn, autocommit=True, application_name=application_name
                 )
-    except CliError:
-        raise
     except Exception as exc:
         raise CliError(
             scrub(f"cannot connect to {redact(dsn)}: {type(exc).__name__}: {exc}", dsn)
