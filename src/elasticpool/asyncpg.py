@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
+import re
 import sys
 import warnings
 import weakref
@@ -36,6 +37,7 @@ from ._errors import PoolClosed, PoolTimeout
 from ._pool import Pool, PoolStats
 from ._settings import PoolSettings
 from .fleet import Membership
+from .fleet._sql import quote_literal
 
 __all__ = [
     "AsyncpgConnector",
@@ -167,19 +169,21 @@ _DEALLOCATE_SQL = """\
 DO $elasticpool$
 DECLARE
   stmt record;
+  kept CONSTANT text[] := ARRAY[{kept}]::text[];
 BEGIN
-  FOR stmt IN SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql LOOP
+  IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE name = ANY (kept))
+     < pg_catalog.cardinality(kept) THEN
+    RAISE EXCEPTION 'asyncpg''s own prepared statements were deallocated by a borrower';
+  END IF;
+  FOR stmt IN SELECT name FROM pg_catalog.pg_prepared_statements WHERE NOT name = ANY (kept) LOOP
     EXECUTE pg_catalog.format('DEALLOCATE %I', stmt.name);
-  END LOOP;{check}
+  END LOOP;
 END
 $elasticpool$;
 """
 
-_CACHE_CHECK_SQL = """
-  IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql)
-     < {cached} THEN
-    RAISE EXCEPTION 'asyncpg''s own prepared statements were deallocated by a borrower';
-  END IF;"""
+_CACHED_NAME = re.compile(r"[A-Za-z0-9_]+")
+"""What asyncpg's cached statement names look like (``__asyncpg_stmt_1a__``): safe in a DO."""
 
 _FULL_CAPS = ("advisory_locks", "notifications", "plpgsql", "sql_reset", "sql_close_all")
 
@@ -199,16 +203,20 @@ def session_reset_sql(conn: asyncpg.Connection) -> str:
         SELECT pg_catalog.pg_advisory_unlock_all();
         DISCARD TEMP;                       -- temporary tables, functions, ...
         DISCARD SEQUENCES;                  -- currval() / lastval()
-        DO $$ ... $$;                       -- DEALLOCATE each SQL-level PREPAREd statement
+        DO $$ ... $$;                       -- DEALLOCATE every statement but asyncpg's cache
 
-    The ``DO`` block deallocates only statements made by SQL ``PREPARE``
-    (``pg_prepared_statements.from_sql``). asyncpg's own statements (its
-    statement cache, protocol-level, ``from_sql = false``) are left alone, so
-    the cache stays valid and warm. If a borrower deallocated some of those
-    itself (``DEALLOCATE ALL``, ``DISCARD ALL``), asyncpg's cache no longer
-    matches the server and the block raises: the reset fails and the pool
-    discards the connection instead of lending one whose next cached query
-    would fail.
+    The ``DO`` block deallocates every prepared statement except those in
+    asyncpg's statement cache (their names are listed in it, as quoted
+    literals): statements made by SQL ``PREPARE`` and those the borrower made
+    with :meth:`asyncpg.Connection.prepare` (which the release already made
+    unusable on the Python side, and which would otherwise stay on the server,
+    their text visible to the next borrower in ``pg_prepared_statements``).
+    The cached statements are kept, so the cache stays valid and warm; their
+    text stays visible, as with :class:`asyncpg.Pool`. If a borrower
+    deallocated some of those itself (``DEALLOCATE ALL``, ``DISCARD ALL``),
+    asyncpg's cache no longer matches the server and the block raises: the
+    reset fails and the pool discards the connection instead of lending one
+    whose next cached query would fail.
 
     It is not ``DISCARD ALL``: that would also deallocate asyncpg's cached
     statements behind its back, and cannot run in the implicit transaction
@@ -226,9 +234,12 @@ def session_reset_sql(conn: asyncpg.Connection) -> str:
     overridden = type(conn).get_reset_query is not asyncpg.Connection.get_reset_query
     if overridden or caps is None or not all(getattr(caps, cap, False) for cap in _FULL_CAPS):
         return head + conn.get_reset_query()
-    cached = sum(1 for stmt in impl._stmt_cache.iter_statements() if not stmt.closed)
-    check = _CACHE_CHECK_SQL.format(cached=cached) if cached else ""
-    return head + _SESSION_RESET_SQL + _DEALLOCATE_SQL.format(check=check)
+    cached = sorted(stmt.name for stmt in impl._stmt_cache.iter_statements() if not stmt.closed)
+    for name in cached:
+        if not _CACHED_NAME.fullmatch(name):  # never from asyncpg: no SQL is built from it
+            raise InterfaceError(f"unexpected name in asyncpg's statement cache: {name!r}")
+    kept = ", ".join(quote_literal(name) for name in cached)
+    return head + _SESSION_RESET_SQL + _DEALLOCATE_SQL.format(kept=kept)
 
 
 class AsyncpgConnector:

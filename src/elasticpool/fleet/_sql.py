@@ -3,7 +3,8 @@
 Statements are written with PostgreSQL's ``$1, $2, ...`` placeholders, each
 used once and in order; values are always passed as parameters, never
 formatted into the text. Identifiers (the lease table's name) are quoted with
-:func:`quote_ident`.
+:func:`quote_ident`; the few literals that must be part of a statement's text
+(a ``DO`` block takes no parameters) with :func:`quote_literal`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["fetch", "quote_ident"]
+__all__ = ["fetch", "quote_ident", "quote_literal"]
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
@@ -22,6 +23,18 @@ def quote_ident(name: str) -> str:
     if not isinstance(name, str) or not name or "\x00" in name:
         raise ValueError(f"an sql identifier must be a non-empty string without NUL (got {name!r})")
     return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """``value`` as an SQL string literal in escape syntax (``E'a''b\\\\c'`` for ``a'b\\c``).
+
+    The ``E'...'`` form reads the same whatever ``standard_conforming_strings``
+    is. It is not safe inside a dollar-quoted body whose tag ``value`` might
+    contain: callers building a ``DO`` block check for ``$`` themselves.
+    """
+    if not isinstance(value, str) or "\x00" in value:
+        raise ValueError(f"an sql literal must be a string without NUL (got {value!r})")
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 async def fetch(conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
