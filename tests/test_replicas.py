@@ -504,6 +504,38 @@ async def test_real_psycopg_readonly_transaction(replication: Any) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_real_wrapped_pools_as_members(replication: Any) -> None:
+    """wrap()ped asyncpg and psycopg pools serve as members; their read-only transactions hold."""
+    import asyncpg
+
+    psycopg = pytest.importorskip("psycopg")
+    psycopg_pool = pytest.importorskip("psycopg_pool")
+    from elasticpool import wrap
+
+    primary, _ = replication
+    apg = await asyncpg.create_pool(primary.dsn(), min_size=0, max_size=2)
+    ppg = psycopg_pool.AsyncConnectionPool(primary.dsn(), min_size=0, max_size=2, open=False)
+    await ppg.open()
+    read_only_errors = (
+        asyncpg.exceptions.ReadOnlySQLTransactionError,
+        psycopg.errors.ReadOnlySqlTransaction,
+    )
+    try:
+        for existing in (apg, ppg):
+            async with RoutingPool(wrap(existing, name="primary")) as rp:
+                async with rp.transaction() as conn:
+                    await conn.execute("CREATE TEMP TABLE rw_probe (v int)")
+                with pytest.raises(read_only_errors):
+                    async with rp.transaction(readonly=True) as conn:
+                        await conn.execute("CREATE TEMP TABLE ro_probe (v int)")
+                assert rp.stats().fallbacks == 1
+    finally:
+        await apg.close()
+        await ppg.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_real_paused_replay_is_lag_and_resumed_replay_returns(replication: Any) -> None:
     """With max_lag, a standby whose replay is paused leaves the rotation; resumed, it returns."""
     primary, standby = replication
