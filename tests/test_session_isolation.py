@@ -511,13 +511,31 @@ async def test_asyncpg_statement_deallocated_by_the_reset_can_still_be_garbage_c
         del statement  # asyncpg queues a protocol-level Close of a name the server no longer has
         async with pool.acquire() as conn:
             assert conn is first
-            assert conn._stmts_to_close, "asyncpg should have queued the close"
+            raw: Any = conn  # asyncpg's private attributes
+            assert raw._stmts_to_close, "asyncpg should have queued the close"
             assert await conn.fetchval("SELECT $1::int + 1", 41) == 42  # sends the queued close
-            assert not conn._stmts_to_close
+            assert not raw._stmts_to_close
             assert (
                 await conn.fetchval(
                     "SELECT count(*) FROM pg_prepared_statements WHERE name = $1", name
                 )
                 == 0
             )
+        assert pool.stats().closed_broken == 0
+
+
+async def test_asyncpg_reset_with_no_statement_cache_keeps_the_connection(pg_server: Any) -> None:
+    """With ``statement_cache_size=0`` the reset drops every statement and keeps the connection."""
+    connector = AsyncpgConnector(pg_server.dsn(), statement_cache_size=0)
+    async with Pool(connector, max_connections=1, reset="session") as pool:
+        async with pool.acquire() as conn:
+            raw: Any = conn  # asyncpg's private attributes
+            assert not list(raw._stmt_cache.iter_statements())
+            await conn.execute("PREPARE iso_plan AS SELECT 1")
+            statement = await conn.prepare("SELECT 2")
+            assert await statement.fetchval() == 2
+            first = conn
+        async with pool.acquire() as conn:
+            assert conn is first
+            assert await conn.fetchval("SELECT count(*) FROM pg_prepared_statements") == 0
         assert pool.stats().closed_broken == 0
