@@ -728,7 +728,9 @@ class EmbeddedPostgres:
             primary = self._cluster
             if primary is None or primary.postmaster_pid() is None:
                 raise EmbeddedPostgresError("the server is not running; call start() first")
-        standby = type(self)(port=port, password=self._password, base_dir=self._base_dir)
+        standby = type(self)(
+            port=port, password=self._password, base_dir=self._base_dir, bin_dir=primary.bin_dir
+        )
         data_dir = Path(tempfile.mkdtemp(prefix="elasticpool-pg-", dir=self._base_dir)).resolve()
         cluster = _Cluster(bin_dir=primary.bin_dir, data_dir=data_dir, run_as=primary.run_as)
         _register(cluster)
