@@ -831,6 +831,8 @@ class AsyncpgPool:
     def _warn_listeners(self, conn: asyncpg.Connection) -> None:
         """asyncpg's warning for a connection released with listeners still on it."""
         impl = _impl(conn)
+        if not impl._listeners and not impl._log_listeners:
+            return  # the usual case, on every release: nothing to look at
         baseline = self._connector._baselines.get(conn)
         kept = baseline.log_listeners if baseline is not None else set()
         for kind, listeners in (
