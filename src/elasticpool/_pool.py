@@ -122,20 +122,27 @@ class _Acquire(Generic[ConnT]):
         # The hot path, inlined from Pool._acquire_slot: one checkpoint, one clock
         # read, one planner call.
         pool = self._pool
-        await pool._sleep(0)  # cancel point and schedule point, before any state change
         planner = pool._planner
-        if pool._state != "open":
-            pool._check_open()
-        now = pool._now()
-        slot = planner.acquire(now)
-        if planner._plan is not None:
-            pool._execute(planner.take_plan())
-        if (
-            slot is None
-            or pool._is_closed(slot.conn)
-            or (pool._ping_after is not None and planner.should_ping(slot, now))
-        ):
-            slot = await pool._acquire_slow(slot, now, self._timeout)
+        if planner._waiters and pool._queues_anyway():
+            # Callers already queue, so this one will too (no barging): its wait
+            # is its checkpoint, and a sleep(0) before it would be a second one.
+            slot = await pool._acquire_slow(None, pool._now(), self._timeout)
+        else:
+            await pool._sleep(0)  # cancel point and schedule point, before any state change
+            if pool._state != "open":
+                pool._check_open()
+            now = pool._now()
+            found = planner.acquire(now)
+            if planner._plan is not None:
+                pool._execute(planner.take_plan())
+            if (
+                found is None
+                or pool._is_closed(found.conn)
+                or (pool._ping_after is not None and planner.should_ping(found, now))
+            ):
+                slot = await pool._acquire_slow(found, now, self._timeout)
+            else:
+                slot = found
         slot.owner = pool._current_task()
         self._slot = slot
         self._lease = slot.lease
@@ -471,6 +478,8 @@ class Pool(Generic[ConnT]):
     async def _acquire_slot(self, timeout: float | None, priority: bool = False) -> Slot:
         # The hot path: a checkpoint, one planner call, one clock read.
         # (_Acquire.__aenter__ inlines this same step, to save a coroutine layer.)
+        if self._planner._waiters and not priority and self._queues_anyway():
+            return await self._acquire_slow(None, self._now(), timeout)  # the wait: a checkpoint
         await self._sleep(0)  # cancel point and schedule point, before any state change
         if self._state != "open":
             self._check_open()
@@ -486,6 +495,19 @@ class Pool(Generic[ConnT]):
         ):
             return slot
         return await self._acquire_slow(slot, now, timeout, priority)
+
+    def _queues_anyway(self) -> bool:
+        """Whether an acquire now must queue: callers wait already, and there is room to wait.
+
+        Then the wait itself is the acquire's checkpoint. Not when the pool is
+        not open, or ``max_waiting`` would refuse the caller: those raise after
+        the usual checkpoint.
+        """
+        waiting = len(self._planner._waiters)
+        if not waiting or self._state != "open":
+            return False
+        max_waiting = self.settings.max_waiting
+        return max_waiting is None or waiting < max_waiting
 
     async def _acquire_slow(
         self, slot: Slot | None, now: float, timeout: float | None, priority: bool = False
@@ -504,7 +526,7 @@ class Pool(Generic[ConnT]):
             if self._is_closed(slot.conn):
                 planner.pinged(slot, False, self._now())
                 self._execute(planner.take_plan())
-            elif not planner.should_ping(slot, now) or await self._ping(slot):
+            elif not planner.should_ping(slot, now) or await self._ping(slot, deadline):
                 return slot
             now = self._now()
             if now >= deadline:
@@ -563,11 +585,20 @@ class Pool(Generic[ConnT]):
         me = self._current_task()
         return sum(1 for s in self._planner._slots if s.state is SlotState.IN_USE and s.owner == me)
 
-    async def _ping(self, slot: Slot) -> bool:
-        """Ping a freshly borrowed slot; on failure it is evicted and ``False`` returned."""
+    async def _ping(self, slot: Slot, deadline: float = math.inf) -> bool:
+        """Ping a freshly borrowed slot; on failure it is evicted and ``False`` returned.
+
+        The ping is bounded by ``connect_timeout`` and by the caller's
+        ``deadline``: one that gets no answer in time fails like any other, so
+        a connection gone silent (a network partition) cannot hang a caller.
+        """
         planner = self._planner
+        bound = min(self.settings.connect_timeout, deadline - self._now())
         try:
-            await self._connector.ping(slot.conn)
+            with anyio.move_on_after(bound) as scope:
+                await self._connector.ping(slot.conn)
+            if scope.cancelled_caught:
+                raise TimeoutError(f"no answer to the health check within {bound:g}s")
         except Exception as exc:
             logger.info("pool %r: connection failed its health check: %r", self.name, exc)
             planner.pinged(slot, False, self._now())
