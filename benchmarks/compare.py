@@ -636,12 +636,12 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
         lines += [
             "",
             f"{scen} ({tasks} tasks, {meta['connections']} connections, SELECT 1)",
-            f"  {'':38} {'ops/s':>8} {'cpu us/op':>9} {'+floor':>7} {'wait p50':>8} "
+            f"  {'':44} {'ops/s':>8} {'cpu us/op':>9} {'+floor':>7} {'wait p50':>8} "
             f"{'p99 us':>8} {'x floor':>7} {'x peer':>7}",
         ]
         for name, r in results[scen].items():
             lines.append(
-                f"  {name:38} {r['ops_per_s']:8.0f} {r['cpu_us_per_op']:9.1f} "
+                f"  {name:44} {r['ops_per_s']:8.0f} {r['cpu_us_per_op']:9.1f} "
                 f"{r['cpu_over_floor_us']:+7.1f} {r['wait_p50_us']:8.1f} {r['wait_p99_us']:8.1f} "
                 f"{r['x_floor']:7.2f} {r['x_peer']:7.2f}"
             )
@@ -650,7 +650,7 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
         f"burst (idle {b['idle_before']} s, {b['tasks']} x {b['query_ms']} ms queries at once, "
         f"idle {b['idle_after']} s; max {b['max']}, elastic idle_timeout {b['idle_timeout']} s)",
-        f"  {'':38} {'opened':>6} {'conn-s':>7} {'x fixed':>7} {'peak':>5} {'p50 ms':>7} "
+        f"  {'':44} {'opened':>6} {'conn-s':>7} {'x fixed':>7} {'peak':>5} {'p50 ms':>7} "
         f"{'p99 ms':>7}",
     ]
     for name, r in results["burst"].items():
@@ -659,7 +659,7 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
             f"{driver} | {'asyncpg.Pool' if driver == 'asyncpg' else 'psycopg_pool'} fixed"
         ]
         lines.append(
-            f"  {name:38} {r['opened']:6.0f} {r['conn_seconds']:7.2f} "
+            f"  {name:44} {r['opened']:6.0f} {r['conn_seconds']:7.2f} "
             f"{r['conn_seconds'] / fixed['conn_seconds']:7.2f} {r['peak_size']:5.0f} "
             f"{r['p50_ms']:7.1f} {r['p99_ms']:7.1f}"
         )
@@ -668,11 +668,11 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
         f"spike (HikariCP: {s['idle']} idle, max {s['max']}, {s['tasks']} x {s['query_ms']} ms "
         f"queries at once, {s['connect_delay_ms']} ms connects through FaultProxy)",
-        f"  {'':38} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'opened':>6} {'size':>5}",
+        f"  {'':44} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'opened':>6} {'size':>5}",
     ]
     for name, r in results["spike"].items():
         lines.append(
-            f"  {name:38} {r['p50_ms']:7.1f} {r['p99_ms']:7.1f} {r['max_ms']:7.1f} "
+            f"  {name:44} {r['p50_ms']:7.1f} {r['p99_ms']:7.1f} {r['max_ms']:7.1f} "
             f"{r['opened']:6.0f} {r['size_after']:5.0f}"
         )
     lines += ["", "targets (ratios within this run)"]
