@@ -190,7 +190,7 @@ class Member:
     samples: dict[str, str] = field(default_factory=dict)  # error kind -> first message
 
     def acquire(self) -> Any:
-        return (self.face or self.pool).acquire()
+        return (self.face if self.face is not None else self.pool).acquire()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Any]:

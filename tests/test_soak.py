@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import uuid
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -88,3 +89,32 @@ async def test_soak_rollbacks_leave_no_rows(result: dict[str, Any]) -> None:
     """Transactions that raised were rolled back: none of their rows is visible."""
     assert result["rolled_back"] > 0
     assert not [d for d in result["leak_details"] if "rolled-back" in d]
+
+
+async def test_leak_check_flags_a_backend_its_pool_does_not_hold(
+    soak: ModuleType, pg_server: Any
+) -> None:
+    """The settle check can fail: a stray backend with a pool's application_name is a leak."""
+    import asyncpg
+
+    from elasticpool import Pool
+    from elasticpool.asyncpg import AsyncpgConnector
+
+    app = f"ep-soak-leak-{uuid.uuid4().hex[:8]}"
+    dsn = pg_server.dsn()
+    tracked = soak.Tracked(
+        AsyncpgConnector(dsn, server_settings={"application_name": app}),
+        lambda conn: conn.get_server_pid(),
+    )
+    admin = await asyncpg.connect(dsn)
+    stray = await asyncpg.connect(dsn, server_settings={"application_name": app})
+    try:
+        async with Pool(tracked, max_connections=2) as pool:
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+            member = soak.Member("x", "test", app, None, tracked, pool)
+            leaks, _ = await soak.check_settled(admin, [member], 1.0)
+    finally:
+        await stray.close()
+        await admin.close()
+    assert leaks == ["pool x: 2 backend(s) listed, pool holds 1"]
