@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
+import functools
 import re
 import sys
 import warnings
@@ -165,11 +166,21 @@ DISCARD TEMP;
 DISCARD SEQUENCES;
 """
 
+_CHECK_SQL = """\
+SELECT 1 FROM pg_catalog.pg_prepared_statements
+HAVING pg_catalog.count(*) <> {n}
+    OR pg_catalog.count(*) FILTER (WHERE name = ANY ({kept}::text[])) <> {n};
+"""
+"""The reset's last statement: a row (status ``SELECT 1``) iff the server's prepared
+statements are not exactly asyncpg's cached ones (``{n}`` distinct names, ``{kept}``)."""
+
+_CHECK_PASSED = "SELECT 0"
+
 _DEALLOCATE_SQL = """\
 DO $elasticpool$
 DECLARE
   stmt record;
-  kept CONSTANT text[] := ARRAY[{kept}]::text[];
+  kept CONSTANT text[] := {kept}::text[];
 BEGIN
   IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE name = ANY (kept))
      < pg_catalog.cardinality(kept) THEN
@@ -188,6 +199,48 @@ _CACHED_NAME = re.compile(r"[A-Za-z0-9_]+")
 _FULL_CAPS = ("advisory_locks", "notifications", "plpgsql", "sql_reset", "sql_close_all")
 
 
+def _cached_names(conn: asyncpg.Connection) -> frozenset[str] | None:
+    """The names of asyncpg's cached statements on ``conn``, if it gets our full session reset.
+
+    ``None``: it gets asyncpg's own reset query instead (a server without one of
+    the features, or a ``connection_class`` overriding ``get_reset_query``).
+    """
+    impl = _impl(conn)
+    caps = getattr(impl, "_server_caps", None)
+    overridden = type(conn).get_reset_query is not asyncpg.Connection.get_reset_query
+    if overridden or caps is None or not all(getattr(caps, cap, False) for cap in _FULL_CAPS):
+        return None
+    statements = impl._stmt_cache.iter_statements()
+    return frozenset([stmt.name for stmt in statements if not stmt.closed])
+
+
+@functools.lru_cache(maxsize=1024)
+def _kept_literal(names: frozenset[str]) -> str:
+    """``names`` as one quoted ``text[]`` literal (PostgreSQL parses it faster than ``ARRAY[]``)."""
+    for name in names:
+        if not _CACHED_NAME.fullmatch(name):  # never from asyncpg: no SQL is built from it
+            raise InterfaceError(f"unexpected name in asyncpg's statement cache: {name!r}")
+    return quote_literal("{" + ",".join(f'"{name}"' for name in sorted(names)) + "}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _full_reset_sql(names: frozenset[str]) -> str:
+    """The reset keeping the cached statements ``names``, without ``ROLLBACK``.
+
+    Memoized: built once per state of a connection's statement cache (each
+    connection's names are its own, so up to 1024 connections hit).
+    """
+    return _SESSION_RESET_SQL + _CHECK_SQL.format(n=len(names), kept=_kept_literal(names))
+
+
+def _reset_sql(conn: asyncpg.Connection, names: frozenset[str] | None) -> str:
+    """:func:`session_reset_sql` for ``names`` (from :func:`_cached_names`)."""
+    head = "ROLLBACK;\n" if conn.is_in_transaction() else ""
+    if names is None:
+        return head + conn.get_reset_query()
+    return head + _full_reset_sql(names)
+
+
 def session_reset_sql(conn: asyncpg.Connection) -> str:
     """The SQL of a ``"session"`` reset of ``conn``: one string, sent in one round trip.
 
@@ -203,20 +256,28 @@ def session_reset_sql(conn: asyncpg.Connection) -> str:
         SELECT pg_catalog.pg_advisory_unlock_all();
         DISCARD TEMP;                       -- temporary tables, functions, ...
         DISCARD SEQUENCES;                  -- currval() / lastval()
-        DO $$ ... $$;                       -- DEALLOCATE every statement but asyncpg's cache
+        SELECT 1 FROM pg_catalog.pg_prepared_statements HAVING ...;  -- the check
 
-    The ``DO`` block deallocates every prepared statement except those in
-    asyncpg's statement cache (their names are listed in it, as quoted
-    literals): statements made by SQL ``PREPARE`` and those the borrower made
-    with :meth:`asyncpg.Connection.prepare` (which the release already made
-    unusable on the Python side, and which would otherwise stay on the server,
-    their text visible to the next borrower in ``pg_prepared_statements``).
-    The cached statements are kept, so the cache stays valid and warm; their
-    text stays visible, as with :class:`asyncpg.Pool`. If a borrower
-    deallocated some of those itself (``DEALLOCATE ALL``, ``DISCARD ALL``),
-    asyncpg's cache no longer matches the server and the block raises: the
-    reset fails and the pool discards the connection instead of lending one
-    whose next cached query would fail.
+    The check returns a row, so the round trip's status (that of its last
+    statement) is ``SELECT 1`` instead of ``SELECT 0``, exactly when the
+    server's prepared statements are not the ones in asyncpg's statement
+    cache (their names are listed in it, as one quoted literal): statements
+    made by SQL ``PREPARE``, those the borrower made with
+    :meth:`asyncpg.Connection.prepare` (which the release already made
+    unusable on the Python side, and which would otherwise stay on the
+    server, their text visible to the next borrower in
+    ``pg_prepared_statements``), or cached ones a borrower deallocated. Only
+    then does :class:`AsyncpgConnector` send a second round trip: a ``DO``
+    block that deallocates every statement not in the cache, and raises if
+    any cached one is gone (``DEALLOCATE ALL``, ``DISCARD ALL``): asyncpg's
+    cache no longer matches the server, so the reset fails and the pool
+    discards the connection instead of lending one whose next cached query
+    would fail. The cached statements are kept, so the cache stays valid and
+    warm; their text stays visible, as with :class:`asyncpg.Pool`. (The
+    check costs a scan of ``pg_prepared_statements``; the ``DO`` block, which
+    PostgreSQL compiles on every call, costs several times more, so it is
+    left off the common path.) The string is built once per state of the
+    connection's statement cache.
 
     It is not ``DISCARD ALL``: that would also deallocate asyncpg's cached
     statements behind its back, and cannot run in the implicit transaction
@@ -226,20 +287,9 @@ def session_reset_sql(conn: asyncpg.Connection) -> str:
     for CockroachDB, Redshift, CrateDB...), and for a ``connection_class``
     that overrides :meth:`asyncpg.Connection.get_reset_query`, it is asyncpg's
     own :meth:`~asyncpg.Connection.get_reset_query` instead, as in
-    :class:`asyncpg.Pool`.
+    :class:`asyncpg.Pool`, with no check and no second round trip.
     """
-    impl = _impl(conn)
-    head = "ROLLBACK;\n" if conn.is_in_transaction() else ""
-    caps = getattr(impl, "_server_caps", None)
-    overridden = type(conn).get_reset_query is not asyncpg.Connection.get_reset_query
-    if overridden or caps is None or not all(getattr(caps, cap, False) for cap in _FULL_CAPS):
-        return head + conn.get_reset_query()
-    cached = sorted(stmt.name for stmt in impl._stmt_cache.iter_statements() if not stmt.closed)
-    for name in cached:
-        if not _CACHED_NAME.fullmatch(name):  # never from asyncpg: no SQL is built from it
-            raise InterfaceError(f"unexpected name in asyncpg's statement cache: {name!r}")
-    kept = ", ".join(quote_literal(name) for name in cached)
-    return head + _SESSION_RESET_SQL + _DEALLOCATE_SQL.format(kept=kept)
+    return _reset_sql(conn, _cached_names(conn))
 
 
 class AsyncpgConnector:
@@ -275,7 +325,8 @@ class AsyncpgConnector:
     * ``"rollback"``: a cancelled query is waited for (see below), then an
       open or failed transaction is rolled back; nothing else.
     * ``"session"``: the same, then everything a borrower can set is cleared in
-      one round trip (:func:`session_reset_sql`), asyncpg's notification and
+      one round trip (:func:`session_reset_sql`; a second one only when the
+      borrower left prepared statements of its own), asyncpg's notification and
       log listeners, query loggers and termination listeners go back to what
       they were after ``init``, and prepared statements and cursors obtained
       during the borrow are invalidated (asyncpg raises
@@ -412,7 +463,11 @@ class AsyncpgConnector:
                 await conn.execute("ROLLBACK")
             await self._reset_fn(conn)
             return
-        await conn.execute(session_reset_sql(conn))
+        names = _cached_names(conn)
+        status = await conn.execute(_reset_sql(conn, names))
+        if names is not None and status != _CHECK_PASSED:
+            # Rare: the borrower prepared statements, or deallocated asyncpg's.
+            await conn.execute(_DEALLOCATE_SQL.format(kept=_kept_literal(names)))
 
     def _forget_borrow(self, conn: asyncpg.Connection) -> None:
         """Drop the Python-side traces of a borrow: listeners, loggers, statements and cursors."""
