@@ -728,8 +728,12 @@ class Pool(Generic[ConnT]):
         planner = self._planner
         started = self._now()
         try:
-            with anyio.fail_after(self.settings.connect_timeout):
+            with anyio.move_on_after(self.settings.connect_timeout) as scope:
                 conn = await self._connector.connect()
+            if scope.cancelled_caught:  # the cause waiters see: say what timed out
+                raise TimeoutError(
+                    f"connect timed out after {self.settings.connect_timeout:g}s (connect_timeout)"
+                )
         except Exception as exc:
             if slot.state is SlotState.CONNECTING:
                 planner.connect_failed(slot, exc, self._now(), random.random())
