@@ -24,7 +24,9 @@ import inspect
 import itertools
 import logging
 import select
+import selectors
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -102,6 +104,8 @@ _SAFE_CONNINFO_KEYS: Final = ("host", "hostaddr", "port", "dbname", "user", "app
 
 _MAX_CANCEL_THREADS: Final = 8
 _cancel_slots = threading.BoundedSemaphore(_MAX_CANCEL_THREADS)
+_CANCEL_TIMEOUT: Final = 5.0
+"""Seconds a background cancel request may take before it is abandoned (libpq >= 17)."""
 
 
 # =============================================================================
@@ -226,16 +230,61 @@ def _finish(conn: psycopg.AsyncConnection[Any]) -> None:
     conn.pgconn.finish()
 
 
-def _cancel_in_background(cancel: pq.abc.PGcancel) -> None:
+def _cancel_handle(pgconn: pq.abc.PGconn) -> pq.abc.PGcancelConn | pq.abc.PGcancel:
+    """What :func:`_cancel_in_background` needs to cancel ``pgconn``'s query later.
+
+    With libpq 17 or later, a non-blocking cancel connection (``PQcancelCreate``),
+    else the legacy cancel key (``PQgetCancel``). Taken while the connection is
+    up: neither can be made once psycopg has closed it.
+    """
+    if psycopg.capabilities.has_cancel_safe():
+        return pgconn.cancel_conn()
+    return pgconn.get_cancel()
+
+
+def _send_cancel(cancel: pq.abc.PGcancelConn | pq.abc.PGcancel) -> None:
+    """Send one cancel request; bounded by :data:`_CANCEL_TIMEOUT` with libpq 17 or later.
+
+    libpq's legacy ``PQcancel`` blocks until the server answers, and
+    psycopg's C implementation calls it without releasing the GIL: against a
+    server that never answers (a network partition) it would freeze every
+    thread of the process. The non-blocking API is driven here with a
+    selector wait instead, which releases the GIL and gives up in time.
+    """
+    if not psycopg.capabilities.has_cancel_safe():  # libpq < 17: a legacy key
+        cast("pq.abc.PGcancel", cancel).cancel()
+        return
+    cancel = cast("pq.abc.PGcancelConn", cancel)
+    deadline = time.monotonic() + _CANCEL_TIMEOUT
+    try:
+        cancel.start()
+        while (status := cancel.poll()) != pq.PollingStatus.OK:
+            if status == pq.PollingStatus.FAILED:
+                raise psycopg.OperationalError(cancel.get_error_message())
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no answer to the cancel request within {_CANCEL_TIMEOUT:g}s")
+            event = selectors.EVENT_READ
+            if status == pq.PollingStatus.WRITING:
+                event = selectors.EVENT_WRITE
+            with selectors.DefaultSelector() as selector:
+                selector.register(cancel.socket, event)
+                selector.select(left)
+    finally:
+        cancel.finish()
+
+
+def _cancel_in_background(cancel: pq.abc.PGcancelConn | pq.abc.PGcancel) -> None:
     """Send a cancel request for a query that may still run on the server, without waiting.
 
     A connection psycopg gave up on mid-query (its task was cancelled again
     while psycopg was cancelling the query) is closed on the client side, but
     its backend keeps running the query until it next writes to the socket.
-    The cancel key was saved when the connection was made; libpq's legacy
-    cancel call blocks, so it runs in a daemon thread (at most a few at once;
-    past that, the request is skipped). Sent for a backend that is already
-    gone, it is ignored by the server.
+    The cancel handle was taken when the connection was made
+    (:func:`_cancel_handle`); the request runs in a daemon thread (at most a
+    few at once; past that, the request is skipped) and gives up after
+    :data:`_CANCEL_TIMEOUT` (see :func:`_send_cancel`). Sent for a backend
+    that is already gone, it is ignored by the server.
     """
     if not _cancel_slots.acquire(blocking=False):
         logger.debug("too many cancel requests in flight: skipping one")
@@ -243,7 +292,7 @@ def _cancel_in_background(cancel: pq.abc.PGcancel) -> None:
 
     def run() -> None:
         try:
-            cancel.cancel()
+            _send_cancel(cancel)
         except Exception as exc:
             logger.debug("cancel request failed: %r", exc)
         finally:
@@ -322,9 +371,9 @@ class _Snapshot:
     )
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self.cancel: pq.abc.PGcancel | None
+        self.cancel: pq.abc.PGcancelConn | pq.abc.PGcancel | None
         try:
-            self.cancel = conn.pgconn.get_cancel()
+            self.cancel = _cancel_handle(conn.pgconn)
         except psycopg.Error:  # pragma: no cover - only on a connection already broken
             self.cancel = None
         self.autocommit = conn.autocommit
@@ -464,7 +513,7 @@ class PsycopgConnector(Generic[ACT]):
         except BaseException:
             # configure failed, or was cancelled (maybe mid-query: cancel that too)
             if not conn.closed and conn.pgconn.transaction_status == _ACTIVE:
-                _cancel_in_background(conn.pgconn.get_cancel())
+                _cancel_in_background(_cancel_handle(conn.pgconn))
             _finish(conn)
             raise
         return conn
