@@ -261,6 +261,7 @@ def assert_answered(
             continue
         assert isinstance(a.error, PoolTimeout), repr(a.error)
         assert "pool 'faults'" in str(a.error)
+        assert f"no connection within {timeout:g}s" in str(a.error)  # the caller's own timeout
         if cause is not None:
             assert isinstance(a.error.__cause__, cause), repr(a.error.__cause__)
             assert "connects are failing" in str(a.error)

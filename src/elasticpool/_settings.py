@@ -112,7 +112,9 @@ class PoolSettings:
         Bound on one connect attempt; a slower connect counts as failed.
     ``ping_after``
         A connection idle longer than this is pinged on borrow (``None``:
-        never ping; 0: always).
+        never ping; 0: always). The ping is bounded by ``connect_timeout`` and
+        by what is left of the caller's ``pool_timeout``; one not answered in
+        time fails, and the connection is closed.
     ``close_timeout``
         Bound on closing one connection gracefully before it is terminated.
     ``backoff_initial`` / ``backoff_max``
