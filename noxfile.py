@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "tests_core", "typing", "lint"]
+nox.options.sessions = ["tests", "tests_core", "typing", "lint", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
@@ -54,6 +54,13 @@ def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "src", "tests", "benchmarks", "examples")
     session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "examples")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The docs site: mkdocs build --strict (API reference from the docstrings)."""
+    session.install("-e", ".[dev]")
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session
