@@ -178,9 +178,12 @@ class Driver:
 
     name: str
 
-    def connector(self, dsn: str) -> Connector[Any]:
+    def connector(self, dsn: str, *, command_timeout: bool = True) -> Connector[Any]:
+        """The driver's connector; asyncpg's with :data:`COMMAND_TIMEOUT` unless told not to."""
         if self.name == "asyncpg":
-            return AsyncpgConnector(dsn, command_timeout=COMMAND_TIMEOUT)
+            if command_timeout:
+                return AsyncpgConnector(dsn, command_timeout=COMMAND_TIMEOUT)
+            return AsyncpgConnector(dsn)
         return PsycopgConnector(dsn)
 
     async def query(self, conn: Any, sql: str) -> None:
@@ -328,10 +331,13 @@ async def assert_all_gone(observer: Observer, app: str) -> None:
 
 
 @asynccontextmanager
-async def pool_for(driver: Driver, dsn: str, **overrides: Any) -> AsyncIterator[Pool[Any]]:
+async def pool_for(
+    driver: Driver, dsn: str, *, command_timeout: bool = True, **overrides: Any
+) -> AsyncIterator[Pool[Any]]:
     """A core Pool named ``faults`` over ``driver`` with :data:`SETTINGS` and ``overrides``."""
     settings = {"max_connections": 3, **SETTINGS, **overrides}
-    async with Pool(driver.connector(dsn), name="faults", **settings) as pool:
+    connector = driver.connector(dsn, command_timeout=command_timeout)
+    async with Pool(connector, name="faults", **settings) as pool:
         yield pool
 
 
@@ -573,8 +579,9 @@ async def test_blackhole_idle(
     app = app_name("bh-idle")
     async with FaultProxy(server.host, server.port) as proxy:
         dsn = proxy.dsn_for(server.dsn(application_name=app))
+        # No command timeout: the pool's own bound on the health check must do it.
         # Room for connects besides the two lost ones, still closing when the waiters give up.
-        async with pool_for(driver, dsn, max_connections=4) as pool:
+        async with pool_for(driver, dsn, command_timeout=False, max_connections=4) as pool:
             await warm(pool, driver, 2)
             proxy.blackhole()
             answers = await waiters(pool, 2)
@@ -586,6 +593,26 @@ async def test_blackhole_idle(
             await assert_no_leaks(pool, observer, app)
         await assert_all_gone(observer, app)
     report("network blackhole, idle", driver, answers, recovery)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_check_under_partition(
+    driver: Driver, server: EmbeddedPostgres, observer: Observer
+) -> None:
+    """check() during a partition returns, evicting the idle connections that no longer answer."""
+    app = app_name("bh-check")
+    async with FaultProxy(server.host, server.port) as proxy:
+        dsn = proxy.dsn_for(server.dsn(application_name=app))
+        async with pool_for(driver, dsn, command_timeout=False) as pool:
+            await warm(pool, driver, 2)
+            proxy.blackhole()
+            with anyio.fail_after(2 * CONNECT_TIMEOUT + SLACK):  # one bounded ping each
+                await pool.check()
+            assert (pool.stats().idle, pool.stats().closed_broken) == (0, 2), pool.stats()
+            proxy.heal()
+            await first_acquire_works(pool, driver)
+            await assert_no_leaks(pool, observer, app)
+        await assert_all_gone(observer, app)
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
