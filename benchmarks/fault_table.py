@@ -34,7 +34,8 @@ def run_suite(report: Path) -> int:
     """Run the fault suite once, appending its rows to ``report``; pytest's exit code."""
     env = {**os.environ, "ELASTICPOOL_FAULT_REPORT": str(report)}
     cmd = [sys.executable, "-m", "pytest", str(SUITE), "-q", "-p", "no:randomly"]
-    return subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
+    # pytest's own output goes to stderr: stdout is the table.
+    return subprocess.run(cmd, cwd=ROOT, env=env, stdout=sys.stderr, check=False).returncode
 
 
 def merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
