@@ -173,6 +173,7 @@ async def test_use_after_close_is_a_clear_error_and_opens_nothing() -> None:
     pool = Pool(connector, max_connections=2, name="shut")
     async with pool:
         late = await pool.acquire()
+        await pool.close(timeout=0.01)
     # close() terminated the one still borrowed; giving it back later is harmless.
     pool.release(late)
     closed = r"^pool 'shut' is closed"
