@@ -11,6 +11,8 @@ checkpoint does on asyncio, and anyio's cancel scopes act on it as usual.
 from __future__ import annotations
 
 import asyncio
+import functools
+import types
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -54,6 +56,23 @@ class Backend(NamedTuple):
     """The running task (an identity for "who borrowed this"; never awaited)."""
 
 
+def _task_getter(loop: asyncio.AbstractEventLoop) -> Callable[[], object]:
+    """``asyncio.current_task`` for ``loop``, as cheap as this Python makes it.
+
+    Before 3.12 ``asyncio.current_task`` is a Python function (about 230 ns
+    here, a tenth of a borrow); the C module's task registry answers the same
+    question in a dict lookup (30 ns). Same answer, checked when bound.
+    """
+    current = asyncio.current_task
+    registry = getattr(asyncio.tasks, "_current_tasks", None)
+    if not isinstance(current, types.FunctionType) or not isinstance(registry, dict):
+        return functools.partial(current, loop)  # C already (3.12+), or no registry
+    getter = functools.partial(registry.get, loop)
+    if getter() is not current(loop):  # a loop or Python build where they differ
+        return functools.partial(current, loop)
+    return getter
+
+
 def current_backend() -> Backend:
     """The primitives of the event loop running now (asyncio or trio)."""
     try:
@@ -61,7 +80,7 @@ def current_backend() -> Backend:
     except RuntimeError:
         pass
     else:
-        return Backend(loop.time, asyncio.sleep, lambda: _FutureWaker(loop), asyncio.current_task)
+        return Backend(loop.time, asyncio.sleep, lambda: _FutureWaker(loop), _task_getter(loop))
     try:
         import trio  # noqa: PLC0415 - only on trio
 
