@@ -16,7 +16,7 @@ from elasticpool import (
     PoolTimeout,
     TooManyWaiters,
 )
-from elasticpool.testing import FakeConnection, FakeConnector, FakeDisconnect
+from elasticpool.testing import FakeConnection, FakeConnector, FakeDisconnect, FakeReadOnlyError
 
 from .helpers import assert_consistent, wait_until
 
@@ -721,3 +721,16 @@ async def test_stats_can_be_read_from_another_thread() -> None:
 async def _borrow_once(pool: Pool[FakeConnection]) -> None:
     async with pool.acquire():
         pass
+
+
+async def test_readonly_transaction_refuses_writes_and_plain_one_allows_them() -> None:
+    """pool.transaction(readonly=True) begins read-only; the default transaction does not."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=1) as pool:
+        with pytest.raises(FakeReadOnlyError, match="write in a read-only transaction"):
+            async with pool.transaction(readonly=True) as conn:
+                await conn.write()
+        async with pool.transaction() as conn:
+            await conn.write()
+        assert pool.stats().in_use == 0
+        assert_consistent(pool, connector)

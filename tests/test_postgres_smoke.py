@@ -212,3 +212,23 @@ async def test_lifetime_retires_and_replaces_backend(pg_server: Any, backends: B
         assert stats.connects >= 2
         assert (stats.closed_idle, stats.closed_broken, stats.connect_errors) == (0, 0, 0)
     await backends.wait_gone(app)
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_readonly_transaction_on_a_real_server(pg_server: Any, driver: str) -> None:
+    """pool.transaction(readonly=True) makes PostgreSQL refuse a write, on both drivers."""
+    if driver == "asyncpg":
+        connector: Any = AsyncpgConnector(pg_server.dsn())
+    else:
+        from elasticpool.psycopg import PsycopgConnector
+
+        connector = PsycopgConnector(pg_server.dsn())
+    sql = "CREATE TEMP TABLE ro_probe (x int)"
+    async with Pool(connector, max_connections=1) as pool:
+        with pytest.raises(Exception, match="read-only transaction") as info:
+            async with pool.transaction(readonly=True) as conn:
+                await conn.execute(sql)
+        assert getattr(info.value, "sqlstate", None) == "25006"  # read_only_sql_transaction
+        async with pool.transaction() as conn:
+            await conn.execute(sql)
+        assert pool.stats().in_use == 0

@@ -845,16 +845,25 @@ class Pool(Generic[ConnT]):
                 self._execute(planner.take_plan())
 
     @contextlib.asynccontextmanager
-    async def transaction(self, *, timeout: float | None = _DEFAULT) -> AsyncIterator[ConnT]:
+    async def transaction(
+        self, *, timeout: float | None = _DEFAULT, readonly: bool = False
+    ) -> AsyncIterator[ConnT]:
         """Borrow a connection inside a transaction: ``async with pool.transaction() as conn``.
 
         BEGIN on entry; COMMIT when the block ends normally, ROLLBACK when it
         raises; then the connection goes back. This is the transaction-scoped
         use that Hyperdrive's "transaction pooling mode" describes: hold a
-        connection only as long as one transaction.
+        connection only as long as one transaction. ``readonly=True`` makes it
+        a read-only transaction: the server refuses writes in it.
         """
-        async with self.acquire(timeout=timeout) as conn, self._connector.transaction(conn):
-            yield conn
+        async with self.acquire(timeout=timeout) as conn:
+            tx = (
+                self._connector.transaction(conn, readonly=True)
+                if readonly
+                else self._connector.transaction(conn)
+            )
+            async with tx:
+                yield conn
 
     def terminate(self) -> None:
         """Close the pool at once: terminate every connection, borrowed or not, without waiting.
