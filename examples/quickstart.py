@@ -11,28 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-from collections.abc import Iterator
 
 import asyncpg
 
 from elasticpool import Pool
 from elasticpool.asyncpg import AsyncpgConnector
+from elasticpool.embedded import dsn_or_embedded
 
 APP = "elasticpool-quickstart"
-
-
-@contextlib.contextmanager
-def server(dsn: str | None) -> Iterator[str]:
-    """The given DSN, or a fresh embedded PostgreSQL on 127.0.0.1 for the duration."""
-    if dsn is not None:
-        yield dsn
-        return
-    from elasticpool.embedded import EmbeddedPostgres  # noqa: PLC0415 - only when needed
-
-    print("starting an embedded PostgreSQL on 127.0.0.1 ...")
-    with EmbeddedPostgres() as pg:
-        yield pg.dsn()
 
 
 async def backends(admin: asyncpg.Connection) -> int:
@@ -76,5 +62,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", default=None, help="use this server instead of an embedded one")
     args = parser.parse_args()
-    with server(args.dsn) as dsn:
+    with dsn_or_embedded(args.dsn) as dsn:  # --dsn, or a throwaway server
         asyncio.run(main(dsn))

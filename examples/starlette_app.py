@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from elasticpool import Pool, PoolSettings, PostgresMembership
 from elasticpool.asyncpg import AsyncpgConnector
+from elasticpool.embedded import dsn_or_embedded
 
 APP_NAME = "elasticpool-starlette"
 
@@ -94,18 +95,6 @@ app = Starlette(
 # ---------------------------------------------------------------- the self-running demo
 
 
-@contextlib.contextmanager
-def database(dsn: str | None) -> Iterator[str]:
-    """The given DSN, or a fresh embedded PostgreSQL on 127.0.0.1 for the duration."""
-    if dsn is not None:
-        yield dsn
-        return
-    from elasticpool.embedded import EmbeddedPostgres  # noqa: PLC0415 - only when needed
-
-    with EmbeddedPostgres() as pg:
-        yield pg.dsn()
-
-
 async def demo(requests: int) -> dict[str, Any]:
     """Serve the app on 127.0.0.1 (a free port), burst requests at it, return its stats."""
     import httpx  # noqa: PLC0415 - the demo's own needs
@@ -143,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=60, help="burst size (default 60)")
     parser.add_argument("--max-connections", type=int, default=8)
     args = parser.parse_args(argv)
-    with database(args.dsn) as dsn:
+    with dsn_or_embedded(args.dsn) as dsn:  # --dsn, or a throwaway server
         os.environ["ELASTICPOOL_DSN"] = dsn
         os.environ.setdefault("ELASTICPOOL_MAX_CONNECTIONS", str(args.max_connections))
         result = asyncio.run(demo(args.requests))

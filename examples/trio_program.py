@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -26,6 +26,7 @@ import psycopg
 import trio
 
 from elasticpool import Pool, ResetMode
+from elasticpool.embedded import dsn_or_embedded
 
 APP_NAME = "elasticpool-trio"
 
@@ -138,24 +139,12 @@ async def run(dsn: str, tasks: int) -> dict[str, int]:
         return {"backends": len(seen), "grown_to": grown, "cancelled": cancelled}
 
 
-@contextlib.contextmanager
-def database(dsn: str | None) -> Iterator[str]:
-    """The given DSN, or a fresh embedded PostgreSQL on 127.0.0.1 for the duration."""
-    if dsn is not None:
-        yield dsn
-        return
-    from elasticpool.embedded import EmbeddedPostgres  # noqa: PLC0415 - only when needed
-
-    with EmbeddedPostgres() as pg:
-        yield pg.dsn()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", help="use this server instead of an embedded one")
     parser.add_argument("--tasks", type=int, default=40)
     args = parser.parse_args(argv)
-    with database(args.dsn) as dsn:
+    with dsn_or_embedded(args.dsn) as dsn:  # --dsn, or a throwaway server
         result = trio.run(run, dsn, args.tasks)
     ok = 0 < result["grown_to"] <= 4 and result["cancelled"] == 1
     print("ok" if ok else f"NOT OK: {result}")

@@ -30,27 +30,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 
+from elasticpool.embedded import dsn_or_embedded
+
 HERE = Path(__file__).resolve().parent
 APP_NAME = "elasticpool-starlette"  # what starlette_app.py tags its connections with
-
-
-@contextlib.contextmanager
-def database(dsn: str | None) -> Iterator[str]:
-    """The given DSN, or a fresh embedded PostgreSQL on 127.0.0.1 for the duration."""
-    if dsn is not None:
-        yield dsn
-        return
-    from elasticpool.embedded import EmbeddedPostgres  # noqa: PLC0415 - only when needed
-
-    with EmbeddedPostgres() as pg:
-        yield pg.dsn()
 
 
 def free_port() -> int:
@@ -111,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--waves", type=int, default=4)
     parser.add_argument("--per-wave", type=int, default=60)
     args = parser.parse_args(argv)
-    with database(args.dsn) as dsn:
+    with dsn_or_embedded(args.dsn) as dsn:  # --dsn, or a throwaway server
         port = free_port()
         env = dict(
             os.environ,

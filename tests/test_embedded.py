@@ -22,6 +22,7 @@ from elasticpool.embedded import (
     SYSTEM_USER,
     EmbeddedPostgres,
     EmbeddedPostgresError,
+    dsn_or_embedded,
 )
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -336,3 +337,29 @@ def test_start_failure_reports_the_log_tail(tmp_path: Path) -> None:
         finally:
             server.cleanup()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dsn_or_embedded_passes_a_given_dsn_through() -> None:
+    """With a DSN, dsn_or_embedded yields it unchanged and starts nothing."""
+    given = "postgresql://app@127.0.0.1:1/app"
+    with dsn_or_embedded(given) as dsn:
+        assert dsn == given
+
+
+@needs_wheel
+def test_dsn_or_embedded_starts_and_removes_a_server() -> None:
+    """Without a DSN, dsn_or_embedded serves a fresh server for the block and stops it after."""
+    with dsn_or_embedded() as dsn:
+        assert dsn.startswith("postgresql://")
+        assert "@127.0.0.1:" in dsn
+        assert asyncio.run(_fetchval_dsn(dsn, "SELECT 41 + 1")) == 42
+    with pytest.raises(ConnectionRefusedError):  # the server is gone with the block
+        asyncio.run(_fetchval_dsn(dsn, "SELECT 1"))
+
+
+async def _fetchval_dsn(dsn: str, sql: str) -> object:
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()

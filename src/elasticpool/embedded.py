@@ -53,7 +53,7 @@ import threading
 import time
 import types
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -65,6 +65,7 @@ __all__ = [
     "EmbeddedPostgres",
     "EmbeddedPostgresError",
     "StopMode",
+    "dsn_or_embedded",
     "make_dsn",
 ]
 
@@ -957,3 +958,18 @@ class EmbeddedPostgres:
         if cluster.run_as is not None:
             os.chown(tmp, cluster.run_as.uid, cluster.run_as.gid)
         os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def dsn_or_embedded(dsn: str | None = None) -> Iterator[str]:
+    """``dsn`` when given; else a fresh :class:`EmbeddedPostgres` for the ``with`` block.
+
+    For demos, examples and scripts that take ``--dsn``: ``with
+    dsn_or_embedded(args.dsn) as dsn: ...`` uses the user's server, or starts
+    a throwaway one on 127.0.0.1 and deletes it when the block ends.
+    """
+    if dsn is not None:
+        yield dsn
+        return
+    with EmbeddedPostgres() as pg:
+        yield pg.dsn()
