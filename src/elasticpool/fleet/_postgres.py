@@ -172,13 +172,7 @@ class PostgresMembership:
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
             f"elasticpool:create:{self._table_name}",
         )
-        rows = await fetch(
-            conn,
-            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
-            self._table,
-            self._config,
-        )
-        if not rows[0][0]:
+        if not await self._tables_exist(conn):
             if not self.create_tables:
                 raise RuntimeError(
                     f"lease table {self._table_name!r} is missing and create_tables is False"
@@ -403,6 +397,16 @@ class PostgresMembership:
             total,
         )
 
+    async def _tables_exist(self, conn: Any) -> bool:
+        """Whether the lease table and its config table both exist (one query)."""
+        rows = await fetch(
+            conn,
+            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
+            self._table,
+            self._config,
+        )
+        return bool(rows[0][0])
+
     async def read_fleets(
         self, conn: Any, pool_name: str | None = None
     ) -> dict[str, tuple[int | None, tuple[MemberStatus, ...]]]:
@@ -415,13 +419,7 @@ class PostgresMembership:
         empty when the tables do not exist. For tools that are not members
         (``elasticpool status``).
         """
-        rows = await fetch(
-            conn,
-            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
-            self._table,
-            self._config,
-        )
-        if not rows[0][0]:
+        if not await self._tables_exist(conn):
             return {}
         where, args = ("", ()) if pool_name is None else (" AND pool_name = $1", (pool_name,))
         leases = await fetch(
