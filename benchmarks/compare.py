@@ -158,30 +158,26 @@ class _Counting:
         self.n = 0
 
 
-@contextlib.asynccontextmanager
-async def raw_asyncpg(dsn: str, min_size: int, max_size: int) -> AsyncIterator[Handle]:
-    conns = [await asyncpg.connect(dsn) for _ in range(max_size)]
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    for c in conns:
-        queue.put_nowait(c)
-    try:
-        yield Handle(lambda: _QueueBorrow(queue), lambda: len(conns), lambda: len(conns))
-    finally:
+def _raw(connect: Callable[[str], Awaitable[Any]]) -> Opener:
+    """The floor: ``max_size`` connections from ``connect(dsn)`` in an :class:`asyncio.Queue`."""
+
+    @contextlib.asynccontextmanager
+    async def opener(dsn: str, min_size: int, max_size: int) -> AsyncIterator[Handle]:
+        conns = [await connect(dsn) for _ in range(max_size)]
+        queue: asyncio.Queue[Any] = asyncio.Queue()
         for c in conns:
-            await c.close()
+            queue.put_nowait(c)
+        try:
+            yield Handle(lambda: _QueueBorrow(queue), lambda: len(conns), lambda: len(conns))
+        finally:
+            for c in conns:
+                await c.close()
+
+    return opener
 
 
-@contextlib.asynccontextmanager
-async def raw_psycopg(dsn: str, min_size: int, max_size: int) -> AsyncIterator[Handle]:
-    conns = [await psycopg.AsyncConnection.connect(dsn, autocommit=True) for _ in range(max_size)]
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    for c in conns:
-        queue.put_nowait(c)
-    try:
-        yield Handle(lambda: _QueueBorrow(queue), lambda: len(conns), lambda: len(conns))
-    finally:
-        for c in conns:
-            await c.close()
+raw_asyncpg = _raw(asyncpg.connect)
+raw_psycopg = _raw(lambda dsn: psycopg.AsyncConnection.connect(dsn, autocommit=True))
 
 
 def _asyncpg_connect(counter: _Counting) -> Callable[..., Awaitable[asyncpg.Connection]]:
@@ -200,6 +196,27 @@ def _psycopg_connection_class(counter: _Counting) -> type[psycopg.AsyncConnectio
             return await super().connect(*args, **kwargs)
 
     return Counted
+
+
+@contextlib.asynccontextmanager
+async def _psycopg_opened(
+    pool_class: Any, dsn: str, min_size: int, max_size: int, counter: _Counting, **extra: Any
+) -> AsyncIterator[Any]:
+    """A psycopg_pool-style pool of counted autocommit connections, open (``min_size`` made)."""
+    pool = pool_class(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"autocommit": True},
+        connection_class=_psycopg_connection_class(counter),
+        open=False,
+        **extra,
+    )
+    await pool.open(wait=min_size > 0, timeout=60)
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 def asyncpg_pool(**extra: Any) -> Opener:
@@ -221,20 +238,10 @@ def psycopg_pool_(**extra: Any) -> Opener:
     @contextlib.asynccontextmanager
     async def opener(dsn: str, min_size: int, max_size: int) -> AsyncIterator[Handle]:
         counter = _Counting()
-        pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
-            dsn,
-            min_size=min_size,
-            max_size=max_size,
-            kwargs={"autocommit": True},
-            connection_class=_psycopg_connection_class(counter),
-            open=False,
-            **extra,
-        )
-        await pool.open(wait=min_size > 0, timeout=60)
-        try:
+        async with _psycopg_opened(
+            psycopg_pool.AsyncConnectionPool, dsn, min_size, max_size, counter, **extra
+        ) as pool:
             yield Handle(pool.connection, lambda: pool.get_stats()["pool_size"], lambda: counter.n)
-        finally:
-            await pool.close()
 
     return opener
 
@@ -287,110 +294,99 @@ def elastic_face(driver: str, reset: str, **extra: Any) -> Opener:
             async with face:
                 yield Handle(face.acquire, lambda: face.elastic.stats().size, lambda: counter.n)
             return
-        pool: ep_psycopg.AsyncConnectionPool[Any] = ep_psycopg.AsyncConnectionPool(
+        async with _psycopg_opened(
+            ep_psycopg.AsyncConnectionPool,
             dsn,
-            min_size=min_size,
-            max_size=max_size,
-            kwargs={"autocommit": True},
-            connection_class=_psycopg_connection_class(counter),
-            reset_mode=reset,  # type: ignore[arg-type]
-            open=False,
+            min_size,
+            max_size,
+            counter,
+            reset_mode=reset,
             **extra,
-        )
-        await pool.open(wait=min_size > 0, timeout=60)
-        try:
+        ) as pool:
             yield Handle(pool.connection, lambda: pool.elastic.stats().size, lambda: counter.n)
-        finally:
-            await pool.close()
 
     return opener
 
 
-THROUGHPUT: list[Candidate] = [
-    Candidate("asyncpg raw (floor)", "asyncpg", "floor", raw_asyncpg),
-    Candidate("asyncpg.Pool", "asyncpg", "peer", asyncpg_pool()),
-    Candidate(
-        "elasticpool core, rollback", "asyncpg", "elastic", elastic_core("asyncpg", "rollback")
+@dataclasses.dataclass(frozen=True)
+class Driver:
+    """What the candidate lists need of one driver: its floor, its peer pool and their names."""
+
+    name: str  # "asyncpg" | "psycopg"
+    raw: Opener
+    peer_name: str
+    peer: Callable[..., Opener]
+    peer_idle: str  # the peer's keyword for "close connections idle this long"
+    face_idle: str  # the same for elasticpool's drop-in face
+
+
+DRIVERS = (
+    Driver(
+        "asyncpg",
+        raw_asyncpg,
+        "asyncpg.Pool",
+        asyncpg_pool,
+        "max_inactive_connection_lifetime",
+        "idle_timeout",
     ),
-    Candidate(
-        "elasticpool core, session", "asyncpg", "elastic", elastic_core("asyncpg", "session")
-    ),
-    Candidate(
-        "elasticpool face, rollback", "asyncpg", "elastic", elastic_face("asyncpg", "rollback")
-    ),
-    Candidate(
-        "elasticpool face, session", "asyncpg", "elastic", elastic_face("asyncpg", "session")
-    ),
-    Candidate("psycopg raw (floor)", "psycopg", "floor", raw_psycopg),
-    Candidate("psycopg_pool", "psycopg", "peer", psycopg_pool_()),
-    Candidate(
-        "elasticpool core, rollback", "psycopg", "elastic", elastic_core("psycopg", "rollback")
-    ),
-    Candidate(
-        "elasticpool core, session", "psycopg", "elastic", elastic_core("psycopg", "session")
-    ),
-    Candidate(
-        "elasticpool face, rollback", "psycopg", "elastic", elastic_face("psycopg", "rollback")
-    ),
-    Candidate(
-        "elasticpool face, session", "psycopg", "elastic", elastic_face("psycopg", "session")
-    ),
-]
+    Driver("psycopg", raw_psycopg, "psycopg_pool", psycopg_pool_, "max_idle", "max_idle"),
+)
+PEER_NAME = {d.name: d.peer_name for d in DRIVERS}
+
+
+def _throughput(d: Driver) -> list[Candidate]:
+    return [
+        Candidate(f"{d.name} raw (floor)", d.name, "floor", d.raw),
+        Candidate(d.peer_name, d.name, "peer", d.peer()),
+        *(
+            Candidate(f"elasticpool {kind}, {reset}", d.name, "elastic", make(d.name, reset))
+            for kind, make in (("core", elastic_core), ("face", elastic_face))
+            for reset in ("rollback", "session")
+        ),
+    ]
+
+
+THROUGHPUT: list[Candidate] = [c for d in DRIVERS for c in _throughput(d)]
 
 
 def burst_candidates(idle_timeout: float) -> list[Candidate]:
     """Fixed pools (min = max) and elastic ones (min 0, idle connections close)."""
     elastic = {"idle_timeout": idle_timeout}
     return [
-        Candidate("asyncpg.Pool fixed", "asyncpg", "peer", asyncpg_pool()),
-        Candidate(
-            "asyncpg.Pool min 0",
-            "asyncpg",
-            "peer",
-            asyncpg_pool(max_inactive_connection_lifetime=idle_timeout),
-        ),
-        Candidate(
-            "elasticpool core", "asyncpg", "elastic", elastic_core("asyncpg", "rollback", **elastic)
-        ),
-        Candidate(
-            "elasticpool core, max_connecting 20",
-            "asyncpg",
-            "elastic",
-            elastic_core("asyncpg", "rollback", max_connecting=20, **elastic),
-        ),
-        Candidate(
-            "elasticpool face",
-            "asyncpg",
-            "elastic",
-            elastic_face("asyncpg", "rollback", idle_timeout=idle_timeout),
-        ),
-        Candidate("psycopg_pool fixed", "psycopg", "peer", psycopg_pool_()),
-        Candidate("psycopg_pool min 0", "psycopg", "peer", psycopg_pool_(max_idle=idle_timeout)),
-        Candidate(
-            "elasticpool core", "psycopg", "elastic", elastic_core("psycopg", "rollback", **elastic)
-        ),
-        Candidate(
-            "elasticpool core, max_connecting 20",
-            "psycopg",
-            "elastic",
-            elastic_core("psycopg", "rollback", max_connecting=20, **elastic),
-        ),
-        Candidate(
-            "elasticpool face",
-            "psycopg",
-            "elastic",
-            elastic_face("psycopg", "rollback", max_idle=idle_timeout),
-        ),
+        c
+        for d in DRIVERS
+        for c in (
+            Candidate(f"{d.peer_name} fixed", d.name, "peer", d.peer()),
+            Candidate(
+                f"{d.peer_name} min 0", d.name, "peer", d.peer(**{d.peer_idle: idle_timeout})
+            ),
+            Candidate(
+                "elasticpool core", d.name, "elastic", elastic_core(d.name, "rollback", **elastic)
+            ),
+            Candidate(
+                "elasticpool core, max_connecting 20",
+                d.name,
+                "elastic",
+                elastic_core(d.name, "rollback", max_connecting=20, **elastic),
+            ),
+            Candidate(
+                "elasticpool face",
+                d.name,
+                "elastic",
+                elastic_face(d.name, "rollback", **{d.face_idle: idle_timeout}),
+            ),
+        )
     ]
 
 
 SPIKE: list[Candidate] = [
-    Candidate("asyncpg.Pool", "asyncpg", "peer", asyncpg_pool()),
-    Candidate("elasticpool core", "asyncpg", "elastic", elastic_core("asyncpg", "rollback")),
-    Candidate("elasticpool face", "asyncpg", "elastic", elastic_face("asyncpg", "rollback")),
-    Candidate("psycopg_pool", "psycopg", "peer", psycopg_pool_()),
-    Candidate("elasticpool core", "psycopg", "elastic", elastic_core("psycopg", "rollback")),
-    Candidate("elasticpool face", "psycopg", "elastic", elastic_face("psycopg", "rollback")),
+    c
+    for d in DRIVERS
+    for c in (
+        Candidate(d.peer_name, d.name, "peer", d.peer()),
+        Candidate("elasticpool core", d.name, "elastic", elastic_core(d.name, "rollback")),
+        Candidate("elasticpool face", d.name, "elastic", elastic_face(d.name, "rollback")),
+    )
 ]
 
 
@@ -462,6 +458,20 @@ def _integrate(samples: list[tuple[float, int]], end: float) -> float:
     return total
 
 
+async def _all_at_once(pool: Handle, query: Query, tasks: int) -> list[float]:
+    """``tasks`` operations (borrow + ``query``) started at once; each one's latency (s)."""
+    latencies: list[float] = []
+
+    async def one() -> None:
+        t0 = time.perf_counter()
+        async with pool.borrow() as conn:
+            await query(conn)
+        latencies.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(one() for _ in range(tasks)))
+    return latencies
+
+
 async def burst_run(
     c: Candidate,
     dsn: str,
@@ -481,16 +491,8 @@ async def burst_run(
         sampler = asyncio.ensure_future(_sample_size(pool.size, samples, 0.005))
         start = time.perf_counter()
         await asyncio.sleep(idle_before)
-        latencies: list[float] = []
-
-        async def one() -> None:
-            t0 = time.perf_counter()
-            async with pool.borrow() as conn:
-                await query(conn)
-            latencies.append(time.perf_counter() - t0)
-
         peak_at = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(tasks)))
+        latencies = await _all_at_once(pool, query, tasks)
         burst_s = time.perf_counter() - peak_at
         await asyncio.sleep(idle_after)
         end = time.perf_counter()
@@ -524,15 +526,7 @@ async def spike_run(
     query = _sql_query(c.driver, f"SELECT pg_sleep({query_s})")
     async with c.open(proxy.dsn_for(dsn), idle, max_size) as pool:
         opened_before = pool.opened()
-        latencies: list[float] = []
-
-        async def one() -> None:
-            t0 = time.perf_counter()
-            async with pool.borrow() as conn:
-                await query(conn)
-            latencies.append(time.perf_counter() - t0)
-
-        await asyncio.gather(*(one() for _ in range(tasks)))
+        latencies = await _all_at_once(pool, query, tasks)
         size_after = pool.size()
         opened = pool.opened() - opened_before
     return {
@@ -549,14 +543,23 @@ async def spike_run(
 
 def _ratios(rows: dict[str, dict[str, float]]) -> None:
     """Add x_floor, x_peer and cpu_over_floor_us to each row of one scenario (in place)."""
-    for driver in ("asyncpg", "psycopg"):
+    for driver, peer_name in PEER_NAME.items():
         mine = {k: v for k, v in rows.items() if k.startswith(driver + " |")}
         floor = next(v for k, v in mine.items() if k.endswith("(floor)"))
-        peer = rows[f"{driver} | {'asyncpg.Pool' if driver == 'asyncpg' else 'psycopg_pool'}"]
+        peer = rows[f"{driver} | {peer_name}"]
         for row in mine.values():
             row["x_floor"] = row["ops_per_s"] / floor["ops_per_s"]
             row["x_peer"] = row["ops_per_s"] / peer["ops_per_s"]
             row["cpu_over_floor_us"] = row["cpu_us_per_op"] - floor["cpu_us_per_op"]
+
+
+THROUGHPUT_TARGETS = (  # (driver, elasticpool candidate, ratio, at least): both scenarios
+    ("asyncpg", "core, rollback", "x_floor", 0.85),
+    ("asyncpg", "face, rollback", "x_floor", 0.85),
+    ("asyncpg", "core, rollback", "x_peer", 2.0),
+    ("asyncpg", "face, session", "x_peer", 1.3),
+    ("psycopg", "face, rollback", "x_peer", 1.5),
+)
 
 
 def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -569,36 +572,14 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     for scen in ("uncontended", "contended"):
         rows = results[scen]
-        target(
-            f"{scen}: asyncpg core rollback >= 0.85x floor",
-            rows["asyncpg | elasticpool core, rollback"]["x_floor"],
-            0.85,
-            True,
-        )
-        target(
-            f"{scen}: asyncpg face rollback >= 0.85x floor",
-            rows["asyncpg | elasticpool face, rollback"]["x_floor"],
-            0.85,
-            True,
-        )
-        target(
-            f"{scen}: asyncpg core rollback >= 2x asyncpg.Pool",
-            rows["asyncpg | elasticpool core, rollback"]["x_peer"],
-            2.0,
-            True,
-        )
-        target(
-            f"{scen}: asyncpg face session >= 1.3x asyncpg.Pool",
-            rows["asyncpg | elasticpool face, session"]["x_peer"],
-            1.3,
-            True,
-        )
-        target(
-            f"{scen}: psycopg face rollback >= 1.5x psycopg_pool",
-            rows["psycopg | elasticpool face, rollback"]["x_peer"],
-            1.5,
-            True,
-        )
+        for driver, which, ratio, bound in THROUGHPUT_TARGETS:
+            than = "floor" if ratio == "x_floor" else PEER_NAME[driver]
+            target(
+                f"{scen}: {driver} {which.replace(',', '')} >= {bound:g}x {than}",
+                rows[f"{driver} | elasticpool {which}"][ratio],
+                bound,
+                True,
+            )
         for driver in ("asyncpg", "psycopg"):
             target(
                 f"{scen}: {driver} core rollback CPU over floor <= 5 us/op",
@@ -607,8 +588,8 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 False,
             )
     burst = results["burst"]
-    for driver, fixed in (("asyncpg", "asyncpg.Pool fixed"), ("psycopg", "psycopg_pool fixed")):
-        base = burst[f"{driver} | {fixed}"]
+    for driver, peer_name in PEER_NAME.items():
+        base = burst[f"{driver} | {peer_name} fixed"]
         for face in ("core", "face"):
             row = burst[f"{driver} | elasticpool {face}"]
             target(
@@ -655,9 +636,7 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
     ]
     for name, r in results["burst"].items():
         driver = name.split(" |")[0]
-        fixed = results["burst"][
-            f"{driver} | {'asyncpg.Pool' if driver == 'asyncpg' else 'psycopg_pool'} fixed"
-        ]
+        fixed = results["burst"][f"{driver} | {PEER_NAME[driver]} fixed"]
         lines.append(
             f"  {name:44} {r['opened']:6.0f} {r['conn_seconds']:7.2f} "
             f"{r['conn_seconds'] / fixed['conn_seconds']:7.2f} {r['peak_size']:5.0f} "
