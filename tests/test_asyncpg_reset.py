@@ -11,6 +11,8 @@ tested in ``test_session_isolation.py``; this file is about the two round trips.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -62,6 +64,14 @@ class Recorder:
         return taken
 
 
+@asynccontextmanager
+async def recorded_pool(pg_server: Any) -> AsyncIterator[tuple[Recorder, Pool[Any]]]:
+    """A pool of one connection, ``reset="session"``, whose resets a :class:`Recorder` logs."""
+    rec = Recorder()
+    async with Pool(rec.connector(pg_server.dsn()), max_connections=1, reset="session") as pool:
+        yield rec, pool
+
+
 async def statements_on_server(conn: Any) -> set[str]:
     """Names of the prepared statements of ``conn``'s session (this query's own included)."""
     return {r["name"] for r in await conn.fetch("SELECT name FROM pg_prepared_statements")}
@@ -76,8 +86,7 @@ async def test_plain_borrow_costs_one_round_trip_that_ends_with_the_check(
     pg_server: Any,
 ) -> None:
     """After a borrow that prepared nothing, the reset is one query ending with the check."""
-    rec = Recorder()
-    async with Pool(rec.connector(pg_server.dsn()), max_connections=1, reset="session") as pool:
+    async with recorded_pool(pg_server) as (rec, pool):
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT $1::int", 1) == 1
             first = conn
@@ -93,8 +102,7 @@ async def test_plain_borrow_costs_one_round_trip_that_ends_with_the_check(
 
 async def test_borrowers_prepared_statements_take_a_second_round_trip(pg_server: Any) -> None:
     """SQL PREPARE and conn.prepare() make the check fire; the DO block then drops both."""
-    rec = Recorder()
-    async with Pool(rec.connector(pg_server.dsn()), max_connections=1, reset="session") as pool:
+    async with recorded_pool(pg_server) as (rec, pool):
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT $1::int", 1) == 1
             await conn.execute("PREPARE mine AS SELECT 42")
@@ -117,8 +125,7 @@ async def test_swapping_a_cached_statement_for_ones_own_discards_the_connection(
     pg_server: Any,
 ) -> None:
     """One cached statement deallocated and one prepared: same count, still caught and discarded."""
-    rec = Recorder()
-    async with Pool(rec.connector(pg_server.dsn()), max_connections=1, reset="session") as pool:
+    async with recorded_pool(pg_server) as (_, pool):
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT $1::int", 1) == 1
             (cached,) = statements_cached(conn)

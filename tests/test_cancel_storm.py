@@ -112,18 +112,51 @@ class Spec:
     delay: float  # for "timer" and "deadline"
 
 
-class Driver:
-    """How one case borrows and works; subclasses wrap a pool of one kind."""
+Work = Callable[[Any, float, bool], Awaitable[None]]
+"""A borrower's work on its connection: ``work(conn, seconds, dirty)``."""
 
-    kinds: tuple[str, ...] = ("acquire",)
+
+class Driver:
+    """How one case borrows (``kinds``: the ways, in draw order) and what work a borrower does."""
+
     works: tuple[float, ...] = (0.0,)
     delays: tuple[float, ...] = (0.0,)
 
-    def borrow(self, kind: str) -> AbstractAsyncContextManager[Any]:
-        raise NotImplementedError
+    def __init__(
+        self, ways: dict[str, Callable[[], AbstractAsyncContextManager[Any]]], work: Work
+    ) -> None:
+        self.kinds = tuple(ways)
+        self._ways = ways
+        self.work = work
 
-    async def work(self, conn: Any, seconds: float, dirty: bool) -> None:
-        raise NotImplementedError
+    def borrow(self, kind: str) -> AbstractAsyncContextManager[Any]:
+        return self._ways[kind]()
+
+
+@asynccontextmanager
+async def held(
+    get: Callable[[], Awaitable[Any]], give_back: Callable[[Any], Awaitable[None] | None]
+) -> AsyncIterator[Any]:
+    """Borrow with ``await get()``; give back with ``give_back(conn)``, awaited if it is async."""
+    conn = await get()
+    try:
+        yield conn
+    finally:
+        done = give_back(conn)
+        if done is not None:
+            await done
+
+
+def three_ways(pool: Any, work: Work) -> Driver:
+    """A core :class:`~elasticpool.Pool` or asyncpg's face, borrowed three ways (``kinds``)."""
+    return Driver(
+        {
+            "acquire": pool.acquire,
+            "await": lambda: held(pool.acquire, pool.release),
+            "transaction": pool.transaction,
+        },
+        work,
+    )
 
 
 class _Running:
@@ -258,36 +291,6 @@ async def quiet(pool: Pool[Any]) -> PoolStats:
     return stats
 
 
-class PoolDriver(Driver):
-    """A core :class:`~elasticpool.Pool`, borrowed three ways (``kinds``)."""
-
-    kinds = ("acquire", "await", "transaction")
-
-    def __init__(
-        self, pool: Pool[Any], work: Callable[[Any, float, bool], Awaitable[None]]
-    ) -> None:
-        self.pool = pool
-        self._work = work
-
-    def borrow(self, kind: str) -> AbstractAsyncContextManager[Any]:
-        if kind == "acquire":
-            return self.pool.acquire()
-        if kind == "transaction":
-            return self.pool.transaction()
-        return self._registered()
-
-    @asynccontextmanager
-    async def _registered(self) -> AsyncIterator[Any]:
-        conn = await self.pool.acquire()
-        try:
-            yield conn
-        finally:
-            self.pool.release(conn)
-
-    async def work(self, conn: Any, seconds: float, dirty: bool) -> None:
-        await self._work(conn, seconds, dirty)
-
-
 # =============================================================================
 # engine: FakeConnector, on asyncio (real time) and trio (virtual time)
 # =============================================================================
@@ -297,6 +300,19 @@ FAKE_CONNECT_DELAYS = (0.0, 0.001, 0.003, 0.05)
 
 FAKE_RESET_DELAYS = (0.0, 0.0005, 0.002, 0.05)
 """Seconds a fake reset takes; the last outlasts ``close_timeout`` and is cancelled."""
+
+FAKE_SETTINGS: dict[str, Any] = {
+    "max_connecting": 3,
+    "reset": "session",
+    "ping_after": 0.002,
+    "connect_timeout": 0.02,
+    "close_timeout": 0.01,
+    "backoff_initial": 0.001,
+    "backoff_max": 0.01,
+    "pool_timeout": BOUND,
+}
+"""Elastic settings of the fake cases: resets on every return, pings, and timeouts that the
+slowest fake connects and resets outlast."""
 
 
 class StormConnector(FakeConnector):
@@ -352,20 +368,8 @@ async def test_fake_storm(seed: int) -> None:
     rng = random.Random(seed)
     connector = StormConnector(random.Random(seed + 1))
     tally = Tally()
-    pool = Pool(
-        connector,
-        name=f"storm-{seed}",
-        max_connections=5,
-        max_connecting=3,
-        reset="session",
-        ping_after=0.002,
-        connect_timeout=0.02,
-        close_timeout=0.01,
-        backoff_initial=0.001,
-        backoff_max=0.01,
-        pool_timeout=BOUND,
-    )
-    driver = PoolDriver(pool, fake_work)
+    pool = Pool(connector, name=f"storm-{seed}", max_connections=5, **FAKE_SETTINGS)
+    driver = three_ways(pool, fake_work)
     driver.works = (0.0, 0.0005, 0.002, 0.005)
     driver.delays = (0.0, 0.0002, 0.001, 0.003, 0.01, 0.03)
 
@@ -469,19 +473,6 @@ async def server_backends(observer: Any, app: str) -> int:
     return n
 
 
-@asynccontextmanager
-async def real_case(pg_server: Any, label: str) -> AsyncIterator[tuple[str, str, FaultProxy, Any]]:
-    """A unique application name, a proxied DSN for it, the proxy, and an observer connection."""
-    asyncpg = pytest.importorskip("asyncpg")
-    app = unique(label)
-    observer = await asyncpg.connect(pg_server.dsn(application_name=unique("observer")))
-    try:
-        async with FaultProxy(pg_server.host, pg_server.port) as proxy:
-            yield app, proxy.dsn_for(pg_server.dsn(application_name=app)), proxy, observer
-    finally:
-        await observer.close()
-
-
 async def real_storm(
     seed: int,
     *,
@@ -554,37 +545,64 @@ async def closed_on_server(observer: Any, app: str) -> None:
     )
 
 
-@postgres
-@asyncio_only
-@pytest.mark.parametrize("seed", [7], ids=lambda seed: f"seed{seed}")
-async def test_asyncpg_core_storm(
-    pg_server: Any, seed: int, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A core Pool over AsyncpgConnector survives the storm; server backends match the pool."""
-    from elasticpool.asyncpg import AsyncpgConnector
+@dataclasses.dataclass
+class RealCase:
+    """One real-driver case: its proxied DSN, its hangs, and what its storm leaves to report."""
 
-    hangs = Hangs()
-    async with real_case(pg_server, "apg") as (app, dsn, proxy, observer):
+    seed: int
+    app: str
+    dsn: str
+    proxy: FaultProxy
+    observer: Any
+    hangs: Hangs = dataclasses.field(default_factory=Hangs)
+    tally: Tally | None = None
+    stats: PoolStats | None = None
 
-        async def init(conn: Any) -> None:
-            await hangs.maybe_hang(lambda: conn.execute("SELECT pg_sleep(2)"))
+    async def hang(self, conn: Any) -> None:
+        """The pool's ``init`` / ``configure`` callback: hangs whenever the chaos task armed one."""
+        await self.hangs.maybe_hang(lambda: conn.execute("SELECT pg_sleep(2)"))
 
-        pool = Pool(AsyncpgConnector(dsn, init=init), max_connections=REAL_MAX, **REAL_SETTINGS)
-        async with pool:
-            driver = PoolDriver(pool, asyncpg_work)
-            tally = await real_storm(
-                seed,
-                driver=driver,
-                pool=pool,
-                proxy=proxy,
-                hangs=hangs,
-                expire=pool.expire_connections,
-            )
-            stats = await reconcile(pool, observer, app, hangs)
-            async with pool.acquire() as conn:
-                assert await conn.fetchval("SELECT 6 * 7") == 42
-        await closed_on_server(observer, app)
-        print(f"\nasyncpg core {seed}: {tally.summary()}; {churn(stats, hangs, caplog)}")
+    async def storm(
+        self, driver: Driver, pool: Pool[Any], expire: Callable[[], Awaitable[None]]
+    ) -> None:
+        """:func:`real_storm` on ``pool``, then :func:`reconcile`; kept for the report."""
+        self.tally = await real_storm(
+            self.seed, driver=driver, pool=pool, proxy=self.proxy, hangs=self.hangs, expire=expire
+        )
+        self.stats = await reconcile(pool, self.observer, self.app, self.hangs)
+
+
+@asynccontextmanager
+async def real_case(
+    pg_server: Any, label: str, seed: int, caplog: pytest.LogCaptureFixture, title: str
+) -> AsyncIterator[RealCase]:
+    """A unique application name, a proxied DSN for it, the proxy and an observer connection.
+
+    The block opens a pool on ``case.dsn`` with ``case.hang`` as its connect
+    callback, runs ``case.storm`` and closes the pool; afterwards every backend
+    of the case must be gone, and the report is printed.
+    """
+    asyncpg = pytest.importorskip("asyncpg")
+    app = unique(label)
+    observer = await asyncpg.connect(pg_server.dsn(application_name=unique("observer")))
+    try:
+        async with FaultProxy(pg_server.host, pg_server.port) as proxy:
+            dsn = proxy.dsn_for(pg_server.dsn(application_name=app))
+            case = RealCase(seed, app, dsn, proxy, observer)
+            yield case
+            await closed_on_server(observer, app)
+            assert case.tally is not None, "the case ran no storm"
+            assert case.stats is not None, "the case ran no storm"
+            report = f"{case.tally.summary()}; {churn(case.stats, case.hangs, caplog)}"
+            print(f"\n{title} {seed}: {report}")
+    finally:
+        await observer.close()
+
+
+def real_driver(seed: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The marks of a real-driver case: it needs the server, runs on asyncio only, with ``seed``."""
+    seeded = pytest.mark.parametrize("seed", [seed], ids=lambda s: f"seed{s}")
+    return lambda test: postgres(asyncio_only(seeded(test)))
 
 
 async def asyncpg_work(conn: Any, seconds: float, dirty: bool) -> None:
@@ -599,9 +617,22 @@ async def psycopg_work(conn: Any, seconds: float, dirty: bool) -> None:
     await conn.execute("SELECT pg_sleep(%s)", [seconds])
 
 
-@postgres
-@asyncio_only
-@pytest.mark.parametrize("seed", [8], ids=lambda seed: f"seed{seed}")
+@real_driver(seed=7)
+async def test_asyncpg_core_storm(
+    pg_server: Any, seed: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A core Pool over AsyncpgConnector survives the storm; server backends match the pool."""
+    from elasticpool.asyncpg import AsyncpgConnector
+
+    async with real_case(pg_server, "apg", seed, caplog, "asyncpg core") as case:
+        connector = AsyncpgConnector(case.dsn, init=case.hang)
+        async with Pool(connector, max_connections=REAL_MAX, **REAL_SETTINGS) as pool:
+            await case.storm(three_ways(pool, asyncpg_work), pool, pool.expire_connections)
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT 6 * 7") == 42
+
+
+@real_driver(seed=8)
 async def test_psycopg_core_storm(
     pg_server: Any, seed: int, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -609,126 +640,35 @@ async def test_psycopg_core_storm(
     pytest.importorskip("psycopg")
     from elasticpool.psycopg import PsycopgConnector
 
-    hangs = Hangs()
-    async with real_case(pg_server, "pg3") as (app, dsn, proxy, observer):
-
-        async def configure(conn: Any) -> None:
-            await hangs.maybe_hang(lambda: conn.execute("SELECT pg_sleep(2)"))
-
-        connector: PsycopgConnector[Any] = PsycopgConnector(dsn, configure=configure)
-        pool = Pool(connector, max_connections=REAL_MAX, **REAL_SETTINGS)
-        async with pool:
-            driver = PoolDriver(pool, psycopg_work)
-            tally = await real_storm(
-                seed,
-                driver=driver,
-                pool=pool,
-                proxy=proxy,
-                hangs=hangs,
-                expire=pool.expire_connections,
-            )
-            stats = await reconcile(pool, observer, app, hangs)
+    async with real_case(pg_server, "pg3", seed, caplog, "psycopg core") as case:
+        connector: PsycopgConnector[Any] = PsycopgConnector(case.dsn, configure=case.hang)
+        async with Pool(connector, max_connections=REAL_MAX, **REAL_SETTINGS) as pool:
+            await case.storm(three_ways(pool, psycopg_work), pool, pool.expire_connections)
             async with pool.acquire() as conn:
                 cur = await conn.execute("SELECT 6 * 7")
                 assert await cur.fetchone() == (42,)
-        await closed_on_server(observer, app)
-        print(f"\npsycopg core {seed}: {tally.summary()}; {churn(stats, hangs, caplog)}")
 
 
-class AsyncpgFaceDriver(Driver):
-    """``elasticpool.asyncpg.create_pool``'s pool, borrowed three ways (``kinds``)."""
-
-    kinds = ("acquire", "await", "transaction")
-
-    def __init__(self, face: Any) -> None:
-        self.face = face
-
-    def borrow(self, kind: str) -> AbstractAsyncContextManager[Any]:
-        if kind == "acquire":
-            cm: AbstractAsyncContextManager[Any] = self.face.acquire()
-            return cm
-        if kind == "transaction":
-            tx: AbstractAsyncContextManager[Any] = self.face.transaction()
-            return tx
-        return self._registered()
-
-    @asynccontextmanager
-    async def _registered(self) -> AsyncIterator[Any]:
-        conn = await self.face.acquire()
-        try:
-            yield conn
-        finally:
-            await self.face.release(conn)
-
-    async def work(self, conn: Any, seconds: float, dirty: bool) -> None:
-        await asyncpg_work(conn, seconds, dirty)
-
-
-@postgres
-@asyncio_only
-@pytest.mark.parametrize("seed", [9], ids=lambda seed: f"seed{seed}")
+@real_driver(seed=9)
 async def test_asyncpg_face_storm(
     pg_server: Any, seed: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """asyncpg's drop-in face survives the storm; server backends match the pool."""
     from elasticpool.asyncpg import create_pool
 
-    hangs = Hangs()
-    async with real_case(pg_server, "apgface") as (app, dsn, proxy, observer):
-
-        async def init(conn: Any) -> None:
-            await hangs.maybe_hang(lambda: conn.execute("SELECT pg_sleep(2)"))
-
+    async with real_case(pg_server, "apgface", seed, caplog, "asyncpg face") as case:
         # fail_fast off, as in the core cases: waiters keep waiting through a hung connect
         # instead of getting its error (the face's default, asyncpg's behaviour).
         settings = {k: v for k, v in REAL_SETTINGS.items() if k != "reset"}
         async with create_pool(
-            dsn, min_size=0, max_size=REAL_MAX, init=init, fail_fast=False, **settings
+            case.dsn, min_size=0, max_size=REAL_MAX, init=case.hang, fail_fast=False, **settings
         ) as face:
-            driver = AsyncpgFaceDriver(face)
-            tally = await real_storm(
-                seed,
-                driver=driver,
-                pool=face.elastic,
-                proxy=proxy,
-                hangs=hangs,
-                expire=face.expire_connections,
-            )
-            stats = await reconcile(face.elastic, observer, app, hangs)
+            # asyncpg's face borrows the core pool's three ways, its release awaited.
+            await case.storm(three_ways(face, asyncpg_work), face.elastic, face.expire_connections)
             assert await face.fetchval("SELECT 6 * 7") == 42
-        await closed_on_server(observer, app)
-        print(f"\nasyncpg face {seed}: {tally.summary()}; {churn(stats, hangs, caplog)}")
 
 
-class PsycopgFaceDriver(Driver):
-    """``elasticpool.psycopg.AsyncConnectionPool``, borrowed two ways (``kinds``)."""
-
-    kinds = ("connection", "getconn")
-
-    def __init__(self, face: Any) -> None:
-        self.face = face
-
-    def borrow(self, kind: str) -> AbstractAsyncContextManager[Any]:
-        if kind == "connection":
-            cm: AbstractAsyncContextManager[Any] = self.face.connection()
-            return cm
-        return self._getconn()
-
-    @asynccontextmanager
-    async def _getconn(self) -> AsyncIterator[Any]:
-        conn = await self.face.getconn()
-        try:
-            yield conn
-        finally:
-            await self.face.putconn(conn)
-
-    async def work(self, conn: Any, seconds: float, dirty: bool) -> None:
-        await psycopg_work(conn, seconds, dirty)
-
-
-@postgres
-@asyncio_only
-@pytest.mark.parametrize("seed", [10], ids=lambda seed: f"seed{seed}")
+@real_driver(seed=10)
 async def test_psycopg_face_storm(
     pg_server: Any, seed: int, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -736,32 +676,29 @@ async def test_psycopg_face_storm(
     pytest.importorskip("psycopg")
     from elasticpool.psycopg import AsyncConnectionPool
 
-    hangs = Hangs()
-    async with real_case(pg_server, "pg3face") as (app, dsn, proxy, observer):
-
-        async def configure(conn: Any) -> None:
-            await hangs.maybe_hang(lambda: conn.execute("SELECT pg_sleep(2)"))
-
+    async with real_case(pg_server, "pg3face", seed, caplog, "psycopg face") as case:
         skip = ("reset", "max_connecting", "pool_timeout")  # psycopg_pool's names below
         settings = {k: v for k, v in REAL_SETTINGS.items() if k not in skip}
         async with AsyncConnectionPool(
-            dsn,
+            case.dsn,
             min_size=0,
             max_size=REAL_MAX,
             open=False,
-            configure=configure,
+            configure=case.hang,
             reset_mode="session",
             num_workers=REAL_SETTINGS["max_connecting"],
             timeout=REAL_SETTINGS["pool_timeout"],
             **settings,
         ) as face:
-            driver = PsycopgFaceDriver(face)
-            tally = await real_storm(
-                seed, driver=driver, pool=face.elastic, proxy=proxy, hangs=hangs, expire=face.drain
+            # psycopg_pool's two ways: connection(), and getconn() / putconn().
+            driver = Driver(
+                {
+                    "connection": face.connection,
+                    "getconn": lambda: held(face.getconn, face.putconn),
+                },
+                psycopg_work,
             )
-            stats = await reconcile(face.elastic, observer, app, hangs)
+            await case.storm(driver, face.elastic, face.drain)
             async with face.connection() as conn:
                 cur = await conn.execute("SELECT 6 * 7")
                 assert await cur.fetchone() == (42,)
-        await closed_on_server(observer, app)
-        print(f"\npsycopg face {seed}: {tally.summary()}; {churn(stats, hangs, caplog)}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -203,16 +203,22 @@ def _sqlstate(exc: BaseException) -> str | None:
 
 
 class Driver:
-    """How a test opens a pool, borrows, and runs SQL with one driver and one API."""
+    """How a test opens a pool, borrows, and runs SQL with one driver and one API.
+
+    By default the pool is a core :class:`~elasticpool.Pool` over the driver's
+    ``connector``, borrowed with ``acquire()``; the drop-in faces override that.
+    """
 
     name = ""
     kind = ""  # "asyncpg" or "psycopg"
+    connector: Callable[[str], Any]
 
     def open(self, dsn: str, mode: Any) -> AbstractAsyncContextManager[Any]:
-        raise NotImplementedError
+        """A pool of one connection (so one backend) with reset ``mode``."""
+        return Pool(self.connector(dsn), max_connections=1, reset=mode)
 
     def borrow(self, pool: Any) -> AbstractAsyncContextManager[Any]:
-        raise NotImplementedError
+        return pool.acquire()  # type: ignore[no-any-return]
 
     def pid(self, conn: Any) -> int:
         """The backend PID from the driver (no query: a failed transaction cannot run one)."""
@@ -238,6 +244,26 @@ class Driver:
     async def after_probe(self, conn: Any) -> None:
         """Leave ``conn`` idle after a probe of a fresh session (psycopg opened a transaction)."""
 
+    async def probe(self, conn: Any, sql: str) -> Any:
+        """``value(conn, sql)`` of an idle connection, which ``after_probe`` leaves idle again."""
+        seen = await self.value(conn, sql)
+        await self.after_probe(conn)
+        return seen
+
+    async def hand_back(self, conn: Any, returned: str) -> None:
+        """Leave ``conn`` as the borrower returns it: ``"idle"`` or ``"in transaction"``."""
+        if returned == "in transaction":
+            await self.begin(conn)
+        else:
+            await self.commit(conn)
+
+    @asynccontextmanager
+    async def borrow_again(self, pool: Any, pid: int) -> AsyncIterator[Any]:
+        """The next borrower, checked to be on backend ``pid``, the one the last borrower left."""
+        async with self.borrow(pool) as conn:
+            assert self.pid(conn) == pid, "not the same backend: the test would prove nothing"
+            yield conn
+
     async def prepare(self, conn: Any, keep: list[Any]) -> None:
         """Prepare :data:`DRIVER_STATEMENT` with the driver's own API (kept alive in ``keep``)."""
         raise NotImplementedError
@@ -248,6 +274,7 @@ class Driver:
 
 class AsyncpgDriver(Driver):
     kind = "asyncpg"
+    connector = AsyncpgConnector
 
     def pid(self, conn: Any) -> int:
         return int(conn.get_server_pid())
@@ -276,29 +303,17 @@ class AsyncpgDriver(Driver):
 class CoreAsyncpg(AsyncpgDriver):
     name = "core-asyncpg"
 
-    @asynccontextmanager
-    async def open(self, dsn: str, mode: Any) -> AsyncIterator[Any]:
-        async with Pool(AsyncpgConnector(dsn), max_connections=1, reset=mode) as pool:
-            yield pool
-
-    def borrow(self, pool: Any) -> AbstractAsyncContextManager[Any]:
-        return pool.acquire()  # type: ignore[no-any-return]
-
 
 class FaceAsyncpg(AsyncpgDriver):
     name = "create_pool"
 
-    @asynccontextmanager
-    async def open(self, dsn: str, mode: Any) -> AsyncIterator[Any]:
-        async with create_pool(dsn, min_size=1, max_size=1, reset=mode) as pool:
-            yield pool
-
-    def borrow(self, pool: Any) -> AbstractAsyncContextManager[Any]:
-        return pool.acquire()  # type: ignore[no-any-return]
+    def open(self, dsn: str, mode: Any) -> AbstractAsyncContextManager[Any]:
+        return create_pool(dsn, min_size=1, max_size=1, reset=mode)
 
 
 class PsycopgDriver(Driver):
     kind = "psycopg"
+    connector = PsycopgConnector
 
     def pid(self, conn: Any) -> int:
         return int(conn.info.backend_pid)
@@ -333,23 +348,12 @@ class PsycopgDriver(Driver):
 class CorePsycopg(PsycopgDriver):
     name = "core-psycopg"
 
-    @asynccontextmanager
-    async def open(self, dsn: str, mode: Any) -> AsyncIterator[Any]:
-        async with Pool(PsycopgConnector(dsn), max_connections=1, reset=mode) as pool:
-            yield pool
-
-    def borrow(self, pool: Any) -> AbstractAsyncContextManager[Any]:
-        return pool.acquire()  # type: ignore[no-any-return]
-
 
 class FacePsycopg(PsycopgDriver):
     name = "AsyncConnectionPool"
 
-    @asynccontextmanager
-    async def open(self, dsn: str, mode: Any) -> AsyncIterator[Any]:
-        pool = AsyncConnectionPool(dsn, min_size=1, max_size=1, open=False, reset_mode=mode)
-        async with pool:
-            yield pool
+    def open(self, dsn: str, mode: Any) -> AbstractAsyncContextManager[Any]:
+        return AsyncConnectionPool(dsn, min_size=1, max_size=1, open=False, reset_mode=mode)
 
     @asynccontextmanager
     async def borrow(self, pool: Any) -> AsyncIterator[Any]:
@@ -419,8 +423,7 @@ async def test_next_borrower_sees_the_state_only_without_a_session_reset(
     async with driver.open(pg_server.dsn(), mode) as pool:
         async with driver.borrow(pool) as conn:
             pid = driver.pid(conn)
-            fresh = await driver.value(conn, state.probe)
-            await driver.after_probe(conn)
+            fresh = await driver.probe(conn, state.probe)
             if state.scope == "transaction":
                 await driver.start(conn)
             if state.prepare_via_driver:
@@ -438,15 +441,10 @@ async def test_next_borrower_sees_the_state_only_without_a_session_reset(
             dirty = await driver.value(conn, state.probe)
             assert dirty != fresh, "the state was not set: the probe cannot tell"
             if state.scope == "session":
-                if returned == "in transaction":
-                    await driver.begin(conn)
-                else:
-                    await driver.commit(conn)
+                await driver.hand_back(conn, returned)
 
-        async with driver.borrow(pool) as conn:
-            assert driver.pid(conn) == pid, "not the same backend: the test would prove nothing"
-            seen = await driver.value(conn, state.probe)
-            await driver.after_probe(conn)
+        async with driver.borrow_again(pool, pid) as conn:
+            seen = await driver.probe(conn, state.probe)
 
     hidden = mode == "session" or (
         mode == "rollback"
@@ -472,10 +470,7 @@ async def test_all_session_state_at_once_is_gone_after_a_session_reset(
     async with driver.open(pg_server.dsn(), "session") as pool:
         async with driver.borrow(pool) as conn:
             pid = driver.pid(conn)
-            fresh = {}
-            for state in SESSION_STATES:
-                fresh[state.name] = await driver.value(conn, state.probe)
-                await driver.after_probe(conn)
+            fresh = {s.name: await driver.probe(conn, s.probe) for s in SESSION_STATES}
             for state in SESSION_STATES:
                 if state.prepare_via_driver:
                     await driver.prepare(conn, keep)
@@ -485,17 +480,10 @@ async def test_all_session_state_at_once_is_gone_after_a_session_reset(
                 await driver.commit(conn)
             dirty = {s.name: await driver.value(conn, s.probe) for s in SESSION_STATES}
             assert all(dirty[name] != fresh[name] for name in fresh), (fresh, dirty)
-            if returned == "in transaction":
-                await driver.begin(conn)
-            else:
-                await driver.commit(conn)
+            await driver.hand_back(conn, returned)
 
-        async with driver.borrow(pool) as conn:
-            assert driver.pid(conn) == pid, "not the same backend: the test would prove nothing"
-            seen = {}
-            for state in SESSION_STATES:
-                seen[state.name] = await driver.value(conn, state.probe)
-                await driver.after_probe(conn)
+        async with driver.borrow_again(pool, pid) as conn:
+            seen = {s.name: await driver.probe(conn, s.probe) for s in SESSION_STATES}
         assert seen == fresh
 
 
