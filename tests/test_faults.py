@@ -292,6 +292,12 @@ async def first_acquire_works(pool: Pool[Any], driver: Driver) -> float:
     return anyio.current_time() - start
 
 
+async def heal(proxy: FaultProxy, pool: Pool[Any], driver: Driver) -> float:
+    """Clear the proxy's fault; then :func:`first_acquire_works` (the recovery, in seconds)."""
+    proxy.heal()
+    return await first_acquire_works(pool, driver)
+
+
 async def settled(pool: Pool[Any]) -> None:
     """Wait until no connect, reset or close is in flight (the pool has no event for that)."""
     await eventually(
@@ -339,6 +345,71 @@ async def pool_for(
     connector = driver.connector(dsn, command_timeout=command_timeout)
     async with Pool(connector, name="faults", **settings) as pool:
         yield pool
+
+
+@asynccontextmanager
+async def checked_pool(
+    driver: Driver, observer: Observer, app: str, dsn: str, **overrides: Any
+) -> AsyncIterator[Pool[Any]]:
+    """:func:`pool_for`, checked once the body is done: no leak before close, no backend after.
+
+    The body injects the fault and shows the recovery (usually with
+    :func:`first_acquire_works`); on a clean exit :func:`assert_no_leaks` runs
+    on the open pool and :func:`assert_all_gone` once it closed. A body that
+    fails skips both, as the failing test would.
+    """
+    async with pool_for(driver, dsn, **overrides) as pool:
+        yield pool
+        await assert_no_leaks(pool, observer, app)
+    await assert_all_gone(observer, app)
+
+
+@asynccontextmanager
+async def proxied_pool(
+    driver: Driver, server: EmbeddedPostgres, observer: Observer, app: str, **overrides: Any
+) -> AsyncIterator[tuple[FaultProxy, Pool[Any]]]:
+    """A :class:`FaultProxy` to ``server`` and a :func:`checked_pool` of ``app`` through it."""
+    async with FaultProxy(server.host, server.port) as proxy:
+        dsn = proxy.dsn_for(server.dsn(application_name=app))
+        async with checked_pool(driver, observer, app, dsn, **overrides) as pool:
+            yield proxy, pool
+
+
+@asynccontextmanager
+async def unreachable_pool(
+    driver: Driver, server: EmbeddedPostgres, label: str, host: str, port: int
+) -> AsyncIterator[Pool[Any]]:
+    """A pool whose server at ``host:port`` cannot be reached; on exit no slot is left taken."""
+    dsn = make_dsn(
+        host=host,
+        port=port,
+        user=server.user,
+        password=server.password,
+        database=server.database,
+        params={"sslmode": "disable", "application_name": app_name(label)},
+    )
+    async with pool_for(driver, dsn) as pool:
+        yield pool
+        await settled(pool)
+        assert pool.stats().size == 0
+        pool._planner.check()
+
+
+def assert_timed_out(
+    answers: list[Answer], *, cause: type | tuple[type, ...] | None, timeout: float = POOL_TIMEOUT
+) -> None:
+    """Every waiter got PoolTimeout, in time and (see :func:`assert_answered`) with ``cause``."""
+    assert all(isinstance(a.error, PoolTimeout) for a in answers), summary(answers)
+    assert_answered(answers, timeout=timeout, cause=cause)
+
+
+async def timed_out_waiters(
+    pool: Pool[Any], n: int, *, cause: type | tuple[type, ...] | None
+) -> list[Answer]:
+    """:func:`waiters` that must all get PoolTimeout (:func:`assert_timed_out`)."""
+    answers = await waiters(pool, n)
+    assert_timed_out(answers, cause=cause)
+    return answers
 
 
 async def warm(pool: Pool[Any], driver: Driver, n: int) -> None:
@@ -452,7 +523,7 @@ async def test_server_restart(
 ) -> None:
     """A fast restart: the running query gets a disconnect error, waiters are answered, no leak."""
     app = app_name("restart")
-    async with pool_for(driver, server.dsn(application_name=app)) as pool:
+    async with checked_pool(driver, observer, app, server.dsn(application_name=app)) as pool:
         await warm(pool, driver, 2)
         answers: list[Answer] = []
 
@@ -465,8 +536,6 @@ async def test_server_restart(
         assert pool._connector.is_disconnect(err), repr(err)
         assert_answered(answers, cause=(OSError, asyncpg.PostgresError, psycopg.Error))
         recovery = await first_acquire_works(pool, driver)
-        await assert_no_leaks(pool, observer, app)
-    await assert_all_gone(observer, app)
     report("server restart (fast)", driver, answers, recovery)
 
 
@@ -476,7 +545,7 @@ async def test_server_crash(
 ) -> None:
     """An immediate stop: while down, waiters get PoolTimeout caused by the connect error."""
     app = app_name("crash")
-    async with pool_for(driver, server.dsn(application_name=app)) as pool:
+    async with checked_pool(driver, observer, app, server.dsn(application_name=app)) as pool:
         await warm(pool, driver, 2)
         try:
             err = await running_query_error(
@@ -487,11 +556,8 @@ async def test_server_crash(
         finally:
             await run_in_thread(server.start)
         assert answers
-        assert all(isinstance(a.error, PoolTimeout) for a in answers), summary(answers)
-        assert_answered(answers, cause=(OSError, psycopg.OperationalError))
+        assert_timed_out(answers, cause=(OSError, psycopg.OperationalError))
         recovery = await first_acquire_works(pool, driver)
-        await assert_no_leaks(pool, observer, app)
-    await assert_all_gone(observer, app)
     report("server crash (immediate stop, start)", driver, answers, recovery)
 
 
@@ -501,7 +567,7 @@ async def test_terminate_idle_backends(
 ) -> None:
     """pg_terminate_backend of every idle connection: the next borrowers are all served."""
     app = app_name("kill-idle")
-    async with pool_for(driver, server.dsn(application_name=app)) as pool:
+    async with checked_pool(driver, observer, app, server.dsn(application_name=app)) as pool:
         await warm(pool, driver, 3)
         assert await observer.terminate(app, "idle") == 3
         await eventually(lambda: observer.backends(app), lambda n: n == 0, "backends terminated")
@@ -510,8 +576,6 @@ async def test_terminate_idle_backends(
         assert [a.error for a in answers] == [None, None, None]
         assert_answered(answers, cause=None)
         recovery = anyio.current_time() - start
-        await assert_no_leaks(pool, observer, app)
-    await assert_all_gone(observer, app)
     report("pg_terminate_backend, idle", driver, answers, recovery)
 
 
@@ -521,7 +585,7 @@ async def test_terminate_busy_backend(
 ) -> None:
     """pg_terminate_backend mid-query: the borrower gets the driver's disconnect error."""
     app = app_name("kill-busy")
-    async with pool_for(driver, server.dsn(application_name=app)) as pool:
+    async with checked_pool(driver, observer, app, server.dsn(application_name=app)) as pool:
 
         async def kill() -> None:
             await eventually(
@@ -533,8 +597,6 @@ async def test_terminate_busy_backend(
         assert "administrator command" in str(err), repr(err)  # 57P01, as the server said
         assert pool.stats().returned_broken == 1
         recovery = await first_acquire_works(pool, driver)
-        await assert_no_leaks(pool, observer, app)
-    await assert_all_gone(observer, app)
     report(
         "pg_terminate_backend, mid-query",
         driver,
@@ -550,24 +612,17 @@ async def test_blackhole_mid_query(
 ) -> None:
     """A partition mid-query: the command timeout ends the query, connect_timeout the waiters."""
     app = app_name("bh-busy")
-    async with FaultProxy(server.host, server.port) as proxy:
-        dsn = proxy.dsn_for(server.dsn(application_name=app))
-        async with pool_for(driver, dsn, max_connections=3) as pool:
-            await warm(pool, driver, 1)
-            start = anyio.current_time()
-            async with pool.acquire() as conn:
-                proxy.blackhole()
-                with pytest.raises(TimeoutError):
-                    await driver.query(conn, "SELECT 1")
-            assert anyio.current_time() - start <= COMMAND_TIMEOUT + SLACK
-            answers = await waiters(pool, 2)
-            assert all(isinstance(a.error, PoolTimeout) for a in answers), summary(answers)
-            assert_answered(answers, cause=TimeoutError)
-            assert all("connect timed out" in str(a.error) for a in answers)
-            proxy.heal()
-            recovery = await first_acquire_works(pool, driver)
-            await assert_no_leaks(pool, observer, app)
-        await assert_all_gone(observer, app)
+    async with proxied_pool(driver, server, observer, app, max_connections=3) as (proxy, pool):
+        await warm(pool, driver, 1)
+        start = anyio.current_time()
+        async with pool.acquire() as conn:
+            proxy.blackhole()
+            with pytest.raises(TimeoutError):
+                await driver.query(conn, "SELECT 1")
+        assert anyio.current_time() - start <= COMMAND_TIMEOUT + SLACK
+        answers = await timed_out_waiters(pool, 2, cause=TimeoutError)
+        assert all("connect timed out" in str(a.error) for a in answers)
+        recovery = await heal(proxy, pool, driver)
     report("network blackhole, mid-query", driver, answers, recovery)
 
 
@@ -577,21 +632,16 @@ async def test_blackhole_idle(
 ) -> None:
     """A partition while idle: the health check is bounded, so borrowers get PoolTimeout in time."""
     app = app_name("bh-idle")
-    async with FaultProxy(server.host, server.port) as proxy:
-        dsn = proxy.dsn_for(server.dsn(application_name=app))
-        # No command timeout: the pool's own bound on the health check must do it.
-        # Room for connects besides the two lost ones, still closing when the waiters give up.
-        async with pool_for(driver, dsn, command_timeout=False, max_connections=4) as pool:
-            await warm(pool, driver, 2)
-            proxy.blackhole()
-            answers = await waiters(pool, 2)
-            assert all(isinstance(a.error, PoolTimeout) for a in answers), summary(answers)
-            assert_answered(answers, cause=TimeoutError)
-            assert pool.stats().closed_broken >= 2  # both silent connections were evicted
-            proxy.heal()
-            recovery = await first_acquire_works(pool, driver)
-            await assert_no_leaks(pool, observer, app)
-        await assert_all_gone(observer, app)
+    # No command timeout: the pool's own bound on the health check must do it.
+    # Room for connects besides the two lost ones, still closing when the waiters give up.
+    async with proxied_pool(
+        driver, server, observer, app, command_timeout=False, max_connections=4
+    ) as (proxy, pool):
+        await warm(pool, driver, 2)
+        proxy.blackhole()
+        answers = await timed_out_waiters(pool, 2, cause=TimeoutError)
+        assert pool.stats().closed_broken >= 2  # both silent connections were evicted
+        recovery = await heal(proxy, pool, driver)
     report("network blackhole, idle", driver, answers, recovery)
 
 
@@ -601,18 +651,13 @@ async def test_check_under_partition(
 ) -> None:
     """check() during a partition returns, evicting the idle connections that no longer answer."""
     app = app_name("bh-check")
-    async with FaultProxy(server.host, server.port) as proxy:
-        dsn = proxy.dsn_for(server.dsn(application_name=app))
-        async with pool_for(driver, dsn, command_timeout=False) as pool:
-            await warm(pool, driver, 2)
-            proxy.blackhole()
-            with anyio.fail_after(2 * CONNECT_TIMEOUT + SLACK):  # one bounded ping each
-                await pool.check()
-            assert (pool.stats().idle, pool.stats().closed_broken) == (0, 2), pool.stats()
-            proxy.heal()
-            await first_acquire_works(pool, driver)
-            await assert_no_leaks(pool, observer, app)
-        await assert_all_gone(observer, app)
+    async with proxied_pool(driver, server, observer, app, command_timeout=False) as (proxy, pool):
+        await warm(pool, driver, 2)
+        proxy.blackhole()
+        with anyio.fail_after(2 * CONNECT_TIMEOUT + SLACK):  # one bounded ping each
+            await pool.check()
+        assert (pool.stats().idle, pool.stats().closed_broken) == (0, 2), pool.stats()
+        await heal(proxy, pool, driver)
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -621,17 +666,10 @@ async def test_slow_connect_beyond_connect_timeout(
 ) -> None:
     """Connects slower than connect_timeout fail; waiters get PoolTimeout caused by that timeout."""
     app = app_name("slow-ct")
-    async with FaultProxy(server.host, server.port) as proxy:
-        dsn = proxy.dsn_for(server.dsn(application_name=app))
-        async with pool_for(driver, dsn) as pool:
-            proxy.latency(0.4)  # a connect takes several round trips: >= 2 s
-            answers = await waiters(pool, 2)
-            assert all(isinstance(a.error, PoolTimeout) for a in answers), summary(answers)
-            assert_answered(answers, cause=TimeoutError)
-            proxy.heal()
-            recovery = await first_acquire_works(pool, driver)
-            await assert_no_leaks(pool, observer, app)
-        await assert_all_gone(observer, app)
+    async with proxied_pool(driver, server, observer, app) as (proxy, pool):
+        proxy.latency(0.4)  # a connect takes several round trips: >= 2 s
+        answers = await timed_out_waiters(pool, 2, cause=TimeoutError)
+        recovery = await heal(proxy, pool, driver)
     report("slow connect > connect_timeout", driver, answers, recovery)
 
 
@@ -642,23 +680,20 @@ async def test_slow_connect_beyond_pool_timeout(
     """A connect slower than pool_timeout: the waiter times out, the connection still lands idle."""
     app = app_name("slow-pt")
     timeout = 0.5
-    async with FaultProxy(server.host, server.port) as proxy:
-        dsn = proxy.dsn_for(server.dsn(application_name=app))
-        async with pool_for(driver, dsn, pool_timeout=timeout, connect_timeout=10.0) as pool:
-            proxy.latency(0.2)  # a connect takes several round trips: >= 1 s
-            answers = await waiters(pool, 1, timeout=timeout)
-            assert_answered(answers, timeout=timeout, cause=None)
-            [answer] = answers
-            assert isinstance(answer.error, PoolTimeout), summary(answers)
-            assert answer.error.__cause__ is None  # nothing failed: it was slow
-            assert "connecting 1" in str(answer.error)
-            await settled(pool)
-            assert (pool.stats().idle, pool.stats().connects) == (1, 1)  # not wasted
-            proxy.heal()
-            recovery = await first_acquire_works(pool, driver)
-            assert pool.stats().connects == 1  # served by the slow connect's connection
-            await assert_no_leaks(pool, observer, app)
-        await assert_all_gone(observer, app)
+    async with proxied_pool(
+        driver, server, observer, app, pool_timeout=timeout, connect_timeout=10.0
+    ) as (proxy, pool):
+        proxy.latency(0.2)  # a connect takes several round trips: >= 1 s
+        answers = await waiters(pool, 1, timeout=timeout)
+        assert_answered(answers, timeout=timeout, cause=None)
+        [answer] = answers
+        assert isinstance(answer.error, PoolTimeout), summary(answers)
+        assert answer.error.__cause__ is None  # nothing failed: it was slow
+        assert "connecting 1" in str(answer.error)
+        await settled(pool)
+        assert (pool.stats().idle, pool.stats().connects) == (1, 1)  # not wasted
+        recovery = await heal(proxy, pool, driver)
+        assert pool.stats().connects == 1  # served by the slow connect's connection
     report("slow connect > pool_timeout", driver, answers, recovery, timeout=timeout)
 
 
@@ -680,17 +715,15 @@ async def test_too_many_clients(
                 break
         else:
             raise AssertionError("the server never filled up")
-        async with pool_for(driver, server.dsn(application_name=app)) as pool:
-            answers = await waiters(pool, 2)
-            assert all(isinstance(a.error, PoolTimeout) for a in answers), summary(answers)
-            assert_answered(answers, cause=(asyncpg.TooManyConnectionsError, psycopg.Error))
+        async with checked_pool(driver, observer, app, server.dsn(application_name=app)) as pool:
+            answers = await timed_out_waiters(
+                pool, 2, cause=(asyncpg.TooManyConnectionsError, psycopg.Error)
+            )
             assert all("too many clients" in str(a.error) for a in answers)
             for conn in fillers:
                 await conn.close()
             fillers.clear()
             recovery = await first_acquire_works(pool, driver)
-            await assert_no_leaks(pool, observer, app)
-        await assert_all_gone(observer, app)
     finally:
         for conn in fillers:
             conn.terminate()
@@ -708,10 +741,10 @@ async def test_wrong_password(
     await observer.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{right}'")
     try:
         dsn = server.dsn(user=role, password=wrong, application_name=app)
-        async with pool_for(driver, dsn) as pool:
-            answers = await waiters(pool, 2)
-            assert all(isinstance(a.error, PoolTimeout) for a in answers), summary(answers)
-            assert_answered(answers, cause=(asyncpg.InvalidPasswordError, psycopg.OperationalError))
+        async with checked_pool(driver, observer, app, dsn) as pool:
+            answers = await timed_out_waiters(
+                pool, 2, cause=(asyncpg.InvalidPasswordError, psycopg.OperationalError)
+            )
             for a in answers:
                 assert "password authentication failed" in str(a.error)
                 for text in (str(a.error), repr(a.error), repr(a.error.__cause__), repr(pool)):
@@ -720,8 +753,6 @@ async def test_wrong_password(
             # The fault clears on the server (the role gets the password the pool has).
             await observer.execute(f"ALTER ROLE {role} PASSWORD '{wrong}'")
             recovery = await first_acquire_works(pool, driver)
-            await assert_no_leaks(pool, observer, app)
-        await assert_all_gone(observer, app)
     finally:
         await observer.execute(f"DROP ROLE IF EXISTS {role}")
     report("wrong password (then fixed on the server)", driver, answers, recovery)
@@ -732,22 +763,9 @@ async def test_unknown_host(
     driver: Driver, server: EmbeddedPostgres, observer: Observer, report: Report
 ) -> None:
     """A host name that does not resolve: PoolTimeout caused by the resolver error, no slot left."""
-    app = app_name("nohost")
-    dsn = make_dsn(
-        host="elasticpool-fault-test.invalid",
-        port=server.port,
-        user=server.user,
-        password=server.password,
-        database=server.database,
-        params={"sslmode": "disable", "application_name": app},
-    )
-    async with pool_for(driver, dsn) as pool:
-        answers = await waiters(pool, 2)
-        assert all(isinstance(a.error, PoolTimeout) for a in answers), summary(answers)
-        assert_answered(answers, cause=(OSError, psycopg.OperationalError))
-        await settled(pool)
-        assert pool.stats().size == 0
-        pool._planner.check()
+    host = "elasticpool-fault-test.invalid"
+    async with unreachable_pool(driver, server, "nohost", host, server.port) as pool:
+        answers = await timed_out_waiters(pool, 2, cause=(OSError, psycopg.OperationalError))
     report("unknown host (.invalid)", driver, answers, None)
 
 
@@ -756,23 +774,9 @@ async def test_server_not_listening(
     driver: Driver, server: EmbeddedPostgres, observer: Observer, report: Report
 ) -> None:
     """A closed loopback port: PoolTimeout caused by the refused connect, no slot left."""
-    app = app_name("refused")
-    dsn = make_dsn(
-        host="127.0.0.1",
-        port=closed_port(),
-        user=server.user,
-        password=server.password,
-        database=server.database,
-        params={"sslmode": "disable", "application_name": app},
-    )
-    async with pool_for(driver, dsn) as pool:
-        answers = await waiters(pool, 2)
-        assert all(isinstance(a.error, PoolTimeout) for a in answers), summary(answers)
-        assert_answered(answers, cause=(OSError, psycopg.OperationalError))
+    async with unreachable_pool(driver, server, "refused", "127.0.0.1", closed_port()) as pool:
+        answers = await timed_out_waiters(pool, 2, cause=(OSError, psycopg.OperationalError))
         assert all("refused" in str(a.error).lower() for a in answers)
-        await settled(pool)
-        assert pool.stats().size == 0
-        pool._planner.check()
     report("server not listening (closed port)", driver, answers, None)
 
 
@@ -786,46 +790,43 @@ async def test_limit_mode_bound_under_partition(
     limit, overflow = 2, 2
     bound = limit + (overflow if mode == "soft" else 0)  # PoolSettings.limit_mode, soft_overflow
     seen: list[int] = []
-    async with FaultProxy(server.host, server.port) as proxy:
-        dsn = proxy.dsn_for(server.dsn(application_name=app))
-        async with pool_for(
-            driver,
-            dsn,
-            max_connections=limit,
-            limit_mode=mode,
-            soft_overflow=overflow,
-            close_timeout=0.5,  # resets, then closes, of partitioned connections linger this long
-        ) as pool:
-            await warm(pool, driver, limit)
-            stop = anyio.Event()
+    async with proxied_pool(
+        driver,
+        server,
+        observer,
+        app,
+        max_connections=limit,
+        limit_mode=mode,
+        soft_overflow=overflow,
+        close_timeout=0.5,  # resets, then closes, of partitioned connections linger this long
+    ) as (proxy, pool):
+        await warm(pool, driver, limit)
+        stop = anyio.Event()
 
-            async def monitor() -> None:
-                while not stop.is_set():  # bounded: stopped below, within the test's time
-                    seen.append(len(pool._planner.remaining()))
-                    await anyio.sleep(0.005)
+        async def monitor() -> None:
+            while not stop.is_set():  # bounded: stopped below, within the test's time
+                seen.append(len(pool._planner.remaining()))
+                await anyio.sleep(0.005)
 
-            async def lose_query() -> None:
-                with pytest.raises(TimeoutError):
-                    async with pool.acquire() as conn:
-                        await driver.query(conn, "SELECT pg_sleep(5)")
+        async def lose_query() -> None:
+            with pytest.raises(TimeoutError):
+                async with pool.acquire() as conn:
+                    await driver.query(conn, "SELECT pg_sleep(5)")
 
-            answers: list[Answer] = []
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(monitor)
-                async with anyio.create_task_group() as busy:
-                    for _ in range(limit):
-                        busy.start_soon(lose_query)
-                    await eventually(pool.stats, lambda s: s.in_use == limit, "both borrowed")
-                    proxy.blackhole()
-                answers = await waiters(pool, 3)
-                stop.set()
-            assert max(seen) <= bound, f"{max(seen)} open connections, bound {bound}"
-            # No cause required: while lost connections still count, no connect may start.
-            assert_answered(answers, cause=None)
-            proxy.heal()
-            recovery = await first_acquire_works(pool, driver)
-            await assert_no_leaks(pool, observer, app)
-        await assert_all_gone(observer, app)
+        answers: list[Answer] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(monitor)
+            async with anyio.create_task_group() as busy:
+                for _ in range(limit):
+                    busy.start_soon(lose_query)
+                await eventually(pool.stats, lambda s: s.in_use == limit, "both borrowed")
+                proxy.blackhole()
+            answers = await waiters(pool, 3)
+            stop.set()
+        assert max(seen) <= bound, f"{max(seen)} open connections, bound {bound}"
+        # No cause required: while lost connections still count, no connect may start.
+        assert_answered(answers, cause=None)
+        recovery = await heal(proxy, pool, driver)
     report(
         f"partition, limit_mode={mode} (bound {bound})",
         driver,
