@@ -541,7 +541,9 @@ async def test_termination_is_seen_locally_as_soon_as_the_backend_is_gone(
 
     A backend leaves ``pg_stat_activity`` after sending its FATAL message but
     before its socket is closed, so in that window only the message is there
-    to read.
+    to read. Once read it is gone from the socket, so the verdict must stick:
+    the pool asks again (its fast path, then its slow path) before that
+    end-of-file arrives.
     """
     app = unique("race")
     connector = PsycopgConnector(pg_server.dsn(application_name=app))
@@ -555,6 +557,7 @@ async def test_termination_is_seen_locally_as_soon_as_the_backend_is_gone(
                 while await observer.alive(pid):
                     pass  # look again at once: the window before end-of-file is short
             assert connector.is_closed(conn)
+            assert connector.is_closed(conn)  # asked again at once: still dead
         finally:
             await connector.close(conn)
 

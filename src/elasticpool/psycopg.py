@@ -81,6 +81,13 @@ _OK: Final = pq.ConnStatus.OK
 _DEAD_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03"})
 """AdminShutdown, CrashShutdown, CannotConnectNow: the server is ending or refusing the session."""
 
+_ENDING: Final[weakref.WeakSet[psycopg.AsyncConnection[Any]]] = weakref.WeakSet()
+"""Connections whose server announced the end of the session, found by :func:`_socket_alive`.
+
+Once read, that message is gone from the socket, and until the end-of-file
+arrives libpq still says the connection is fine: the verdict has to be kept.
+"""
+
 _DISCARD_ALL: Final = "DISCARD ALL"
 """The session reset when the connection is idle: one statement, outside any transaction."""
 
@@ -184,8 +191,12 @@ def _socket_alive(conn: psycopg.AsyncConnection[Any]) -> bool:
     notifications and notices reach psycopg as they would. The connection is
     dead if libpq saw end-of-file, or if the server's message says the session
     is ending (severity FATAL or PANIC, or SQLSTATE 57P01/57P02/57P03, class
-    08): the end-of-file may not have arrived yet.
+    08): the end-of-file may not have arrived yet. That verdict is kept: the
+    message is consumed, so the next look would see nothing to read and a
+    status that still says OK until the end-of-file comes.
     """
+    if conn in _ENDING:
+        return False
     pgconn = conn.pgconn
     try:
         fd = pgconn.socket
@@ -213,7 +224,10 @@ def _socket_alive(conn: psycopg.AsyncConnection[Any]) -> bool:
             pgconn.notice_handler = forward
     except (psycopg.Error, OSError, ValueError):
         return False
-    return not ending and pgconn.status == _OK
+    if ending:
+        _ENDING.add(conn)
+        return False
+    return pgconn.status == _OK
 
 
 def _ends_session(result: pq.abc.PGresult) -> bool:
