@@ -75,6 +75,11 @@ def test_unknown_setting_names_itself() -> None:
 
 def test_environment_and_hasura_inputs_name_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
     """from_env names the variable; from_hasura names unknown keys and bad values."""
+    monkeypatch.setenv("ELASTICPOOL_FAIL_FAST", "maybe")
+    with pytest.raises(ValueError, match=r"^ELASTICPOOL_FAIL_FAST must be one of \('1', 'true'"):
+        PoolSettings.from_env()
+    monkeypatch.setenv("ELASTICPOOL_FAIL_FAST", "Off")
+    assert PoolSettings.from_env().fail_fast is False
     monkeypatch.setenv("ELASTICPOOL_POOL_TIMEOUT", "soon")
     with pytest.raises(
         ValueError, match=r"^ELASTICPOOL_POOL_TIMEOUT must be a number \(got 'soon'"

@@ -37,6 +37,9 @@ LimitMode = Literal["strict", "soft"]
 
 _RESET_MODES = ("none", "rollback", "session")
 _LIMIT_MODES = ("strict", "soft")
+_FLAGS = ("allow_small_total", "fail_fast")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 def _is_int(value: object) -> bool:
@@ -219,7 +222,7 @@ class PoolSettings:
         _check_seconds(
             "saturation_warning", self.saturation_warning, low=0, strict=True, optional=True
         )
-        for flag in ("allow_small_total", "fail_fast"):
+        for flag in _FLAGS:
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be a bool (got {getattr(self, flag)!r})")
         limit = self.instance_limit()
@@ -303,8 +306,10 @@ class PoolSettings:
                 value: Any = None
             elif f.name in ("reset", "limit_mode"):
                 value = raw
-            elif f.name in ("allow_small_total", "fail_fast"):
-                value = raw.lower() in ("1", "true", "yes", "on")
+            elif f.name in _FLAGS:
+                if raw.lower() not in _TRUE + _FALSE:
+                    raise ValueError(f"{var} must be one of {_TRUE + _FALSE} (got {raw!r})")
+                value = raw.lower() in _TRUE
             else:
                 try:
                     value = int(raw)
