@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -69,20 +70,9 @@ async def slow(request: Request) -> JSONResponse:
 
 
 async def stats(request: Request) -> JSONResponse:
-    """The pool's counters, and this worker's fleet share when it has one."""
+    """The pool's gauges and counters (PoolStats), and which worker process answered."""
     pool: Pool[Any] = request.state.pool
-    s = pool.stats()
-    body: dict[str, Any] = {
-        "pid": os.getpid(),
-        "size": s.size,
-        "idle": s.idle,
-        "in_use": s.in_use,
-        "waiting": s.waiting,
-        "max": s.max,
-        "acquires": s.acquires,
-        "connects": s.connects,
-        "timeouts": s.timeouts,
-    }
+    body = {"pid": os.getpid(), **dataclasses.asdict(pool.stats())}
     return JSONResponse(body)
 
 
