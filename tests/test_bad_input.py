@@ -107,10 +107,8 @@ def test_pool_constructor_rejects_what_is_not_a_connector_or_settings() -> None:
 
 # ---------------------------------------------------------------- the pool at run time
 
-pytestmark_anyio = pytest.mark.anyio
 
-
-@pytestmark_anyio
+@pytest.mark.anyio
 async def test_per_call_values_are_checked_and_harm_nothing() -> None:
     """Bad timeouts and resize values raise errors naming the argument; the pool is unchanged."""
     connector = FakeConnector()
@@ -144,7 +142,7 @@ async def test_per_call_values_are_checked_and_harm_nothing() -> None:
             await conn.execute()
 
 
-@pytestmark_anyio
+@pytest.mark.anyio
 async def test_releases_that_are_not_ours_are_refused_and_harm_nothing() -> None:
     """release()/retire() of None, of an `async with` borrow, or of a foreign one: RuntimeError."""
     connector = FakeConnector()
@@ -171,7 +169,7 @@ async def test_releases_that_are_not_ours_are_refused_and_harm_nothing() -> None
             await conn.execute()
 
 
-@pytestmark_anyio
+@pytest.mark.anyio
 async def test_use_after_close_is_a_clear_error_and_opens_nothing() -> None:
     """After close: borrowing says the pool is closed; resize/expire/close do nothing harmful."""
     connector = FakeConnector()
@@ -207,7 +205,7 @@ async def test_use_after_close_is_a_clear_error_and_opens_nothing() -> None:
     assert_consistent(pool, connector)
 
 
-@pytestmark_anyio
+@pytest.mark.anyio
 async def test_nested_acquire_timeout_names_the_deadlock() -> None:
     """A task that times out while holding a connection of the same full pool is told why."""
     connector = FakeConnector()
@@ -227,7 +225,7 @@ async def test_nested_acquire_timeout_names_the_deadlock() -> None:
         assert_consistent(pool, connector)
 
 
-@pytestmark_anyio
+@pytest.mark.anyio
 async def test_timeout_in_another_task_gets_no_deadlock_hint() -> None:
     """The hint is only for the task that holds a connection: others get the plain timeout."""
     connector = FakeConnector()
@@ -249,7 +247,7 @@ async def test_timeout_in_another_task_gets_no_deadlock_hint() -> None:
         assert_consistent(pool, connector)
 
 
-@pytestmark_anyio
+@pytest.mark.anyio
 async def test_a_barrage_of_misuse_leaves_a_working_pool() -> None:
     """Interleaved misuse and normal borrows: counts and the fake's open set stay exact."""
     connector = FakeConnector()
