@@ -147,14 +147,7 @@ def role(pg_server: Any, *, password: str | None = None) -> Iterator[str]:
 
 async def wait_stats(pool: Pool[Any], predicate: Callable[[PoolStats], bool], what: str) -> None:
     """Poll ``pool.stats()`` until ``predicate`` holds (background closes have no event)."""
-    try:
-        with anyio.fail_after(BOUND):
-            while True:  # the pool has no event for these: poll its counts
-                if predicate(pool.stats()):
-                    return
-                await anyio.sleep(POLL)
-    except TimeoutError:
-        raise AssertionError(f"{what}: {pool.stats()}") from None
+    await eventually(pool.stats, predicate, what, bound=BOUND, poll=POLL)
 
 
 # --------------------------------------------------------------------------- no server needed

@@ -21,6 +21,8 @@ from elasticpool import ElasticPoolWarning, Pool, PoolTimeout, StaticMembership,
 asyncpg = pytest.importorskip("asyncpg")
 psycopg_pool = pytest.importorskip("psycopg_pool")
 
+from .helpers import eventually  # noqa: E402
+
 POLL = 0.01
 """Seconds between two looks at a pool or the server while waiting for an effect."""
 
@@ -40,19 +42,8 @@ def unique_app_name(label: str) -> str:
 
 
 async def poll(predicate: Callable[[], Any], what: str) -> None:
-    """Poll ``predicate()`` until it is true, within :data:`BOUND` seconds."""
-    try:
-        with anyio.fail_after(BOUND):
-            while True:  # no event exists for these effects: poll them
-                if await _value(predicate()):
-                    return
-                await anyio.sleep(POLL)
-    except TimeoutError:
-        raise AssertionError(f"{what} (after {BOUND:g}s)") from None
-
-
-async def _value(value: Any) -> Any:
-    return await value if hasattr(value, "__await__") else value
+    """Poll ``predicate()`` (sync or async) until it is true, within :data:`BOUND` seconds."""
+    await eventually(predicate, bool, what, bound=BOUND, poll=POLL)  # no event for these effects
 
 
 class Driver:
