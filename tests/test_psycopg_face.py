@@ -13,7 +13,7 @@ import socket
 import types
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import anyio
@@ -85,10 +85,8 @@ async def fetchval(conn: Conn, sql: Any, params: Any = None) -> Any:
     return None if row is None else row[0]
 
 
-async def poll(
-    probe: Callable[[], Awaitable[Any]], predicate: Callable[[Any], bool], what: str
-) -> Any:
-    """Run ``probe`` until ``predicate(result)`` holds, within :data:`BOUND` seconds."""
+async def poll(probe: Callable[[], Any], predicate: Callable[[Any], bool], what: str) -> Any:
+    """Run ``probe`` (sync or async) until ``predicate(result)`` holds, within :data:`BOUND` s."""
     return await eventually(probe, predicate, what, bound=BOUND, poll=POLL)
 
 
@@ -645,8 +643,8 @@ async def test_reconnect_failed_is_called_once_per_failure_streak(pg_server: Any
             await called.wait()
         errors = pool.get_stats()["connections_errors"]
         await poll(
-            lambda: anyio.sleep(POLL),
-            lambda _: pool.get_stats()["connections_errors"] >= errors + 3,
+            lambda: pool.get_stats()["connections_errors"],
+            lambda n: n >= errors + 3,
             "connects stopped failing",
         )
         assert calls == [pool]  # the same streak: not again
