@@ -35,7 +35,7 @@ from asyncpg.exceptions import InterfaceError
 
 from ._connector import ResetMode
 from ._errors import PoolClosed, PoolTimeout
-from ._pool import Pool, PoolStats
+from ._pool import Pool, PoolStats, _Acquire
 from ._settings import PoolSettings
 from .fleet import Membership
 from .fleet._sql import quote_literal
@@ -543,7 +543,7 @@ class _Lease:
 
     __slots__ = ("acquire", "conn")
 
-    def __init__(self, conn: asyncpg.Connection, acquire: AbstractAsyncContextManager[Any]) -> None:
+    def __init__(self, conn: asyncpg.Connection, acquire: _Acquire[asyncpg.Connection]) -> None:
         self.conn = conn
         self.acquire = acquire
 
@@ -880,7 +880,7 @@ class AsyncpgPool:
             impl._pool_release_ctr += 1  # asyncpg's PreparedStatement / Cursor objects now raise
             protocol = impl._protocol
             if protocol is not None and protocol.queries_count >= self._max_queries:
-                _retire(lease.acquire)
+                lease.acquire.retire()
         await lease.acquire.__aexit__(type(exc) if exc else None, exc, None)
 
     def _warn_listeners(self, conn: asyncpg.Connection) -> None:
@@ -1046,11 +1046,6 @@ class AsyncpgPool:
 
     def __repr__(self) -> str:
         return f"<AsyncpgPool{repr(self._pool).removeprefix('<Pool')}"
-
-
-def _retire(borrow: Any) -> None:
-    """Make the connection held by ``borrow`` (a core acquire) retire when it comes back."""
-    borrow.retire()
 
 
 class _PoolAcquireContext:
