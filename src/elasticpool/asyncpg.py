@@ -644,10 +644,9 @@ class AsyncpgPool:
         for elastic, ours in _RENAMED.items():
             if elastic in kwargs:
                 raise TypeError(f"{elastic} is not accepted here: pass {ours}= (asyncpg's name)")
-        for key in ("setup", "init"):
-            fn = setup if key == "setup" else init
+        for what, fn in (("setup", setup), ("init", init)):
             if fn is not None and not callable(fn):
-                raise TypeError(f"{key} must be a coroutine function or None (got {fn!r})")
+                raise TypeError(f"{what} must be a coroutine function or None (got {fn!r})")
 
         settings_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in _SETTINGS_FIELDS}
         if isinstance(reset, str):
