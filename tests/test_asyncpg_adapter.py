@@ -86,6 +86,8 @@ def test_repr_never_shows_a_password() -> None:
     assert repr(at_sign) == "<AsyncpgConnector db.example/shop>"
     in_query = AsyncpgConnector(f"postgresql://db.example/shop?password={secret}")
     assert repr(in_query) == "<AsyncpgConnector db.example/shop>"
+    unescaped = [AsyncpgConnector(f"postgres://app:{c}{secret}@db.example/shop") for c in "?#"]
+    assert [repr(c) for c in unescaped] == ["<AsyncpgConnector dsn>"] * 2
     in_kwargs = AsyncpgConnector(
         host="db.example", port=5432, user="app", password=secret, database="shop"
     )
@@ -96,7 +98,7 @@ def test_repr_never_shows_a_password() -> None:
     assert repr(not_a_uri) == "<AsyncpgConnector dsn>"
     both.set_connect_args(f"postgresql://app:{secret}@h2:1/other", password=secret)
     assert repr(both) == "<AsyncpgConnector h2:1/other>"
-    for connector in (in_dsn, at_sign, in_query, in_kwargs, both, not_a_uri):
+    for connector in (in_dsn, at_sign, in_query, *unescaped, in_kwargs, both, not_a_uri):
         assert secret not in repr(connector)
         assert secret not in str(connector)
     assert repr(AsyncpgConnector()) == "<AsyncpgConnector default>"

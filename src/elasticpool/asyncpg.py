@@ -502,13 +502,19 @@ def _describe_target(dsn: str | None, kwargs: dict[str, Any]) -> str:
     """Where connections go, as ``host:port/database``; never a user name or password.
 
     Only the host, port and database are ever shown: from a ``postgres://``
-    URI, everything up to its last ``@`` and everything after ``?`` or ``#`` is
-    dropped; a DSN in any other form is not shown at all.
+    URI, everything after ``?`` or ``#`` and everything up to its last ``@`` is
+    dropped. A DSN in any other form is not shown at all, nor is a URI with an
+    ``@`` after a ``?`` or ``#`` (an unescaped ``?`` or ``#`` in the password
+    would otherwise bring the user name and part of the password along).
     """
     hosts = database = ""
     if dsn and "://" in dsn:
-        rest = dsn.split("://", 1)[1].split("?", 1)[0].split("#", 1)[0]
-        hosts, _, database = rest.rpartition("@")[2].partition("/")
+        rest = dsn.split("://", 1)[1]
+        head = re.split("[?#]", rest, maxsplit=1)[0]
+        if "@" in rest[len(head) :]:
+            hosts = "dsn"
+        else:
+            hosts, _, database = head.rpartition("@")[2].partition("/")
     elif dsn:
         hosts = "dsn"
     if "host" in kwargs:
