@@ -56,7 +56,11 @@ from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
+import asyncpg
 from anyio.streams.buffered import BufferedByteReceiveStream
+
+from elasticpool import Pool
+from elasticpool.asyncpg import AsyncpgConnector
 
 DSN_ENV = "ELASTICPOOL_BENCH_DSN"
 SAMPLE = 0.02
@@ -65,37 +69,44 @@ SAMPLE = 0.02
 # =============================================================================== member process
 
 
+class TrackingConnector(AsyncpgConnector):
+    """Remembers the backend PID of every connection that was never one of its pool's slots.
+
+    A connection closed while no slot of the pool holds it is one the
+    membership opened for a heartbeat outside the budget (a pool at limit 0,
+    or one not open); see ``Pool._coordination``. Also the connector of
+    ``tests/fleet_member.py`` and ``tests/test_fleet_postgres.py``.
+    """
+
+    def __init__(self, dsn: str, **kwargs: Any) -> None:
+        super().__init__(dsn, **kwargs)
+        self.pool: Pool[Any] | None = None
+        self.extra_pids: set[int] = set()
+
+    def _note(self, conn: asyncpg.Connection) -> None:
+        pool = self.pool
+        if pool is not None and all(s.conn is not conn for s in pool._planner.remaining()):
+            self.extra_pids.add(conn.get_server_pid())
+
+    async def close(self, conn: asyncpg.Connection) -> None:
+        self._note(conn)
+        await super().close(conn)
+
+    def terminate(self, conn: asyncpg.Connection) -> None:
+        self._note(conn)
+        super().terminate(conn)
+
+
 async def member(args: argparse.Namespace) -> None:
     """One member: a pool, a base load, a hot load on command; JSON lines on stdout."""
-    import asyncpg
-
-    from elasticpool import Pool
-    from elasticpool.asyncpg import AsyncpgConnector
     from elasticpool.fleet import PostgresMembership, StaticMembership
-
-    class Connector(AsyncpgConnector):
-        """Remembers the backend PIDs of connections that were never one of its pool's slots."""
-
-        pool: Pool[Any] | None = None
-        extra: set[int] = set()  # noqa: RUF012 - one instance per process
-
-        def _note(self, conn: asyncpg.Connection) -> None:
-            pool = self.pool
-            if pool is not None and all(s.conn is not conn for s in pool._planner.remaining()):
-                self.extra.add(conn.get_server_pid())
-
-        async def close(self, conn: asyncpg.Connection) -> None:
-            self._note(conn)
-            await super().close(conn)
-
-        def terminate(self, conn: asyncpg.Connection) -> None:
-            self._note(conn)
-            super().terminate(conn)
 
     def emit(event: str, **fields: Any) -> None:
         print(json.dumps({"event": event, "t": time.monotonic(), **fields}), flush=True)
 
-    connector = Connector(os.environ[DSN_ENV], server_settings={"application_name": args.app})
+    connector = TrackingConnector(
+        os.environ[DSN_ENV], server_settings={"application_name": args.app}
+    )
     membership: Any
     if args.mode == "elastic":
         membership = PostgresMembership(table=args.table, heartbeat_interval=args.interval)
@@ -190,7 +201,7 @@ async def member(args: argparse.Namespace) -> None:
         acquires = pool.stats().acquires
     emit(
         "exit",
-        extra_pids=sorted(connector.extra),
+        extra_pids=sorted(connector.extra_pids),
         acquires=acquires,
         timeouts=timeouts,
         waits={k: [round(w, 6) for w in v] for k, v in waits.items()},
@@ -253,8 +264,6 @@ async def until(predicate: Any, bound: float, what: str) -> float:
 
 
 async def sampler(dsn: str, app: str, out: list[tuple[float, frozenset[int]]]) -> None:
-    import asyncpg
-
     conn = await asyncpg.connect(dsn, server_settings={"application_name": "ep-bench-sampler"})
     try:
         while True:

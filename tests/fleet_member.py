@@ -29,8 +29,10 @@ import argparse
 import json
 import os
 import random
+import runpy
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -38,37 +40,16 @@ import anyio.abc
 import asyncpg
 
 from elasticpool import Pool
-from elasticpool.asyncpg import AsyncpgConnector
 from elasticpool.fleet import PostgresMembership
 
 DSN_ENV = "ELASTICPOOL_FLEET_DSN"
 
+BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "fleet.py"
 
-class TrackingConnector(AsyncpgConnector):
-    """Remembers the backend PID of every connection that was never one of its pool's slots.
-
-    A connection closed while no slot of the pool holds it is one the
-    membership opened for a heartbeat outside the budget (a pool at limit 0,
-    or one not open); see ``Pool._coordination``.
-    """
-
-    def __init__(self, dsn: str, **kwargs: Any) -> None:
-        super().__init__(dsn, **kwargs)
-        self.pool: Pool[Any] | None = None
-        self.extra_pids: set[int] = set()
-
-    def _note(self, conn: asyncpg.Connection) -> None:
-        pool = self.pool
-        if pool is not None and all(s.conn is not conn for s in pool._planner.remaining()):
-            self.extra_pids.add(conn.get_server_pid())
-
-    async def close(self, conn: asyncpg.Connection) -> None:
-        self._note(conn)
-        await super().close(conn)
-
-    def terminate(self, conn: asyncpg.Connection) -> None:
-        self._note(conn)
-        super().terminate(conn)
+TrackingConnector = runpy.run_path(str(BENCHMARK), run_name="elasticpool_bench_fleet")[
+    "TrackingConnector"
+]
+"""The connector of ``benchmarks/fleet.py``'s members: it records the PIDs of extra connections."""
 
 
 def emit(event: str, **fields: Any) -> None:
