@@ -15,6 +15,19 @@ __all__ = ["Connector", "ResetMode"]
 
 ConnT = TypeVar("ConnT")
 
+_SESSION_ENDING = frozenset({"57P01", "57P02", "57P03"})
+
+
+def ends_session(sqlstate: str) -> bool:
+    """Whether a server error with this SQLSTATE means the connection is gone.
+
+    Class 08 (connection exception), 57P01 admin shutdown, 57P02 crash
+    shutdown and 57P03 cannot connect now. Shared by the adapters' error
+    classification; not a judgement on errors without a SQLSTATE.
+    """
+    return sqlstate.startswith("08") or sqlstate in _SESSION_ENDING
+
+
 ResetMode = Literal["none", "rollback", "session"]
 """What the pool does to a connection when it comes back.
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import anyio
 
-from ._connector import ResetMode
+from ._connector import ResetMode, ends_session
 from ._errors import ElasticPoolWarning
 from ._pool import Pool
 from ._settings import PoolSettings
@@ -48,7 +48,6 @@ ConnT = TypeVar("ConnT")
 RecordT = TypeVar("RecordT", bound="asyncpg.Record")
 ACT = TypeVar("ACT", bound="AsyncConnection[Any]")
 
-_DEAD_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})  # admin/crash shutdown, cannot connect now
 _ACCEPTS = "an asyncpg.Pool or a psycopg_pool.AsyncConnectionPool"
 
 # Give-backs and terminations that outlive the call that started them (kept referenced).
@@ -374,7 +373,7 @@ class _PsycopgLeases(_Leases[ACT]):
             return False
         if isinstance(exc, psycopg.OperationalError):
             state = exc.sqlstate
-            return state is None or state.startswith("08") or state in _DEAD_SQLSTATES
+            return state is None or ends_session(state)
         return isinstance(exc, psycopg.InterfaceError) and "closed" in str(exc)
 
     def transaction(self, conn: ACT, *, readonly: bool = False) -> AbstractAsyncContextManager[Any]:

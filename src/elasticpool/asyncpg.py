@@ -33,7 +33,7 @@ import asyncpg
 import asyncpg.exceptions
 from asyncpg.exceptions import InterfaceError
 
-from ._connector import ResetMode
+from ._connector import ResetMode, ends_session
 from ._errors import PoolClosed, PoolTimeout
 from ._pool import Pool, PoolStats, _Acquire
 from ._settings import PoolSettings
@@ -53,8 +53,6 @@ _T = TypeVar("_T")
 
 ConnectionCallback = Callable[[asyncpg.Connection], Awaitable[object]]
 """``init``, ``setup`` and ``reset`` callbacks: a coroutine function taking the connection."""
-
-_DEAD_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})  # admin/crash shutdown, cannot connect now
 
 _RESET_MODES = ("none", "rollback", "session")
 
@@ -90,7 +88,7 @@ def is_disconnect_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", None) or ""
-        if state.startswith("08") or state in _DEAD_SQLSTATES:
+        if ends_session(state):
             return True
         severity = getattr(exc, "severity_en", None) or getattr(exc, "severity", None)
         return severity in ("FATAL", "PANIC")

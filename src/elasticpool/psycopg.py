@@ -43,7 +43,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool.abc import ACT
 
 from . import _errors
-from ._connector import ResetMode
+from ._connector import ResetMode, ends_session
 from ._pool import Pool
 from ._settings import PoolSettings
 
@@ -78,8 +78,6 @@ _ACTIVE: Final = pq.TransactionStatus.ACTIVE
 _UNKNOWN: Final = pq.TransactionStatus.UNKNOWN
 _OK: Final = pq.ConnStatus.OK
 
-_DEAD_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03"})
-"""AdminShutdown, CrashShutdown, CannotConnectNow: the server is ending or refusing the session."""
 
 _ENDING: Final[weakref.WeakSet[psycopg.AsyncConnection[Any]]] = weakref.WeakSet()
 """Connections whose server announced the end of the session, found by :func:`_socket_alive`.
@@ -149,7 +147,7 @@ def is_disconnect_error(exc: BaseException) -> bool:
     state = exc.sqlstate
     if state is None:
         return isinstance(exc, psycopg.OperationalError)
-    return state.startswith("08") or state in _DEAD_SQLSTATES
+    return ends_session(state)
 
 
 # =============================================================================
@@ -234,9 +232,7 @@ def _ends_session(result: pq.abc.PGresult) -> bool:
     """Whether an unsolicited server message announces the end of the session."""
     severity = result.error_field(pq.DiagnosticField.SEVERITY_NONLOCALIZED) or b""
     sqlstate = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode("ascii", "replace")
-    return (
-        severity in (b"FATAL", b"PANIC") or sqlstate.startswith("08") or sqlstate in _DEAD_SQLSTATES
-    )
+    return severity in (b"FATAL", b"PANIC") or ends_session(sqlstate)
 
 
 def _finish(conn: psycopg.AsyncConnection[Any]) -> None:
