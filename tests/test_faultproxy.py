@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import socket
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import Any
 
@@ -429,11 +429,12 @@ def asyncpg() -> ModuleType:
     return module
 
 
-@contextmanager
-def pg_proxy_bound() -> Iterator[None]:
-    """The overall time bound of one PostgreSQL test."""
+@asynccontextmanager
+async def proxied_pg(pg_server: Any) -> AsyncIterator[tuple[FaultProxy, str]]:
+    """A :class:`FaultProxy` in front of ``pg_server`` and the DSN through it, under a bound."""
     with anyio.fail_after(2 * BOUND):
-        yield
+        async with FaultProxy(pg_server.host, pg_server.port) as proxy:
+            yield proxy, proxy.dsn_for(pg_server.dsn())
 
 
 @asynccontextmanager
@@ -450,14 +451,10 @@ async def pg_connection(asyncpg: ModuleType, dsn: str) -> AsyncIterator[Any]:
 @pytest.mark.postgres
 async def test_pg_query_through_proxy(asyncpg: ModuleType, pg_server: Any) -> None:
     """A query through the proxy reaches PostgreSQL and its answer comes back."""
-    with pg_proxy_bound():
-        async with (
-            FaultProxy(pg_server.host, pg_server.port) as proxy,
-            pg_connection(asyncpg, proxy.dsn_for(pg_server.dsn())) as conn,
-        ):
-            assert await conn.fetchval("SELECT 40 + 2") == 42
-            assert proxy.accepted == 1
-            assert proxy.forwarded_bytes > 0
+    async with proxied_pg(pg_server) as (proxy, dsn), pg_connection(asyncpg, dsn) as conn:
+        assert await conn.fetchval("SELECT 40 + 2") == 42
+        assert proxy.accepted == 1
+        assert proxy.forwarded_bytes > 0
 
 
 @asyncio_only
@@ -465,59 +462,48 @@ async def test_pg_query_through_proxy(asyncpg: ModuleType, pg_server: Any) -> No
 async def test_pg_latency_slows_a_query(asyncpg: ModuleType, pg_server: Any) -> None:
     """With latency on, a query takes at least the delay there and the delay back."""
     delay = 0.05
-    with pg_proxy_bound():
-        async with (
-            FaultProxy(pg_server.host, pg_server.port) as proxy,
-            pg_connection(asyncpg, proxy.dsn_for(pg_server.dsn())) as conn,
-        ):
-            proxy.latency(delay)
-            start = anyio.current_time()
-            assert await conn.fetchval("SELECT 1") == 1
-            assert anyio.current_time() - start >= 2 * delay - TIMER_SLACK
+    async with proxied_pg(pg_server) as (proxy, dsn), pg_connection(asyncpg, dsn) as conn:
+        proxy.latency(delay)
+        start = anyio.current_time()
+        assert await conn.fetchval("SELECT 1") == 1
+        assert anyio.current_time() - start >= 2 * delay - TIMER_SLACK
 
 
 @asyncio_only
 @pytest.mark.postgres
 async def test_pg_blackhole_hangs_queries_and_connects(asyncpg: ModuleType, pg_server: Any) -> None:
     """Under a blackhole an open connection's query and a new connect both time out."""
-    with pg_proxy_bound():
-        async with FaultProxy(pg_server.host, pg_server.port) as proxy:
-            dsn = proxy.dsn_for(pg_server.dsn())
-            async with pg_connection(asyncpg, dsn) as conn:
-                proxy.blackhole()
-                with pytest.raises(TimeoutError), anyio.fail_after(SILENCE):
-                    await conn.fetchval("SELECT 1")
+    async with proxied_pg(pg_server) as (proxy, dsn):
+        async with pg_connection(asyncpg, dsn) as conn:
+            proxy.blackhole()
             with pytest.raises(TimeoutError), anyio.fail_after(SILENCE):
-                await asyncpg.connect(dsn)
-            proxy.heal()
-            async with pg_connection(asyncpg, dsn) as conn:
-                assert await conn.fetchval("SELECT 1") == 1
+                await conn.fetchval("SELECT 1")
+        with pytest.raises(TimeoutError), anyio.fail_after(SILENCE):
+            await asyncpg.connect(dsn)
+        proxy.heal()
+        async with pg_connection(asyncpg, dsn) as conn:
+            assert await conn.fetchval("SELECT 1") == 1
 
 
 @asyncio_only
 @pytest.mark.postgres
 async def test_pg_reset_breaks_an_open_connection(asyncpg: ModuleType, pg_server: Any) -> None:
     """After reset() the next query on an open connection fails with a connection error."""
-    with pg_proxy_bound():
-        async with (
-            FaultProxy(pg_server.host, pg_server.port) as proxy,
-            pg_connection(asyncpg, proxy.dsn_for(pg_server.dsn())) as conn,
-        ):
-            assert await conn.fetchval("SELECT 1") == 1
-            proxy.reset()
-            with pytest.raises((OSError, asyncpg.ConnectionDoesNotExistError)):
-                await conn.fetchval("SELECT 1")
+    async with proxied_pg(pg_server) as (proxy, dsn), pg_connection(asyncpg, dsn) as conn:
+        assert await conn.fetchval("SELECT 1") == 1
+        proxy.reset()
+        with pytest.raises((OSError, asyncpg.ConnectionDoesNotExistError)):
+            await conn.fetchval("SELECT 1")
 
 
 @asyncio_only
 @pytest.mark.postgres
 async def test_pg_close_after_kills_the_handshake(asyncpg: ModuleType, pg_server: Any) -> None:
     """A byte budget smaller than the server's handshake makes the connect fail."""
-    with pg_proxy_bound():
-        async with FaultProxy(pg_server.host, pg_server.port) as proxy:
-            proxy.close_after(1)
-            with pytest.raises((OSError, asyncpg.ConnectionDoesNotExistError)):
-                await asyncpg.connect(proxy.dsn_for(pg_server.dsn()))
+    async with proxied_pg(pg_server) as (proxy, dsn):
+        proxy.close_after(1)
+        with pytest.raises((OSError, asyncpg.ConnectionDoesNotExistError)):
+            await asyncpg.connect(dsn)
 
 
 @asyncio_only
@@ -526,12 +512,10 @@ async def test_pg_refuse_fails_connect_fast_and_heal_restores(
     asyncpg: ModuleType, pg_server: Any
 ) -> None:
     """Under refuse() a connect fails well within a second; after heal() it succeeds."""
-    with pg_proxy_bound():
-        async with FaultProxy(pg_server.host, pg_server.port) as proxy:
-            dsn = proxy.dsn_for(pg_server.dsn())
-            proxy.refuse()
-            with pytest.raises((OSError, asyncpg.ConnectionDoesNotExistError)), anyio.fail_after(1):
-                await asyncpg.connect(dsn)
-            proxy.heal()
-            async with pg_connection(asyncpg, dsn) as conn:
-                assert await conn.fetchval("SELECT 1") == 1
+    async with proxied_pg(pg_server) as (proxy, dsn):
+        proxy.refuse()
+        with pytest.raises((OSError, asyncpg.ConnectionDoesNotExistError)), anyio.fail_after(1):
+            await asyncpg.connect(dsn)
+        proxy.heal()
+        async with pg_connection(asyncpg, dsn) as conn:
+            assert await conn.fetchval("SELECT 1") == 1
