@@ -195,6 +195,7 @@ def test_disconnect_classification() -> None:
         e.UniqueViolation(),
         e.InFailedSqlTransaction(),
         psycopg.InterfaceError("bad use"),
+        e.PipelineAborted("an earlier statement of the pipeline failed"),
         psycopg.ProgrammingError("bad sql"),
         ValueError("not a database error"),
         psycopg_pool.PoolTimeout("from a pool"),

@@ -292,7 +292,7 @@ def test_unopened_psycopg_pool_is_a_value_error() -> None:
 
 def test_psycopg_disconnect_classification() -> None:
     """Connection errors evict a psycopg lease; pool errors, timeouts and query errors do not."""
-    from psycopg import OperationalError, errors
+    from psycopg import InterfaceError, OperationalError, errors
 
     from elasticpool._wrap import _PsycopgLeases
 
@@ -303,6 +303,8 @@ def test_psycopg_disconnect_classification() -> None:
     assert not leases.is_disconnect(psycopg_pool.PoolTimeout("couldn't get a connection"))
     assert not leases.is_disconnect(errors.QueryCanceled("statement timeout"))
     assert not leases.is_disconnect(errors.UniqueViolation("duplicate key"))
+    assert not leases.is_disconnect(errors.PipelineAborted("an earlier statement failed"))
+    assert not leases.is_disconnect(InterfaceError("the cursor is closed"))
     assert not leases.is_disconnect(PoolTimeout("no connection within 1s"))
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import anyio
 
-from ._connector import ResetMode, ends_session
+from ._connector import ResetMode
 from ._errors import ElasticPoolWarning
 from ._pool import Pool
 from ._settings import PoolSettings
@@ -290,17 +290,9 @@ class _PsycopgLeases(_Leases[ACT]):
 
     def __init__(self, pool: AsyncConnectionPool[ACT]) -> None:
         super().__init__()
-        import psycopg  # noqa: PLC0415 - only with a psycopg pool in hand
-        import psycopg_pool  # noqa: PLC0415
-        from psycopg.pq import TransactionStatus  # noqa: PLC0415
+        from psycopg.pq import TransactionStatus  # noqa: PLC0415 - only with a psycopg pool
 
         self._pool = pool
-        self._psycopg = psycopg
-        self._pool_errors: tuple[type[Exception], ...] = (
-            psycopg_pool.PoolTimeout,
-            psycopg_pool.PoolClosed,
-            psycopg_pool.TooManyRequests,
-        )
         self._idle_status = TransactionStatus.IDLE
         self._open_statuses = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
         self._active_status = TransactionStatus.ACTIVE
@@ -365,16 +357,9 @@ class _PsycopgLeases(_Leases[ACT]):
                     await conn.set_autocommit(False)
 
     def is_disconnect(self, exc: BaseException) -> bool:
-        psycopg = self._psycopg
-        # psycopg_pool's own errors are OperationalErrors without a SQLSTATE, but
-        # they come from a pool (the borrower may use one inside the block), and a
-        # timeout says nothing about the connection.
-        if isinstance(exc, (TimeoutError, *self._pool_errors, psycopg.errors.PipelineAborted)):
-            return False
-        if isinstance(exc, psycopg.OperationalError):
-            state = exc.sqlstate
-            return state is None or ends_session(state)
-        return isinstance(exc, psycopg.InterfaceError) and "closed" in str(exc)
+        from .psycopg import is_disconnect_error  # noqa: PLC0415 - only with a psycopg pool
+
+        return is_disconnect_error(exc)
 
     def transaction(self, conn: ACT, *, readonly: bool = False) -> AbstractAsyncContextManager[Any]:
         from .psycopg import _transaction  # noqa: PLC0415 - only with a psycopg pool in hand

@@ -129,7 +129,8 @@ def is_disconnect_error(exc: BaseException) -> bool:
     No for :class:`TimeoutError` (a query or scope timeout says nothing about
     the connection), and for pool errors: psycopg_pool's ``PoolTimeout``,
     ``PoolClosed`` and ``TooManyRequests`` are ``OperationalError`` without a
-    SQLSTATE, but they come from a pool, not from a connection.
+    SQLSTATE, but they come from a pool, not from a connection; nor for
+    ``PipelineAborted``, which says an earlier statement of the pipeline failed.
     """
     if isinstance(
         exc,
@@ -139,6 +140,7 @@ def is_disconnect_error(exc: BaseException) -> bool:
             psycopg_pool.PoolTimeout,
             psycopg_pool.PoolClosed,
             psycopg_pool.TooManyRequests,
+            psycopg.errors.PipelineAborted,
         ),
     ):
         return False
