@@ -17,9 +17,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ._pool import Pool
+from ._pool import Pool, PoolStats
 
-__all__ = ["DEFAULT_BUCKETS", "Histogram", "check_buckets", "engine"]
+__all__ = ["DEFAULT_BUCKETS", "Histogram", "check_buckets", "close_reasons", "engine", "states"]
 
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.001,
@@ -66,6 +66,27 @@ def engine(pool: Any) -> Pool[Any]:
         if isinstance(inner, Pool):
             return inner
     raise TypeError(f"expected an elasticpool Pool or a drop-in face (got {type(pool).__name__})")
+
+
+def states(s: PoolStats) -> tuple[tuple[str, int], ...]:
+    """Connections by state, as ``(state, count)``: idle, in_use, connecting, resetting, closing."""
+    return (
+        ("idle", s.idle),
+        ("in_use", s.in_use),
+        ("connecting", s.connecting),
+        ("resetting", s.resetting),
+        ("closing", s.closing),
+    )
+
+
+def close_reasons(s: PoolStats) -> tuple[tuple[str, int], ...]:
+    """Connections closed, as ``(reason, count)``: idle, lifetime, broken, resize."""
+    return (
+        ("idle", s.closed_idle),
+        ("lifetime", s.closed_lifetime),
+        ("broken", s.closed_broken),
+        ("resize", s.closed_resize),
+    )
 
 
 class Histogram:

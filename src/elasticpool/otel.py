@@ -32,8 +32,8 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
 
 from . import __version__
-from ._metrics import DEFAULT_BUCKETS, check_buckets, engine
-from ._pool import Pool, PoolStats
+from ._metrics import DEFAULT_BUCKETS, check_buckets, close_reasons, engine, states
+from ._pool import Pool
 
 __all__ = ["PoolInstruments", "instrument"]
 
@@ -232,21 +232,14 @@ class PoolInstruments:
     def _detail(self, options: CallbackOptions) -> Iterable[Observation]:
         out = []
         for p in self.pools():
-            s = p.stats()
-            for state, value in _states(s):
+            for state, value in states(p.stats()):
                 out.append(Observation(value, {POOL_NAME: p.name, _DETAIL_STATE: state}))
         return out
 
     def _closed(self, options: CallbackOptions) -> Iterable[Observation]:
         out = []
         for p in self.pools():
-            s = p.stats()
-            for reason, value in (
-                ("idle", s.closed_idle),
-                ("lifetime", s.closed_lifetime),
-                ("broken", s.closed_broken),
-                ("resize", s.closed_resize),
-            ):
+            for reason, value in close_reasons(p.stats()):
                 out.append(Observation(value, {POOL_NAME: p.name, _CLOSE_REASON: reason}))
         return out
 
@@ -269,16 +262,6 @@ class PoolInstruments:
 
     def __repr__(self) -> str:
         return f"PoolInstruments(pools={sorted(self._pools)})"
-
-
-def _states(s: PoolStats) -> tuple[tuple[str, int], ...]:
-    return (
-        ("idle", s.idle),
-        ("in_use", s.in_use),
-        ("connecting", s.connecting),
-        ("resetting", s.resetting),
-        ("closing", s.closing),
-    )
 
 
 def instrument(

@@ -34,13 +34,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 
-from ._metrics import DEFAULT_BUCKETS, Histogram, check_buckets, engine
+from ._metrics import DEFAULT_BUCKETS, Histogram, check_buckets, close_reasons, engine, states
 from ._pool import Pool
 
 __all__ = ["PoolCollector", "register"]
-
-_STATES = ("idle", "in_use", "connecting", "resetting", "closing")
-_CLOSE_REASONS = ("idle", "lifetime", "broken", "resize")
 
 
 class _Timings:
@@ -229,8 +226,7 @@ class PoolCollector:
             s = pool.stats()
             fleet = pool.fleet()
             name = [pool.name]
-            counts = (s.idle, s.in_use, s.connecting, s.resetting, s.closing)
-            for state, value in zip(_STATES, counts, strict=True):
+            for state, value in states(s):
                 conns.add_metric([pool.name, state], value)
             gauges["max"].add_metric(name, s.max)
             gauges["min"].add_metric(name, s.min)
@@ -242,8 +238,7 @@ class PoolCollector:
             gauges["healthy"].add_metric(name, 1.0 if fleet.healthy else 0.0)
             for key, family in counters.items():
                 family.add_metric(name, getattr(s, key))
-            closes = (s.closed_idle, s.closed_lifetime, s.closed_broken, s.closed_resize)
-            for reason, value in zip(_CLOSE_REASONS, closes, strict=True):
+            for reason, value in close_reasons(s):
                 closed.add_metric([pool.name, reason], value)
             t = entry.timings
             for key, hist in (("wait", t.waits), ("use", t.uses), ("connect", t.connects)):
