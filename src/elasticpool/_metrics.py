@@ -14,12 +14,24 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections.abc import Sequence
-from typing import Any
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 from ._pool import Pool, PoolStats
+from ._state import TimingSink
 
-__all__ = ["DEFAULT_BUCKETS", "Histogram", "check_buckets", "close_reasons", "engine", "states"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "Histogram",
+    "Reported",
+    "check_buckets",
+    "close_reasons",
+    "engine",
+    "states",
+]
+
+SinkT = TypeVar("SinkT", bound=TimingSink)
 
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.001,
@@ -66,6 +78,57 @@ def engine(pool: Any) -> Pool[Any]:
         if isinstance(inner, Pool):
             return inner
     raise TypeError(f"expected an elasticpool Pool or a drop-in face (got {type(pool).__name__})")
+
+
+class Reported(Generic[SinkT]):
+    """The pools an exporter reports, by name, held weakly, each with its attached timing sink.
+
+    A second pool of a name already here is a :class:`ValueError` (unless the
+    first was garbage-collected); adding the same pool again is a no-op.
+    """
+
+    __slots__ = ("_entries", "_where")
+
+    def __init__(self, where: str) -> None:
+        self._where = where  # ends the duplicate-name message: "already <where>"
+        self._entries: dict[str, tuple[weakref.ref[Pool[Any]], SinkT]] = {}
+
+    def add(self, obj: Any, sink: Callable[[Pool[Any]], SinkT]) -> None:
+        """Report ``obj`` (a Pool or a drop-in face), attaching ``sink(pool)`` to its planner."""
+        pool = engine(obj)
+        entry = self._entries.get(pool.name)
+        if entry is not None:
+            if entry[0]() is pool:
+                return
+            if entry[0]() is not None:
+                raise ValueError(f"a pool named {pool.name!r} is already {self._where}")
+        timings = sink(pool)
+        self._entries[pool.name] = (weakref.ref(pool), timings)
+        pool._planner.observe(timings)
+
+    def remove(self, obj: Any) -> None:
+        """Stop reporting ``obj`` and detach its sink (no-op if it is not here)."""
+        pool = engine(obj)
+        entry = self._entries.get(pool.name)
+        if entry is not None and entry[0]() is pool:
+            del self._entries[pool.name]
+            pool._planner.unobserve(entry[1])
+
+    def clear(self) -> None:
+        """Forget every pool, detaching each live one's sink."""
+        for ref, timings in list(self._entries.values()):
+            pool = ref()
+            if pool is not None:
+                pool._planner.unobserve(timings)
+        self._entries.clear()
+
+    def live(self) -> list[tuple[Pool[Any], SinkT]]:
+        """The pools not garbage-collected, each with its sink."""
+        return [(p, t) for ref, t in list(self._entries.values()) if (p := ref()) is not None]
+
+    def names(self) -> list[str]:
+        """The names held, sorted (for a repr)."""
+        return sorted(self._entries)
 
 
 def states(s: PoolStats) -> tuple[tuple[str, int], ...]:

@@ -32,7 +32,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
 
 from . import __version__
-from ._metrics import DEFAULT_BUCKETS, check_buckets, close_reasons, engine, states
+from ._metrics import DEFAULT_BUCKETS, Reported, check_buckets, close_reasons, states
 from ._pool import Pool
 
 __all__ = ["PoolInstruments", "instrument"]
@@ -78,7 +78,7 @@ class PoolInstruments:
 
     def __init__(self, meter: Meter, buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
         bounds = list(check_buckets(buckets))
-        self._pools: dict[str, tuple[weakref.ref[Pool[Any]], _Timings]] = {}
+        self._pools: Reported[_Timings] = Reported("instrumented")
         conn = "{connection}"
         self._wait_time: Histogram = meter.create_histogram(
             "db.client.connection.wait_time",
@@ -190,28 +190,15 @@ class PoolInstruments:
 
     def add(self, obj: Any) -> None:
         """Report ``obj`` (a Pool or a drop-in face) too; a second of one name is a ValueError."""
-        pool = engine(obj)
-        entry = self._pools.get(pool.name)
-        if entry is not None:
-            if entry[0]() is pool:
-                return
-            if entry[0]() is not None:
-                raise ValueError(f"a pool named {pool.name!r} is already instrumented")
-        timings = _Timings(self, pool.name)
-        self._pools[pool.name] = (weakref.ref(pool), timings)
-        pool._planner.observe(timings)
+        self._pools.add(obj, lambda pool: _Timings(self, pool.name))
 
     def remove(self, obj: Any) -> None:
         """Stop reporting ``obj`` and detach its histograms (no-op if it is not here)."""
-        pool = engine(obj)
-        entry = self._pools.get(pool.name)
-        if entry is not None and entry[0]() is pool:
-            del self._pools[pool.name]
-            pool._planner.unobserve(entry[1])
+        self._pools.remove(obj)
 
     def pools(self) -> list[Pool[Any]]:
         """The pools reported now."""
-        return [p for ref, _ in list(self._pools.values()) if (p := ref()) is not None]
+        return [p for p, _ in self._pools.live()]
 
     # ------------------------------------------------------------------ callbacks
 
@@ -261,7 +248,7 @@ class PoolInstruments:
         return callback
 
     def __repr__(self) -> str:
-        return f"PoolInstruments(pools={sorted(self._pools)})"
+        return f"PoolInstruments(pools={self._pools.names()})"
 
 
 def instrument(

@@ -22,7 +22,6 @@ Every metric carries the label ``pool`` (the pool's name). See
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -34,8 +33,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 
-from ._metrics import DEFAULT_BUCKETS, Histogram, check_buckets, close_reasons, engine, states
-from ._pool import Pool
+from ._metrics import DEFAULT_BUCKETS, Histogram, Reported, check_buckets, close_reasons, states
 
 __all__ = ["PoolCollector", "register"]
 
@@ -60,14 +58,6 @@ class _Timings:
         self.connects.observe(seconds)
 
 
-class _Entry:
-    __slots__ = ("pool", "timings")
-
-    def __init__(self, pool: Pool[Any], timings: _Timings) -> None:
-        self.pool: weakref.ref[Pool[Any]] = weakref.ref(pool)
-        self.timings = timings
-
-
 class PoolCollector:
     """A ``prometheus_client`` collector for one or more pools.
 
@@ -86,31 +76,18 @@ class PoolCollector:
 
     def __init__(self, *pools: Any, buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
         self._bounds = check_buckets(buckets)
-        self._entries: dict[str, _Entry] = {}
+        self._pools: Reported[_Timings] = Reported("in this collector")
         self._registry: CollectorRegistry | None = None
         for pool in pools:
             self.add(pool)
 
     def add(self, obj: Any) -> None:
         """Report ``obj`` (a Pool or a drop-in face) too; a second of one name is a ValueError."""
-        pool = engine(obj)
-        entry = self._entries.get(pool.name)
-        if entry is not None:
-            if entry.pool() is pool:
-                return
-            if entry.pool() is not None:
-                raise ValueError(f"a pool named {pool.name!r} is already in this collector")
-        entry = _Entry(pool, _Timings(self._bounds))
-        self._entries[pool.name] = entry
-        pool._planner.observe(entry.timings)
+        self._pools.add(obj, lambda _: _Timings(self._bounds))
 
     def remove(self, obj: Any) -> None:
         """Stop reporting ``obj`` and detach its histograms (no-op if it is not here)."""
-        pool = engine(obj)
-        entry = self._entries.get(pool.name)
-        if entry is not None and entry.pool() is pool:
-            del self._entries[pool.name]
-            pool._planner.unobserve(entry.timings)
+        self._pools.remove(obj)
 
     def register(self, registry: CollectorRegistry | None = None) -> PoolCollector:
         """Register with ``registry`` (default: ``prometheus_client.REGISTRY``); returns self."""
@@ -124,15 +101,11 @@ class PoolCollector:
         if self._registry is not None:
             self._registry.unregister(self)
             self._registry = None
-        for entry in list(self._entries.values()):
-            pool = entry.pool()
-            if pool is not None:
-                pool._planner.unobserve(entry.timings)
-        self._entries.clear()
+        self._pools.clear()
 
     def collect(self) -> Iterator[Metric]:
         """The metric families, read now (the collector protocol)."""
-        live = [(p, e) for e in list(self._entries.values()) if (p := e.pool()) is not None]
+        live = self._pools.live()
         pool_label = ["pool"]
         conns = GaugeMetricFamily(
             "elasticpool_connections",
@@ -222,7 +195,7 @@ class PoolCollector:
                 labels=pool_label,
             ),
         }
-        for pool, entry in live:
+        for pool, t in live:
             s = pool.stats()
             fleet = pool.fleet()
             name = [pool.name]
@@ -240,7 +213,6 @@ class PoolCollector:
                 family.add_metric(name, getattr(s, key))
             for reason, value in close_reasons(s):
                 closed.add_metric([pool.name, reason], value)
-            t = entry.timings
             for key, hist in (("wait", t.waits), ("use", t.uses), ("connect", t.connects)):
                 hists[key].add_metric(name, hist.cumulative(), hist.sum)
         yield conns
@@ -250,7 +222,7 @@ class PoolCollector:
         yield from hists.values()
 
     def __repr__(self) -> str:
-        return f"PoolCollector(pools={sorted(self._entries)})"
+        return f"PoolCollector(pools={self._pools.names()})"
 
 
 def register(*pools: Any, registry: CollectorRegistry | None = None) -> PoolCollector:
