@@ -474,22 +474,19 @@ class RoutingPool(Generic[ConnT]):
     ) -> tuple[_Member[ConnT], _Acquire[ConnT], ConnT]:
         self._check_open()
         start = anyio.current_time()
-        deadline: float | None = None
         tried: set[_Member[ConnT]] = set()
-        while True:
-            member = self._pick(tried)
-            if member is None:
-                break
-            if deadline is None:
-                if timeout is _DEFAULT:
-                    timeout = member.pool.settings.pool_timeout
-                deadline = math.inf if timeout is None else start + timeout
+        member = self._pick(tried)
+        if timeout is _DEFAULT:  # the first chosen member's, the primary's when none is healthy
+            timeout = (member or self._primary).pool.settings.pool_timeout
+        deadline = math.inf if timeout is None else start + timeout
+        while member is not None:
             remaining = self._remaining(deadline, timeout)
             try:
                 inner, conn = await self._borrow_watched(member, remaining)
             except _MemberFailed as failed:
                 self._quarantine(member, failed.error)
                 tried.add(member)
+                member = self._pick(tried)
                 continue
             member.reads += 1
             self._reads += 1
@@ -500,10 +497,6 @@ class RoutingPool(Generic[ConnT]):
                 f"({self._describe_replicas()}) and fallback_to_primary is off"
             )
         member = self._primary
-        if deadline is None:
-            if timeout is _DEFAULT:
-                timeout = member.pool.settings.pool_timeout
-            deadline = math.inf if timeout is None else start + timeout
         inner = member.pool.acquire(timeout=self._remaining(deadline, timeout))
         conn = await inner.__aenter__()
         member.reads += 1
