@@ -770,8 +770,9 @@ class Pool(Generic[ConnT]):
             planner.connected(slot, conn, now, random.random())
             if self._ready is not None:
                 self._ready.set()
-        if planner._plan is not None:
-            self._execute(planner.take_plan())
+        # Even with nothing to do: a connect ending after close() may be the last
+        # thing close() waits for (_execute then sets the drained event).
+        self._execute(planner.take_plan())
 
     async def _close_slot(self, slot: Slot) -> None:
         conn = slot.conn
