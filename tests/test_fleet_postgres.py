@@ -46,6 +46,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from elasticpool import Pool, PoolTimeout
 from elasticpool.embedded import EmbeddedPostgres
 from elasticpool.fleet import PostgresMembership
+from elasticpool.testing import FaultProxy
 
 from .helpers import eventually
 
@@ -1031,3 +1032,26 @@ async def test_fleet_view_reports_the_backends_the_server_sees(fleet: Fleet) -> 
         assert status.observed_backends is not None
         assert status.observed_backends <= len(server) + 2  # + heartbeat connections
         assert {m.id for m in status.members} == {"a", "b"}
+
+
+async def test_open_cancelled_during_a_hanging_first_heartbeat_is_undone(fleet: Fleet) -> None:
+    """An open cancelled while its first heartbeat hangs leaves a new pool; the retry joins."""
+    async with FaultProxy(fleet.server.host, fleet.server.port) as proxy:
+        pool = fleet.pool(
+            dsn=proxy.dsn_for(fleet.server.dsn()),
+            interval=1.0,
+            ttl=10.0,
+            heartbeat_timeout=2.0,  # longer than the caller will wait for open()
+            membership={"instance_id": "a"},
+        )
+        proxy.blackhole()
+        with anyio.move_on_after(0.2) as scope:  # e.g. asyncio.wait_for(pool.open(), 0.2)
+            await pool.open()
+        assert scope.cancelled_caught
+        assert repr(pool).startswith(f"<Pool {fleet.name!r} new ")
+        proxy.heal()
+        async with pool:
+            assert pool.stats().max > 0
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT 1") == 1
+            assert "a" in await fleet.leases()

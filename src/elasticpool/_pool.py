@@ -130,8 +130,9 @@ class _Acquire(Generic[ConnT]):
             slot = await pool._acquire_slow(None, pool._now(), self._timeout)
         else:
             await pool._sleep(0)  # cancel point and schedule point, before any state change
+            timeout = self._timeout
             if pool._state != "open":
-                pool._check_open()
+                timeout = await pool._wait_open(timeout)
             now = pool._now()
             found = planner.acquire(now)
             if planner._plan is not None:
@@ -141,7 +142,7 @@ class _Acquire(Generic[ConnT]):
                 or pool._is_closed(found.conn)
                 or (pool._ping_after is not None and planner.should_ping(found, now))
             ):
-                slot = await pool._acquire_slow(found, now, self._timeout)
+                slot = await pool._acquire_slow(found, now, timeout)
             else:
                 slot = found
         slot.owner = pool._current_task()
@@ -276,13 +277,20 @@ class Pool(Generic[ConnT]):
         await self.close()
 
     async def open(self) -> None:
-        """Start the pool's background work (idempotent). The floor fills in the background."""
-        if self._state == "open":
-            return
-        if self._state == "opening":  # another task is opening it: wait for that
+        """Start the pool's background work (idempotent). The floor fills in the background.
+
+        With a membership, the first limit comes from ``membership.join``
+        before it returns; meanwhile the pool is opening, and acquires wait
+        for it (within their timeout). An open that is cancelled, or whose
+        join raises, is undone: the background work stops, connections opened
+        meanwhile are closed, the membership leaves, and the pool is new
+        again, so ``open()`` can be retried. Another task's ``open()`` waiting
+        for it then opens the pool itself.
+        """
+        while self._state == "opening":  # another task is opening it: wait for that
             assert self._opened is not None
             await self._opened.wait()
-            self._check_open()
+        if self._state == "open":
             return
         if self._state != "new":
             raise PoolClosed(f"pool {self.name!r} is closed and cannot be opened again")
@@ -301,15 +309,51 @@ class Pool(Generic[ConnT]):
         _spawn_system_task(self._run, started)
         with anyio.CancelScope(shield=True):  # the runner is started: finish the job
             await started.wait()
+        try:
+            if self.membership is not None:
+                # The first limit comes from the fleet, before anyone borrows.
+                await self.membership.join(self)
+        except BaseException:
+            if self._state == "opening":
+                await self._undo_open()
+            raise
+        finally:
+            opened.set()  # openers and acquires waiting for this open look again
+        if self._state != "opening":  # terminated while joining
+            raise PoolClosed(f"pool {self.name!r} was terminated while opening")
         self._state = "open"
-        opened.set()
         if self.membership is not None:
-            # The first limit comes from the fleet, before anyone borrows.
-            await self.membership.join(self)
             assert self._tg is not None
             self._tg.start_soon(self._run_membership, self.membership)
         self._planner.tick(self._now())
         self._execute(self._planner.take_plan())
+
+    async def _undo_open(self) -> None:
+        """Take back an open whose join was cancelled or failed: the pool is new again.
+
+        Nobody can have borrowed yet (acquires wait while the pool is
+        opening), so closing the idle connections, stopping the runner (which
+        abandons connects in flight) and leaving the fleet (a lease may have
+        been committed) leaves nothing behind. Shielded; ``leave`` is bounded.
+        """
+        assert self._stop is not None
+        assert self._runner_done is not None
+        planner = self._planner
+        with anyio.CancelScope(shield=True):
+            planner.resize(0, self._now())  # the join's limit, if any: nothing opens any more
+            self._execute(planner.take_plan())
+            assert self.membership is not None
+            try:
+                await self.membership.leave(self)
+            except Exception:  # pragma: no cover - a bug in a membership
+                logger.exception("pool %r: fleet membership failed to leave", self.name)
+            self._stop.set()
+            await self._runner_done.wait()
+            for slot in planner.remaining():  # normally none: closes finish in the runner
+                if slot.conn is not None:
+                    self._terminate(slot.conn)
+                planner.forget(slot)
+        self._state = "new"
 
     async def _run_membership(self, membership: Membership) -> None:
         self._membership_done = done = anyio.Event()
@@ -358,6 +402,9 @@ class Pool(Generic[ConnT]):
         terminated. Calling it again is harmless; it cannot be reopened.
         """
         _check_seconds("timeout", timeout, zero_ok=True)
+        while self._state == "opening":  # let the open finish, or be undone, first
+            assert self._opened is not None
+            await self._opened.wait()
         if self._state in ("closing", "closed"):
             if self._runner_done is not None:
                 with anyio.CancelScope(shield=True):
@@ -469,7 +516,37 @@ class Pool(Generic[ConnT]):
                 raise RuntimeError(
                     f"pool {self.name!r} is not open: use 'async with pool' or 'await pool.open()'"
                 )
+            if self._state == "opening":
+                raise RuntimeError(f"pool {self.name!r} is still opening: await pool.open() first")
             raise PoolClosed(f"pool {self.name!r} is closed ({self._planner.describe()})")
+
+    async def _wait_open(self, timeout: float | None) -> float | None:
+        """An acquire that finds the pool opening waits for the open; returns the time left.
+
+        Raises :class:`~elasticpool.PoolTimeout` if the open outlasts
+        ``timeout``, :class:`RuntimeError` if the open is undone (cancelled,
+        or its join failed), and what :meth:`_check_open` raises otherwise.
+        """
+        if self._state == "opening":
+            started = self._now()
+            with anyio.move_on_after(math.inf if timeout is None else timeout):
+                while self._state == "opening":
+                    assert self._opened is not None
+                    await self._opened.wait()
+            if self._state == "opening":
+                raise PoolTimeout(
+                    f"pool {self.name!r}: no connection within {timeout:g}s "
+                    f"(the pool is still opening; {self._planner.describe()})"
+                )
+            if self._state == "new":
+                raise RuntimeError(
+                    f"pool {self.name!r} did not open: its open() was cancelled or failed "
+                    "while this acquire waited for it"
+                )
+            if timeout is not None:
+                timeout -= self._now() - started
+        self._check_open()
+        return timeout
 
     async def _acquire_registered(self, timeout: float | None) -> ConnT:
         """``await pool.acquire()``: borrow and remember it for :meth:`release`."""
@@ -486,7 +563,7 @@ class Pool(Generic[ConnT]):
             return await self._acquire_slow(None, self._now(), timeout)  # the wait: a checkpoint
         await self._sleep(0)  # cancel point and schedule point, before any state change
         if self._state != "open":
-            self._check_open()
+            timeout = await self._wait_open(timeout)
         planner = self._planner
         now = self._now()
         slot = planner.acquire(now)
