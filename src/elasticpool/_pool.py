@@ -945,38 +945,47 @@ class Pool(Generic[ConnT]):
         await set_total(self, total)
 
     @contextlib.asynccontextmanager
-    async def _coordination(self, wait_own: float = 0.5) -> AsyncIterator[Any]:
-        """A connection for one coordination transaction, counted inside the budget if it can be.
+    async def _coordination(
+        self, wait_own: float = 0.5, *, spare: Any = None, own: bool = True
+    ) -> AsyncIterator[Coordination]:
+        """A connection for one coordination statement, counted inside the budget if it can be.
 
         One of the pool's own: an idle one, else the next to come back (ahead of
         every caller), else a new one within the limit. Only when the pool's
         limit is 0, or none of its own comes back within ``wait_own`` seconds,
-        or it is closing, is a connection of its own opened for the transaction
-        and closed after it: the one documented way a member can exceed its
-        grant, by one connection for one short transaction.
+        or it is closing (or ``own`` is false), is an *extra* connection used:
+        ``spare`` when given (one kept from an earlier heartbeat), else a new
+        one. An extra connection is closed on exit unless
+        :meth:`Coordination.keep` took it (to adopt it into the pool, or to
+        keep it for the next heartbeat).
         """
         planner = self._planner
         slot: Slot | None = None
-        if self._state == "open" and planner.limit > 0:
+        if own and spare is None and self._state == "open" and planner.limit > 0:
             try:
                 slot = await self._acquire_slot(wait_own, priority=True)
             except (PoolTimeout, PoolClosed):  # all stay borrowed, or closing
                 slot = None
         if slot is None:
-            with anyio.fail_after(self.settings.connect_timeout):
-                conn = await self._connector.connect()
+            if spare is not None:
+                conn = spare
+            else:
+                with anyio.fail_after(self.settings.connect_timeout):
+                    conn = await self._connector.connect()
+            co = Coordination(conn, extra=True)
             try:
-                yield conn
+                yield co
             finally:
-                with anyio.CancelScope(shield=True):
-                    await self._close_conn(conn)
+                if not co.kept:
+                    with anyio.CancelScope(shield=True):
+                        await self._close_conn(conn)
             return
         slot.owner = None  # the pool's own borrow: no caller holds it
         lease = slot.lease
         self._coordinating = slot
         ok = False
         try:
-            yield slot.conn
+            yield Coordination(slot.conn, extra=False)
             ok = True
         finally:
             self._coordinating = None
@@ -991,8 +1000,16 @@ class Pool(Generic[ConnT]):
                 else:
                     self._release_slot(slot, sys.exc_info()[1])
 
+    def _adopt(self, conn: Any) -> bool:
+        """Take a connection the fleet opened into the pool, if the limit has room (no await)."""
+        planner = self._planner
+        slot = planner.adopt(conn, self._now(), random.random())
+        if planner._plan is not None:
+            self._execute(planner.take_plan())
+        return slot is not None
+
     @contextlib.asynccontextmanager
-    async def _frozen(self) -> AsyncIterator[Freeze]:
+    async def _frozen(self, extra: int = 0) -> AsyncIterator[Freeze]:
         """Hold the pool at its current size for a heartbeat; yield what it reports.
 
         While the heartbeat's transaction runs the pool must not grow beyond
@@ -1007,7 +1024,7 @@ class Pool(Generic[ConnT]):
         freeze = Freeze(
             self,
             demand=max(0, p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting - coordinating),
-            holding=len(p.remaining()),
+            holding=len(p.remaining()) + extra,
             before=p.limit,
         )
         if p.size < p.limit:
@@ -1106,6 +1123,24 @@ class Pool(Generic[ConnT]):
             f"<Pool {self.name!r}{state} [in use {p.n_in_use + p.n_reserved}, idle {p.n_idle}, "
             f"connecting {p.n_connecting}{resetting} | waiting {p.n_waiting}]>"
         )
+
+
+class Coordination:
+    """The connection one coordination statement runs on (see ``Pool._coordination``)."""
+
+    __slots__ = ("conn", "extra", "kept")
+
+    def __init__(self, conn: Any, *, extra: bool) -> None:
+        self.conn = conn
+        self.extra = extra
+        """Opened (or kept) outside the pool, not one of its slots."""
+        self.kept = False
+
+    def keep(self) -> Any:
+        """Take the extra connection: it is not closed on exit, the caller owns it now."""
+        assert self.extra
+        self.kept = True
+        return self.conn
 
 
 class Freeze:

@@ -536,6 +536,23 @@ class Planner:
         self._settle(slot, now)
         self._grow(now)  # a connect finished: room for the next one, if still wanted
 
+    def adopt(self, conn: Any, now: float, jitter: float) -> Slot | None:
+        """Take in a connection opened outside the pool, if the limit has room for it.
+
+        The fleet opens one to ask for its first grant; when the grant leaves
+        room, that connection serves the oldest waiter (or goes idle) as if
+        the pool had opened it, so a member never connects once to ask and
+        again to serve. Returns the new slot, or ``None`` when the pool is
+        closed or full (the caller then closes ``conn`` itself).
+        """
+        if self.closed or self.budget_used >= self.limit:
+            return None
+        slot = Slot(next(self._ids))
+        self._slots.add(slot)
+        self.n_connecting += 1
+        self.connected(slot, conn, now, jitter)
+        return slot
+
     def connect_failed(
         self, slot: Slot, error: BaseException | None, now: float, jitter: float
     ) -> None:

@@ -1,12 +1,19 @@
 """Fleet membership coordinated through the PostgreSQL database itself.
 
-Every instance of a pool (same pool name, same database) keeps a lease row
-in a small table. Each heartbeat is one short transaction that, under a
-transaction-scoped advisory lock, reaps expired leases, reads every live
-member's demand, holdings and last grant, computes this member's share and
-grant (:func:`elasticpool._limits.heartbeat_grant`) and writes its row back.
-Lease times come from the database clock (``now()``), so instance clocks do
-not matter. The pool's limit changes only through ``Pool.resize``.
+Every active instance of a pool (same pool name, same database) keeps a
+lease row in a small table. A heartbeat is one call of a server-side
+function (``fleet/_schema.py``): one statement, one round trip, serialised
+per pool name on a row lock held for the function's server time only. It
+reaps departed members (whose backends the server no longer shows), divides
+the total over demand, and grants this member what the others' claims
+leave. Lease times come from the database clock (``now()``), so instance
+clocks do not matter. The pool's limit changes only through its resize
+entry point.
+
+An instance with no demand and no connections leaves the fleet (its lease
+ends, its part returns at once) and costs nothing until a caller arrives;
+it then opens the connection that caller needs anyway, claims on it, and
+hands it to the caller when the claim grants one.
 
 See docs/fleet.md for the bound on how far the fleet can exceed its total,
 and what happens when coordination fails.
@@ -17,22 +24,28 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
+import socket
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._limits import HYPERDRIVE_MINIMUM_TOTAL, Member, divide, heartbeat_grant, resolve_limit
+from .._limits import HYPERDRIVE_MINIMUM_TOTAL, resolve_limit
 from ._base import FleetStatus, MemberStatus
-from ._sql import fetch, quote_ident
+from ._schema import Schema
+from ._sql import fetch
 
 if TYPE_CHECKING:
-    from .._pool import Freeze, Pool
+    from .._pool import Coordination, Pool
 
 __all__ = ["PostgresMembership"]
 
 logger = logging.getLogger("elasticpool.fleet")
+
+_NAMEDATALEN = 63
+"""Bytes of ``application_name`` that PostgreSQL keeps (the rest is cut off)."""
 
 
 def _seconds(name: str, value: object, allowed: str) -> float:
@@ -49,26 +62,57 @@ def _check_total(total: object) -> None:
         raise ValueError(f"total_max_connections must be an integer >= 1 (got {total!r})")
 
 
+def _tag(prefix: str, instance_id: str) -> str:
+    """``prefix:instance_id`` within PostgreSQL's 63 bytes, the instance id kept whole."""
+    suffix = ":" + instance_id
+    room = _NAMEDATALEN - len(suffix.encode())
+    if room < 1:
+        raise ValueError(f"instance_id {instance_id!r} leaves no room for a tag in 63 bytes")
+    cut = prefix.encode()[:room].decode(errors="ignore")
+    return cut + suffix
+
+
 class PostgresMembership:
     """Share ``total_max_connections`` with every other instance of the pool, through PostgreSQL.
 
-    ``table`` (and ``schema``) name the lease table; it and ``<table>_config``
-    are created if missing (``create_tables=False`` to require them, e.g. for
-    a role without CREATE rights: then an administrator runs
-    :meth:`create_tables_sql`). Identifiers are quoted; every value is a
-    parameter. ``instance_id`` defaults to a random id per process.
+    ``table`` (and ``schema``) name the lease table; it, ``<table>_config``
+    and the heartbeat function ``<table>_beat_v2`` are created if missing
+    (``create_tables=False`` to require them, e.g. for a role without CREATE
+    rights: then an administrator runs :meth:`create_tables_sql`).
+    Identifiers are quoted; every value is a parameter. ``instance_id``
+    defaults to ``host:pid`` plus a few random characters.
 
-    Timing: a heartbeat every ``heartbeat_interval`` seconds (with ±10 %
-    jitter), each bounded by ``heartbeat_timeout`` (default: the interval); a
-    lease lives ``lease_ttl`` seconds (default 5 intervals) after its last
-    heartbeat, by the database clock.
+    Who is a member: an instance with demand (connections in use, callers
+    waiting) or connections open. One with neither leaves at its next
+    heartbeat and makes no connection and no heartbeat until a caller
+    arrives; it then opens the connection that caller needs, claims on it,
+    and hands it over when the claim grants one.
 
-    Observability: with ``application_name`` (the name every member's
-    connections carry: set it in the connector, e.g.
-    ``AsyncpgConnector(dsn, server_settings={"application_name": "api"})``),
-    each heartbeat also counts the fleet's backends in ``pg_stat_activity``;
-    :meth:`Pool.fleet() <elasticpool.Pool.fleet>` reports it as
-    ``observed_backends``, next to the shares and holdings.
+    Timing: a heartbeat every ``heartbeat_interval`` seconds (±10 % jitter)
+    while active, each bounded by ``heartbeat_timeout`` (default: the
+    interval); a lease lives ``lease_ttl`` seconds (default 5 intervals)
+    after its last heartbeat, by the database clock. Callers queuing at the
+    limit bring the heartbeat forward when it can change something (the
+    member is below its share, or budget is free), again every eighth of an
+    interval while they wait; a member over its share gives back at once
+    when its surplus has closed.
+
+    Division: ``reserve`` connections of the total (default: one per 20,
+    at most 2) are kept out of the shares while two or more members are
+    active, so a member that starts asking gets its first connection at
+    once; the rest follows demand (max-min fair), and members keep idle
+    connections nobody else asks for.
+
+    Tags: every connection a member opens carries ``application_name``
+    ``<application_name or "ep:<pool>">:<instance_id>`` (via the
+    connector's ``set_server_settings``), so the server's view of who holds
+    what is exact: a departed member's claim stays counted while
+    ``pg_stat_activity`` shows its backends (a process killed mid-query).
+
+    Load: the heartbeat waits at most ``lock_timeout`` (default a tenth of
+    the interval) for its pool's row; when it is busy, the lease is only
+    extended and the member tries again after a jittered backoff, so a
+    busy coordinator sheds load instead of expiring live members.
 
     Failure: while heartbeats fail, the instance keeps its last limit for one
     ``lease_ttl`` (measured locally from the start of its last good
@@ -92,6 +136,8 @@ class PostgresMembership:
         lease_ttl: float | None = None,
         create_tables: bool = True,
         application_name: str | None = None,
+        reserve: int | None = None,
+        lock_timeout: float | None = None,
     ) -> None:
         for name, value in (
             ("table", table),
@@ -116,15 +162,31 @@ class PostgresMembership:
         )
         if not 0 < timeout < ttl:
             raise ValueError(f"heartbeat_timeout must be {timeout_range} seconds (got {timeout!r})")
-        heartbeat_interval = interval
-        prefix = "" if schema is None else quote_ident(schema) + "."
-        self._table = prefix + quote_ident(table)
-        self._config = prefix + quote_ident(table + "_config")
-        self._table_name = table if schema is None else f"{schema}.{table}"
-        self.instance_id = instance_id or uuid.uuid4().hex[:12]
-        self.heartbeat_interval = float(heartbeat_interval)
+        if reserve is not None and (
+            not isinstance(reserve, int) or isinstance(reserve, bool) or reserve < 0
+        ):
+            raise ValueError(f"reserve must be an integer >= 0 or None (got {reserve!r})")
+        lock_range = f"in (0, heartbeat_timeout={timeout:g})"
+        lock = (
+            min(interval / 10, timeout / 2)
+            if lock_timeout is None
+            else _seconds("lock_timeout", lock_timeout, lock_range)
+        )
+        if not 0 < lock < timeout:
+            raise ValueError(f"lock_timeout must be {lock_range} seconds (got {lock_timeout!r})")
+        self._schema = Schema(table, schema)
+        self._table = self._schema.table
+        self._config = self._schema.config
+        self._table_name = self._schema.name
+        self.instance_id = instance_id or (
+            f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:4]}"
+        )
+        _tag("", self.instance_id)  # fits a tag, or a ValueError now
+        self.heartbeat_interval = float(interval)
         self.heartbeat_timeout = float(timeout)
         self.lease_ttl = float(ttl)
+        self.lock_timeout = float(lock)
+        self.reserve = reserve
         self.create_tables = create_tables
         self.application_name = application_name
         # last good view
@@ -132,207 +194,261 @@ class PostgresMembership:
         self._share = 0
         self._limit = 0
         self._total: int | None = None
+        self._claimed = 0
         self._source = "total"
         self._last_ok: float | None = None
         self._healthy = False
         self._observed: int | None = None
         self._tables_ready = False
         self._failing = False
+        self._active = False  # holds a live lease
+        self._claim = 0  # what this member's row claims (its holding at the last beat, or more)
+        self._spare: Any = None  # an extra connection kept for the next heartbeat
+        self._tag: str | None = None
         self._beating = anyio.Lock()
+        self.beats = 0
+        """Heartbeats that reached the database (statistics)."""
+        self.busy = 0
+        """Heartbeats that found the coordinator busy and only kept the lease."""
 
     # ------------------------------------------------------------------ sql
 
     def create_tables_sql(self) -> str:
-        """The DDL for the lease and config tables (for an administrator to run once)."""
-        return (
-            f"CREATE TABLE IF NOT EXISTS {self._table} ("
-            " pool_name text NOT NULL,"
-            " instance_id text NOT NULL,"
-            " heartbeat_at timestamptz NOT NULL,"
-            " expires_at timestamptz NOT NULL,"
-            " demand integer NOT NULL DEFAULT 0,"
-            " holding integer NOT NULL DEFAULT 0,"
-            " share integer NOT NULL DEFAULT 0,"
-            " granted integer NOT NULL DEFAULT 0,"
-            " PRIMARY KEY (pool_name, instance_id));\n"
-            f"CREATE TABLE IF NOT EXISTS {self._config} ("
-            " pool_name text PRIMARY KEY,"
-            " total_max_connections integer,"
-            " updated_at timestamptz NOT NULL DEFAULT now());"
-        )
+        """The DDL for the lease and config tables and the heartbeat function (run once)."""
+        return self._schema.ddl()
 
-    async def _ensure_tables(self, conn: Any) -> None:
+    async def _ensure_tables(self, conn: Any, transaction: Any = None) -> None:
+        """Create what is missing; in a transaction of its own, or the caller's (``None``)."""
         if self._tables_ready:
             return
-        # CREATE TABLE IF NOT EXISTS is not safe against itself (concurrent
-        # creators collide on pg_type's unique index): members joining together
-        # take turns. Runs inside the caller's transaction.
-        await fetch(
-            conn,
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            f"elasticpool:create:{self._table_name}",
-        )
-        if not await self._tables_exist(conn):
-            if not self.create_tables:
-                raise RuntimeError(
-                    f"lease table {self._table_name!r} is missing and create_tables is False"
-                )
-            for statement in self.create_tables_sql().split(";\n"):
-                await fetch(conn, statement.rstrip(";"))
+        async with transaction(conn) if transaction is not None else contextlib.nullcontext():
+            # CREATE ... IF NOT EXISTS is not safe against itself (concurrent
+            # creators collide on pg_type's unique index): members take turns.
+            await fetch(
+                conn,
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                f"elasticpool:create:{self._table_name}",
+            )
+            if not await self._ready(conn):
+                if not self.create_tables:
+                    raise RuntimeError(
+                        f"lease table {self._table_name!r} (or its heartbeat function) is "
+                        "missing and create_tables is False: run create_tables_sql() as an "
+                        "administrator"
+                    )
+                for statement in self._schema.statements():
+                    await fetch(conn, statement)
         self._tables_ready = True
 
-    def _lock_key(self, pool: Pool[Any]) -> str:
-        return f"elasticpool:{self._table_name}:{pool.name}"
-
-    async def _heartbeat_tx(
-        self, pool: Pool[Any], conn: Any, freeze: Freeze
-    ) -> tuple[int, int, int | None, str, tuple[MemberStatus, ...], int | None]:
-        """One heartbeat transaction; returns (share, grant, total, source, members, observed)."""
-        if not self._tables_ready:
-            async with pool._connector.transaction(conn):
-                await self._ensure_tables(conn)
-        async with pool._connector.transaction(conn):
-            await fetch(
-                conn, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", self._lock_key(pool)
-            )
-            await fetch(
-                conn,
-                f"DELETE FROM {self._table} WHERE pool_name = $1 AND expires_at < now()",
-                pool.name,
-            )
-            rows = await fetch(
-                conn,
-                "SELECT instance_id, demand, holding, granted,"
-                " extract(epoch FROM now() - heartbeat_at)::float8"
-                f" FROM {self._table} WHERE pool_name = $1",
-                pool.name,
-            )
-            config = await fetch(
-                conn,
-                f"SELECT total_max_connections FROM {self._config} WHERE pool_name = $1",
-                pool.name,
-            )
-            live_total = config[0][0] if config else None
-            resolution = resolve_limit(
-                pool.settings,
-                fleet_total=live_total,
-                allow_small_total=pool.settings.allow_small_total,
-            )
-            members = [
-                Member(str(r[0]), int(r[1]), int(r[2]), int(r[3]))
-                for r in rows
-                if r[0] != self.instance_id
-            ]
-            demand, holding = freeze.demand, freeze.holding
-            members.append(Member(self.instance_id, demand, holding, 0))
-            total = resolution.fleet_total
-            if total is None:  # only max_connections: fixed per instance, fleet unbounded
-                share = grant = resolution.limit
-                shares = dict.fromkeys((m.id for m in members), resolution.limit)
-            else:
-                share, grant = heartbeat_grant(total, members, self.instance_id)
-                shares = divide(total, members)
-            freeze.grant = grant  # from here a failure may or may not have committed it
-            await fetch(
-                conn,
-                f"INSERT INTO {self._table} AS t (pool_name, instance_id, heartbeat_at,"
-                " expires_at, demand, holding, share, granted)"
-                " VALUES ($1, $2, now(), now() + make_interval(secs => $3), $4, $5, $6, $7)"
-                " ON CONFLICT (pool_name, instance_id) DO UPDATE SET"
-                " heartbeat_at = EXCLUDED.heartbeat_at, expires_at = EXCLUDED.expires_at,"
-                " demand = EXCLUDED.demand, holding = EXCLUDED.holding,"
-                " share = EXCLUDED.share, granted = EXCLUDED.granted",
-                pool.name,
-                self.instance_id,
-                self.lease_ttl,
-                demand,
-                holding,
-                share,
-                grant,
-            )
-            ages = {str(r[0]): float(r[4]) for r in rows}
-            view = tuple(
-                MemberStatus(
-                    id=m.id,
-                    demand=m.demand,
-                    holding=m.holding,
-                    share=shares[m.id],
-                    granted=grant if m.id == self.instance_id else m.granted,
-                    heartbeat_age=0.0 if m.id == self.instance_id else ages.get(m.id, 0.0),
-                )
-                for m in sorted(members, key=lambda m: m.id)
-            )
-            observed = await self._observed_backends(pool, conn)
-        return share, grant, total, resolution.source, view, observed
-
-    async def _observed_backends(self, pool: Pool[Any], conn: Any) -> int | None:
-        """Backends ``pg_stat_activity`` shows with the fleet's ``application_name`` (if given)."""
-        name = self.application_name
-        if name is None:
-            return None
+    async def _ready(self, conn: Any) -> bool:
+        """Whether the tables and this version's heartbeat function exist (one query)."""
         rows = await fetch(
-            conn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name
+            conn,
+            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL"
+            " AND to_regproc($3) IS NOT NULL",
+            self._table,
+            self._config,
+            self._schema.beat,
         )
-        return int(rows[0][0])
+        return bool(rows[0][0])
+
+    def _tag_for(self, pool: Pool[Any]) -> str:
+        return _tag(self.application_name or f"ep:{pool.name}", self.instance_id)
 
     # ------------------------------------------------------------------ membership
 
     async def join(self, pool: Pool[Any]) -> None:
-        """First heartbeat, before anyone borrows: the pool starts at its grant."""
-        await pool.resize(0)  # nothing opens before the fleet has a say
-        await self._beat(pool)
+        """Tag the pool's connections and start at limit 0: the first caller brings the first beat.
 
-    async def run(self, pool: Pool[Any]) -> None:
-        """Heartbeat until cancelled; early when callers queue at the limit.
-
-        Demand is only seen at a heartbeat, so a caller queuing while its
-        pool is at its limit (0 included) wakes the next one early, at most
-        one early heartbeat per quarter interval.
+        A pool with a warm floor (``min_connections``) joins at once: it
+        holds connections, so it is a member from the start.
         """
-        while True:
-            jitter = 1.0 + random.uniform(-0.1, 0.1)
-            pool._fleet_demand = demand = anyio.Event()
-            with anyio.move_on_after(self.heartbeat_interval * jitter):
-                await demand.wait()
-                await anyio.sleep(self.heartbeat_interval / 4)  # let demand gather
+        self._tag = self._tag_for(pool)
+        set_settings = getattr(pool._connector, "set_server_settings", None)
+        if set_settings is not None:
+            set_settings({"application_name": self._tag})
+        else:
+            logger.info(
+                "pool %r: its connector cannot tag connections (no set_server_settings): "
+                "backends of a member killed mid-query are not counted after its lease ends",
+                pool.name,
+            )
+        await pool.resize(0)  # nothing opens before the fleet has a say
+        if pool.settings.min_connections > 0:
             await self._beat(pool)
 
+    async def run(self, pool: Pool[Any]) -> None:
+        """Heartbeat while active; early when it can help; wait for a caller while not."""
+        while True:
+            pool._fleet_demand = demand = anyio.Event()
+            if not self._active:
+                if self._spare is None and pool.stats().size == 0 and not self._wants(pool):
+                    await demand.wait()  # left the fleet: nothing until a caller comes
+                await self._beat(pool)
+                if not self._active and self._wants(pool):
+                    await self._pause(pool, self.heartbeat_interval / 8)
+                continue
+            wait = self.heartbeat_interval * random.uniform(0.9, 1.1)
+            with anyio.move_on_after(wait):
+                await self._until_worth_a_beat(pool, demand)
+            await self._beat(pool)
+
+    async def _until_worth_a_beat(self, pool: Pool[Any], demand: anyio.Event) -> None:
+        """Return when an early heartbeat can change something (the caller bounds the wait).
+
+        Worth it: callers wait below this member's share (it may grow), or
+        budget is free; or the member holds less than its row claims while
+        others ask for more (give back now, not at the next interval).
+        """
+        step = self.heartbeat_interval / 8
+        while True:
+            with anyio.move_on_after(step):
+                await demand.wait()
+            stats = pool.stats()
+            if stats.waiting and (
+                self._share > self._limit
+                or (self._total is not None and self._claimed < self._total)
+            ):
+                return
+            if stats.size + stats.closing < self._claim and self._others_want():
+                return
+            if demand.is_set():
+                pool._fleet_demand = demand = anyio.Event()
+
+    def _others_want(self) -> bool:
+        return any(m.share > m.granted for m in self._members if m.id != self.instance_id)
+
+    def _wants(self, pool: Pool[Any]) -> bool:
+        stats = pool.stats()
+        return bool(stats.waiting or stats.in_use or stats.connecting)
+
+    async def _pause(self, pool: Pool[Any], seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await anyio.sleep_forever()
+
     async def leave(self, pool: Pool[Any]) -> None:
-        """Drop this instance's lease so its share returns to the others at once."""
-        with contextlib.suppress(Exception), anyio.fail_after(self.heartbeat_timeout):
-            async with pool._coordination() as conn, pool._connector.transaction(conn):
-                await fetch(
-                    conn,
-                    f"DELETE FROM {self._table} WHERE pool_name = $1 AND instance_id = $2",
-                    pool.name,
-                    self.instance_id,
-                )
+        """End this instance's lease so its part returns to the others at once."""
+        if not self._active and self._claim == 0 and self._spare is None:
+            return
+        await self._beat(pool, leave=True)
+        await self._drop_spare(pool)
 
-    async def _beat(self, pool: Pool[Any]) -> None:
+    async def _beat(self, pool: Pool[Any], *, leave: bool = False) -> None:
         async with self._beating:  # one heartbeat at a time per member (set_total runs one too)
-            await self._beat_once(pool)
+            await self._beat_once(pool, leave)
 
-    async def _beat_once(self, pool: Pool[Any]) -> None:
+    async def _beat_once(self, pool: Pool[Any], leave: bool) -> None:
         started = pool._now()
         try:
             with anyio.fail_after(self.heartbeat_timeout):
+                spare, self._spare = self._spare, None
                 async with (
-                    pool._coordination(wait_own=self.heartbeat_timeout / 2) as conn,
-                    pool._frozen() as freeze,
+                    pool._coordination(
+                        wait_own=self.heartbeat_timeout / 2, spare=spare, own=not leave
+                    ) as co,
+                    pool._frozen(extra=1 if co.extra else 0) as freeze,
                 ):
-                    result = await self._heartbeat_tx(pool, conn, freeze)
-                    share, grant, total, source, view, observed = result
+                    if not self._tables_ready:
+                        await self._ensure_tables(co.conn, pool._connector.transaction)
+                    row = await self._call(pool, co.conn, freeze.demand, freeze.holding, leave)
+                    if row[0] == "busy":
+                        freeze.apply(freeze.before)
+                        self._keep_spare(pool, co)
+                        self.busy += 1
+                        self._healthy = True
+                        return
+                    status, share, grant, total, live_total, claimed = row[:6]
+                    freeze.grant = grant
                     freeze.apply(grant)
+                    self._claim = max(freeze.holding, grant) if status == "ok" else freeze.holding
+                    self._settle_extra(pool, co, grant, status == "ok")
         except Exception as exc:
             await self._failed(pool, exc, started)
             return
-        self._share, self._limit, self._total, self._source = share, grant, total, source
-        self._members, self._observed = view, observed
+        self.beats += 1
+        self._active = status == "ok"
+        resolution_source = self._source_of(pool, live_total)
+        self._share, self._limit, self._total = share, grant, total
+        self._claimed, self._source = claimed, resolution_source
+        self._members = self._view(row)
+        self._observed = row[12]
         self._last_ok = started
         if self._failing:
             logger.info("pool %r: fleet coordination ok again (limit %d)", pool.name, grant)
         self._failing = False
         self._healthy = True
+
+    async def _call(
+        self, pool: Pool[Any], conn: Any, demand: int, holding: int, leave: bool
+    ) -> tuple[Any, ...]:
+        settings = pool.settings
+        base = resolve_limit(settings, allow_small_total=True)
+        total = base.fleet_total
+        fixed = base.limit if total is None else 0
+        minimum = 1 if settings.allow_small_total else HYPERDRIVE_MINIMUM_TOTAL
+        reserve = self.reserve
+        if reserve is None:
+            reserve = 0 if total is None else min(2, total // 20)
+        rows = await fetch(
+            conn,
+            f"SELECT * FROM {self._schema.beat}"
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            pool.name,
+            self.instance_id,
+            self._tag,
+            demand,
+            holding,
+            total,
+            fixed,
+            minimum,
+            reserve,
+            self.lease_ttl,
+            max(1, round(self.lock_timeout * 1000)),
+            leave,
+            None if self.application_name is None else self.application_name,
+        )
+        return tuple(rows[0])
+
+    def _settle_extra(self, pool: Pool[Any], co: Coordination, grant: int, active: bool) -> None:
+        """The extra connection after a beat: into the pool, kept for the next beat, or closed."""
+        if not co.extra:
+            return
+        if active and grant > 0 and pool._adopt(co.conn):
+            co.keep()
+            return
+        self._keep_spare(pool, co)
+
+    def _keep_spare(self, pool: Pool[Any], co: Coordination) -> None:
+        """Keep an extra connection for the next beat while callers wait and nothing is granted."""
+        if co.extra and not co.kept and self._wants(pool) and pool.stats().max == 0:
+            self._spare = co.keep()
+
+    async def _drop_spare(self, pool: Pool[Any]) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            with anyio.CancelScope(shield=True):
+                await pool._close_conn(spare)
+
+    def _source_of(self, pool: Pool[Any], live_total: int | None) -> str:
+        if live_total is not None:
+            return "total"
+        return resolve_limit(pool.settings, allow_small_total=True).source
+
+    def _view(self, row: tuple[Any, ...]) -> tuple[MemberStatus, ...]:
+        ids, demands, holdings, shares, granteds, ages = row[6:12]
+        if ids is None:
+            return self._members
+        return tuple(
+            MemberStatus(
+                id=str(i),
+                demand=int(d),
+                holding=int(h),
+                share=int(s),
+                granted=int(g),
+                heartbeat_age=float(a),
+            )
+            for i, d, h, s, g, a in zip(ids, demands, holdings, shares, granteds, ages, strict=True)
+        )
 
     async def _failed(self, pool: Pool[Any], exc: BaseException, started: float) -> None:
         if not self._failing:  # the first failure of a streak, even before any success
@@ -360,6 +476,8 @@ class PostgresMembership:
                 pool.settings.limit_mode,
             )
             await pool.resize(fallback)
+        if self._active is False:
+            await self._pause(pool, self.heartbeat_interval)
 
     # ------------------------------------------------------------------ live total
 
@@ -374,8 +492,8 @@ class PostgresMembership:
                 pool.settings.replace(total_max_connections=total),
                 allow_small_total=pool.settings.allow_small_total,
             )
-        async with pool._coordination() as conn, pool._connector.transaction(conn):
-            await self.store_total(conn, pool.name, total)
+        async with pool._coordination() as co, pool._connector.transaction(co.conn):
+            await self.store_total(co.conn, pool.name, total)
         await self._beat(pool)
 
     async def store_total(self, conn: Any, pool_name: str, total: int | None) -> None:
@@ -397,16 +515,6 @@ class PostgresMembership:
             total,
         )
 
-    async def _tables_exist(self, conn: Any) -> bool:
-        """Whether the lease table and its config table both exist (one query)."""
-        rows = await fetch(
-            conn,
-            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
-            self._table,
-            self._config,
-        )
-        return bool(rows[0][0])
-
     async def read_fleets(
         self, conn: Any, pool_name: str | None = None
     ) -> dict[str, tuple[int | None, tuple[MemberStatus, ...]]]:
@@ -419,7 +527,7 @@ class PostgresMembership:
         empty when the tables do not exist. For tools that are not members
         (``elasticpool status``).
         """
-        if not await self._tables_exist(conn):
+        if not await self._ready(conn):
             return {}
         where, args = ("", ()) if pool_name is None else (" AND pool_name = $1", (pool_name,))
         leases = await fetch(
@@ -460,6 +568,8 @@ class PostgresMembership:
             members=self._members,
             observed_backends=self._observed,
             healthy=self._healthy,
+            active=self._active,
+            claimed=self._claimed if self._total is not None else None,
             last_heartbeat_age=None if self._last_ok is None else now - self._last_ok,
         )
 
