@@ -75,6 +75,15 @@ class Connector(Protocol[ConnT]):
       it. The pool passes ``readonly`` only when it is true, so a connector
       written before it existed still serves ordinary transactions.
 
+    Optional: ``set_server_settings(settings: Mapping[str, str]) -> None``. A
+    connector that has it sends ``settings`` (server parameters by name, such
+    as ``application_name``) when it opens every later connection, in place of
+    its own values for the same names; each call replaces the mapping of the
+    last. :class:`~elasticpool.fleet.PostgresMembership` uses it to tag a
+    member's connections with its pool and instance (see docs/fleet.md); it
+    is never called without a membership. A connector without it still works,
+    untagged.
+
     It is not a pool: it keeps no connections of its own.
     """
 

@@ -48,7 +48,6 @@ __all__ = [
     "fleet_grant",
     "fleet_shares",
     "grants",
-    "heartbeat_grant",
     "resolve_limit",
 ]
 
@@ -149,32 +148,6 @@ def grants(total: int, members: Sequence[Member], shares: Mapping[str, int]) -> 
         m.id: shares[m.id] if m.holding >= shares[m.id] else m.holding + alloc[m.id]
         for m in members
     }
-
-
-def heartbeat_grant(total: int, members: Sequence[Member], me: str) -> tuple[int, int]:
-    """``(share, grant)`` for ``me`` at its heartbeat, the fleet's rows read under the lock.
-
-    Everyone else keeps the right to grow to what it last granted itself, so
-    ``me`` may only grow into ``total - sum(max(holding, granted) of others)``
-    less what it holds itself. Heartbeats are serialised by the advisory lock
-    and each member's connections only grow up to its own grant, so
-
-        sum over members of max(holding, granted) <= total
-
-    holds after every heartbeat if it held before (a heartbeat never raises
-    the sum above ``total``; when it is already above, no one may grow), and
-    so the open connections of live members never exceed the total. A member
-    above its share is granted its share and shrinks as borrowers return
-    connections.
-    """
-    shares = divide(total, members)
-    mine = next(m for m in members if m.id == me)
-    others = sum(max(m.holding, m.granted) for m in members if m.id != me)
-    share = shares[me]
-    if mine.holding >= share:
-        return share, share
-    free = max(0, total - others - mine.holding)
-    return share, min(share, mine.holding + free)
 
 
 def fleet_shares(total: int, members: Sequence[Member], reserve: int = 0) -> dict[str, int]:

@@ -36,6 +36,8 @@ from .._limits import HYPERDRIVE_MINIMUM_TOTAL, resolve_limit
 from ._base import FleetStatus, MemberStatus
 from ._schema import Schema
 from ._sql import fetch
+from ._tags import application_name as tagged_name
+from ._tags import pool_tag
 
 if TYPE_CHECKING:
     from .._pool import Coordination, Pool
@@ -43,9 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["PostgresMembership"]
 
 logger = logging.getLogger("elasticpool.fleet")
-
-_NAMEDATALEN = 63
-"""Bytes of ``application_name`` that PostgreSQL keeps (the rest is cut off)."""
 
 
 def _seconds(name: str, value: object, allowed: str) -> float:
@@ -60,16 +59,6 @@ def _seconds(name: str, value: object, allowed: str) -> float:
 def _check_total(total: object) -> None:
     if total is not None and (not isinstance(total, int) or isinstance(total, bool) or total < 1):
         raise ValueError(f"total_max_connections must be an integer >= 1 (got {total!r})")
-
-
-def _tag(prefix: str, instance_id: str) -> str:
-    """``prefix:instance_id`` within PostgreSQL's 63 bytes, the instance id kept whole."""
-    suffix = ":" + instance_id
-    room = _NAMEDATALEN - len(suffix.encode())
-    if room < 1:
-        raise ValueError(f"instance_id {instance_id!r} leaves no room for a tag in 63 bytes")
-    cut = prefix.encode()[:room].decode(errors="ignore")
-    return cut + suffix
 
 
 class PostgresMembership:
@@ -138,6 +127,7 @@ class PostgresMembership:
         application_name: str | None = None,
         reserve: int | None = None,
         lock_timeout: float | None = None,
+        client_connection_check_interval: float | None = 2.0,
     ) -> None:
         for name, value in (
             ("table", table),
@@ -174,14 +164,22 @@ class PostgresMembership:
         )
         if not 0 < lock < timeout:
             raise ValueError(f"lock_timeout must be {lock_range} seconds (got {lock_timeout!r})")
+        check = client_connection_check_interval
+        if check is not None:
+            check = _seconds("client_connection_check_interval", check, "None or in [0, 3600]")
+            if not 0 <= check <= 3600:
+                raise ValueError(
+                    "client_connection_check_interval must be None or in [0, 3600] seconds "
+                    f"(got {check!r})"
+                )
         self._schema = Schema(table, schema)
         self._table = self._schema.table
         self._config = self._schema.config
         self._table_name = self._schema.name
+        # host:pid:random, within the 24 characters a tag keeps whole
         self.instance_id = instance_id or (
-            f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:4]}"
+            f"{socket.gethostname()[:10]}:{os.getpid()}:{uuid.uuid4().hex[:4]}"
         )
-        _tag("", self.instance_id)  # fits a tag, or a ValueError now
         self.heartbeat_interval = float(interval)
         self.heartbeat_timeout = float(timeout)
         self.lease_ttl = float(ttl)
@@ -189,6 +187,10 @@ class PostgresMembership:
         self.reserve = reserve
         self.create_tables = create_tables
         self.application_name = application_name
+        self.client_connection_check_interval = check or None
+        # None: not asked yet; False: the server refused it (older than 14, or Windows).
+        self._check_ok: bool | None = None if check else False
+        self._departed = 0
         # last good view
         self._members: tuple[MemberStatus, ...] = ()
         self._share = 0
@@ -252,8 +254,52 @@ class PostgresMembership:
         )
         return bool(rows[0][0])
 
-    def _tag_for(self, pool: Pool[Any]) -> str:
-        return _tag(self.application_name or f"ep:{pool.name}", self.instance_id)
+    def _tag_connections(self, pool: Pool[Any]) -> None:
+        """Tell the connector the settings every connection of this member opens with."""
+        set_settings = getattr(pool._connector, "set_server_settings", None)
+        if set_settings is None:
+            logger.info(
+                "pool %r: its connector cannot tag connections (no set_server_settings): "
+                "backends of a member killed mid-query are not counted after its lease ends",
+                pool.name,
+            )
+            return
+        self._tag = tagged_name(pool.name, self.instance_id, self.application_name)
+        settings = {"application_name": self._tag}
+        if self._check_ok and self.client_connection_check_interval is not None:
+            ms = max(1, round(self.client_connection_check_interval * 1000))
+            settings["client_connection_check_interval"] = f"{ms}ms"
+        set_settings(settings)
+
+    async def _probe_check_interval(self, pool: Pool[Any], conn: Any) -> None:
+        """Whether the server takes ``client_connection_check_interval`` (once; then tag with it).
+
+        PostgreSQL before 14 does not know it, and a server that cannot poll
+        for closed sockets (Windows) refuses any value but 0; either refuses a
+        startup parameter it would not take, so it is only sent once accepted.
+        """
+        assert self.client_connection_check_interval is not None
+        ms = max(1, round(self.client_connection_check_interval * 1000))
+        try:
+            async with pool._connector.transaction(conn):
+                await fetch(
+                    conn,
+                    "SELECT set_config('client_connection_check_interval', $1, true)",
+                    f"{ms}ms",
+                )
+        except Exception as exc:
+            if pool._connector.is_disconnect(exc):
+                raise
+            logger.info(
+                "pool %r: the server does not take client_connection_check_interval (%s); "
+                "a killed member's queries run until they end",
+                pool.name,
+                exc,
+            )
+            self._check_ok = False
+            return
+        self._check_ok = True
+        self._tag_connections(pool)
 
     # ------------------------------------------------------------------ membership
 
@@ -263,16 +309,7 @@ class PostgresMembership:
         A pool with a warm floor (``min_connections``) joins at once: it
         holds connections, so it is a member from the start.
         """
-        self._tag = self._tag_for(pool)
-        set_settings = getattr(pool._connector, "set_server_settings", None)
-        if set_settings is not None:
-            set_settings({"application_name": self._tag})
-        else:
-            logger.info(
-                "pool %r: its connector cannot tag connections (no set_server_settings): "
-                "backends of a member killed mid-query are not counted after its lease ends",
-                pool.name,
-            )
+        self._tag_connections(pool)  # before the first connection: it is the fleet's too
         await pool.resize(0)  # nothing opens before the fleet has a say
         if pool.settings.min_connections > 0:
             await self._beat(pool)
@@ -350,6 +387,8 @@ class PostgresMembership:
                 ):
                     if not self._tables_ready:
                         await self._ensure_tables(co.conn, pool._connector.transaction)
+                    if self._check_ok is None and self._tag is not None:
+                        await self._probe_check_interval(pool, co.conn)
                     row = await self._call(pool, co.conn, freeze.demand, freeze.holding, leave)
                     if row[0] == "busy":
                         freeze.apply(freeze.before)
@@ -372,6 +411,7 @@ class PostgresMembership:
         self._claimed, self._source = claimed, resolution_source
         self._members = self._view(row)
         self._observed = row[12]
+        self._departed = row[13] or 0
         self._last_ok = started
         if self._failing:
             logger.info("pool %r: fleet coordination ok again (limit %d)", pool.name, grant)
@@ -405,7 +445,7 @@ class PostgresMembership:
             self.lease_ttl,
             max(1, round(self.lock_timeout * 1000)),
             leave,
-            None if self.application_name is None else self.application_name,
+            pool_tag(pool.name) if self._tag is not None else None,
         )
         return tuple(rows[0])
 
@@ -568,6 +608,7 @@ class PostgresMembership:
             members=self._members,
             observed_backends=self._observed,
             healthy=self._healthy,
+            departed_backends=self._departed,
             active=self._active,
             claimed=self._claimed if self._total is not None else None,
             last_heartbeat_age=None if self._last_ok is None else now - self._last_ok,

@@ -90,7 +90,7 @@ class Schema:
 RETURNS TABLE (o_status text, o_share integer, o_granted integer, o_total integer,
     o_live_total integer, o_claimed integer, o_ids text[], o_demands integer[],
     o_holdings integer[], o_shares integer[], o_granteds integer[], o_ages float8[],
-    o_observed integer)
+    o_observed integer, o_departed integer)
 LANGUAGE plpgsql VOLATILE
 AS $fn$
 DECLARE
@@ -136,7 +136,7 @@ BEGIN
          WHERE pool_name = p_pool AND instance_id = p_instance AND expires_at >= now();
         RETURN QUERY SELECT 'busy'::text, NULL::integer, NULL::integer, NULL::integer,
             NULL::integer, NULL::integer, NULL::text[], NULL::integer[], NULL::integer[],
-            NULL::integer[], NULL::integer[], NULL::float8[], NULL::integer;
+            NULL::integer[], NULL::integer[], NULL::float8[], NULL::integer, NULL::integer;
         RETURN;
     END;
     PERFORM set_config('lock_timeout', '0', true);
@@ -278,6 +278,8 @@ BEGIN
         v_ids, v_demands, v_holdings, v_alloc, v_granteds, v_ages,
         CASE WHEN p_observe IS NULL THEN NULL ELSE
             (SELECT count(*)::integer FROM pg_stat_activity
-              WHERE starts_with(application_name, p_observe)) END;
+              WHERE strpos(application_name, p_observe) > 0) END,
+        (SELECT coalesce(sum(claim), 0)::integer FROM {t}
+          WHERE pool_name = p_pool AND instance_id <> p_instance AND expires_at < now());
 END
 $fn$"""
