@@ -47,9 +47,7 @@ def test_shares_never_exceed_the_total_less_the_reserve(
 
 
 @given(total=st.integers(0, 120), reserve=st.integers(0, 5), members=member_lists)
-def test_every_asker_gets_its_fair_minimum(
-    total: int, reserve: int, members: list[Member]
-) -> None:
+def test_every_asker_gets_its_fair_minimum(total: int, reserve: int, members: list[Member]) -> None:
     """An asker gets at least min(demand, units // askers) of the divided units."""
     shares = fleet_shares(total, members, reserve)
     units = max(0, total - reserve if len(members) > 1 else total)
@@ -156,22 +154,21 @@ def fleet_db(pg_server: Any) -> Iterator[tuple[Any, Schema]]:
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    total=st.integers(1, 80),
-    reserve=st.integers(0, 4),
+    limits=st.tuples(st.integers(1, 80), st.integers(0, 4)),
     others=member_lists,
     me=st.builds(Member, id=st.just("me~"), demand=st.integers(0, 30), holding=st.integers(0, 30)),
     seed=st.integers(0, 10_000),
 )
 def test_the_server_function_decides_as_the_spec(
     fleet_db: tuple[Any, Schema],
-    total: int,
-    reserve: int,
+    limits: tuple[int, int],
     others: list[Member],
     me: Member,
     seed: int,
 ) -> None:
     """Random fleets through the real heartbeat function: the spec's shares and grant, exactly."""
     conn, schema = fleet_db
+    total, reserve = limits
     rng = random.Random(seed)
     pool = f"p{seed}-{uuid.uuid4().hex[:6]}"
     claims = {m.id: m.holding + rng.randint(0, 3) for m in others}

@@ -240,6 +240,8 @@ class Pool(Generic[ConnT]):
         self._fleet_demand: anyio.Event | None = None
         self._membership_done: anyio.Event | None = None
         self._coordinating: Slot | None = None
+        # Connections the fleet opened outside the slots (a heartbeat's), while open.
+        self._extras: dict[Any, None] = {}
         self._in_use: dict[int, Slot] = {}
         self._connect_time = 0.0
         self._tg: anyio.abc.TaskGroup | None = None
@@ -946,39 +948,38 @@ class Pool(Generic[ConnT]):
 
     @contextlib.asynccontextmanager
     async def _coordination(
-        self, wait_own: float = 0.5, *, spare: Any = None, own: bool = True
+        self, wait_own: float = 0.5, *, own: bool = True
     ) -> AsyncIterator[Coordination]:
         """A connection for one coordination statement, counted inside the budget if it can be.
 
         One of the pool's own: an idle one, else the next to come back (ahead of
         every caller), else a new one within the limit. Only when the pool's
         limit is 0, or none of its own comes back within ``wait_own`` seconds,
-        or it is closing (or ``own`` is false), is an *extra* connection used:
-        ``spare`` when given (one kept from an earlier heartbeat), else a new
-        one. An extra connection is closed on exit unless
-        :meth:`Coordination.keep` took it (to adopt it into the pool, or to
-        keep it for the next heartbeat).
+        or it is closing (or ``own`` is false), is a new, *extra* connection
+        opened. It is closed on exit unless :meth:`Coordination.keep` took it
+        (the pool adopted it). ``_extras`` holds it meanwhile.
         """
         planner = self._planner
         slot: Slot | None = None
-        if own and spare is None and self._state == "open" and planner.limit > 0:
+        if own and self._state == "open" and planner.limit > 0:
             try:
                 slot = await self._acquire_slot(wait_own, priority=True)
             except (PoolTimeout, PoolClosed):  # all stay borrowed, or closing
                 slot = None
         if slot is None:
-            if spare is not None:
-                conn = spare
-            else:
-                with anyio.fail_after(self.settings.connect_timeout):
-                    conn = await self._connector.connect()
+            with anyio.fail_after(self.settings.connect_timeout):
+                conn = await self._connector.connect()
             co = Coordination(conn, extra=True)
+            self._extras[conn] = None
             try:
                 yield co
             finally:
-                if not co.kept:
+                if co.kept:
+                    del self._extras[conn]
+                else:
                     with anyio.CancelScope(shield=True):
                         await self._close_conn(conn)
+                    del self._extras[conn]
             return
         slot.owner = None  # the pool's own borrow: no caller holds it
         lease = slot.lease
@@ -1000,14 +1001,6 @@ class Pool(Generic[ConnT]):
                 else:
                     self._release_slot(slot, sys.exc_info()[1])
 
-    def _adopt(self, conn: Any) -> bool:
-        """Take a connection the fleet opened into the pool, if the limit has room (no await)."""
-        planner = self._planner
-        slot = planner.adopt(conn, self._now(), random.random())
-        if planner._plan is not None:
-            self._execute(planner.take_plan())
-        return slot is not None
-
     @contextlib.asynccontextmanager
     async def _frozen(self, extra: int = 0) -> AsyncIterator[Freeze]:
         """Hold the pool at its current size for a heartbeat; yield what it reports.
@@ -1016,16 +1009,21 @@ class Pool(Generic[ConnT]):
         what it reports. The membership applies its new grant with
         :meth:`Freeze.apply`, synchronously, as soon as the transaction has
         committed. If the heartbeat fails before that, the limit goes back to
-        what it was, or to the new grant if that is lower and may already be
-        committed (a failure during COMMIT leaves that unknown).
+        what it was, or lower when the outcome may be committed but is not
+        known (the reply lost or late): to the new grant if it was computed,
+        else to the size it reported (``extra``: one more connection the
+        heartbeat runs on, reported as held).
         """
         p = self._planner
         coordinating = 1 if self._coordinating is not None else 0
+        now_demand = p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting
+        peak, p.peak = p.peak, 0  # the recent peak: bursty demand is not missed between beats
         freeze = Freeze(
             self,
-            demand=max(0, p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting - coordinating),
+            demand=max(0, max(now_demand, peak) - coordinating),
             holding=len(p.remaining()) + extra,
             before=p.limit,
+            size=len(p.remaining()),
         )
         if p.size < p.limit:
             p.resize(p.size, self._now())
@@ -1034,7 +1032,12 @@ class Pool(Generic[ConnT]):
             yield freeze
         except BaseException:
             if not freeze.applied and not p.closed:
-                back = freeze.before if freeze.grant is None else min(freeze.before, freeze.grant)
+                if freeze.grant is not None:  # computed, maybe committed: never above it
+                    back = min(freeze.before, freeze.grant)
+                elif freeze.sent:  # maybe committed, grant unknown: the size it reported
+                    back = min(freeze.before, freeze.size)
+                else:
+                    back = freeze.before
                 if p.limit != back:
                     p.resize(back, self._now())
                     self._execute(p.take_plan())
@@ -1146,23 +1149,37 @@ class Coordination:
 class Freeze:
     """A pool held at its size during one heartbeat (see ``Pool._frozen``)."""
 
-    __slots__ = ("applied", "before", "demand", "grant", "holding", "pool")
+    __slots__ = ("applied", "before", "demand", "grant", "holding", "pool", "sent", "size")
 
-    def __init__(self, pool: Pool[Any], *, demand: int, holding: int, before: int) -> None:
+    def __init__(
+        self, pool: Pool[Any], *, demand: int, holding: int, before: int, size: int
+    ) -> None:
         self.pool = pool
         self.demand = demand
         self.holding = holding
+        """What it reports: its slots, plus the extra connection the heartbeat runs on."""
         self.before = before
+        self.size = size
+        """Its slots when frozen: never above what its lease claims, committed or not."""
         self.grant: int | None = None
         self.applied = False
+        self.sent = False
+        """The heartbeat reached the server: its outcome may be committed."""
 
-    def apply(self, limit: int) -> None:
-        """Set the pool's limit now, with no await: the heartbeat's outcome is committed."""
+    def apply(self, limit: int, adopt: Any = None) -> bool:
+        """Set the pool's limit now, with no await: the heartbeat's outcome is committed.
+
+        ``adopt``: the extra connection the heartbeat ran on, taken in as the
+        first unit of the new limit if it has room (see ``Planner.resize``).
+        Returns whether it was taken in.
+        """
         p = self.pool._planner
+        slot = None
         if not p.closed:
-            p.resize(limit, self.pool._now())
+            slot = p.resize(limit, self.pool._now(), adopt=adopt, jitter=random.random())
             self.pool._execute(p.take_plan())
         self.applied = True
+        return slot is not None
 
 
 def _spawn_system_task(fn: Callable[[anyio.Event], Awaitable[None]], started: anyio.Event) -> None:

@@ -225,6 +225,9 @@ class Planner:
         self.usage_time = 0.0
         self.queued = 0  # acquires that had to wait
         self.returned_broken = 0  # connections that came back dead
+        # The most connections in use (or waited for) at once since the fleet last asked:
+        # a member reports its recent peak, not the moment its heartbeat happens to see.
+        self.peak = 0
         self._saturation_check = _INF  # when tick() next looks for saturation
         self.saturation_warnings = 0
         self.sinks: tuple[TimingSink, ...] = ()  # see observe()
@@ -310,6 +313,8 @@ class Planner:
             slot.lease += 1
             self.n_in_use += 1
             self.acquires += 1
+            if self.n_in_use + self.n_reserved > self.peak:  # noqa: PLR1730 - cheaper than max()
+                self.peak = self.n_in_use + self.n_reserved
             if self._plan is not None:  # something was closed on the way: refill the floor
                 self._grow(now)
             return slot
@@ -367,6 +372,7 @@ class Planner:
                 self._waiters.move_to_end(q, last=False)
         if not priority:  # the fleet heartbeat's own waits are not the callers'
             self.queued += 1
+            self.peak = max(self.peak, self.n_in_use + self.n_reserved + len(self._waiters))
         if deadline < _INF:
             heapq.heappush(self._deadlines, (deadline, w))
             if len(self._deadlines) > 2 * len(self._waiters) + 64:
@@ -535,23 +541,6 @@ class Planner:
             )
         self._settle(slot, now)
         self._grow(now)  # a connect finished: room for the next one, if still wanted
-
-    def adopt(self, conn: Any, now: float, jitter: float) -> Slot | None:
-        """Take in a connection opened outside the pool, if the limit has room for it.
-
-        The fleet opens one to ask for its first grant; when the grant leaves
-        room, that connection serves the oldest waiter (or goes idle) as if
-        the pool had opened it, so a member never connects once to ask and
-        again to serve. Returns the new slot, or ``None`` when the pool is
-        closed or full (the caller then closes ``conn`` itself).
-        """
-        if self.closed or self.budget_used >= self.limit:
-            return None
-        slot = Slot(next(self._ids))
-        self._slots.add(slot)
-        self.n_connecting += 1
-        self.connected(slot, conn, now, jitter)
-        return slot
 
     def connect_failed(
         self, slot: Slot, error: BaseException | None, now: float, jitter: float
@@ -731,7 +720,15 @@ class Planner:
 
     # ------------------------------------------------------------------ limits
 
-    def resize(self, limit: int, now: float, floor: int | None = None) -> None:
+    def resize(
+        self,
+        limit: int,
+        now: float,
+        floor: int | None = None,
+        *,
+        adopt: Any = None,
+        jitter: float = 0.0,
+    ) -> Slot | None:
         """Set the limit, with trio ``CapacityLimiter.total_tokens`` semantics.
 
         Raising it lets queued waiters grow the pool at once. Lowering it closes
@@ -739,6 +736,13 @@ class Planner:
         is never revoked, so the budget can stay above the new limit until then.
         ``floor`` sets ``min_connections`` too (at most the new limit): raising
         it opens connections in the background, lowering it lets idle ones age out.
+
+        ``adopt``: a connection opened outside the pool (the fleet opens one to
+        ask for its first grant) taken in as the first unit of the new limit,
+        before any connect is planned, as if the pool had opened it
+        (``jitter`` as for :meth:`connected`); it goes to the oldest waiter.
+        Returns its slot, or ``None`` when the limit leaves no room (or the
+        pool is closed): the caller then closes it.
         """
         if not isinstance(limit, int) or isinstance(limit, bool):
             raise TypeError(f"max_connections must be an integer >= 0 (got {limit!r})")
@@ -760,8 +764,16 @@ class Planner:
             self._lowered_from = max(self._lowered_from, self.budget_used)
             while self._idle and self.size > limit:
                 self._close(self._idle.popleft(), CloseReason.RESIZE)
-        self._grow(now)
+        adopted: Slot | None = None
+        if adopt is not None and not self.closed and self.budget_used < limit:
+            adopted = Slot(next(self._ids))
+            self._slots.add(adopted)
+            self.n_connecting += 1
+            self.connected(adopted, adopt, now, jitter)  # settles it, then grows
+        else:
+            self._grow(now)
         self._poke_idle()  # a lower floor can make idle deadlines count
+        return adopted
 
     def expire_all(self, now: float) -> None:
         """Retire every current connection: idle ones now, busy ones when they come back."""

@@ -40,7 +40,7 @@ from ._tags import application_name as tagged_name
 from ._tags import pool_tag
 
 if TYPE_CHECKING:
-    from .._pool import Coordination, Pool
+    from .._pool import Pool
 
 __all__ = ["PostgresMembership"]
 
@@ -204,8 +204,8 @@ class PostgresMembership:
         self._tables_ready = False
         self._failing = False
         self._active = False  # holds a live lease
+        self._reported = 0  # the demand it reported at its last heartbeat
         self._claim = 0  # what this member's row claims (its holding at the last beat, or more)
-        self._spare: Any = None  # an extra connection kept for the next heartbeat
         self._tag: str | None = None
         self._beating = anyio.Lock()
         self.beats = 0
@@ -282,9 +282,10 @@ class PostgresMembership:
         ms = max(1, round(self.client_connection_check_interval * 1000))
         try:
             async with pool._connector.transaction(conn):
+                # for the session: this connection, which may join the pool, keeps it too
                 await fetch(
                     conn,
-                    "SELECT set_config('client_connection_check_interval', $1, true)",
+                    "SELECT set_config('client_connection_check_interval', $1, false)",
                     f"{ms}ms",
                 )
         except Exception as exc:
@@ -319,11 +320,11 @@ class PostgresMembership:
         while True:
             pool._fleet_demand = demand = anyio.Event()
             if not self._active:
-                if self._spare is None and pool.stats().size == 0 and not self._wants(pool):
+                if pool.stats().size == 0 and not self._wants(pool):
                     await demand.wait()  # left the fleet: nothing until a caller comes
                 await self._beat(pool)
-                if not self._active and self._wants(pool):
-                    await self._pause(pool, self.heartbeat_interval / 8)
+                if not self._active and self._wants(pool):  # failed, or left meanwhile
+                    await self._pause(self.heartbeat_interval / 4)
                 continue
             wait = self.heartbeat_interval * random.uniform(0.9, 1.1)
             with anyio.move_on_after(wait):
@@ -333,18 +334,23 @@ class PostgresMembership:
     async def _until_worth_a_beat(self, pool: Pool[Any], demand: anyio.Event) -> None:
         """Return when an early heartbeat can change something (the caller bounds the wait).
 
-        Worth it: callers wait below this member's share (it may grow), or
-        budget is free; or the member holds less than its row claims while
-        others ask for more (give back now, not at the next interval).
+        Worth it: callers wait and the member is below its share (it may
+        grow), or budget is free, or its demand is above what it last
+        reported (the shares may move its way); or it holds less than its row
+        claims while others ask for more (give back now, not at the next
+        interval). At most one such check every eighth of an interval.
         """
-        step = self.heartbeat_interval / 8
         while True:
+            # A member with no connection of its own asks on a new one: less often.
+            empty = pool.stats().size == 0
+            step = self.heartbeat_interval / (4 if empty else 8) * random.uniform(0.9, 1.1)
             with anyio.move_on_after(step):
                 await demand.wait()
             stats = pool.stats()
             if stats.waiting and (
                 self._share > self._limit
                 or (self._total is not None and self._claimed < self._total)
+                or stats.in_use + stats.waiting > self._reported
             ):
                 return
             if stats.size + stats.closing < self._claim and self._others_want():
@@ -359,16 +365,15 @@ class PostgresMembership:
         stats = pool.stats()
         return bool(stats.waiting or stats.in_use or stats.connecting)
 
-    async def _pause(self, pool: Pool[Any], seconds: float) -> None:
+    async def _pause(self, seconds: float) -> None:
         with anyio.move_on_after(seconds):
             await anyio.sleep_forever()
 
     async def leave(self, pool: Pool[Any]) -> None:
         """End this instance's lease so its part returns to the others at once."""
-        if not self._active and self._claim == 0 and self._spare is None:
+        if not self._active and self._claim == 0:
             return
         await self._beat(pool, leave=True)
-        await self._drop_spare(pool)
 
     async def _beat(self, pool: Pool[Any], *, leave: bool = False) -> None:
         async with self._beating:  # one heartbeat at a time per member (set_total runs one too)
@@ -378,29 +383,28 @@ class PostgresMembership:
         started = pool._now()
         try:
             with anyio.fail_after(self.heartbeat_timeout):
-                spare, self._spare = self._spare, None
                 async with (
-                    pool._coordination(
-                        wait_own=self.heartbeat_timeout / 2, spare=spare, own=not leave
-                    ) as co,
+                    pool._coordination(wait_own=self.heartbeat_timeout / 2, own=not leave) as co,
                     pool._frozen(extra=1 if co.extra else 0) as freeze,
                 ):
                     if not self._tables_ready:
                         await self._ensure_tables(co.conn, pool._connector.transaction)
                     if self._check_ok is None and self._tag is not None:
                         await self._probe_check_interval(pool, co.conn)
+                    freeze.sent = True
                     row = await self._call(pool, co.conn, freeze.demand, freeze.holding, leave)
                     if row[0] == "busy":
                         freeze.apply(freeze.before)
-                        self._keep_spare(pool, co)
                         self.busy += 1
                         self._healthy = True
                         return
                     status, share, grant, total, live_total, claimed = row[:6]
                     freeze.grant = grant
-                    freeze.apply(grant)
+                    adopt = co.conn if co.extra and status == "ok" and grant > 0 else None
+                    if freeze.apply(grant, adopt):
+                        co.keep()  # the connection it asked on serves a caller now
+                    self._reported = freeze.demand
                     self._claim = max(freeze.holding, grant) if status == "ok" else freeze.holding
-                    self._settle_extra(pool, co, grant, status == "ok")
         except Exception as exc:
             await self._failed(pool, exc, started)
             return
@@ -449,26 +453,6 @@ class PostgresMembership:
         )
         return tuple(rows[0])
 
-    def _settle_extra(self, pool: Pool[Any], co: Coordination, grant: int, active: bool) -> None:
-        """The extra connection after a beat: into the pool, kept for the next beat, or closed."""
-        if not co.extra:
-            return
-        if active and grant > 0 and pool._adopt(co.conn):
-            co.keep()
-            return
-        self._keep_spare(pool, co)
-
-    def _keep_spare(self, pool: Pool[Any], co: Coordination) -> None:
-        """Keep an extra connection for the next beat while callers wait and nothing is granted."""
-        if co.extra and not co.kept and self._wants(pool) and pool.stats().max == 0:
-            self._spare = co.keep()
-
-    async def _drop_spare(self, pool: Pool[Any]) -> None:
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            with anyio.CancelScope(shield=True):
-                await pool._close_conn(spare)
-
     def _source_of(self, pool: Pool[Any], live_total: int | None) -> str:
         if live_total is not None:
             return "total"
@@ -516,8 +500,8 @@ class PostgresMembership:
                 pool.settings.limit_mode,
             )
             await pool.resize(fallback)
-        if self._active is False:
-            await self._pause(pool, self.heartbeat_interval)
+        if not self._active:
+            await self._pause(self.heartbeat_interval)
 
     # ------------------------------------------------------------------ live total
 

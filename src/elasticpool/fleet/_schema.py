@@ -22,9 +22,10 @@ trip), and does, in order:
 4. *grant*: ``min(share, total - others' claims)``, so the sum of claims
    never grows above the total; the caller's claim becomes
    ``max(holding, grant)``;
-5. *leave*: a caller with no demand granted nothing (or asking to leave)
-   marks its lease expired at once, keeping a claim for what it still holds;
-   step 2 of a later heartbeat clears it when its backends are gone.
+5. *leave*: a caller with no demand granted nothing marks its lease expired
+   at once, keeping a claim for what it still holds; step 2 of a later
+   heartbeat clears it when its backends are gone. A closing member (its
+   pool drained) deletes its lease outright.
 
 The claims' sum is kept in ``<table>_config.claimed``, so nothing has to add
 up every row under the lock.
@@ -247,8 +248,15 @@ BEGIN
     END IF;
     v_claim := greatest(p_holding, v_grant);
 
-    IF p_leave OR (p_demand <= 0 AND v_grant = 0) THEN
-        -- 5. leave: expired at once, claiming what it still holds until the server lets go
+    IF p_leave THEN
+        -- 5. closing: its pool has drained; only the connection running this is left
+        DELETE FROM {t} WHERE pool_name = p_pool AND instance_id = p_instance;
+        v_grant := 0;
+        v_claim := 0;
+        v_status := 'left';
+    ELSIF p_demand <= 0 AND v_grant = 0 THEN
+        -- 5. idle and granted nothing: expired at once, claiming what it still holds
+        --    until the server no longer shows its backends
         v_grant := 0;
         v_claim := greatest(p_holding, 0);
         INSERT INTO {t} AS l (pool_name, instance_id, heartbeat_at, expires_at, demand,
