@@ -14,9 +14,11 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import random
 import sys
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -198,7 +200,10 @@ class Pool(Generic[ConnT]):
     * closing is bounded: :meth:`close` waits up to ``timeout`` for borrowed
       connections to come back, then terminates what is left.
 
-    It is not thread-safe: use it from the event loop that opened it.
+    It is not thread-safe: use it from the event loop that opened it. Nor is
+    it shared across ``os.fork()``: in a child, every call raises
+    :class:`RuntimeError` and :meth:`close` only marks it closed, leaving the
+    parent's connections alone; open pools after the fork.
     """
 
     def __init__(
@@ -252,7 +257,8 @@ class Pool(Generic[ConnT]):
         self._stop: anyio.Event | None = None
         self._runner_done: anyio.Event | None = None
         self._opened: anyio.Event | None = None
-        self._state = "new"  # new → opening → open → closing → closed
+        self._state = "new"  # new → opening → open → closing → closed; or forked (see _forked)
+        self._pid = 0  # the process that opened it
         self._reset_mode = settings.reset
         self._ping_after = settings.ping_after
         self._now: Callable[[], float] = anyio.current_time
@@ -277,6 +283,8 @@ class Pool(Generic[ConnT]):
 
     async def open(self) -> None:
         """Start the pool's background work (idempotent). The floor fills in the background."""
+        if self._state == "forked":
+            raise self._forked_error()
         if self._state == "open":
             return
         if self._state == "opening":  # another task is opening it: wait for that
@@ -287,6 +295,8 @@ class Pool(Generic[ConnT]):
         if self._state != "new":
             raise PoolClosed(f"pool {self.name!r} is closed and cannot be opened again")
         self._state = "opening"
+        self._pid = os.getpid()
+        _opened_here.add(self)
         self._opened = opened = anyio.Event()
         backend = current_backend()
         self._now = backend.now
@@ -358,6 +368,9 @@ class Pool(Generic[ConnT]):
         terminated. Calling it again is harmless; it cannot be reopened.
         """
         _check_seconds("timeout", timeout, zero_ok=True)
+        if self._state == "forked":  # the parent's: nothing to wait for, nothing to close here
+            self._state = "closed"
+            return
         if self._state in ("closing", "closed"):
             if self._runner_done is not None:
                 with anyio.CancelScope(shield=True):
@@ -465,11 +478,48 @@ class Pool(Generic[ConnT]):
 
     def _check_open(self) -> None:
         if self._state != "open":
+            if self._state == "forked":
+                raise self._forked_error()
             if self._state == "new":
                 raise RuntimeError(
                     f"pool {self.name!r} is not open: use 'async with pool' or 'await pool.open()'"
                 )
             raise PoolClosed(f"pool {self.name!r} is closed ({self._planner.describe()})")
+
+    def _forked_error(self) -> RuntimeError:
+        return RuntimeError(
+            f"pool {self.name!r} was opened in process {self._pid} and cannot be used in "
+            f"forked process {os.getpid()}: open the pool after the fork (e.g. in a gunicorn "
+            "post_fork hook or at worker startup); in this process only close() or "
+            "terminate() it, which leaves the parent's connections alone"
+        )
+
+    def _forked(self) -> None:
+        """In a forked child (see ``_after_fork_in_child``): give up everything, with no I/O.
+
+        The connections, the fleet lease and the background tasks are the
+        parent's: the sockets are shared with it, and so is the epoll set of
+        its event loop. The planner forgets every slot (a connection borrowed
+        before the fork is not given back from here), each connection is
+        handed to the connector's optional ``abandon`` (which makes it unusable
+        without I/O) and kept referenced for the life of the process, so that
+        no driver cleanup-on-collect runs on it; the pool then refuses every
+        use, and :meth:`close` / :meth:`terminate` only mark it closed.
+        """
+        if self._state in ("new", "closed", "forked"):
+            return
+        self._state = "forked"
+        planner = self._planner
+        abandon = getattr(self._connector, "abandon", None)
+        if not planner.closed:
+            planner.close(self._stats_now())
+        planner.take_plan()  # wakes and closes for the parent's tasks: nothing runs them here
+        for slot in planner.remaining():
+            if slot.conn is not None:
+                _inherited.append(slot.conn)
+                if abandon is not None:
+                    abandon(slot.conn)
+            planner.forget(slot)
 
     async def _acquire_registered(self, timeout: float | None) -> ConnT:
         """``await pool.acquire()``: borrow and remember it for :meth:`release`."""
@@ -871,6 +921,9 @@ class Pool(Generic[ConnT]):
         Queued callers get :class:`~elasticpool.PoolClosed`. Use :meth:`close`
         for a graceful shutdown.
         """
+        if self._state == "forked":  # the parent's: nothing to terminate here
+            self._state = "closed"
+            return
         if self._state in ("new", "closed"):
             self._state = "closed"
             self._planner.close(self._now())
@@ -1039,6 +1092,8 @@ class Pool(Generic[ConnT]):
         On a closed pool it checks its arguments and changes nothing that
         matters: no connection opens again.
         """
+        if self._state == "forked":
+            raise self._forked_error()
         planner = self._planner
         planner.resize(max_connections, self._now(), min_connections)
         self._execute(planner.take_plan())
@@ -1046,6 +1101,8 @@ class Pool(Generic[ConnT]):
 
     async def expire_connections(self) -> None:
         """Retire every current connection: idle ones now, borrowed ones as they come back."""
+        if self._state == "forked":
+            raise self._forked_error()
         planner = self._planner
         planner.expire_all(self._now())
         self._execute(planner.take_plan())
@@ -1157,3 +1214,31 @@ async def _as_coroutine(fn: Callable[[anyio.Event], Awaitable[None]], started: a
 
 
 _background: set[asyncio.Task[None]] = set()
+
+# Every pool (and routing pool) opened in this process, held weakly, for the at-fork hook:
+# each has a ``_forked()`` method.
+_opened_here: weakref.WeakSet[Any] = weakref.WeakSet()
+# In a forked child: the parent's connections, never to be collected here.
+_inherited: list[object] = []
+
+
+def _after_fork_in_child() -> None:
+    """``os.fork()`` child: every pool opened in the parent gives its connections up (no I/O).
+
+    Using them from here would write on the parent's sockets (and register
+    them in the parent's epoll set); closing them would end the parent's
+    sessions. A pool opened in the parent therefore refuses every use in the
+    child with a :class:`RuntimeError` saying to open the pool after the fork.
+    It costs nothing on the acquire path: the pool's state is no longer
+    ``"open"``, which the acquire path checks anyway.
+    """
+    for pool in list(_opened_here):
+        try:
+            pool._forked()
+        except Exception:  # pragma: no cover - a connector's abandon; never fail a fork
+            logger.exception("pool %r: giving up the parent's connections failed", pool.name)
+    _opened_here.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)

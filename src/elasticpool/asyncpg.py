@@ -411,6 +411,17 @@ class AsyncpgConnector:
     def terminate(self, conn: asyncpg.Connection) -> None:
         conn.terminate()
 
+    def abandon(self, conn: asyncpg.Connection) -> None:
+        """Give ``conn`` up without any I/O: it belongs to the parent of a fork.
+
+        asyncpg has no public call for it, so the connection is marked aborted:
+        using it raises :class:`~asyncpg.exceptions.InterfaceError` ("connection
+        is closed") instead of writing on the parent's socket, and collecting it
+        does not terminate it through the parent's event loop (whose epoll set
+        the child shares).
+        """
+        _impl(conn)._aborted = True
+
     def is_closed(self, conn: asyncpg.Connection) -> bool:
         """Whether asyncpg knows ``conn`` is closed or lost.
 
