@@ -36,6 +36,7 @@ from asyncpg.exceptions import InterfaceError
 from ._connector import ResetMode, ends_session
 from ._errors import PoolClosed, PoolTimeout
 from ._pool import Pool, PoolStats, _Acquire
+from ._redact import dsn_passwords, dsn_problem, redact_dsn, split_uri, unshown
 from ._settings import PoolSettings
 from .fleet import Membership
 from .fleet._sql import quote_literal
@@ -341,8 +342,13 @@ class AsyncpgConnector:
     connection goes back as it is: asyncpg's next query on it waits for the
     cancellation, but a transaction it aborted stays aborted.)
 
-    Its :func:`repr` never shows a password. It is not a pool: it keeps no
-    connections.
+    Its :func:`repr` never shows a password, nor do its errors: a URI whose
+    password holds an unencoded ``#``, ``/``, ``?`` or ``@`` (which asyncpg
+    would misread, quoting a piece of it) is refused with :class:`ValueError`
+    here and in :meth:`set_connect_args`, and a :class:`ValueError` asyncpg
+    raises while connecting with a DSN that holds a password (its DSN parse
+    errors) becomes one of ours without asyncpg's message. It is not a pool:
+    it keeps no connections.
     """
 
     def __init__(
@@ -357,6 +363,7 @@ class AsyncpgConnector:
         for what, fn in (("connect", connect), ("init", init), ("reset", reset)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{what} must be a coroutine function or None (got {fn!r})")
+        _check_dsn(dsn)
         self._dsn = dsn
         self._kwargs = connect_kwargs
         self._connect_fn = connect
@@ -372,6 +379,7 @@ class AsyncpgConnector:
 
     def set_connect_args(self, dsn: str | None = None, **connect_kwargs: Any) -> None:
         """Use ``dsn`` and ``connect_kwargs`` (replacing the old ones) for every later connect."""
+        _check_dsn(dsn)
         self._dsn = dsn
         self._kwargs = connect_kwargs
 
@@ -380,7 +388,18 @@ class AsyncpgConnector:
     async def connect(self) -> asyncpg.Connection:
         fn = self._connect_fn or asyncpg.connect
         kwargs = {**self._kwargs, **self._fixed_kwargs}
-        conn: asyncpg.Connection = await fn(self._dsn, **kwargs)
+        unparsed: ValueError | None = None
+        try:
+            conn: asyncpg.Connection = await fn(self._dsn, **kwargs)
+        except ValueError as exc:  # a DSN parse error may quote a piece of the password
+            if not dsn_passwords(self._dsn):
+                raise
+            unparsed = ValueError(
+                f"cannot parse the dsn given to AsyncpgConnector ({redact_dsn(self._dsn or '')}) "
+                f"or its connect arguments: {unshown(exc)}"
+            )
+        if unparsed is not None:  # raised here, so that it chains nothing that may quote it
+            raise unparsed
         try:
             cls: type[asyncpg.Connection] = kwargs.get("connection_class", asyncpg.Connection)
             if not isinstance(conn, cls):
@@ -510,20 +529,14 @@ class AsyncpgConnector:
 def _describe_target(dsn: str | None, kwargs: dict[str, Any]) -> str:
     """Where connections go, as ``host:port/database``; never a user name or password.
 
-    Only the host, port and database are ever shown: from a ``postgres://``
-    URI, everything after ``?`` or ``#`` and everything up to its last ``@`` is
-    dropped. A DSN in any other form is not shown at all, nor is a URI with an
-    ``@`` after a ``?`` or ``#`` (an unescaped ``?`` or ``#`` in the password
-    would otherwise bring the user name and part of the password along).
+    Only the host, port and database are ever shown: from a URI, its userinfo
+    (as :func:`elasticpool._redact.split_uri` finds it) and everything after
+    ``?`` or ``#`` are dropped. A DSN in any other form is not shown at all.
     """
     hosts = database = ""
-    if dsn and "://" in dsn:
-        rest = dsn.split("://", 1)[1]
-        head = re.split("[?#]", rest, maxsplit=1)[0]
-        if "@" in rest[len(head) :]:
-            hosts = "dsn"
-        else:
-            hosts, _, database = head.rpartition("@")[2].partition("/")
+    parts = split_uri(dsn) if dsn else None
+    if parts is not None:
+        hosts, _, database = re.split("[?#]", parts[2], maxsplit=1)[0].partition("/")
     elif dsn:
         hosts = "dsn"
     if "host" in kwargs:
@@ -534,6 +547,15 @@ def _describe_target(dsn: str | None, kwargs: dict[str, Any]) -> str:
         database = _plain(kwargs["database"])
     where = f"{hosts}/{database}" if database else hosts
     return where or "default"
+
+
+def _check_dsn(dsn: str | None) -> None:
+    """Refuse a DSN whose password asyncpg would misread (never quoting the password)."""
+    problem = dsn_problem(dsn)
+    if problem is not None:
+        raise ValueError(
+            f"cannot parse the dsn given to AsyncpgConnector ({redact_dsn(dsn or '')}): {problem}"
+        )
 
 
 def _plain(value: object) -> str:

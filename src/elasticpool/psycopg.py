@@ -45,6 +45,7 @@ from psycopg_pool.abc import ACT
 from . import _errors
 from ._connector import ResetMode, ends_session
 from ._pool import Pool
+from ._redact import dsn_passwords, dsn_problem, redact_dsn, unshown
 from ._settings import PoolSettings
 
 __all__ = [
@@ -478,7 +479,12 @@ class PsycopgConnector(Generic[ACT]):
     the connection is lent.
 
     Its :func:`repr` shows host, port, database, user and application name
-    only: never a password.
+    only: never a password. Nor do its errors: a URI whose password holds an
+    unencoded ``#``, ``/``, ``?`` or ``@`` (which libpq would misread, quoting
+    a piece of it) is refused with :class:`ValueError` (here for a string, at
+    connect for a callable's result), and a ``conninfo`` with a password that
+    libpq cannot parse fails to connect with a :class:`psycopg.ProgrammingError`
+    of ours, without libpq's message.
 
     It is not a pool and keeps no connections; it keeps a small weak record
     per connection (the cancel key and the attributes to restore).
@@ -494,6 +500,8 @@ class PsycopgConnector(Generic[ACT]):
         check: ConnectionCB[ACT] | None = None,
         reset: ConnectionCB[ACT] | None = None,
     ) -> None:
+        if isinstance(conninfo, str) and (problem := dsn_problem(conninfo)) is not None:
+            raise ValueError(_unparsable(type(self).__name__, conninfo, problem))
         self.conninfo = conninfo
         self.kwargs = kwargs
         self.connection_class = connection_class
@@ -508,6 +516,9 @@ class PsycopgConnector(Generic[ACT]):
         """Resolve ``conninfo`` and ``kwargs``, connect, run ``configure``; raise on any failure."""
         conninfo = await _resolve(self.conninfo) or ""
         kwargs = dict(await _resolve(self.kwargs) or {})
+        unparsable = _check_conninfo(type(self).__name__, conninfo)
+        if unparsable is not None:
+            raise unparsable
         conn = await self.connection_class.connect(conninfo, **kwargs)
         try:
             # Pooled: psycopg does not warn "deleted while still open" about it,
@@ -671,6 +682,28 @@ async def _readonly_transaction(
     async with tx as inner:
         await conn.execute("SET TRANSACTION READ ONLY", prepare=False)
         yield inner
+
+
+def _unparsable(who: str, conninfo: str, why: str) -> str:
+    return f"cannot parse the dsn given to {who} ({redact_dsn(conninfo)}): {why}"
+
+
+def _check_conninfo(who: str, conninfo: object) -> Exception | None:
+    """The error to raise for a ``conninfo`` with a password libpq would misread or refuse.
+
+    libpq's own parse errors quote the string (a password, or a piece of it);
+    the error returned does not, and chains nothing.
+    """
+    if not isinstance(conninfo, str) or not dsn_passwords(conninfo):
+        return None
+    problem = dsn_problem(conninfo)
+    if problem is not None:
+        return ValueError(_unparsable(who, conninfo, problem))
+    try:
+        conninfo_to_dict(conninfo)
+    except Exception as exc:
+        return psycopg.ProgrammingError(_unparsable(who, conninfo, unshown(exc)))
+    return None
 
 
 def _describe_target(conninfo: object, kwargs: object) -> str:
