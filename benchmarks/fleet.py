@@ -267,8 +267,11 @@ async def sampler(dsn: str, app: str, out: list[tuple[float, frozenset[int]]]) -
     conn = await asyncpg.connect(dsn, server_settings={"application_name": "ep-bench-sampler"})
     try:
         while True:
-            rows = await conn.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = $1", app
+            rows = await conn.fetch(  # members tag their connections <prefix>|<pool>|<instance>
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE application_name = $1 OR strpos(application_name, $2) > 0",
+                app,
+                f"|{app}|",
             )
             out.append((time.monotonic(), frozenset(r[0] for r in rows)))
             await anyio.sleep(SAMPLE)

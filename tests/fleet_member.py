@@ -83,11 +83,15 @@ async def main(args: argparse.Namespace) -> None:
     connector = TrackingConnector(
         os.environ[DSN_ENV], server_settings={"application_name": args.app}
     )
+    check = {}  # passed only when given, so the runner also drives older versions
+    if args.check_interval is not None:
+        check["client_connection_check_interval"] = args.check_interval
     membership = PostgresMembership(
         table=args.table,
         heartbeat_interval=args.interval,
         heartbeat_timeout=args.heartbeat_timeout,
         lease_ttl=args.ttl,
+        **check,
     )
     pool: Pool[asyncpg.Connection] = Pool(
         connector,
@@ -183,6 +187,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=0.1)
     p.add_argument("--ttl", type=float, default=None)
     p.add_argument("--heartbeat-timeout", type=float, default=None)
+    p.add_argument(
+        "--check-interval", type=float, default=None, help="client_connection_check_interval"
+    )
     p.add_argument("--limit-mode", choices=("strict", "soft"), default="strict")
     p.add_argument("--pool-timeout", type=float, default=30.0)
     p.add_argument("--workers", type=int, default=0)

@@ -13,10 +13,13 @@ import math
 from typing import Any
 
 import anyio
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given
 
 from elasticpool import ElasticPoolWarning, Pool, PoolTimeout
 from elasticpool.fleet import FleetStatus, PostgresMembership, StaticMembership
+from elasticpool.fleet._tags import application_name, fleet_backends
 from elasticpool.testing import FakeConnector
 
 pytestmark = pytest.mark.anyio
@@ -310,3 +313,56 @@ def test_postgres_membership_rejects_non_finite_ttl_and_bools(kwargs: dict[str, 
             pytest.fail(f"the error names another argument: {exc}")
     else:
         pytest.fail(f"{kwargs} accepted")
+
+
+@pytest.mark.parametrize("value", [-1, 3601, math.nan, math.inf])
+def test_postgres_membership_check_interval_range(value: float) -> None:
+    """client_connection_check_interval must be None or in [0, 3600] seconds."""
+    with pytest.raises(
+        ValueError, match=r"client_connection_check_interval must be None or in \[0, 3600\]"
+    ):
+        PostgresMembership(client_connection_check_interval=value)
+
+
+# ----------------------------------------------------------------------------- the fleet's tag
+
+names = st.text(min_size=1, max_size=80)
+
+
+@given(pool=names, instance=names, prefix=st.none() | st.text(max_size=80))
+def test_tag_fits_the_server_and_reads_back(pool: str, instance: str, prefix: str | None) -> None:
+    """Any pool, instance and prefix give a name the server keeps whole, read back as theirs."""
+    name = application_name(pool, instance, prefix)
+    assert len(name.encode()) <= 63
+    assert all(" " <= c <= "~" for c in name)
+    assert name.count("|") == 2
+    assert fleet_backends([name], pool, [instance]) == (1, 0)
+    assert fleet_backends([name], pool, ["someone else"]) == (1, 1)
+    assert fleet_backends([name], pool + "x", [instance]) == (0, 0)
+
+
+def test_tag_keeps_short_names_readable_and_hashes_long_ones() -> None:
+    """Short ASCII names are kept as they are; long or non-ASCII ones are cut with a hash."""
+    assert application_name("api", "a1b2c3d4e5f6") == "elasticpool|api|a1b2c3d4e5f6"
+    assert application_name("api", "i", "web|1") == "web?1|api|i"
+    long = application_name("p" * 40, "i" * 30, "x" * 40)
+    prefix, pool, instance = long.split("|")
+    assert (len(long), prefix, len(pool), len(instance)) == (63, "x" * 5, 32, 24)
+    assert pool.startswith("p" * 23 + "~")
+    assert instance.startswith("i" * 15 + "~")
+    assert application_name("café", "i").split("|")[1].startswith("caf?~")
+    assert application_name("café", "i") != application_name("cafè", "i")
+
+
+def test_fleet_backends_counts_only_the_pools_tagged_backends() -> None:
+    """Tagged backends of the pool count; those without a live lease are departed; others not."""
+    seen = [
+        "elasticpool|api|a",  # live
+        "web|api|b",  # another prefix, departed
+        "elasticpool|api|b",  # departed
+        "elasticpool|api2|a",  # another pool
+        "api",  # untagged
+        "elasticpool|api|",  # no instance
+        "psql",
+    ]
+    assert fleet_backends(seen, "api", ["a", "c"]) == (3, 2)

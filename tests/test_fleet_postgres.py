@@ -31,6 +31,7 @@ import importlib.util
 import json
 import logging
 import os
+import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -144,9 +145,14 @@ class Fleet:
         """PIDs of the extra (out-of-slot) connections the in-process members opened so far."""
         return set().union(*(c.extra_pids for c in self.connectors))
 
+    @property
+    def where(self) -> str:
+        """SQL for the fleet's backends: named ``app``, or tagged ``<prefix>|<pool>|<instance>``."""
+        return "(application_name = $1 OR strpos(application_name, '|' || $1 || '|') > 0)"
+
     async def backends(self) -> set[int]:
         rows = await self.admin.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = $1", self.app
+            f"SELECT pid FROM pg_stat_activity WHERE {self.where}", self.app
         )
         return {r[0] for r in rows}
 
@@ -299,8 +305,7 @@ class Sampler:
             task_status.started()
             while True:
                 rows = await conn.fetch(
-                    "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
-                    self.fleet.app,
+                    f"SELECT pid FROM pg_stat_activity WHERE {self.fleet.where}", self.fleet.app
                 )
                 self.samples.append((anyio.current_time(), frozenset(r[0] for r in rows)))
                 await anyio.sleep(SAMPLE)
@@ -656,6 +661,122 @@ async def test_killed_member_process_share_is_reclaimed_within_the_ttl(fleet: Fl
         f"kill -9: share reclaimed {reclaimed:.2f}s after the kill (ttl {TTL:g}s); "
         f"max {max_seen} backends (Z <= {max_z}) for a total of 10"
     )
+
+
+async def sleeping_backends(fleet: Fleet, n: int) -> set[int]:
+    """Wait until ``n`` of the fleet's backends have run one query for over half a second."""
+    rows = await wait_for(
+        lambda: fleet.admin.fetch(
+            f"SELECT pid FROM pg_stat_activity WHERE {fleet.where}"
+            " AND state = 'active' AND now() - query_start > interval '0.5 s'",
+            fleet.app,
+        ),
+        lambda rows: len(rows) == n,
+        f"never {n} long queries running",
+    )
+    return {r[0] for r in rows}
+
+
+async def test_killed_member_backends_running_queries_count_until_the_server_ends_them(
+    fleet: Fleet,
+) -> None:
+    """kill -9 mid-query: the survivor grows only as the orphaned backends end; never past total+Z.
+
+    The killed member runs multi-second ``pg_sleep`` on all three of its
+    connections; the server keeps those backends until the queries end, long
+    after its lease has expired (``client_connection_check_interval`` off here).
+    """
+    total = 6
+    async with member_processes(fleet) as procs:
+        doomed = await procs.start(total=total, workers=3, query_ms=8000, check_interval=0)
+        busy = await procs.start(total=total, workers=6, query_ms=30, check_interval=0)
+        for m in (doomed, busy):
+            await m.wait(lambda s: s["members"] == 2 and s["limit"] == 3, "never split 3/3")
+        orphans = await sleeping_backends(fleet, 3)
+        async with sampling(fleet) as sampler:
+            os.kill(doomed.process.pid, signal.SIGKILL)
+            await wait_for(lambda: doomed.ended, lambda e: e is not None, "not reaped")
+            await wait_for(
+                fleet.backends, lambda pids: not pids & orphans, "orphans never ended", bound=20
+            )
+            await busy.wait(
+                lambda s: s["members"] == 1 and s["limit"] == total, "share never taken over"
+            )
+        assert doomed.process.returncode == -signal.SIGKILL
+        extra = set((await procs.stop(busy))["extra_pids"])
+    # Z: the survivor's extra heartbeat connections (known), plus at most one of the
+    # killed member's (it borrowed all of its own, so its heartbeats ran on extra ones).
+    worst = max(len(pids - extra) for _, pids in sampler.samples)
+    assert worst <= total + 1, f"{worst} backends for a total of {total} (+1 killed member's)"
+    print(f"kill -9 mid-query: max {worst} backends beside the survivor's extra, total {total}")
+
+
+async def test_killed_member_queries_end_soon_with_client_connection_check_interval(
+    fleet: Fleet,
+) -> None:
+    """Members set client_connection_check_interval: a killed member's queries end long before."""
+    async with member_processes(fleet) as procs:
+        doomed = await procs.start(total=6, workers=2, query_ms=120_000)
+        orphans = await sleeping_backends(fleet, 2)
+        os.kill(doomed.process.pid, signal.SIGKILL)
+        # Its queries would run for a minute or more; the server checks every 2 s.
+        await wait_for(fleet.backends, lambda pids: not pids & orphans, "orphans still running")
+
+
+async def test_member_connections_carry_the_fleet_tag_and_the_check_interval(
+    fleet: Fleet,
+) -> None:
+    """A member's connections are named <prefix>|<pool>|<instance> and set the check interval."""
+    pool = fleet.pool(membership={"instance_id": "m0"})
+    async with pool, pool.acquire() as conn:
+        name = await conn.fetchval("SHOW application_name")
+        interval = await conn.fetchval("SHOW client_connection_check_interval")
+    assert name == f"elasticpool|{fleet.name}|m0"
+    assert interval == "2s"
+
+
+async def test_psycopg_member_connections_carry_the_tag_and_keep_their_options(
+    fleet: Fleet,
+) -> None:
+    """With psycopg the tag replaces application_name; the check interval joins the options."""
+    psycopg_adapter = pytest.importorskip("elasticpool.psycopg")
+    connector = psycopg_adapter.PsycopgConnector(
+        fleet.server.dsn(), kwargs={"options": "-c lock_timeout=4321"}
+    )
+    membership = PostgresMembership(
+        table=fleet.table, heartbeat_interval=INTERVAL, lease_ttl=TTL, instance_id="p0"
+    )
+    pool: Pool[Any] = Pool(connector, membership=membership, name=fleet.name, max_connections=2)
+    async with pool, pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "SELECT current_setting('application_name'), current_setting('lock_timeout'),"
+            " current_setting('client_connection_check_interval')"
+        )
+        row = await cur.fetchone()
+    assert row == (f"elasticpool|{fleet.name}|p0", "4321ms", "2s")
+
+
+async def test_backends_of_a_member_without_a_lease_are_held_against_the_total(
+    fleet: Fleet,
+) -> None:
+    """Two backends tagged with an instance that has no lease lower a busy member's limit."""
+    pool = fleet.pool(total=5, membership={"instance_id": "m0"})
+    ghost = f"elasticpool|{fleet.name}|gone"
+    async with pool, load(pool, workers=5):
+        await wait_for(lambda: pool.stats().max, lambda n: n == 5, "never at 5")
+        ghosts = [await asyncpg.connect(fleet.server.dsn(application_name=ghost)) for _ in range(2)]
+        try:
+            status = await wait_for(
+                pool.fleet, lambda f: f.limit == 3, "departed backends never counted"
+            )
+            assert status.departed_backends == 2
+            assert status.observed_backends is not None
+            assert status.observed_backends >= 5  # 3 of its own (+ a heartbeat's) + 2
+        finally:
+            for conn in ghosts:
+                await conn.close()
+        status = await wait_for(pool.fleet, lambda f: f.limit == 5, "limit never back to 5")
+        assert status.departed_backends == 0
 
 
 class FallbackLog(logging.Handler):

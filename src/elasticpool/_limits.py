@@ -47,6 +47,7 @@ __all__ = [
     "divide",
     "grants",
     "heartbeat_grant",
+    "remaining_total",
     "resolve_limit",
 ]
 
@@ -145,7 +146,9 @@ def grants(total: int, members: Sequence[Member], shares: Mapping[str, int]) -> 
     }
 
 
-def heartbeat_grant(total: int, members: Sequence[Member], me: str) -> tuple[int, int]:
+def heartbeat_grant(
+    total: int, members: Sequence[Member], me: str, departed: int = 0
+) -> tuple[int, int]:
     """``(share, grant)`` for ``me`` at its heartbeat, the fleet's rows read under the lock.
 
     Everyone else keeps the right to grow to what it last granted itself, so
@@ -160,7 +163,13 @@ def heartbeat_grant(total: int, members: Sequence[Member], me: str) -> tuple[int
     so the open connections of live members never exceed the total. A member
     above its share is granted its share and shrinks as borrowers return
     connections.
+
+    ``departed`` is the number of backends the server still shows for members
+    that hold no live lease (killed mid-query, or expired): they are held as
+    surely as a member's, so the live members divide ``total - departed``
+    (:func:`remaining_total`) until the server no longer shows them.
     """
+    total = remaining_total(total, departed)
     shares = divide(total, members)
     mine = next(m for m in members if m.id == me)
     others = sum(max(m.holding, m.granted) for m in members if m.id != me)
@@ -169,6 +178,11 @@ def heartbeat_grant(total: int, members: Sequence[Member], me: str) -> tuple[int
         return share, share
     free = max(0, total - others - mine.holding)
     return share, min(share, mine.holding + free)
+
+
+def remaining_total(total: int, departed: int) -> int:
+    """What the live members divide: ``total`` less the ``departed`` members' backends, >= 0."""
+    return max(0, total - max(0, departed))
 
 
 _warned_max_ignored: set[tuple[int, int]] = set()

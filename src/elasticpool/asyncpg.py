@@ -23,7 +23,15 @@ import re
 import sys
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar
@@ -316,6 +324,8 @@ class AsyncpgConnector:
     * :meth:`set_connect_args` replaces ``dsn`` and ``connect_kwargs`` for
       later connects; open connections are kept (see
       :meth:`elasticpool.Pool.expire_connections`).
+    * :meth:`set_server_settings` (called by a fleet membership) adds server
+      settings to ``server_settings`` for later connects, over the same names.
 
     Release hygiene (the pool runs :meth:`reset` in the background, before
     anyone else can borrow the connection, and discards a connection whose
@@ -376,6 +386,11 @@ class AsyncpgConnector:
         # record_class, loop), and every connection made.
         self._fixed_kwargs: dict[str, Any] = {}
         self._made: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
+        self._server_settings: dict[str, str] = {}
+
+    def set_server_settings(self, settings: Mapping[str, str]) -> None:
+        """Send ``settings`` at every later connect, over ``server_settings`` of the same names."""
+        self._server_settings = dict(settings)
 
     def set_connect_args(self, dsn: str | None = None, **connect_kwargs: Any) -> None:
         """Use ``dsn`` and ``connect_kwargs`` (replacing the old ones) for every later connect."""
@@ -388,6 +403,11 @@ class AsyncpgConnector:
     async def connect(self) -> asyncpg.Connection:
         fn = self._connect_fn or asyncpg.connect
         kwargs = {**self._kwargs, **self._fixed_kwargs}
+        if self._server_settings:
+            kwargs["server_settings"] = {
+                **(kwargs.get("server_settings") or {}),
+                **self._server_settings,
+            }
         unparsed: ValueError | None = None
         try:
             conn: asyncpg.Connection = await fn(self._dsn, **kwargs)

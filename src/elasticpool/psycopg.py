@@ -167,6 +167,27 @@ async def _resolve(value: Any) -> Any:
     return value
 
 
+def _add_settings(conninfo: str, kwargs: dict[str, Any], settings: Mapping[str, str]) -> None:
+    """Put server ``settings`` into connect ``kwargs``, over what ``conninfo`` and they say.
+
+    ``application_name`` is a connection parameter of its own; any other
+    setting is appended to ``options`` (the kwargs' or the conninfo's) as
+    ``-c name=value``, with spaces and backslashes escaped as libpq wants.
+    """
+    extra = []
+    for name, value in settings.items():
+        if name == "application_name":
+            kwargs["application_name"] = value
+        else:
+            escaped = value.replace("\\", "\\\\").replace(" ", "\\ ")
+            extra.append(f"-c {name}={escaped}")
+    if extra:
+        options = kwargs.get("options")
+        if options is None:
+            options = conninfo_to_dict(conninfo).get("options")
+        kwargs["options"] = " ".join([str(options), *extra] if options else extra)
+
+
 def _status_name(conn: psycopg.AsyncConnection[Any]) -> str:
     return pq.TransactionStatus(conn.pgconn.transaction_status).name
 
@@ -451,6 +472,10 @@ class PsycopgConnector(Generic[ACT]):
         Awaited on every returned connection after the built-in reset (below);
         it must leave the connection idle, or the connection is discarded.
 
+    :meth:`set_server_settings` (called by a fleet membership) adds server
+    settings for later connects: ``application_name`` as that parameter, any
+    other as ``-c name=value`` after the ``options`` already given.
+
     Release hygiene (the pool's ``reset`` setting; the pool runs it in the
     background, and a reset that fails discards the connection):
 
@@ -509,6 +534,11 @@ class PsycopgConnector(Generic[ACT]):
         self.check = check
         self.reset_callback = reset
         self._snapshots: weakref.WeakKeyDictionary[ACT, _Snapshot] = weakref.WeakKeyDictionary()
+        self._server_settings: dict[str, str] = {}
+
+    def set_server_settings(self, settings: Mapping[str, str]) -> None:
+        """Send ``settings`` at every later connect, over the conninfo's values of those names."""
+        self._server_settings = dict(settings)
 
     # ------------------------------------------------------------------ connect / close
 
@@ -519,6 +549,8 @@ class PsycopgConnector(Generic[ACT]):
         unparsable = _check_conninfo(type(self).__name__, conninfo)
         if unparsable is not None:
             raise unparsable
+        if self._server_settings:
+            _add_settings(conninfo, kwargs, self._server_settings)
         conn = await self.connection_class.connect(conninfo, **kwargs)
         try:
             # Pooled: psycopg does not warn "deleted while still open" about it,

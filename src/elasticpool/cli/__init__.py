@@ -114,7 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--app",
         default=None,
-        help="count backends with this application_name (default: each pool's name)",
+        help=(
+            "also count backends with this application_name (default: each pool's name; "
+            "members' tagged connections are always counted)"
+        ),
     )
 
     set_total = commands.add_parser(

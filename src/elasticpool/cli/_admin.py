@@ -19,6 +19,7 @@ import anyio
 
 from ..fleet import MemberStatus, PostgresMembership
 from ..fleet._sql import fetch
+from ..fleet._tags import fleet_backends
 from ._common import CliError, admin_connection, redact, require
 
 __all__ = ["FleetView", "ServerView", "read_status", "set_total", "status"]
@@ -63,7 +64,7 @@ class FleetView:
     """The limits the members gave themselves, together."""
     application_name: str
     observed_backends: int
-    """Client backends with ``application_name`` in ``pg_stat_activity`` now."""
+    """Client backends now: tagged as the pool's members', or named ``application_name``."""
 
 
 def _membership(table: str, schema: str | None, *, create: bool = False) -> PostgresMembership:
@@ -104,8 +105,9 @@ async def read_status(
 ) -> tuple[ServerView, list[FleetView]]:
     """The server's budget and every fleet in the lease table (only ``pool`` when given).
 
-    A fleet's backends are counted by ``application_name``: ``app``, or by
-    default the pool's name.
+    A fleet's backends are the ones its members tagged
+    (``<prefix>|<pool>|<instance>``, see docs/fleet.md) plus those whose
+    ``application_name`` is ``app``, or by default the pool's name.
     """
     membership = _membership(table, schema)
     async with admin_connection(dsn, APPLICATION_NAME) as conn:
@@ -125,7 +127,11 @@ async def read_status(
             holding=sum(m.holding for m in members),
             granted=sum(m.granted for m in members),
             application_name=app or name,
-            observed_backends=by_app.get(app or name, 0),
+            observed_backends=sum(
+                n
+                for a, n in by_app.items()
+                if a == (app or name) or fleet_backends([a], name, ())[0]
+            ),
         )
         for name, (total, members) in fleets.items()
     ]

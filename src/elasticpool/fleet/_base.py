@@ -47,6 +47,8 @@ class FleetStatus:
     members: tuple[MemberStatus, ...] = ()
     observed_backends: int | None = None
     """Backends of this pool's fleet that ``pg_stat_activity`` shows (when known)."""
+    departed_backends: int = 0
+    """Of those, the ones of members without a live lease (killed mid-query), held as used."""
     healthy: bool = True
     """False while coordination fails (the last share is kept, then the fallback)."""
     last_heartbeat_age: float | None = None

@@ -23,9 +23,18 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._limits import HYPERDRIVE_MINIMUM_TOTAL, Member, divide, heartbeat_grant, resolve_limit
+from .._limits import (
+    HYPERDRIVE_MINIMUM_TOTAL,
+    Member,
+    divide,
+    heartbeat_grant,
+    remaining_total,
+    resolve_limit,
+)
 from ._base import FleetStatus, MemberStatus
 from ._sql import fetch, quote_ident
+from ._tags import application_name as tagged_name
+from ._tags import fleet_backends, pool_tag
 
 if TYPE_CHECKING:
     from .._pool import Freeze, Pool
@@ -63,12 +72,22 @@ class PostgresMembership:
     lease lives ``lease_ttl`` seconds (default 5 intervals) after its last
     heartbeat, by the database clock.
 
-    Observability: with ``application_name`` (the name every member's
-    connections carry: set it in the connector, e.g.
-    ``AsyncpgConnector(dsn, server_settings={"application_name": "api"})``),
-    each heartbeat also counts the fleet's backends in ``pg_stat_activity``;
-    :meth:`Pool.fleet() <elasticpool.Pool.fleet>` reports it as
-    ``observed_backends``, next to the shares and holdings.
+    Tagged connections: when the pool's connector has
+    ``set_server_settings`` (the asyncpg and psycopg adapters and the fake
+    do), every connection the member opens carries the ``application_name``
+    ``<application_name>|<pool>|<instance_id>`` (prefix default
+    ``"elasticpool"``, cut to fit PostgreSQL's 63 bytes; this replaces the
+    connector's own ``application_name``), and, where the server accepts it
+    (PostgreSQL 14+ on Linux, macOS, BSD), ``client_connection_check_interval``
+    (default 2 s; ``None`` or 0: not set), so the server ends a killed
+    member's queries soon instead of when they finish. Each heartbeat reads
+    ``pg_stat_activity``: backends tagged with this pool and an instance that
+    holds no live lease (a member killed mid-query, or expired) are held
+    against the total until the server no longer shows them, and
+    :meth:`Pool.fleet() <elasticpool.Pool.fleet>` reports the fleet's tagged
+    backends as ``observed_backends``. With a connector that cannot be told
+    (no ``set_server_settings``), ``application_name`` is only the name to
+    count backends by (set it in the connector too).
 
     Failure: while heartbeats fail, the instance keeps its last limit for one
     ``lease_ttl`` (measured locally from the start of its last good
@@ -92,6 +111,7 @@ class PostgresMembership:
         lease_ttl: float | None = None,
         create_tables: bool = True,
         application_name: str | None = None,
+        client_connection_check_interval: float | None = 2.0,
     ) -> None:
         for name, value in (
             ("table", table),
@@ -117,6 +137,14 @@ class PostgresMembership:
         if not 0 < timeout < ttl:
             raise ValueError(f"heartbeat_timeout must be {timeout_range} seconds (got {timeout!r})")
         heartbeat_interval = interval
+        check = client_connection_check_interval
+        if check is not None:
+            check = _seconds("client_connection_check_interval", check, "None or in [0, 3600]")
+            if not 0 <= check <= 3600:
+                raise ValueError(
+                    "client_connection_check_interval must be None or in [0, 3600] seconds "
+                    f"(got {check!r})"
+                )
         prefix = "" if schema is None else quote_ident(schema) + "."
         self._table = prefix + quote_ident(table)
         self._config = prefix + quote_ident(table + "_config")
@@ -127,6 +155,11 @@ class PostgresMembership:
         self.lease_ttl = float(ttl)
         self.create_tables = create_tables
         self.application_name = application_name
+        self.client_connection_check_interval = check or None
+        # None: not asked yet; False: the server refused it (older than 14, or Windows).
+        self._check_ok: bool | None = None if check else False
+        self._tagged = False  # the connector puts the fleet's tag on its connections
+        self._departed = 0
         # last good view
         self._members: tuple[MemberStatus, ...] = ()
         self._share = 0
@@ -191,6 +224,8 @@ class PostgresMembership:
         if not self._tables_ready:
             async with pool._connector.transaction(conn):
                 await self._ensure_tables(conn)
+        if self._check_ok is None and self._tagged:
+            await self._probe_check_interval(pool, conn)
         async with pool._connector.transaction(conn):
             await fetch(
                 conn, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", self._lock_key(pool)
@@ -225,13 +260,14 @@ class PostgresMembership:
             ]
             demand, holding = freeze.demand, freeze.holding
             members.append(Member(self.instance_id, demand, holding, 0))
+            ours, departed = await self._fleet_backends(pool, conn, members)
             total = resolution.fleet_total
             if total is None:  # only max_connections: fixed per instance, fleet unbounded
                 share = grant = resolution.limit
                 shares = dict.fromkeys((m.id for m in members), resolution.limit)
             else:
-                share, grant = heartbeat_grant(total, members, self.instance_id)
-                shares = divide(total, members)
+                share, grant = heartbeat_grant(total, members, self.instance_id, departed)
+                shares = divide(remaining_total(total, departed), members)
             freeze.grant = grant  # from here a failure may or may not have committed it
             await fetch(
                 conn,
@@ -262,8 +298,33 @@ class PostgresMembership:
                 )
                 for m in sorted(members, key=lambda m: m.id)
             )
-            observed = await self._observed_backends(pool, conn)
+            observed = ours if self._tagged else await self._observed_backends(pool, conn)
+            if departed and not self._departed:
+                logger.info(
+                    "pool %r: %d backends of departed fleet members still open, "
+                    "held against the total %s until the server ends them",
+                    pool.name,
+                    departed,
+                    total,
+                )
+            self._departed = departed
         return share, grant, total, resolution.source, view, observed
+
+    async def _fleet_backends(
+        self, pool: Pool[Any], conn: Any, members: list[Member]
+    ) -> tuple[int, int]:
+        """``(tagged backends of the fleet, of them departed)`` as ``pg_stat_activity`` has them.
+
+        Departed: tagged with an instance that holds no live lease (see
+        :func:`elasticpool.fleet._tags.fleet_backends`).
+        """
+        rows = await fetch(
+            conn,
+            "SELECT application_name FROM pg_stat_activity"
+            " WHERE datname = current_database() AND strpos(application_name, $1) > 0",
+            pool_tag(pool.name),
+        )
+        return fleet_backends((str(r[0]) for r in rows), pool.name, (m.id for m in members))
 
     async def _observed_backends(self, pool: Pool[Any], conn: Any) -> int | None:
         """Backends ``pg_stat_activity`` shows with the fleet's ``application_name`` (if given)."""
@@ -275,11 +336,56 @@ class PostgresMembership:
         )
         return int(rows[0][0])
 
+    def _tag_connections(self, pool: Pool[Any]) -> None:
+        """Tell the connector the settings every connection of this member opens with."""
+        set_settings = getattr(pool._connector, "set_server_settings", None)
+        if set_settings is None:
+            return
+        settings = {
+            "application_name": tagged_name(pool.name, self.instance_id, self.application_name)
+        }
+        if self._check_ok and self.client_connection_check_interval is not None:
+            ms = max(1, round(self.client_connection_check_interval * 1000))
+            settings["client_connection_check_interval"] = f"{ms}ms"
+        set_settings(settings)
+        self._tagged = True
+
+    async def _probe_check_interval(self, pool: Pool[Any], conn: Any) -> None:
+        """Whether the server takes ``client_connection_check_interval`` (once; then tag with it).
+
+        PostgreSQL before 14 does not know it, and a server that cannot poll
+        for closed sockets (Windows) refuses any value but 0; either refuses a
+        startup parameter it would not take, so it is only sent once accepted.
+        """
+        assert self.client_connection_check_interval is not None
+        ms = max(1, round(self.client_connection_check_interval * 1000))
+        try:
+            async with pool._connector.transaction(conn):
+                await fetch(
+                    conn,
+                    "SELECT set_config('client_connection_check_interval', $1, true)",
+                    f"{ms}ms",
+                )
+        except Exception as exc:
+            if pool._connector.is_disconnect(exc):
+                raise
+            logger.info(
+                "pool %r: the server does not take client_connection_check_interval (%s); "
+                "a killed member's queries run until they end",
+                pool.name,
+                exc,
+            )
+            self._check_ok = False
+            return
+        self._check_ok = True
+        self._tag_connections(pool)
+
     # ------------------------------------------------------------------ membership
 
     async def join(self, pool: Pool[Any]) -> None:
         """First heartbeat, before anyone borrows: the pool starts at its grant."""
         await pool.resize(0)  # nothing opens before the fleet has a say
+        self._tag_connections(pool)  # before the first connection: it is the fleet's too
         await self._beat(pool)
 
     async def run(self, pool: Pool[Any]) -> None:
@@ -459,6 +565,7 @@ class PostgresMembership:
             source=self._source,
             members=self._members,
             observed_backends=self._observed,
+            departed_backends=self._departed,
             healthy=self._healthy,
             last_heartbeat_age=None if self._last_ok is None else now - self._last_ok,
         )
