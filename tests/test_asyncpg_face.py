@@ -318,6 +318,41 @@ async def test_acquire_forms_and_release_rules(pg_server: Any) -> None:
         assert (s.in_use, s.closed_broken) == (0, 0)
 
 
+@pytest.mark.parametrize("make", [asyncpg.create_pool, create_pool], ids=["asyncpg", "ours"])
+async def test_stale_release_is_ignored_and_the_next_borrow_stands(
+    pg_server: Any, make: Callable[..., Any]
+) -> None:
+    """A second release after the connection was lent to another task is ignored, as in asyncpg."""
+    pool = await make(pg_server.dsn(), min_size=1, max_size=1)
+    try:
+        conn = await pool.acquire()
+        pid = conn.get_server_pid()
+        await pool.release(conn)
+        lent, done = anyio.Event(), anyio.Event()
+        got: list[Any] = []
+
+        async def other() -> None:
+            got.append(await pool.acquire())
+            lent.set()
+            await done.wait()
+            got.append(await got[0].fetchval("SELECT pg_backend_pid()"))
+            await pool.release(got[0])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(other)
+            await lent.wait()
+            await pool.release(conn)  # stale: nothing happens
+            with pytest.raises(asyncio.TimeoutError):
+                await pool.acquire(timeout=0.05)  # a third borrower waits for the other task
+            done.set()
+        assert got[1] == pid  # the other task kept its connection throughout
+        third = await pool.acquire(timeout=BOUND)
+        assert await third.fetchval("SELECT pg_backend_pid()") == pid
+        await pool.release(third)
+    finally:
+        pool.terminate()  # close() is not under test: a failure here must not hang on it
+
+
 async def test_acquire_timeout_raises_asyncio_timeout_error(pg_server: Any) -> None:
     """acquire(timeout=) on an exhausted pool raises asyncio.TimeoutError (a PoolTimeout)."""
     async with create_pool(pg_server.dsn(), min_size=1, max_size=1, name="tiny") as pool:

@@ -860,7 +860,11 @@ class AsyncpgPool:
         ``close_timeout`` (so ``timeout``, accepted for compatibility, is not
         used). Releasing a connection that is already back is harmless;
         releasing one this pool never lent raises
-        :class:`~asyncpg.exceptions.InterfaceError`.
+        :class:`~asyncpg.exceptions.InterfaceError`. A stale release is
+        ignored as in asyncpg: by a task that borrowed the connection and gave
+        it back itself, while another task holds the next borrow of it (the
+        pool sees the connection, not a proxy: see
+        :meth:`elasticpool.Pool.release`); that borrow stands.
         """
         lease = self._leases.get(id(connection))
         if lease is None or lease.conn is not connection:
@@ -870,6 +874,9 @@ class AsyncpgPool:
                 f"release() received invalid connection: {connection!r} "
                 f"is not a member of pool {self.name!r}"
             )
+        slot = lease.acquire._slot
+        if slot is not None and self._pool._stale(slot):
+            return  # this task's own borrow ended already: asyncpg ignores it too
         await self._release(lease, None)
 
     async def _release(self, lease: _Lease, exc: BaseException | None) -> None:
@@ -877,6 +884,9 @@ class AsyncpgPool:
             return  # already released (then maybe lent again: that borrow is not ours)
         del self._leases[id(lease.conn)]
         conn = lease.conn
+        slot = lease.acquire._slot
+        if slot is not None:
+            self._pool._note_return(slot)
         impl = _impl(conn)
         if not conn.is_closed():
             self._warn_listeners(conn)
