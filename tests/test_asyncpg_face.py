@@ -353,6 +353,30 @@ async def test_stale_release_is_ignored_and_the_next_borrow_stands(
         pool.terminate()  # close() is not under test: a failure here must not hang on it
 
 
+@pytest.mark.parametrize("make", [asyncpg.create_pool, create_pool], ids=["asyncpg", "ours"])
+async def test_closing_a_borrowed_connection_frees_its_place(
+    pg_server: Any, make: Callable[..., Any], observer: Observer
+) -> None:
+    """conn.close() on a borrowed connection frees its place at once, released or not."""
+    app = app_name("user-close")
+    pool = await make(pg_server.dsn(application_name=app), min_size=1, max_size=1)
+    try:
+        conn = await pool.acquire()
+        await conn.close()  # never released
+        again = await pool.acquire(timeout=BOUND)  # a new connection in its place
+        assert await again.fetchval("SELECT 1") == 1
+        await pool.release(again)
+        async with pool.acquire(timeout=BOUND) as conn:
+            await conn.close()
+        await pool.release(conn)  # released after all: harmless
+        with anyio.fail_after(BOUND):
+            await pool.close()  # does not wait for the closed ones to come back
+    except BaseException:
+        pool.terminate()
+        raise
+    await observer.wait_pids(app, 0)
+
+
 async def test_acquire_timeout_raises_asyncio_timeout_error(pg_server: Any) -> None:
     """acquire(timeout=) on an exhausted pool raises asyncio.TimeoutError (a PoolTimeout)."""
     async with create_pool(pg_server.dsn(), min_size=1, max_size=1, name="tiny") as pool:
@@ -757,7 +781,8 @@ async def test_python_side_callbacks_go_back_to_what_init_left(pg_server: Any) -
         async with pool.acquire() as conn:
             assert conn is first
             assert [cb.cb for cb in conn._log_listeners] == [from_init]
-            assert not conn._termination_listeners
+            # The borrower's is gone; the pool's own stays (it frees a place closed while lent).
+            assert [cb.cb for cb in conn._termination_listeners] == [pool._closed]
 
 
 # =============================================================================

@@ -163,6 +163,12 @@ class _Acquire(Generic[ConnT]):
     def __await__(self) -> Generator[Any, None, ConnT]:
         return self._pool._acquire_registered(self._timeout).__await__()
 
+    def _end(self, exc: BaseException | None) -> None:
+        """End this borrow now, as ``__aexit__`` does, without awaiting (for the faces)."""
+        slot, self._slot = self._slot, None
+        if slot is not None and slot.lease == self._lease and slot.state is SlotState.IN_USE:
+            self._pool._release_slot(slot, exc)
+
     def retire(self) -> None:
         """Close the borrowed connection when it comes back instead of reusing it."""
         slot = self._slot

@@ -572,7 +572,8 @@ class AsyncpgPool:
     every borrowed connection to come back; an acquire on a closed pool raises
     :class:`~asyncpg.exceptions.InterfaceError`; releasing a connection twice
     is harmless and releasing a foreign one raises
-    :class:`~asyncpg.exceptions.InterfaceError`.
+    :class:`~asyncpg.exceptions.InterfaceError`; a borrowed connection its
+    borrower closes (or that is lost) frees its place at once, released or not.
 
     What is different, on purpose (see ``docs/migrate-asyncpg.md``):
 
@@ -675,7 +676,9 @@ class AsyncpgPool:
             if idle is not None and lifetime is not None and idle >= lifetime:
                 settings_kw["idle_timeout"] = None  # the default lifetime comes first anyway
 
-        connector = AsyncpgConnector(dsn, connect=connect, init=init, reset=reset_fn, **kwargs)
+        connector = AsyncpgConnector(
+            dsn, connect=connect, init=self._watching(init), reset=reset_fn, **kwargs
+        )
         fixed: dict[str, Any] = {"connection_class": connection_class, "record_class": record_class}
         if loop is not None:
             fixed["loop"] = loop
@@ -895,6 +898,29 @@ class AsyncpgPool:
             if protocol is not None and protocol.queries_count >= self._max_queries:
                 lease.acquire.retire()
         await lease.acquire.__aexit__(type(exc) if exc else None, exc, None)
+
+    def _watching(self, init: ConnectionCallback | None) -> ConnectionCallback:
+        """``init``, then :meth:`_closed` as a termination listener (kept by every reset)."""
+
+        async def init_and_watch(conn: asyncpg.Connection) -> None:
+            if init is not None:
+                await init(conn)
+            conn.add_termination_listener(self._closed)
+
+        return init_and_watch
+
+    def _closed(self, conn: object) -> None:
+        """A connection closed (or lost): if it is borrowed, its slot is free now, as in asyncpg.
+
+        asyncpg calls this soon after ``conn.close()``, ``conn.terminate()`` or
+        a lost connection. Its borrower need not release it (a release of it
+        later is harmless), and :meth:`close` does not wait for it.
+        """
+        lease = self._leases.get(id(conn))
+        if lease is None or lease.conn is not conn:
+            return  # idle, already given back, or closed by the pool
+        del self._leases[id(conn)]
+        lease.acquire._end(None)  # closed: the pool discards it
 
     def _warn_listeners(self, conn: asyncpg.Connection) -> None:
         """asyncpg's warning for a connection released with listeners still on it."""
