@@ -377,6 +377,22 @@ async def test_closing_a_borrowed_connection_frees_its_place(
     await observer.wait_pids(app, 0)
 
 
+async def test_connect_timeout_none_means_no_bound_as_in_asyncpg(pg_server: Any) -> None:
+    """create_pool(timeout=None) is accepted: asyncpg.connect gets timeout=None unchanged."""
+    seen: list[Any] = []
+
+    async def connect(dsn: str, **kwargs: Any) -> Any:
+        seen.append(kwargs["timeout"])
+        return await asyncpg.connect(dsn, **kwargs)
+
+    async with create_pool(
+        pg_server.dsn(), min_size=1, max_size=1, timeout=None, connect=connect
+    ) as pool:
+        assert await pool.fetchval("SELECT 1") == 1
+        assert pool.elastic.settings.connect_timeout == 60.0  # the pool's own bound stays finite
+    assert seen == [None]
+
+
 async def test_acquire_timeout_raises_asyncio_timeout_error(pg_server: Any) -> None:
     """acquire(timeout=) on an exhausted pool raises asyncio.TimeoutError (a PoolTimeout)."""
     async with create_pool(pg_server.dsn(), min_size=1, max_size=1, name="tiny") as pool:

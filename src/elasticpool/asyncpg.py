@@ -669,7 +669,12 @@ class AsyncpgPool:
         )  # 0 disables, as in asyncpg
         settings_kw.setdefault("pool_timeout", None)  # asyncpg waits forever
         settings_kw.setdefault("fail_fast", True)  # asyncpg's acquire raises its connect's error
-        settings_kw.setdefault("connect_timeout", float(kwargs.get("timeout", 60.0)))
+        # asyncpg's connect timeout. None (no bound) reaches asyncpg.connect as it is; the
+        # pool's own bound must be finite (it also bounds health checks): asyncpg's default.
+        connect_timeout = kwargs.get("timeout", 60.0)
+        settings_kw.setdefault(
+            "connect_timeout", 60.0 if connect_timeout is None else float(connect_timeout)
+        )
         if "connection_lifetime" not in settings_kw:
             lifetime = _SETTINGS_DEFAULTS["connection_lifetime"]
             idle = settings_kw["idle_timeout"]
@@ -1177,8 +1182,9 @@ def create_pool(
     ``membership=`` for the elastic :class:`~elasticpool.Pool`. Defaults
     differing from :class:`~elasticpool.PoolSettings`: ``pool_timeout`` is
     ``None`` (asyncpg waits forever), ``connect_timeout`` is asyncpg's connect
-    ``timeout`` (60 s), and ``idle_timeout`` is dropped when it could never
-    fire before the default ``connection_lifetime``.
+    ``timeout`` (60 s; ``timeout=None`` reaches :func:`asyncpg.connect` as
+    it is, and the pool's own bound stays 60 s), and ``idle_timeout`` is
+    dropped when it could never fire before the default ``connection_lifetime``.
     """
     return AsyncpgPool(
         dsn,
