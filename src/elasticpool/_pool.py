@@ -165,6 +165,12 @@ class _Acquire(Generic[ConnT]):
     def __await__(self) -> Generator[Any, None, ConnT]:
         return self._pool._acquire_registered(self._timeout).__await__()
 
+    def _end(self, exc: BaseException | None) -> None:
+        """End this borrow now, as ``__aexit__`` does, without awaiting (for the faces)."""
+        slot, self._slot = self._slot, None
+        if slot is not None and slot.lease == self._lease and slot.state is SlotState.IN_USE:
+            self._pool._release_slot(slot, exc)
+
     def retire(self) -> None:
         """Close the borrowed connection when it comes back instead of reusing it."""
         slot = self._slot
@@ -680,15 +686,19 @@ class Pool(Generic[ConnT]):
         Releasing one that is not borrowed that way from this pool (released
         twice, from another pool, or borrowed with ``async with``, which gives
         it back itself) raises :class:`RuntimeError`.
+
+        Any task may give back a borrow (a hand-off: borrow in one task, release
+        in another). The pool only sees the connection, so one case is read as
+        a stale release: a task that borrowed this connection and gave it back
+        itself, releasing it again while another task holds the very next
+        borrow of it. That raises :class:`RuntimeError` and the other task's
+        borrow stands; hand such a connection back from the task that borrowed
+        it. A stale release the pool cannot tell from a hand-off (another borrow
+        came between) still ends the current borrow: release each borrow once.
         """
-        slot = self._in_use.pop(id(conn), None)
-        if slot is None or slot.conn is not conn:
-            if slot is not None:  # an id() collision with a live borrow: put it back
-                self._in_use[id(slot.conn)] = slot
-            raise RuntimeError(
-                f"connection {conn!r} is not borrowed from pool {self.name!r} "
-                "(released twice, or from another pool)"
-            )
+        slot = self._borrow_of(conn, "released")
+        del self._in_use[id(conn)]
+        self._note_return(slot)
         if slot.state is SlotState.IN_USE:  # else terminated by a forced close
             self._release_slot(slot, exc)
 
@@ -697,12 +707,47 @@ class Pool(Generic[ConnT]):
 
         For connections that must not be reused, e.g. after a number of
         queries; ``async with pool.acquire() as conn`` borrows use the context
-        manager's own ``retire()``.
+        manager's own ``retire()``. A stale call (see :meth:`release`) raises
+        :class:`RuntimeError` and leaves the current borrow alone.
+        """
+        self._planner.retire(self._borrow_of(conn, "retired"))
+
+    def _borrow_of(self, conn: ConnT, what: str) -> Slot:
+        """The slot ``conn`` is borrowed in, if the running task may end that borrow.
+
+        Raises :class:`RuntimeError` if it is not borrowed from this pool with
+        ``await pool.acquire()`` or :meth:`acquire_nowait`, or for a stale
+        release (see :meth:`release`).
         """
         slot = self._in_use.get(id(conn))
         if slot is None or slot.conn is not conn:
-            raise RuntimeError(f"connection {conn!r} is not borrowed from pool {self.name!r}")
-        self._planner.retire(slot)
+            raise RuntimeError(
+                f"connection {conn!r} is not borrowed from pool {self.name!r} "
+                "(released twice, or from another pool)"
+            )
+        if self._stale(slot):
+            raise RuntimeError(
+                f"pool {self.name!r}: connection {conn!r} {what} after this task gave it back, "
+                "and another task has borrowed it since (that borrow stands)"
+            )
+        return slot
+
+    def _stale(self, slot: Slot) -> bool:
+        """Whether the running task gave back the borrow before this one of ``slot`` itself.
+
+        Invariants: ``slot.owner`` is the task that made the current borrow;
+        ``slot.returned`` is ``(lease, task)`` when ``task`` made borrow
+        ``lease`` and gave it back itself. The running task is then not the
+        owner, and borrowed the slot just before the owner did: it is taken to
+        be releasing its own, finished borrow (see :meth:`release`).
+        """
+        me = self._current_task()
+        return slot.owner != me and slot.returned == (slot.lease - 1, me)
+
+    def _note_return(self, slot: Slot) -> None:
+        """Note, for :meth:`_stale`, that the running task gives back ``slot``'s borrow now."""
+        me = self._current_task()
+        slot.returned = (slot.lease, me) if slot.owner == me else None
 
     def _release_slot(self, slot: Slot, exc: BaseException | None) -> None:
         conn = slot.conn

@@ -625,7 +625,8 @@ class AsyncpgPool:
     every borrowed connection to come back; an acquire on a closed pool raises
     :class:`~asyncpg.exceptions.InterfaceError`; releasing a connection twice
     is harmless and releasing a foreign one raises
-    :class:`~asyncpg.exceptions.InterfaceError`.
+    :class:`~asyncpg.exceptions.InterfaceError`; a borrowed connection its
+    borrower closes (or that is lost) frees its place at once, released or not.
 
     What is different, on purpose (see ``docs/migrate-asyncpg.md``):
 
@@ -721,14 +722,21 @@ class AsyncpgPool:
         )  # 0 disables, as in asyncpg
         settings_kw.setdefault("pool_timeout", None)  # asyncpg waits forever
         settings_kw.setdefault("fail_fast", True)  # asyncpg's acquire raises its connect's error
-        settings_kw.setdefault("connect_timeout", float(kwargs.get("timeout", 60.0)))
+        # asyncpg's connect timeout. None (no bound) reaches asyncpg.connect as it is; the
+        # pool's own bound must be finite (it also bounds health checks): asyncpg's default.
+        connect_timeout = kwargs.get("timeout", 60.0)
+        settings_kw.setdefault(
+            "connect_timeout", 60.0 if connect_timeout is None else float(connect_timeout)
+        )
         if "connection_lifetime" not in settings_kw:
             lifetime = _SETTINGS_DEFAULTS["connection_lifetime"]
             idle = settings_kw["idle_timeout"]
             if idle is not None and lifetime is not None and idle >= lifetime:
                 settings_kw["idle_timeout"] = None  # the default lifetime comes first anyway
 
-        connector = AsyncpgConnector(dsn, connect=connect, init=init, reset=reset_fn, **kwargs)
+        connector = AsyncpgConnector(
+            dsn, connect=connect, init=self._watching(init), reset=reset_fn, **kwargs
+        )
         fixed: dict[str, Any] = {"connection_class": connection_class, "record_class": record_class}
         if loop is not None:
             fixed["loop"] = loop
@@ -913,7 +921,11 @@ class AsyncpgPool:
         ``close_timeout`` (so ``timeout``, accepted for compatibility, is not
         used). Releasing a connection that is already back is harmless;
         releasing one this pool never lent raises
-        :class:`~asyncpg.exceptions.InterfaceError`.
+        :class:`~asyncpg.exceptions.InterfaceError`. A stale release is
+        ignored as in asyncpg: by a task that borrowed the connection and gave
+        it back itself, while another task holds the next borrow of it (the
+        pool sees the connection, not a proxy: see
+        :meth:`elasticpool.Pool.release`); that borrow stands.
         """
         lease = self._leases.get(id(connection))
         if lease is None or lease.conn is not connection:
@@ -923,6 +935,9 @@ class AsyncpgPool:
                 f"release() received invalid connection: {connection!r} "
                 f"is not a member of pool {self.name!r}"
             )
+        slot = lease.acquire._slot
+        if slot is not None and self._pool._stale(slot):
+            return  # this task's own borrow ended already: asyncpg ignores it too
         await self._release(lease, None)
 
     async def _release(self, lease: _Lease, exc: BaseException | None) -> None:
@@ -930,6 +945,9 @@ class AsyncpgPool:
             return  # already released (then maybe lent again: that borrow is not ours)
         del self._leases[id(lease.conn)]
         conn = lease.conn
+        slot = lease.acquire._slot
+        if slot is not None:
+            self._pool._note_return(slot)
         impl = _impl(conn)
         if not conn.is_closed():
             self._warn_listeners(conn)
@@ -938,6 +956,29 @@ class AsyncpgPool:
             if protocol is not None and protocol.queries_count >= self._max_queries:
                 lease.acquire.retire()
         await lease.acquire.__aexit__(type(exc) if exc else None, exc, None)
+
+    def _watching(self, init: ConnectionCallback | None) -> ConnectionCallback:
+        """``init``, then :meth:`_closed` as a termination listener (kept by every reset)."""
+
+        async def init_and_watch(conn: asyncpg.Connection) -> None:
+            if init is not None:
+                await init(conn)
+            conn.add_termination_listener(self._closed)
+
+        return init_and_watch
+
+    def _closed(self, conn: object) -> None:
+        """A connection closed (or lost): if it is borrowed, its slot is free now, as in asyncpg.
+
+        asyncpg calls this soon after ``conn.close()``, ``conn.terminate()`` or
+        a lost connection. Its borrower need not release it (a release of it
+        later is harmless), and :meth:`close` does not wait for it.
+        """
+        lease = self._leases.get(id(conn))
+        if lease is None or lease.conn is not conn:
+            return  # idle, already given back, or closed by the pool
+        del self._leases[id(conn)]
+        lease.acquire._end(None)  # closed: the pool discards it
 
     def _warn_listeners(self, conn: asyncpg.Connection) -> None:
         """asyncpg's warning for a connection released with listeners still on it."""
@@ -1194,8 +1235,9 @@ def create_pool(
     ``membership=`` for the elastic :class:`~elasticpool.Pool`. Defaults
     differing from :class:`~elasticpool.PoolSettings`: ``pool_timeout`` is
     ``None`` (asyncpg waits forever), ``connect_timeout`` is asyncpg's connect
-    ``timeout`` (60 s), and ``idle_timeout`` is dropped when it could never
-    fire before the default ``connection_lifetime``.
+    ``timeout`` (60 s; ``timeout=None`` reaches :func:`asyncpg.connect` as
+    it is, and the pool's own bound stays 60 s), and ``idle_timeout`` is
+    dropped when it could never fire before the default ``connection_lifetime``.
     """
     return AsyncpgPool(
         dsn,

@@ -1228,9 +1228,11 @@ class AsyncConnectionPool(Generic[ACT]):
         """Give back a connection borrowed with :meth:`getconn`.
 
         A connection not borrowed from this pool raises :class:`ValueError`
-        (psycopg_pool's message). The hand-back itself is synchronous (no
-        await), so a cancelled caller cannot lose the connection; the reset
-        runs in the background.
+        (psycopg_pool's message), and so does a stale one: returned by this
+        task already and borrowed by another since (see
+        :meth:`elasticpool.Pool.release`); that borrow stands. The hand-back
+        itself is synchronous (no await), so a cancelled caller cannot lose
+        the connection; the reset runs in the background.
         """
         self._putconn(conn, None)
 
@@ -1239,6 +1241,10 @@ class AsyncConnectionPool(Generic[ACT]):
         if pool is not self:
             msg = f"it comes from pool {pool.name!r}" if pool else "it doesn't come from any pool"
             raise ValueError(f"can't return connection to pool {self.name!r}, {msg}: {conn}")
+        try:
+            self.elastic._borrow_of(conn, "returned")
+        except RuntimeError as exc:  # a stale putconn (see Pool.release): that borrow stands
+            raise ValueError(f"can't return connection to pool {self.name!r}; {exc}") from None
         cast(Any, conn)._pool = None
         _log_returned_state(conn)
         self.elastic.release(conn, exc=error)
