@@ -185,7 +185,9 @@ async def worker(cfg: dict[str, Any]) -> None:
     members: list[Member] = []
     for index, name, role in cfg["members"]:
         app = f"{cfg['prefix']}{name}-p{cfg['process']}"
-        membership = PostgresMembership(table=cfg["table"], heartbeat_interval=cfg["interval"])
+        membership = PostgresMembership(
+            table=cfg["table"], heartbeat_interval=cfg["interval"], application_name=app
+        )
         timed = time_heartbeats(membership, beats) and timed
         extra = {}
         if cfg["database_max_connections"] is not None:
@@ -551,7 +553,8 @@ async def sampler(
     with anyio.move_on_after(bound):
         while True:
             rows = await conn.fetch(
-                "SELECT application_name, count(*) FROM pg_stat_activity"
+                # members tag their connections "<app>|<pool>|<instance>": count by app
+                "SELECT split_part(application_name, '|', 1), count(*) FROM pg_stat_activity"
                 " WHERE application_name LIKE $1 AND pid <> pg_backend_pid() GROUP BY 1",
                 prefix + "%",
             )
@@ -717,7 +720,8 @@ async def kill_victim(
     with anyio.move_on_after(10):
         while True:  # until it is mid-query: its backends are in pg_sleep (the server's view)
             active = await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE split_part(application_name, '|', 1) = $1"
                 " AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
                 app,
             )
