@@ -74,6 +74,10 @@ class Connector(Protocol[ConnT]):
       or ``SET TRANSACTION READ ONLY`` first), so the server refuses writes in
       it. The pool passes ``readonly`` only when it is true, so a connector
       written before it existed still serves ordinary transactions.
+    * ``abandon(conn)``, optional (not part of the protocol): in a process
+      forked from the one that opened the pool, the pool gives each inherited
+      connection up with it; it must do no I/O (the socket is the parent's),
+      and should make ``conn`` unusable where the driver allows it.
 
     Optional: ``set_server_settings(settings: Mapping[str, str]) -> None``. A
     connector that has it sends ``settings`` (server parameters by name, such

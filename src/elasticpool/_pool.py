@@ -14,9 +14,11 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import random
 import sys
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -163,6 +165,12 @@ class _Acquire(Generic[ConnT]):
     def __await__(self) -> Generator[Any, None, ConnT]:
         return self._pool._acquire_registered(self._timeout).__await__()
 
+    def _end(self, exc: BaseException | None) -> None:
+        """End this borrow now, as ``__aexit__`` does, without awaiting (for the faces)."""
+        slot, self._slot = self._slot, None
+        if slot is not None and slot.lease == self._lease and slot.state is SlotState.IN_USE:
+            self._pool._release_slot(slot, exc)
+
     def retire(self) -> None:
         """Close the borrowed connection when it comes back instead of reusing it."""
         slot = self._slot
@@ -198,7 +206,10 @@ class Pool(Generic[ConnT]):
     * closing is bounded: :meth:`close` waits up to ``timeout`` for borrowed
       connections to come back, then terminates what is left.
 
-    It is not thread-safe: use it from the event loop that opened it.
+    It is not thread-safe: use it from the event loop that opened it. Nor is
+    it shared across ``os.fork()``: in a child, every call raises
+    :class:`RuntimeError` and :meth:`close` only marks it closed, leaving the
+    parent's connections alone; open pools after the fork.
     """
 
     def __init__(
@@ -254,7 +265,8 @@ class Pool(Generic[ConnT]):
         self._stop: anyio.Event | None = None
         self._runner_done: anyio.Event | None = None
         self._opened: anyio.Event | None = None
-        self._state = "new"  # new → opening → open → closing → closed
+        self._state = "new"  # new → opening → open → closing → closed; or forked (see _forked)
+        self._pid = 0  # the process that opened it
         self._reset_mode = settings.reset
         self._ping_after = settings.ping_after
         self._now: Callable[[], float] = anyio.current_time
@@ -279,6 +291,8 @@ class Pool(Generic[ConnT]):
 
     async def open(self) -> None:
         """Start the pool's background work (idempotent). The floor fills in the background."""
+        if self._state == "forked":
+            raise self._forked_error()
         if self._state == "open":
             return
         if self._state == "opening":  # another task is opening it: wait for that
@@ -289,6 +303,8 @@ class Pool(Generic[ConnT]):
         if self._state != "new":
             raise PoolClosed(f"pool {self.name!r} is closed and cannot be opened again")
         self._state = "opening"
+        self._pid = os.getpid()
+        _opened_here.add(self)
         self._opened = opened = anyio.Event()
         backend = current_backend()
         self._now = backend.now
@@ -360,6 +376,9 @@ class Pool(Generic[ConnT]):
         terminated. Calling it again is harmless; it cannot be reopened.
         """
         _check_seconds("timeout", timeout, zero_ok=True)
+        if self._state == "forked":  # the parent's: nothing to wait for, nothing to close here
+            self._state = "closed"
+            return
         if self._state in ("closing", "closed"):
             if self._runner_done is not None:
                 with anyio.CancelScope(shield=True):
@@ -467,11 +486,48 @@ class Pool(Generic[ConnT]):
 
     def _check_open(self) -> None:
         if self._state != "open":
+            if self._state == "forked":
+                raise self._forked_error()
             if self._state == "new":
                 raise RuntimeError(
                     f"pool {self.name!r} is not open: use 'async with pool' or 'await pool.open()'"
                 )
             raise PoolClosed(f"pool {self.name!r} is closed ({self._planner.describe()})")
+
+    def _forked_error(self) -> RuntimeError:
+        return RuntimeError(
+            f"pool {self.name!r} was opened in process {self._pid} and cannot be used in "
+            f"forked process {os.getpid()}: open the pool after the fork (e.g. in a gunicorn "
+            "post_fork hook or at worker startup); in this process only close() or "
+            "terminate() it, which leaves the parent's connections alone"
+        )
+
+    def _forked(self) -> None:
+        """In a forked child (see ``_after_fork_in_child``): give up everything, with no I/O.
+
+        The connections, the fleet lease and the background tasks are the
+        parent's: the sockets are shared with it, and so is the epoll set of
+        its event loop. The planner forgets every slot (a connection borrowed
+        before the fork is not given back from here), each connection is
+        handed to the connector's optional ``abandon`` (which makes it unusable
+        without I/O) and kept referenced for the life of the process, so that
+        no driver cleanup-on-collect runs on it; the pool then refuses every
+        use, and :meth:`close` / :meth:`terminate` only mark it closed.
+        """
+        if self._state in ("new", "closed", "forked"):
+            return
+        self._state = "forked"
+        planner = self._planner
+        abandon = getattr(self._connector, "abandon", None)
+        if not planner.closed:
+            planner.close(self._stats_now())
+        planner.take_plan()  # wakes and closes for the parent's tasks: nothing runs them here
+        for slot in planner.remaining():
+            if slot.conn is not None:
+                _inherited.append(slot.conn)
+                if abandon is not None:
+                    abandon(slot.conn)
+            planner.forget(slot)
 
     async def _acquire_registered(self, timeout: float | None) -> ConnT:
         """``await pool.acquire()``: borrow and remember it for :meth:`release`."""
@@ -632,15 +688,19 @@ class Pool(Generic[ConnT]):
         Releasing one that is not borrowed that way from this pool (released
         twice, from another pool, or borrowed with ``async with``, which gives
         it back itself) raises :class:`RuntimeError`.
+
+        Any task may give back a borrow (a hand-off: borrow in one task, release
+        in another). The pool only sees the connection, so one case is read as
+        a stale release: a task that borrowed this connection and gave it back
+        itself, releasing it again while another task holds the very next
+        borrow of it. That raises :class:`RuntimeError` and the other task's
+        borrow stands; hand such a connection back from the task that borrowed
+        it. A stale release the pool cannot tell from a hand-off (another borrow
+        came between) still ends the current borrow: release each borrow once.
         """
-        slot = self._in_use.pop(id(conn), None)
-        if slot is None or slot.conn is not conn:
-            if slot is not None:  # an id() collision with a live borrow: put it back
-                self._in_use[id(slot.conn)] = slot
-            raise RuntimeError(
-                f"connection {conn!r} is not borrowed from pool {self.name!r} "
-                "(released twice, or from another pool)"
-            )
+        slot = self._borrow_of(conn, "released")
+        del self._in_use[id(conn)]
+        self._note_return(slot)
         if slot.state is SlotState.IN_USE:  # else terminated by a forced close
             self._release_slot(slot, exc)
 
@@ -649,12 +709,47 @@ class Pool(Generic[ConnT]):
 
         For connections that must not be reused, e.g. after a number of
         queries; ``async with pool.acquire() as conn`` borrows use the context
-        manager's own ``retire()``.
+        manager's own ``retire()``. A stale call (see :meth:`release`) raises
+        :class:`RuntimeError` and leaves the current borrow alone.
+        """
+        self._planner.retire(self._borrow_of(conn, "retired"))
+
+    def _borrow_of(self, conn: ConnT, what: str) -> Slot:
+        """The slot ``conn`` is borrowed in, if the running task may end that borrow.
+
+        Raises :class:`RuntimeError` if it is not borrowed from this pool with
+        ``await pool.acquire()`` or :meth:`acquire_nowait`, or for a stale
+        release (see :meth:`release`).
         """
         slot = self._in_use.get(id(conn))
         if slot is None or slot.conn is not conn:
-            raise RuntimeError(f"connection {conn!r} is not borrowed from pool {self.name!r}")
-        self._planner.retire(slot)
+            raise RuntimeError(
+                f"connection {conn!r} is not borrowed from pool {self.name!r} "
+                "(released twice, or from another pool)"
+            )
+        if self._stale(slot):
+            raise RuntimeError(
+                f"pool {self.name!r}: connection {conn!r} {what} after this task gave it back, "
+                "and another task has borrowed it since (that borrow stands)"
+            )
+        return slot
+
+    def _stale(self, slot: Slot) -> bool:
+        """Whether the running task gave back the borrow before this one of ``slot`` itself.
+
+        Invariants: ``slot.owner`` is the task that made the current borrow;
+        ``slot.returned`` is ``(lease, task)`` when ``task`` made borrow
+        ``lease`` and gave it back itself. The running task is then not the
+        owner, and borrowed the slot just before the owner did: it is taken to
+        be releasing its own, finished borrow (see :meth:`release`).
+        """
+        me = self._current_task()
+        return slot.owner != me and slot.returned == (slot.lease - 1, me)
+
+    def _note_return(self, slot: Slot) -> None:
+        """Note, for :meth:`_stale`, that the running task gives back ``slot``'s borrow now."""
+        me = self._current_task()
+        slot.returned = (slot.lease, me) if slot.owner == me else None
 
     def _release_slot(self, slot: Slot, exc: BaseException | None) -> None:
         conn = slot.conn
@@ -873,6 +968,9 @@ class Pool(Generic[ConnT]):
         Queued callers get :class:`~elasticpool.PoolClosed`. Use :meth:`close`
         for a graceful shutdown.
         """
+        if self._state == "forked":  # the parent's: nothing to terminate here
+            self._state = "closed"
+            return
         if self._state in ("new", "closed"):
             self._state = "closed"
             self._planner.close(self._now())
@@ -1059,6 +1157,8 @@ class Pool(Generic[ConnT]):
         On a closed pool it checks its arguments and changes nothing that
         matters: no connection opens again.
         """
+        if self._state == "forked":
+            raise self._forked_error()
         planner = self._planner
         planner.resize(max_connections, self._now(), min_connections)
         self._execute(planner.take_plan())
@@ -1066,6 +1166,8 @@ class Pool(Generic[ConnT]):
 
     async def expire_connections(self) -> None:
         """Retire every current connection: idle ones now, borrowed ones as they come back."""
+        if self._state == "forked":
+            raise self._forked_error()
         planner = self._planner
         planner.expire_all(self._now())
         self._execute(planner.take_plan())
@@ -1209,3 +1311,31 @@ async def _as_coroutine(fn: Callable[[anyio.Event], Awaitable[None]], started: a
 
 
 _background: set[asyncio.Task[None]] = set()
+
+# Every pool (and routing pool) opened in this process, held weakly, for the at-fork hook:
+# each has a ``_forked()`` method.
+_opened_here: weakref.WeakSet[Any] = weakref.WeakSet()
+# In a forked child: the parent's connections, never to be collected here.
+_inherited: list[object] = []
+
+
+def _after_fork_in_child() -> None:
+    """``os.fork()`` child: every pool opened in the parent gives its connections up (no I/O).
+
+    Using them from here would write on the parent's sockets (and register
+    them in the parent's epoll set); closing them would end the parent's
+    sessions. A pool opened in the parent therefore refuses every use in the
+    child with a :class:`RuntimeError` saying to open the pool after the fork.
+    It costs nothing on the acquire path: the pool's state is no longer
+    ``"open"``, which the acquire path checks anyway.
+    """
+    for pool in list(_opened_here):
+        try:
+            pool._forked()
+        except Exception:  # pragma: no cover - a connector's abandon; never fail a fork
+            logger.exception("pool %r: giving up the parent's connections failed", pool.name)
+    _opened_here.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -97,6 +97,7 @@ class Slot:
         "idle_since",
         "lease",
         "owner",
+        "returned",
         "state",
         "waiter",
     )
@@ -113,6 +114,8 @@ class Slot:
         self.checked_gen = 0
         self.lease = 0  # bumped at every borrow: tells one borrow from the next
         self.owner: object = None  # the shell's note of the borrowing task (opaque here)
+        # The shell's note of the last borrow its own task gave back: (lease, task), or None.
+        self.returned: tuple[int, object] | None = None
         self.waiter: Waiter | None = None
         self.close_reason: CloseReason | None = None
 

@@ -45,6 +45,7 @@ from psycopg_pool.abc import ACT
 from . import _errors
 from ._connector import ResetMode, ends_session
 from ._pool import Pool
+from ._redact import dsn_passwords, dsn_problem, redact_dsn, unshown
 from ._settings import PoolSettings
 
 __all__ = [
@@ -503,7 +504,12 @@ class PsycopgConnector(Generic[ACT]):
     the connection is lent.
 
     Its :func:`repr` shows host, port, database, user and application name
-    only: never a password.
+    only: never a password. Nor do its errors: a URI whose password holds an
+    unencoded ``#``, ``/``, ``?`` or ``@`` (which libpq would misread, quoting
+    a piece of it) is refused with :class:`ValueError` (here for a string, at
+    connect for a callable's result), and a ``conninfo`` with a password that
+    libpq cannot parse fails to connect with a :class:`psycopg.ProgrammingError`
+    of ours, without libpq's message.
 
     It is not a pool and keeps no connections; it keeps a small weak record
     per connection (the cancel key and the attributes to restore).
@@ -519,6 +525,8 @@ class PsycopgConnector(Generic[ACT]):
         check: ConnectionCB[ACT] | None = None,
         reset: ConnectionCB[ACT] | None = None,
     ) -> None:
+        if isinstance(conninfo, str) and (problem := dsn_problem(conninfo)) is not None:
+            raise ValueError(_unparsable(type(self).__name__, conninfo, problem))
         self.conninfo = conninfo
         self.kwargs = kwargs
         self.connection_class = connection_class
@@ -538,6 +546,9 @@ class PsycopgConnector(Generic[ACT]):
         """Resolve ``conninfo`` and ``kwargs``, connect, run ``configure``; raise on any failure."""
         conninfo = await _resolve(self.conninfo) or ""
         kwargs = dict(await _resolve(self.kwargs) or {})
+        unparsable = _check_conninfo(type(self).__name__, conninfo)
+        if unparsable is not None:
+            raise unparsable
         if self._server_settings:
             _add_settings(conninfo, kwargs, self._server_settings)
         conn = await self.connection_class.connect(conninfo, **kwargs)
@@ -703,6 +714,28 @@ async def _readonly_transaction(
     async with tx as inner:
         await conn.execute("SET TRANSACTION READ ONLY", prepare=False)
         yield inner
+
+
+def _unparsable(who: str, conninfo: str, why: str) -> str:
+    return f"cannot parse the dsn given to {who} ({redact_dsn(conninfo)}): {why}"
+
+
+def _check_conninfo(who: str, conninfo: object) -> Exception | None:
+    """The error to raise for a ``conninfo`` with a password libpq would misread or refuse.
+
+    libpq's own parse errors quote the string (a password, or a piece of it);
+    the error returned does not, and chains nothing.
+    """
+    if not isinstance(conninfo, str) or not dsn_passwords(conninfo):
+        return None
+    problem = dsn_problem(conninfo)
+    if problem is not None:
+        return ValueError(_unparsable(who, conninfo, problem))
+    try:
+        conninfo_to_dict(conninfo)
+    except Exception as exc:
+        return psycopg.ProgrammingError(_unparsable(who, conninfo, unshown(exc)))
+    return None
 
 
 def _describe_target(conninfo: object, kwargs: object) -> str:
@@ -1195,9 +1228,11 @@ class AsyncConnectionPool(Generic[ACT]):
         """Give back a connection borrowed with :meth:`getconn`.
 
         A connection not borrowed from this pool raises :class:`ValueError`
-        (psycopg_pool's message). The hand-back itself is synchronous (no
-        await), so a cancelled caller cannot lose the connection; the reset
-        runs in the background.
+        (psycopg_pool's message), and so does a stale one: returned by this
+        task already and borrowed by another since (see
+        :meth:`elasticpool.Pool.release`); that borrow stands. The hand-back
+        itself is synchronous (no await), so a cancelled caller cannot lose
+        the connection; the reset runs in the background.
         """
         self._putconn(conn, None)
 
@@ -1206,6 +1241,10 @@ class AsyncConnectionPool(Generic[ACT]):
         if pool is not self:
             msg = f"it comes from pool {pool.name!r}" if pool else "it doesn't come from any pool"
             raise ValueError(f"can't return connection to pool {self.name!r}, {msg}: {conn}")
+        try:
+            self.elastic._borrow_of(conn, "returned")
+        except RuntimeError as exc:  # a stale putconn (see Pool.release): that borrow stands
+            raise ValueError(f"can't return connection to pool {self.name!r}; {exc}") from None
         cast(Any, conn)._pool = None
         _log_returned_state(conn)
         self.elastic.release(conn, exc=error)
