@@ -1100,7 +1100,7 @@ class Pool(Generic[ConnT]):
                     self._release_slot(slot, sys.exc_info()[1])
 
     @contextlib.asynccontextmanager
-    async def _frozen(self, extra: int = 0) -> AsyncIterator[Freeze]:
+    async def _frozen(self) -> AsyncIterator[Freeze]:
         """Hold the pool at its current size for a heartbeat; yield what it reports.
 
         While the heartbeat's transaction runs the pool must not grow beyond
@@ -1109,8 +1109,9 @@ class Pool(Generic[ConnT]):
         committed. If the heartbeat fails before that, the limit goes back to
         what it was, or lower when the outcome may be committed but is not
         known (the reply lost or late): to the new grant if it was computed,
-        else to the size it reported (``extra``: one more connection the
-        heartbeat runs on, reported as held).
+        else to the size it reported. An extra connection the heartbeat runs
+        on is not reported: it is taken in only if the grant has room for it
+        (see :meth:`Freeze.apply`), and closed otherwise.
         """
         p = self._planner
         coordinating = 1 if self._coordinating is not None else 0
@@ -1119,9 +1120,8 @@ class Pool(Generic[ConnT]):
         freeze = Freeze(
             self,
             demand=max(0, max(now_demand, peak) - coordinating),
-            holding=len(p.remaining()) + extra,
+            holding=len(p.remaining()),
             before=p.limit,
-            size=len(p.remaining()),
         )
         if p.size < p.limit:
             p.resize(p.size, self._now())
@@ -1133,7 +1133,7 @@ class Pool(Generic[ConnT]):
                 if freeze.grant is not None:  # computed, maybe committed: never above it
                     back = min(freeze.before, freeze.grant)
                 elif freeze.sent:  # maybe committed, grant unknown: the size it reported
-                    back = min(freeze.before, freeze.size)
+                    back = min(freeze.before, freeze.holding)
                 else:
                     back = freeze.before
                 if p.limit != back:
@@ -1251,18 +1251,14 @@ class Coordination:
 class Freeze:
     """A pool held at its size during one heartbeat (see ``Pool._frozen``)."""
 
-    __slots__ = ("applied", "before", "demand", "grant", "holding", "pool", "sent", "size")
+    __slots__ = ("applied", "before", "demand", "grant", "holding", "pool", "sent")
 
-    def __init__(
-        self, pool: Pool[Any], *, demand: int, holding: int, before: int, size: int
-    ) -> None:
+    def __init__(self, pool: Pool[Any], *, demand: int, holding: int, before: int) -> None:
         self.pool = pool
         self.demand = demand
         self.holding = holding
-        """What it reports: its slots, plus the extra connection the heartbeat runs on."""
-        self.before = before
-        self.size = size
         """Its slots when frozen: never above what its lease claims, committed or not."""
+        self.before = before
         self.grant: int | None = None
         self.applied = False
         self.sent = False

@@ -385,14 +385,23 @@ class PostgresMembership:
             with anyio.fail_after(self.heartbeat_timeout):
                 async with (
                     pool._coordination(wait_own=self.heartbeat_timeout / 2, own=not leave) as co,
-                    pool._frozen(extra=1 if co.extra else 0) as freeze,
+                    pool._frozen() as freeze,
                 ):
                     if not self._tables_ready:
                         await self._ensure_tables(co.conn, pool._connector.transaction)
                     if self._check_ok is None and self._tag is not None:
                         await self._probe_check_interval(pool, co.conn)
                     freeze.sent = True
-                    row = await self._call(pool, co.conn, freeze.demand, freeze.holding, leave)
+                    try:
+                        row = await self._call(pool, co.conn, freeze.demand, freeze.holding, leave)
+                    except Exception as exc:
+                        # An error the server answered with: rolled back, nothing committed.
+                        # A lost or late answer (disconnect, timeout) leaves it unknown.
+                        if not isinstance(exc, TimeoutError) and not pool._connector.is_disconnect(
+                            exc
+                        ):
+                            freeze.sent = False
+                        raise
                     if row[0] == "busy":
                         freeze.apply(freeze.before)
                         self.busy += 1
@@ -450,6 +459,7 @@ class PostgresMembership:
             max(1, round(self.lock_timeout * 1000)),
             leave,
             pool_tag(pool.name) if self._tag is not None else None,
+            own=True,
         )
         return tuple(rows[0])
 
