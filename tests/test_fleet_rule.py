@@ -135,7 +135,7 @@ def test_serialised_heartbeats_keep_the_fleet_within_the_total(
 def fleet_db(pg_server: Any) -> Iterator[tuple[Any, Schema]]:
     """A psycopg connection (autocommit) and a lease table of this module's own."""
     psycopg = pytest.importorskip("psycopg")
-    schema = Schema(f"rule {uuid.uuid4().hex[:8]}")
+    schema = Schema.of(f"rule {uuid.uuid4().hex[:8]}")
     with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
         for statement in schema.statements():
             conn.execute(statement)

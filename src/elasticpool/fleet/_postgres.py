@@ -34,8 +34,8 @@ import anyio
 
 from .._limits import HYPERDRIVE_MINIMUM_TOTAL, resolve_limit
 from ._base import FleetStatus, MemberStatus
-from ._schema import Schema
-from ._sql import fetch
+from ._schema import Schema, beat_function
+from ._sql import fetch, quote_ident
 from ._tags import application_name as tagged_name
 from ._tags import pool_tag
 
@@ -172,10 +172,12 @@ class PostgresMembership:
                     "client_connection_check_interval must be None or in [0, 3600] seconds "
                     f"(got {check!r})"
                 )
-        self._schema = Schema(table, schema)
-        self._table = self._schema.table
-        self._config = self._schema.config
-        self._table_name = self._schema.name
+        prefix = "" if schema is None else quote_ident(schema) + "."
+        self._table = prefix + quote_ident(table)
+        self._config = prefix + quote_ident(table + "_config")
+        self._beat_fn = prefix + quote_ident(beat_function(table))
+        self._schema = Schema(self._table, self._config, self._beat_fn)
+        self._table_name = table if schema is None else f"{schema}.{table}"
         # host:pid:random, within the 24 characters a tag keeps whole
         self.instance_id = instance_id or (
             f"{socket.gethostname()[:10]}:{os.getpid()}:{uuid.uuid4().hex[:4]}"
@@ -250,7 +252,7 @@ class PostgresMembership:
             " AND to_regproc($3) IS NOT NULL",
             self._table,
             self._config,
-            self._schema.beat,
+            self._beat_fn,
         )
         return bool(rows[0][0])
 
@@ -444,7 +446,7 @@ class PostgresMembership:
             reserve = 0 if total is None else min(2, total // 20)
         rows = await fetch(
             conn,
-            f"SELECT * FROM {self._schema.beat}"
+            f"SELECT * FROM {self._beat_fn}"
             "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             pool.name,
             self.instance_id,

@@ -35,21 +35,38 @@ from __future__ import annotations
 
 from ._sql import quote_ident
 
-__all__ = ["SCHEMA_VERSION", "Schema"]
+__all__ = ["SCHEMA_VERSION", "Schema", "beat_function"]
 
 SCHEMA_VERSION = 2
 """Bumped when the function's signature or the tables change incompatibly."""
 
 
-class Schema:
-    """Quoted names and DDL for one lease table (``table`` in ``schema``)."""
+def beat_function(table: str) -> str:
+    """The (unquoted) name of lease table ``table``'s heartbeat function."""
+    return f"{table}_beat_v{SCHEMA_VERSION}"
 
-    def __init__(self, table: str, schema: str | None = None) -> None:
+
+class Schema:
+    """The DDL of one lease table, its config table and its heartbeat function.
+
+    It takes the names already quoted (``PostgresMembership`` quotes them, where
+    the SQL-safety check follows them); :meth:`of` quotes them itself.
+    """
+
+    def __init__(self, table: str, config: str, beat: str) -> None:
+        self.table = table
+        self.config = config
+        self.beat = beat
+
+    @classmethod
+    def of(cls, table: str, schema: str | None = None) -> Schema:
+        """The schema of lease table ``table`` (in ``schema``), every name quoted."""
         prefix = "" if schema is None else quote_ident(schema) + "."
-        self.table = prefix + quote_ident(table)
-        self.config = prefix + quote_ident(table + "_config")
-        self.beat = prefix + quote_ident(f"{table}_beat_v{SCHEMA_VERSION}")
-        self.name = table if schema is None else f"{schema}.{table}"
+        return cls(
+            prefix + quote_ident(table),
+            prefix + quote_ident(table + "_config"),
+            prefix + quote_ident(beat_function(table)),
+        )
 
     def ddl(self) -> str:
         """The whole DDL as one script, for an administrator (idempotent: safe to run again)."""
