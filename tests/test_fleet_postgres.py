@@ -47,6 +47,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from elasticpool import Pool, PoolTimeout
 from elasticpool.embedded import EmbeddedPostgres
 from elasticpool.fleet import PostgresMembership
+from elasticpool.fleet._schema import beat_function
 
 from .helpers import eventually
 
@@ -186,7 +187,7 @@ async def fleet(request: pytest.FixtureRequest, pg_server: Any) -> AsyncIterator
         await wait_for(fl.backends, lambda pids: not pids, "backends left behind")
     finally:
         await admin.execute(f"DROP TABLE IF EXISTS {fl.qtable}, {fl.qconfig}")
-        await admin.execute(f"DROP FUNCTION IF EXISTS {quote_ident(fl.table + '_beat_v2')}")
+        await admin.execute(f"DROP FUNCTION IF EXISTS {quote_ident(beat_function(fl.table))}")
         await admin.close()
 
 

@@ -577,9 +577,8 @@ async def test_least_privilege_role_creates_its_lease_tables_and_coordinates(
     """A role with only CONNECT and CREATE on its schema creates the two tables and coordinates."""
     role, password = app_role
     dsn = pg_server.dsn(user=role, password=password)
-    async with member(dsn, driver, sandbox.schema, "leases") as pool:
-        async with pool.acquire():
-            assert pool.fleet().limit == 6
+    async with member(dsn, driver, sandbox.schema, "leases") as pool, pool.acquire():
+        assert pool.fleet().limit == 6
     owners = pg_server.psql(
         "SELECT tablename || ' ' || tableowner FROM pg_tables"
         f" WHERE schemaname = {quote_literal(sandbox.schema)} ORDER BY tablename"

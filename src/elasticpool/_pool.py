@@ -253,6 +253,9 @@ class Pool(Generic[ConnT]):
         self._coordinating: Slot | None = None
         # Connections the fleet opened outside the slots (a heartbeat's), while open.
         self._extras: dict[Any, None] = {}
+        # When the fleet last asked for demand, and the busy seconds counted by then.
+        self._fleet_since = 0.0
+        self._fleet_busy = 0.0
         self._in_use: dict[int, Slot] = {}
         self._connect_time = 0.0
         self._tg: anyio.abc.TaskGroup | None = None
@@ -312,6 +315,7 @@ class Pool(Generic[ConnT]):
         self._waker = backend.waker
         self._current_task = backend.current_task
         self._clock_offset = backend.now() - time.monotonic()
+        self._fleet_since = backend.now()
         started = anyio.Event()
         self._stop = anyio.Event()
         self._runner_done = anyio.Event()
@@ -1115,11 +1119,18 @@ class Pool(Generic[ConnT]):
         """
         p = self._planner
         coordinating = 1 if self._coordinating is not None else 0
-        now_demand = p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting
-        peak, p.peak = p.peak, 0  # the recent peak: bursty demand is not missed between beats
+        # Demand: what is asked now, or the average since the last heartbeat when that is
+        # more (connections in use and callers waiting, in connection-seconds per second),
+        # so a member whose callers come and go is neither missed nor counted at its peak.
+        now = self._now()
+        busy = p.usage_time + p.wait_time
+        span = now - self._fleet_since
+        average = (busy - self._fleet_busy) / span if span > 0 else 0.0
+        self._fleet_since, self._fleet_busy = now, busy
+        asked = p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting
         freeze = Freeze(
             self,
-            demand=max(0, max(now_demand, peak) - coordinating),
+            demand=max(0, max(asked, int(average + 0.5)) - coordinating),
             holding=len(p.remaining()),
             before=p.limit,
         )

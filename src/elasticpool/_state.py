@@ -228,9 +228,6 @@ class Planner:
         self.usage_time = 0.0
         self.queued = 0  # acquires that had to wait
         self.returned_broken = 0  # connections that came back dead
-        # The most connections in use (or waited for) at once since the fleet last asked:
-        # a member reports its recent peak, not the moment its heartbeat happens to see.
-        self.peak = 0
         self._saturation_check = _INF  # when tick() next looks for saturation
         self.saturation_warnings = 0
         self.sinks: tuple[TimingSink, ...] = ()  # see observe()
@@ -316,8 +313,6 @@ class Planner:
             slot.lease += 1
             self.n_in_use += 1
             self.acquires += 1
-            if self.n_in_use + self.n_reserved > self.peak:  # noqa: PLR1730 - cheaper than max()
-                self.peak = self.n_in_use + self.n_reserved
             if self._plan is not None:  # something was closed on the way: refill the floor
                 self._grow(now)
             return slot
@@ -375,7 +370,6 @@ class Planner:
                 self._waiters.move_to_end(q, last=False)
         if not priority:  # the fleet heartbeat's own waits are not the callers'
             self.queued += 1
-            self.peak = max(self.peak, self.n_in_use + self.n_reserved + len(self._waiters))
         if deadline < _INF:
             heapq.heappush(self._deadlines, (deadline, w))
             if len(self._deadlines) > 2 * len(self._waiters) + 64:

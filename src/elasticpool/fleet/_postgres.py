@@ -22,6 +22,7 @@ and what happens when coordination fails.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -65,7 +66,7 @@ class PostgresMembership:
     """Share ``total_max_connections`` with every other instance of the pool, through PostgreSQL.
 
     ``table`` (and ``schema``) name the lease table; it, ``<table>_config``
-    and the heartbeat function ``<table>_beat_v2`` are created if missing
+    and the heartbeat function ``<table>_beat_v<n>`` are created if missing
     (``create_tables=False`` to require them, e.g. for a role without CREATE
     rights: then an administrator runs :meth:`create_tables_sql`).
     Identifiers are quoted; every value is a parameter. ``instance_id``
@@ -201,12 +202,13 @@ class PostgresMembership:
         self._claimed = 0
         self._source = "total"
         self._last_ok: float | None = None
-        self._healthy = False
+        self._healthy = True  # until a heartbeat fails: a member that never needed one is fine
         self._observed: int | None = None
         self._tables_ready = False
         self._failing = False
         self._active = False  # holds a live lease
         self._reported = 0  # the demand it reported at its last heartbeat
+        self._reserve = 0  # the reserve it asked the last heartbeat to keep
         self._claim = 0  # what this member's row claims (its holding at the last beat, or more)
         self._tag: str | None = None
         self._beating = anyio.Lock()
@@ -337,28 +339,44 @@ class PostgresMembership:
         """Return when an early heartbeat can change something (the caller bounds the wait).
 
         Worth it: callers wait and the member is below its share (it may
-        grow), or budget is free, or its demand is above what it last
-        reported (the shares may move its way); or it holds less than its row
-        claims while others ask for more (give back now, not at the next
-        interval). At most one such check every eighth of an interval.
+        grow), or its demand is now above a share that covered what it last
+        reported (the shares may move its way; a member already asking for
+        more than its share changes nothing by asking for more still); or
+        others ask for more than
+        they have while this member holds less than its row claims, or holds
+        only idle connections (give back now, not at the next interval). At
+        most one such check every eighth of an interval.
         """
         while True:
-            # A member with no connection of its own asks on a new one: less often.
-            empty = pool.stats().size == 0
-            step = self.heartbeat_interval / (4 if empty else 8) * random.uniform(0.9, 1.1)
+            # A member with no connection of its own asks on a new one: less often, and
+            # less still while nothing is free (the others give back at their heartbeats).
+            if pool.stats().size:
+                part = 8
+            else:
+                full = self._total is not None and self._claimed >= self._total
+                part = 2 if full else 4
+            step = self.heartbeat_interval / part * random.uniform(0.9, 1.1)
             with anyio.move_on_after(step):
                 await demand.wait()
             stats = pool.stats()
             if stats.waiting and (
-                self._share > self._limit
-                or (self._total is not None and self._claimed < self._total)
-                or stats.in_use + stats.waiting > self._reported
+                self._share > self._limit  # below its share: the next grant may be more
+                # asked for no more than its share last time: more demand may move it
+                or self._reported <= self._share < stats.in_use + stats.waiting
             ):
                 return
             if stats.size + stats.closing < self._claim and self._others_want():
-                return
+                return  # surplus closed while others ask: give it back
+            if stats.size and not stats.in_use and not stats.waiting and self._tight():
+                return  # idle while the fleet is (nearly) full: let go, or keep if still free
             if demand.is_set():
                 pool._fleet_demand = demand = anyio.Event()
+
+    def _tight(self) -> bool:
+        """Whether the last view left less than the reserve free, or others asked for more."""
+        if self._total is None:
+            return False
+        return self._claimed + max(1, self._reserve) >= self._total or self._others_want()
 
     def _others_want(self) -> bool:
         return any(m.share > m.granted for m in self._members if m.id != self.instance_id)
@@ -425,8 +443,8 @@ class PostgresMembership:
         self._share, self._limit, self._total = share, grant, total
         self._claimed, self._source = claimed, resolution_source
         self._members = self._view(row)
-        self._observed = row[12]
-        self._departed = row[13] or 0
+        self._observed = row[7]
+        self._departed = row[8] or 0
         self._last_ok = started
         if self._failing:
             logger.info("pool %r: fleet coordination ok again (limit %d)", pool.name, grant)
@@ -444,6 +462,7 @@ class PostgresMembership:
         reserve = self.reserve
         if reserve is None:
             reserve = 0 if total is None else min(2, total // 20)
+        self._reserve = reserve
         rows = await fetch(
             conn,
             f"SELECT * FROM {self._beat_fn}"
@@ -471,8 +490,8 @@ class PostgresMembership:
         return resolve_limit(pool.settings, allow_small_total=True).source
 
     def _view(self, row: tuple[Any, ...]) -> tuple[MemberStatus, ...]:
-        ids, demands, holdings, shares, granteds, ages = row[6:12]
-        if ids is None:
+        """The members as the heartbeat saw them: ``[id, demand, holding, share, granted, age]``."""
+        if row[6] is None:
             return self._members
         return tuple(
             MemberStatus(
@@ -483,7 +502,7 @@ class PostgresMembership:
                 granted=int(g),
                 heartbeat_age=float(a),
             )
-            for i, d, h, s, g, a in zip(ids, demands, holdings, shares, granteds, ages, strict=True)
+            for i, d, h, s, g, a in json.loads(row[6])
         )
 
     async def _failed(self, pool: Pool[Any], exc: BaseException, started: float) -> None:

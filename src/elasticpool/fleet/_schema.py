@@ -37,7 +37,7 @@ from ._sql import quote_ident
 
 __all__ = ["SCHEMA_VERSION", "Schema", "beat_function"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Bumped when the function's signature or the tables change incompatibly."""
 
 
@@ -106,9 +106,8 @@ class Schema:
     p_total integer, p_fixed integer, p_min_total integer, p_reserve integer,
     p_ttl float8, p_lock_ms integer, p_leave boolean, p_observe text)
 RETURNS TABLE (o_status text, o_share integer, o_granted integer, o_total integer,
-    o_live_total integer, o_claimed integer, o_ids text[], o_demands integer[],
-    o_holdings integer[], o_shares integer[], o_granteds integer[], o_ages float8[],
-    o_observed integer, o_departed integer)
+    o_live_total integer, o_claimed integer, o_view text, o_observed integer,
+    o_departed integer)
 LANGUAGE plpgsql VOLATILE
 AS $fn$
 DECLARE
@@ -153,29 +152,34 @@ BEGIN
         UPDATE {t} SET expires_at = now() + make_interval(secs => p_ttl)
          WHERE pool_name = p_pool AND instance_id = p_instance AND expires_at >= now();
         RETURN QUERY SELECT 'busy'::text, NULL::integer, NULL::integer, NULL::integer,
-            NULL::integer, NULL::integer, NULL::text[], NULL::integer[], NULL::integer[],
-            NULL::integer[], NULL::integer[], NULL::float8[], NULL::integer, NULL::integer;
+            NULL::integer, NULL::integer, NULL::text, NULL::integer, NULL::integer;
         RETURN;
     END;
     PERFORM set_config('lock_timeout', '0', true);
 
     -- 2. reap: departed members keep a claim for the backends the server still shows
-    FOR r IN
-        SELECT l.instance_id, l.claim,
-               (SELECT count(*)::integer FROM pg_stat_activity a
-                 WHERE l.tag IS NOT NULL AND a.application_name = l.tag) AS alive
-          FROM {t} l
-         WHERE l.pool_name = p_pool AND l.instance_id <> p_instance AND l.expires_at < now()
-    LOOP
-        IF r.alive = 0 THEN
-            DELETE FROM {t} WHERE pool_name = p_pool AND instance_id = r.instance_id;
-            v_claimed := v_claimed - r.claim;
-        ELSIF r.alive <> r.claim THEN
-            UPDATE {t} SET claim = r.alive, holding = r.alive, demand = 0, granted = 0
-             WHERE pool_name = p_pool AND instance_id = r.instance_id;
-            v_claimed := v_claimed - r.claim + r.alive;
-        END IF;
-    END LOOP;
+    --    (one look at pg_stat_activity, and only when someone has departed)
+    IF EXISTS (SELECT 1 FROM {t} WHERE pool_name = p_pool AND instance_id <> p_instance
+                  AND expires_at < now()) THEN
+        FOR r IN
+            SELECT l.instance_id, l.claim, coalesce(a.n, 0) AS alive
+              FROM {t} l
+              LEFT JOIN (SELECT application_name, count(*)::integer AS n
+                           FROM pg_stat_activity GROUP BY 1) a
+                     ON l.tag IS NOT NULL AND a.application_name = l.tag
+             WHERE l.pool_name = p_pool AND l.instance_id <> p_instance
+               AND l.expires_at < now()
+        LOOP
+            IF r.alive = 0 THEN
+                DELETE FROM {t} WHERE pool_name = p_pool AND instance_id = r.instance_id;
+                v_claimed := v_claimed - r.claim;
+            ELSIF r.alive <> r.claim THEN
+                UPDATE {t} SET claim = r.alive, holding = r.alive, demand = 0, granted = 0
+                 WHERE pool_name = p_pool AND instance_id = r.instance_id;
+                v_claimed := v_claimed - r.claim + r.alive;
+            END IF;
+        END LOOP;
+    END IF;
 
     SELECT claim INTO v_old FROM {t} WHERE pool_name = p_pool AND instance_id = p_instance;
     v_old := coalesce(v_old, 0);
@@ -299,8 +303,13 @@ BEGIN
     UPDATE {c} SET claimed = v_claimed WHERE pool_name = p_pool;
 
     v_granteds[v_me] := v_grant;
+    -- the view as JSON text ([id, demand, holding, share, granted, age] per member):
+    -- plain types only, which every driver reads without looking them up
     RETURN QUERY SELECT v_status, v_share, v_grant, v_total, v_live, v_claimed,
-        v_ids, v_demands, v_holdings, v_alloc, v_granteds, v_ages,
+        (SELECT json_agg(json_build_array(v_ids[i], v_demands[i], v_holdings[i], v_alloc[i],
+                                          v_granteds[i], round(v_ages[i]::numeric, 3))
+                         ORDER BY i)::text
+           FROM generate_subscripts(v_ids, 1) AS i),
         CASE WHEN p_observe IS NULL THEN NULL ELSE
             (SELECT count(*)::integer FROM pg_stat_activity
               WHERE strpos(application_name, p_observe) > 0) END,
