@@ -19,7 +19,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from elasticpool._limits import Member, fleet_grant, fleet_shares
+from elasticpool._limits import RESERVE_FROM, Member, fleet_grant, fleet_shares
 from elasticpool.fleet._schema import Schema
 
 member_lists = st.lists(
@@ -39,11 +39,11 @@ member_lists = st.lists(
 def test_shares_never_exceed_the_total_less_the_reserve(
     total: int, reserve: int, members: list[Member]
 ) -> None:
-    """Σ shares <= total, and <= total - reserve with two members or more."""
+    """Σ shares <= total, and <= total - reserve with RESERVE_FROM members or more."""
     shares = fleet_shares(total, members, reserve)
     assert set(shares) == {m.id for m in members}
     assert all(v >= 0 for v in shares.values())
-    cap = total - reserve if len(members) > 1 else total
+    cap = total - reserve if len(members) >= RESERVE_FROM else total
     assert sum(shares.values()) <= max(0, cap)
 
 
@@ -51,7 +51,7 @@ def test_shares_never_exceed_the_total_less_the_reserve(
 def test_every_asker_gets_its_fair_minimum(total: int, reserve: int, members: list[Member]) -> None:
     """An asker gets at least min(demand, units // askers) of the divided units."""
     shares = fleet_shares(total, members, reserve)
-    units = max(0, total - reserve if len(members) > 1 else total)
+    units = max(0, total - reserve if len(members) >= RESERVE_FROM else total)
     askers = [m for m in members if m.demand > 0]
     for m in askers:
         assert shares[m.id] >= min(m.demand, units // len(askers))
@@ -78,19 +78,21 @@ def test_idle_members_keep_what_nobody_else_asks_for() -> None:
 
 
 def test_reserve_is_left_free_for_a_newcomer() -> None:
-    """Two busy members wanting everything leave the reserve; a newcomer's first comes from it."""
-    a, b = Member("a", demand=30, holding=9), Member("b", demand=30, holding=9)
-    shares = fleet_shares(20, [a, b], reserve=2)
-    assert shares == {"a": 9, "b": 9}
+    """Three busy members wanting everything leave the reserve; a newcomer's first comes from it."""
+    busy = [Member(k, demand=30, holding=6) for k in "abc"]
+    shares = fleet_shares(20, busy, reserve=2)
+    assert sorted(shares.values()) == [6, 6, 6]
     new = Member("new", demand=5, holding=0)
-    share = fleet_shares(20, [a, b, new], reserve=2)["new"]
+    share = fleet_shares(20, [*busy, new], reserve=2)["new"]
     assert share >= 1
     assert fleet_grant(share, 20, others_claimed=18) >= 1, "served at once from the reserve"
 
 
-def test_a_lone_member_has_the_whole_total() -> None:
-    """The reserve applies only among two members or more."""
+def test_one_or_two_members_have_the_whole_total() -> None:
+    """The reserve applies only among three members or more: one or two have the whole total."""
     assert fleet_shares(20, [Member("a", demand=30)], reserve=2) == {"a": 20}
+    two = [Member("a", demand=30), Member("b", demand=30)]
+    assert fleet_shares(20, two, reserve=2) == {"a": 10, "b": 10}
 
 
 @given(

@@ -42,6 +42,7 @@ from ._settings import DEFAULT_TOTAL_MAX_CONNECTIONS, PoolSettings
 
 __all__ = [
     "HYPERDRIVE_MINIMUM_TOTAL",
+    "RESERVE_FROM",
     "Member",
     "Resolution",
     "divide",
@@ -53,6 +54,9 @@ __all__ = [
 
 HYPERDRIVE_MINIMUM_TOTAL = 5
 """Totals below this are raised to it (with a warning) unless explicitly allowed."""
+
+RESERVE_FROM = 3
+"""Members from which a fleet keeps its reserve out of the shares (see :func:`fleet_shares`)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -156,9 +160,11 @@ def fleet_shares(total: int, members: Sequence[Member], reserve: int = 0) -> dic
     The rule the fleet's server-side function applies (``fleet/_schema.py``;
     the tests hold the two to each other):
 
-    1. with two members or more, ``reserve`` units are kept out of the
-       division, free for a member that starts asking (its first connection
-       comes at once, before the others have shrunk);
+    1. with :data:`RESERVE_FROM` members or more, ``reserve`` units are kept
+       out of the division, free for a member that starts asking (its first
+       connection comes at once, before the others have shrunk); one or two
+       members have the whole total (a third waits for them to shrink, about
+       a heartbeat, rather than the total sitting partly idle for them);
     2. the rest is water-filled over demand, as in :func:`divide`; when there
        are fewer units than askers, those holding least get one first (a
        member asking for its first connection before one asking for a
@@ -174,7 +180,7 @@ def fleet_shares(total: int, members: Sequence[Member], reserve: int = 0) -> dic
     """
     if total < 0:
         raise ValueError(f"total must be >= 0 (got {total})")
-    left = max(0, total - (reserve if len(members) > 1 else 0))
+    left = max(0, total - (reserve if len(members) >= RESERVE_FROM else 0))
     shares, left = _water_fill(
         left, {m.id: max(0, m.demand) for m in members}, {m.id: m.holding for m in members}
     )

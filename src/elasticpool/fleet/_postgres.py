@@ -66,7 +66,7 @@ class PostgresMembership:
     """Share ``total_max_connections`` with every other instance of the pool, through PostgreSQL.
 
     ``table`` (and ``schema``) name the lease table; it, ``<table>_config``
-    and the heartbeat function ``<table>_beat_v<n>`` are created if missing
+    and the heartbeat function ``<table>_beat_<digest>`` are created if missing
     (``create_tables=False`` to require them, e.g. for a role without CREATE
     rights: then an administrator runs :meth:`create_tables_sql`).
     Identifiers are quoted; every value is a parameter. ``instance_id``
@@ -88,7 +88,7 @@ class PostgresMembership:
     when its surplus has closed.
 
     Division: ``reserve`` connections of the total (default: one per 20,
-    at most 2) are kept out of the shares while two or more members are
+    at most 2) are kept out of the shares while three or more members are
     active, so a member that starts asking gets its first connection at
     once; the rest follows demand (max-min fair), and members keep idle
     connections nobody else asks for.

@@ -33,17 +33,29 @@ up every row under the lock.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+
 from ._sql import quote_ident
 
-__all__ = ["SCHEMA_VERSION", "Schema", "beat_function"]
-
-SCHEMA_VERSION = 3
-"""Bumped when the function's signature or the tables change incompatibly."""
+__all__ = ["Schema", "beat_function"]
 
 
 def beat_function(table: str) -> str:
-    """The (unquoted) name of lease table ``table``'s heartbeat function."""
-    return f"{table}_beat_v{SCHEMA_VERSION}"
+    """The (unquoted) name of lease table ``table``'s heartbeat function.
+
+    It ends in a digest of the function's text, so a release that changes
+    the function installs a new one beside the old instead of finding the
+    old one in place (``CREATE OR REPLACE`` would not run: members only
+    create what is missing).
+    """
+    return f"{table}_beat_{_digest()}"
+
+
+@functools.cache
+def _digest() -> str:
+    text = Schema('"t"', '"t_config"', '"t_beat"')._function()
+    return hashlib.blake2s(text.encode(), digest_size=4).hexdigest()
 
 
 class Schema:
@@ -211,7 +223,7 @@ BEGIN
         v_grant := p_fixed;
         v_alloc := array_fill(p_fixed, ARRAY[v_n]);
     ELSE
-        v_left := greatest(0, v_total - CASE WHEN v_n > 1 THEN p_reserve ELSE 0 END);
+        v_left := greatest(0, v_total - CASE WHEN v_n >= 3 THEN p_reserve ELSE 0 END);
         -- water-filling: raise an equal level over the unmet askers
         LOOP
             v_unmet := 0;
