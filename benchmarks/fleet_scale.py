@@ -123,10 +123,10 @@ def time_heartbeats(membership: PostgresMembership, out: list[tuple[float, float
     if beat is None:
         return False
 
-    async def timed(pool: Pool[Any]) -> None:
+    async def timed(pool: Pool[Any], **kwargs: Any) -> None:
         started = time.monotonic()
         try:
-            await beat(pool)
+            await beat(pool, **kwargs)
         finally:
             out.append((started, time.monotonic() - started))
 

@@ -69,6 +69,7 @@ def status(pool: Pool[Any]) -> dict[str, Any]:
         "waiting": s.waiting,
         "members": len(f.members),
         "healthy": f.healthy,
+        "active": f.active,
     }
 
 
@@ -101,7 +102,7 @@ async def main(args: argparse.Namespace) -> None:
         limit_mode=args.limit_mode,
         pool_timeout=args.pool_timeout,
     )
-    connector.pool = pool
+    connector.attach(pool)
     waits: list[float] = []
     timeouts = 0
     target = args.workers
@@ -170,6 +171,7 @@ async def main(args: argparse.Namespace) -> None:
         "exit",
         instance=membership.instance_id,
         extra_pids=sorted(connector.extra_pids),
+        extra_windows=connector.extra_windows,
         acquires=stats.acquires,
         timeouts=timeouts,
         p50_wait=percentile(waits, 0.50),

@@ -24,6 +24,7 @@ import pytest
 from elasticpool import Pool, PostgresMembership
 from elasticpool.cli import main
 from elasticpool.cli._common import redact, scrub
+from elasticpool.fleet._schema import beat_function
 
 from .helpers import eventually
 
@@ -76,7 +77,10 @@ async def fleet(pg_server: Any) -> AsyncIterator[Fleet]:
     try:
         yield fl
     finally:
-        pg_server.psql(f"DROP TABLE IF EXISTS {fl.table}, {fl.table}_config")
+        pg_server.psql(
+            f"DROP TABLE IF EXISTS {fl.table}, {fl.table}_config;"
+            f" DROP FUNCTION IF EXISTS {beat_function(fl.table)}"
+        )
 
 
 def member_id(pool: Pool[Any]) -> str:
@@ -160,7 +164,8 @@ async def test_status_json_lists_the_members_of_a_live_fleet(
     fleet: Fleet, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``status --json`` lists every live member, their holdings, backends and the headroom."""
-    async with fleet.pool() as a, fleet.pool() as b, a.acquire():
+    # members with a caller each (an idle one holds no lease)
+    async with fleet.pool() as a, fleet.pool() as b, a.acquire(), b.acquire():
         await eventually(
             lambda: [len(p.fleet().members) for p in (a, b)],
             lambda seen: seen == [2, 2],
@@ -188,7 +193,7 @@ async def test_status_table_shows_members_and_headroom_without_the_password(
     fleet: Fleet, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The text form names the pool, each member and the headroom; the DSN shows no password."""
-    async with fleet.pool() as pool:
+    async with fleet.pool() as pool, pool.acquire():
         assert await run_main("status", *fleet.args()) == 0
         member = member_id(pool)
     out = capsys.readouterr().out
@@ -237,7 +242,7 @@ async def test_set_total_changes_a_live_pools_limit_and_none_restores_it(
     fleet: Fleet, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``set-total`` reaches a running member at its heartbeat; ``none`` restores its settings."""
-    async with fleet.pool(total=10) as pool:
+    async with fleet.pool(total=10) as pool, pool.acquire():
         await eventually(lambda: pool.stats().max, lambda limit: limit == 10, "never joined")
         assert await run_main("set-total", *fleet.args("--pool", fleet.name, "14")) == 0
         out = capsys.readouterr().out

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import socket
 from typing import Any
 
 import anyio
@@ -244,12 +246,19 @@ async def test_set_fleet_total_needs_a_coordinating_membership(membership: Any) 
 
 
 def test_postgres_membership_defaults() -> None:
-    """Defaults: a heartbeat a second, timeout one interval, a lease of five intervals."""
+    """Defaults: a heartbeat a second, timeout one interval, a lease of five intervals.
+
+    The instance id a person can read: host:pid:random, within a tag's 24 characters.
+    """
     m = PostgresMembership(heartbeat_interval=0.5)
     assert (m.heartbeat_interval, m.heartbeat_timeout, m.lease_ttl) == (0.5, 0.5, 2.5)
     assert m.create_tables is True
-    assert len(m.instance_id) == 12
+    host, pid, rand = m.instance_id.split(":")
+    assert host == socket.gethostname()[:10]
+    assert (pid, len(rand)) == (str(os.getpid()), 4)
+    assert len(m.instance_id) <= 24, "a tag keeps it whole"
     assert m.instance_id != PostgresMembership().instance_id
+    assert (m.reserve, m.lock_timeout) == (None, 0.05)
     assert repr(PostgresMembership(instance_id="x")) == (
         "PostgresMembership(table='elasticpool_fleet', instance_id='x', "
         "heartbeat_interval=1, lease_ttl=5)"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 
 from elasticpool import ElasticPoolWarning, PoolSettings
-from elasticpool._limits import Member, divide, grants, heartbeat_grant, resolve_limit
+from elasticpool._limits import Member, divide, grants, resolve_limit
 
 member_lists = st.lists(
     st.builds(
@@ -142,83 +142,3 @@ def test_live_total_overrides_settings() -> None:
     """A total set fleet-wide at run time overrides the configured one."""
     r = resolve_limit(PoolSettings(total_max_connections=10), fleet_total=20)
     assert r.limit == 20
-
-
-@given(
-    total=st.integers(1, 60),
-    n=st.integers(1, 8),
-    steps=st.lists(
-        st.tuples(st.integers(0, 7), st.integers(0, 30), st.integers(0, 60)), max_size=60
-    ),
-)
-def test_serialised_heartbeats_keep_the_fleet_within_the_total(
-    total: int, n: int, steps: list[tuple[int, int, int]]
-) -> None:
-    """Members heartbeat one at a time with changing demand and grow up to their grants.
-
-    Between heartbeats each member's open connections move anywhere within
-    [0, its grant] (it only shrinks below what it holds when over its grant).
-    Whatever the order, the fleet's open connections never exceed the total.
-    """
-    ids = [f"m{i}" for i in range(n)]
-    holding = dict.fromkeys(ids, 0)
-    granted = dict.fromkeys(ids, 0)
-    demand = dict.fromkeys(ids, 0)
-    for who, want, grow_to in steps:
-        me = ids[who % n]
-        demand[me] = want
-        view = [Member(i, demand[i], holding[i], granted[i]) for i in ids]
-        _share, g = heartbeat_grant(total, view, me)
-        granted[me] = g
-        # between heartbeats: the member's pool moves toward a size within its limit
-        holding[me] = min(grow_to, g) if holding[me] <= g else max(g, holding[me] - grow_to)
-        assert sum(holding.values()) <= total, (holding, granted)
-        assert sum(max(holding[i], granted[i]) for i in ids) <= total
-
-
-@given(
-    total=st.integers(1, 60),
-    n=st.integers(1, 6),
-    steps=st.lists(
-        st.tuples(st.integers(0, 5), st.integers(0, 30), st.integers(0, 60), st.integers(0, 5)),
-        max_size=80,
-    ),
-)
-def test_departed_members_backends_count_until_they_end(
-    total: int, n: int, steps: list[tuple[int, int, int, int]]
-) -> None:
-    """Members killed mid-query leave backends without a lease; grants leave room for them.
-
-    A kill turns the member's open connections into departed backends and
-    drops its row; it rejoins empty. Departed backends end one at a time at
-    arbitrary steps. Whatever the order, live members' connections plus the
-    departed ones never exceed the total.
-    """
-    ids = [f"m{i}" for i in range(n)]
-    holding = dict.fromkeys(ids, 0)
-    granted = dict.fromkeys(ids, 0)
-    demand = dict.fromkeys(ids, 0)
-    departed = 0
-    for who, want, grow_to, event in steps:
-        me = ids[who % n]
-        if event == 4:  # kill -9 mid-query: its backends stay, its lease goes
-            departed += holding[me]
-            holding[me] = granted[me] = demand[me] = 0
-        elif event == 5:  # the server notices one dead client
-            departed = max(0, departed - 1)
-        else:
-            demand[me] = want
-            view = [Member(i, demand[i], holding[i], granted[i]) for i in ids]
-            _share, g = heartbeat_grant(total, view, me, departed)
-            granted[me] = g
-            holding[me] = min(grow_to, g) if holding[me] <= g else max(g, holding[me] - grow_to)
-        assert sum(holding.values()) + departed <= total, (holding, granted, departed)
-        assert sum(max(holding[i], granted[i]) for i in ids) + departed <= total
-
-
-def test_departed_backends_reduce_what_the_live_members_divide() -> None:
-    """With 3 departed backends of a total of 6, a lone grower holding 3 may not grow."""
-    alone = [Member("a", demand=6, holding=3, granted=3)]
-    assert heartbeat_grant(6, alone, "a", departed=3) == (3, 3)
-    assert heartbeat_grant(6, alone, "a", departed=0) == (6, 6)
-    assert heartbeat_grant(6, alone, "a", departed=9) == (0, 0)

@@ -251,6 +251,11 @@ class Pool(Generic[ConnT]):
         self._fleet_demand: anyio.Event | None = None
         self._membership_done: anyio.Event | None = None
         self._coordinating: Slot | None = None
+        # Connections the fleet opened outside the slots (a heartbeat's), while open.
+        self._extras: dict[Any, None] = {}
+        # When the fleet last asked for demand, and the busy seconds counted by then.
+        self._fleet_since = 0.0
+        self._fleet_busy = 0.0
         self._in_use: dict[int, Slot] = {}
         self._connect_time = 0.0
         self._tg: anyio.abc.TaskGroup | None = None
@@ -310,6 +315,7 @@ class Pool(Generic[ConnT]):
         self._waker = backend.waker
         self._current_task = backend.current_task
         self._clock_offset = backend.now() - time.monotonic()
+        self._fleet_since = backend.now()
         started = anyio.Event()
         self._stop = anyio.Event()
         self._runner_done = anyio.Event()
@@ -1043,19 +1049,21 @@ class Pool(Generic[ConnT]):
         await set_total(self, total)
 
     @contextlib.asynccontextmanager
-    async def _coordination(self, wait_own: float = 0.5) -> AsyncIterator[Any]:
-        """A connection for one coordination transaction, counted inside the budget if it can be.
+    async def _coordination(
+        self, wait_own: float = 0.5, *, own: bool = True
+    ) -> AsyncIterator[Coordination]:
+        """A connection for one coordination statement, counted inside the budget if it can be.
 
         One of the pool's own: an idle one, else the next to come back (ahead of
         every caller), else a new one within the limit. Only when the pool's
         limit is 0, or none of its own comes back within ``wait_own`` seconds,
-        or it is closing, is a connection of its own opened for the transaction
-        and closed after it: the one documented way a member can exceed its
-        grant, by one connection for one short transaction.
+        or it is closing (or ``own`` is false), is a new, *extra* connection
+        opened. It is closed on exit unless :meth:`Coordination.keep` took it
+        (the pool adopted it). ``_extras`` holds it meanwhile.
         """
         planner = self._planner
         slot: Slot | None = None
-        if self._state == "open" and planner.limit > 0:
+        if own and self._state == "open" and planner.limit > 0:
             try:
                 slot = await self._acquire_slot(wait_own, priority=True)
             except (PoolTimeout, PoolClosed):  # all stay borrowed, or closing
@@ -1063,18 +1071,24 @@ class Pool(Generic[ConnT]):
         if slot is None:
             with anyio.fail_after(self.settings.connect_timeout):
                 conn = await self._connector.connect()
+            co = Coordination(conn, extra=True)
+            self._extras[conn] = None
             try:
-                yield conn
+                yield co
             finally:
-                with anyio.CancelScope(shield=True):
-                    await self._close_conn(conn)
+                if co.kept:
+                    del self._extras[conn]
+                else:
+                    with anyio.CancelScope(shield=True):
+                        await self._close_conn(conn)
+                    del self._extras[conn]
             return
         slot.owner = None  # the pool's own borrow: no caller holds it
         lease = slot.lease
         self._coordinating = slot
         ok = False
         try:
-            yield slot.conn
+            yield Coordination(slot.conn, extra=False)
             ok = True
         finally:
             self._coordinating = None
@@ -1097,14 +1111,26 @@ class Pool(Generic[ConnT]):
         what it reports. The membership applies its new grant with
         :meth:`Freeze.apply`, synchronously, as soon as the transaction has
         committed. If the heartbeat fails before that, the limit goes back to
-        what it was, or to the new grant if that is lower and may already be
-        committed (a failure during COMMIT leaves that unknown).
+        what it was, or lower when the outcome may be committed but is not
+        known (the reply lost or late): to the new grant if it was computed,
+        else to the size it reported. An extra connection the heartbeat runs
+        on is not reported: it is taken in only if the grant has room for it
+        (see :meth:`Freeze.apply`), and closed otherwise.
         """
         p = self._planner
         coordinating = 1 if self._coordinating is not None else 0
+        # Demand: what is asked now, or the average since the last heartbeat when that is
+        # more (connections in use and callers waiting, in connection-seconds per second),
+        # so a member whose callers come and go is neither missed nor counted at its peak.
+        now = self._now()
+        busy = p.usage_time + p.wait_time
+        span = now - self._fleet_since
+        average = (busy - self._fleet_busy) / span if span > 0 else 0.0
+        self._fleet_since, self._fleet_busy = now, busy
+        asked = p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting
         freeze = Freeze(
             self,
-            demand=max(0, p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting - coordinating),
+            demand=max(0, max(asked, int(average + 0.5)) - coordinating),
             holding=len(p.remaining()),
             before=p.limit,
         )
@@ -1115,7 +1141,12 @@ class Pool(Generic[ConnT]):
             yield freeze
         except BaseException:
             if not freeze.applied and not p.closed:
-                back = freeze.before if freeze.grant is None else min(freeze.before, freeze.grant)
+                if freeze.grant is not None:  # computed, maybe committed: never above it
+                    back = min(freeze.before, freeze.grant)
+                elif freeze.sent:  # maybe committed, grant unknown: the size it reported
+                    back = min(freeze.before, freeze.holding)
+                else:
+                    back = freeze.before
                 if p.limit != back:
                     p.resize(back, self._now())
                     self._execute(p.take_plan())
@@ -1210,26 +1241,54 @@ class Pool(Generic[ConnT]):
         )
 
 
+class Coordination:
+    """The connection one coordination statement runs on (see ``Pool._coordination``)."""
+
+    __slots__ = ("conn", "extra", "kept")
+
+    def __init__(self, conn: Any, *, extra: bool) -> None:
+        self.conn = conn
+        self.extra = extra
+        """Opened (or kept) outside the pool, not one of its slots."""
+        self.kept = False
+
+    def keep(self) -> Any:
+        """Take the extra connection: it is not closed on exit, the caller owns it now."""
+        assert self.extra
+        self.kept = True
+        return self.conn
+
+
 class Freeze:
     """A pool held at its size during one heartbeat (see ``Pool._frozen``)."""
 
-    __slots__ = ("applied", "before", "demand", "grant", "holding", "pool")
+    __slots__ = ("applied", "before", "demand", "grant", "holding", "pool", "sent")
 
     def __init__(self, pool: Pool[Any], *, demand: int, holding: int, before: int) -> None:
         self.pool = pool
         self.demand = demand
         self.holding = holding
+        """Its slots when frozen: never above what its lease claims, committed or not."""
         self.before = before
         self.grant: int | None = None
         self.applied = False
+        self.sent = False
+        """The heartbeat reached the server: its outcome may be committed."""
 
-    def apply(self, limit: int) -> None:
-        """Set the pool's limit now, with no await: the heartbeat's outcome is committed."""
+    def apply(self, limit: int, adopt: Any = None) -> bool:
+        """Set the pool's limit now, with no await: the heartbeat's outcome is committed.
+
+        ``adopt``: the extra connection the heartbeat ran on, taken in as the
+        first unit of the new limit if it has room (see ``Planner.resize``).
+        Returns whether it was taken in.
+        """
         p = self.pool._planner
+        slot = None
         if not p.closed:
-            p.resize(limit, self.pool._now())
+            slot = p.resize(limit, self.pool._now(), adopt=adopt, jitter=random.random())
             self.pool._execute(p.take_plan())
         self.applied = True
+        return slot is not None
 
 
 def _spawn_system_task(fn: Callable[[anyio.Event], Awaitable[None]], started: anyio.Event) -> None:

@@ -53,6 +53,10 @@ class FleetStatus:
     """False while coordination fails (the last share is kept, then the fallback)."""
     last_heartbeat_age: float | None = None
     """Seconds since this instance's last successful heartbeat (local clock)."""
+    active: bool = True
+    """Whether it holds a lease now: a member with no demand and no connections leaves."""
+    claimed: int | None = None
+    """The fleet's claims added up (connections held or granted), at the last heartbeat."""
 
 
 @runtime_checkable
