@@ -311,3 +311,23 @@ def test_python_dash_m_runs_the_command() -> None:
     )
     assert done.returncode == 0
     assert "set-total" in done.stdout
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_set_total_takes_a_percentage_and_shows_the_number(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``set-total 50%`` stores half the server's usable connections and says so."""
+    assert await run_main("set-total", "--json", *fleet.args("--pool", fleet.name, "50%")) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["percent"] == 50
+    assert result["fleet_total"] == result["usable_connections"] // 2 >= 1
+    stored = fleet.server.psql(
+        f"SELECT total_max_connections FROM {fleet.table}_config WHERE pool_name = '{fleet.name}'"
+    )
+    assert int(stored) == result["fleet_total"]
+    assert await run_main("set-total", *fleet.args("--pool", fleet.name, "50%")) == 0
+    out = capsys.readouterr().out
+    assert f"(50% of the server's {result['usable_connections']} usable)" in out
+    assert await run_main("set-total", *fleet.args("--pool", fleet.name, "150%")) == 1

@@ -1233,3 +1233,23 @@ async def test_members_with_demand_split_the_total(fleet: Fleet) -> None:
             fleet.name,
         )
         assert rows[0][0] <= 10
+
+
+async def test_a_percentage_total_is_resolved_against_the_server(fleet: Fleet) -> None:
+    """total_max_connections="50%": half the server's usable connections, pool and fleet alike."""
+    most, reserved = await fleet.admin.fetchrow(
+        "SELECT current_setting('max_connections')::int,"
+        " current_setting('superuser_reserved_connections')::int"
+        " + coalesce(current_setting('reserved_connections', true), '0')::int"
+    )
+    expected = (most - reserved) // 2
+    alone: Pool[Any] = Pool(TrackingConnector(fleet.server.dsn()), total_max_connections="50%")
+    async with alone:
+        assert alone.settings.total_max_connections == expected
+        assert (alone.stats().max, alone.stats().idle, alone.stats().connects) == (expected, 1, 1)
+        async with alone.acquire() as conn:  # the connection that asked serves the first caller
+            assert await conn.fetchval("SELECT 1") == 1
+        assert alone.stats().connects == 1
+    member = fleet.pool(total="50%")
+    async with member, member.acquire():
+        assert member.fleet().fleet_total == expected

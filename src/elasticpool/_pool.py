@@ -34,6 +34,7 @@ from ._limits import resolve_limit
 from ._settings import PoolSettings
 from ._state import CloseReason, Outcome, Plan, Planner, Slot, SlotState
 from .fleet._base import FleetStatus, Membership
+from .fleet._sql import SERVER_LIMITS_SQL, fetch
 
 __all__ = ["Pool", "PoolStats"]
 
@@ -244,8 +245,11 @@ class Pool(Generic[ConnT]):
         self._connector = connector
         self._is_closed = connector.is_closed
         # With a membership nothing opens before the fleet has a say (join sets the limit).
-        limit = resolve_limit(settings, allow_small_total=settings.allow_small_total).limit
-        self._planner = Planner(settings, 0 if membership is not None else limit)
+        if membership is not None or settings.total_percent is not None:
+            limit = 0  # the fleet has a say first, or the server (a percentage total)
+        else:
+            limit = resolve_limit(settings, allow_small_total=settings.allow_small_total).limit
+        self._planner = Planner(settings, limit)
         self._membership_scope: anyio.CancelScope | None = None
         # Set when a caller queues at the limit; a membership may heartbeat early on it.
         self._fleet_demand: anyio.Event | None = None
@@ -305,6 +309,9 @@ class Pool(Generic[ConnT]):
             return
         if self._state != "new":
             raise PoolClosed(f"pool {self.name!r} is closed and cannot be opened again")
+        first = None
+        if self.settings.total_percent is not None:
+            first = await self._resolve_percentage()
         self._state = "opening"
         self._pid = os.getpid()
         _opened_here.add(self)
@@ -325,6 +332,15 @@ class Pool(Generic[ConnT]):
             await started.wait()
         self._state = "open"
         opened.set()
+        if first is not None:  # the connection that asked the server: the pool's first
+            if self.membership is None:
+                limit = resolve_limit(self.settings, allow_small_total=True).limit
+                if self._planner.resize(limit, self._now(), adopt=first) is None:
+                    self._terminate(first)
+                self._execute(self._planner.take_plan())
+            else:  # the fleet has a say first: its join opens what it needs
+                with anyio.CancelScope(shield=True):
+                    await self._close_conn(first)
         if self.membership is not None:
             # The first limit comes from the fleet, before anyone borrows.
             await self.membership.join(self)
@@ -332,6 +348,35 @@ class Pool(Generic[ConnT]):
             self._tg.start_soon(self._run_membership, self.membership)
         self._planner.tick(self._now())
         self._execute(self._planner.take_plan())
+
+    async def _resolve_percentage(self) -> Any:
+        """Resolve ``total_max_connections="N%"`` against the server; return the connection used.
+
+        One connection asks the server for ``max_connections`` and what it
+        reserves (``superuser_reserved_connections``, and
+        ``reserved_connections`` on PostgreSQL 16+); the settings then carry
+        the number. The caller keeps that connection as the pool's first.
+        """
+        percent = self.settings.total_percent
+        with anyio.fail_after(self.settings.connect_timeout):
+            conn = await self._connector.connect()
+        try:
+            with anyio.fail_after(self.settings.connect_timeout):
+                rows = await fetch(conn, SERVER_LIMITS_SQL)
+            most, reserved = int(rows[0][0]), int(rows[0][1])
+            self.settings = self.settings.with_server_limits(most, reserved)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._close_conn(conn)
+            raise
+        logger.info(
+            "pool %r: total_max_connections %g%% of the server's %d usable connections is %s",
+            self.name,
+            percent,
+            most - reserved,
+            self.settings.total_max_connections,
+        )
+        return conn
 
     async def _run_membership(self, membership: Membership) -> None:
         self._membership_done = done = anyio.Event()

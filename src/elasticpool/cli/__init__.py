@@ -136,7 +136,13 @@ def _parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds to wait for the live members to adopt it (default: 5; 0: do not wait)",
     )
-    set_total.add_argument("total", help="the new total (an integer >= 1), or 'none'")
+    set_total.add_argument(
+        "total",
+        help=(
+            "the new total: an integer >= 1, a percentage of the server's usable "
+            "max_connections (80%%), or 'none'"
+        ),
+    )
     return parser
 
 

@@ -17,8 +17,9 @@ from typing import Any
 
 import anyio
 
+from .._settings import PoolSettings, parse_percent
 from ..fleet import MemberStatus, PostgresMembership
-from ..fleet._sql import fetch
+from ..fleet._sql import SERVER_LIMITS_SQL, fetch
 from ..fleet._tags import fleet_backends
 from ._common import CliError, admin_connection, redact, require
 
@@ -203,9 +204,18 @@ def status(args: Any) -> int:
     return 0
 
 
-async def _set_total(args: Any, total: int | None) -> dict[str, Any]:
+async def _set_total(args: Any, total: int | None, percent: float | None) -> dict[str, Any]:
     membership = _membership(args.table, args.schema, create=True)
     async with admin_connection(args.dsn, APPLICATION_NAME) as conn:
+        usable = None
+        if percent is not None:  # resolved against this server now, as a member does
+            rows = await fetch(conn, SERVER_LIMITS_SQL)
+            usable = int(rows[0][0]) - int(rows[0][1])
+            resolved = PoolSettings(total_max_connections=f"{percent:g}%").with_server_limits(
+                int(rows[0][0]), int(rows[0][1])
+            )
+            assert isinstance(resolved.total_max_connections, int)
+            total = resolved.total_max_connections
         before = (await membership.read_fleets(conn, args.pool)).get(args.pool, (None, ()))[0]
         async with conn.transaction():
             await membership.store_total(conn, args.pool, total)
@@ -224,6 +234,8 @@ async def _set_total(args: Any, total: int | None) -> dict[str, Any]:
     return {
         "pool": args.pool,
         "fleet_total": total,
+        "percent": percent,
+        "usable_connections": usable,
         "previous_total": before,
         "members": [m.id for m in members],
         "adopted_by": adopted,
@@ -233,26 +245,35 @@ async def _set_total(args: Any, total: int | None) -> dict[str, Any]:
 def set_total(args: Any) -> int:
     """``elasticpool set-total``: change a fleet's total live."""
     word = args.total.strip().lower()
-    if word in ("none", "default"):
+    percent = parse_percent(word)
+    total: int | None = None
+    if percent is not None:
+        if not 0 < percent <= 100:
+            raise CliError(f"a percentage total must be in (0%, 100%] (got {args.total!r})")
+    elif word in ("none", "default"):
         total = None
     else:
         try:
             total = int(word)
         except ValueError:
             raise CliError(
-                f"total must be an integer >= 1 or 'none' (got {args.total!r})"
+                "total must be an integer >= 1, a percentage of the server's usable "
+                f"max_connections such as 80%, or 'none' (got {args.total!r})"
             ) from None
         if total < 1:
             raise CliError(f"total must be an integer >= 1 or 'none' (got {total})")
     if args.wait < 0:
         raise CliError(f"--wait must be >= 0 seconds (got {args.wait:g})")
-    result = anyio.run(_set_total, args, total, backend="asyncio")
+    result = anyio.run(_set_total, args, total, percent, backend="asyncio")
+    total = result["fleet_total"]
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     shown = "each member's settings" if total is None else str(total)
     was = "settings" if result["previous_total"] is None else str(result["previous_total"])
     members, adopted = result["members"], result["adopted_by"]
+    if percent is not None:
+        shown += f" ({percent:g}% of the server's {result['usable_connections']} usable)"
     print(f"pool {args.pool!r}: fleet total now {shown} (was {was})")
     if not members:
         print("no live members: each adopts it when it joins")
