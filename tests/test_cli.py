@@ -331,3 +331,25 @@ async def test_set_total_takes_a_percentage_and_shows_the_number(
     out = capsys.readouterr().out
     assert f"(50% of the server's {result['usable_connections']} usable)" in out
     assert await run_main("set-total", *fleet.args("--pool", fleet.name, "150%")) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_set_total_database_sets_the_budget_over_every_name_and_status_shows_it(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``set-total --database 20`` reaches members of every name; ``status`` shows both levels."""
+    async with fleet.pool(total=15) as pool, pool.acquire():
+        await eventually(lambda: pool.stats().max, lambda n: n == 15, "never joined")
+        argv = ["--dsn", fleet.server.dsn(), "--table", fleet.table, "--database", "12"]
+        assert await run_main("set-total", *argv) == 0
+        assert "database budget now 12 (was settings)" in capsys.readouterr().out
+        await eventually(
+            lambda: (pool.fleet().database_total, pool.stats().max),
+            lambda seen: seen == (12, 12),
+            "the database budget never reached the member",
+        )
+        assert await run_main("status", *fleet.args()) == 0
+        out = capsys.readouterr().out
+        assert "database budget over every pool name: 12, claimed" in out
+        assert f"pool {fleet.name!r}: total 15 (members' settings)" in out

@@ -125,6 +125,7 @@ class Fleet:
         dsn: str | None = None,
         membership: dict[str, Any] | None = None,
         connect_kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
         **settings: Any,
     ) -> Pool[Any]:
         """A member: a pool of this fleet with a PostgresMembership on this fleet's table."""
@@ -142,7 +143,7 @@ class Fleet:
         )
         if total is not None:
             settings["total_max_connections"] = total
-        pool: Pool[Any] = Pool(c, membership=m, name=self.name, **settings)
+        pool: Pool[Any] = Pool(c, membership=m, name=name or self.name, **settings)
         c.attach(pool)
         self.connectors.append(c)
         return pool
@@ -1253,3 +1254,42 @@ async def test_a_percentage_total_is_resolved_against_the_server(fleet: Fleet) -
     member = fleet.pool(total="50%")
     async with member, member.acquire():
         assert member.fleet().fleet_total == expected
+
+
+async def test_two_pool_names_share_a_database_budget(fleet: Fleet) -> None:
+    """Totals of 15 each under a database budget of 20: 10/10 when both ask; 15 when one idles."""
+    other = fleet.name + "-b"
+    db = {"database_max_connections": 20}
+    a = fleet.pool(total=15, membership={"instance_id": "a", **db})
+    b = fleet.pool(total=15, name=other, membership={"instance_id": "b", **db})
+    seen: list[int] = []
+
+    async def sample() -> None:
+        while True:
+            seen.append(
+                await fleet.admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE strpos(application_name, $1) > 0"
+                    " OR strpos(application_name, $2) > 0",
+                    f"|{fleet.name}|",
+                    f"|{other}|",
+                )
+            )
+            await anyio.sleep(SAMPLE)
+
+    async with a, b, anyio.create_task_group() as tg:
+        tg.start_soon(sample)
+        async with load(a, 20):
+            async with load(b, 20):
+                await wait_for(lambda: limits([a, b]), lambda got: got == [10, 10], "never 10/10")
+                status = a.fleet()
+                assert (status.database_total, status.fleet_total) == (20, 15)
+                assert status.database_claimed is not None
+                assert status.database_claimed <= 20
+                await anyio.sleep(0.5)  # both busy a while at their split
+            # "b" idles (and leaves): "a" takes its own total, no more
+            await wait_for(lambda: a.stats().max, lambda n: n == 15, "a never reached 15")
+            await wait_for(lambda: a.stats().size, lambda n: n == 15, "a never grew to 15")
+        tg.cancel_scope.cancel()
+    assert max(seen) <= 20 + 2, f"{max(seen)} backends for a database budget of 20"
+    rows = await fleet.admin.fetch(f"SELECT pool_name, total FROM {fleet.qconfig} ORDER BY 1")
+    assert [(r[0], r[1]) for r in rows] == [("", 20), (fleet.name, 15), (other, 15)]

@@ -244,12 +244,11 @@ class Pool(Generic[ConnT]):
         self.membership = membership
         self._connector = connector
         self._is_closed = connector.is_closed
-        # With a membership nothing opens before the fleet has a say (join sets the limit).
-        if membership is not None or settings.total_percent is not None:
-            limit = 0  # the fleet has a say first, or the server (a percentage total)
-        else:
+        limit = 0  # with a percentage total the server has a say first (see open())
+        if settings.total_percent is None:  # (and warns here about the limits it is given)
             limit = resolve_limit(settings, allow_small_total=settings.allow_small_total).limit
-        self._planner = Planner(settings, limit)
+        # With a membership nothing opens before the fleet has a say (join sets the limit).
+        self._planner = Planner(settings, 0 if membership is not None else limit)
         self._membership_scope: anyio.CancelScope | None = None
         # Set when a caller queues at the limit; a membership may heartbeat early on it.
         self._fleet_demand: anyio.Event | None = None

@@ -49,6 +49,10 @@ class ServerView:
     """``max_connections`` less both reserves and ``client_backends``.
 
     What ordinary roles can still open."""
+    database_total: int | None = None
+    """The budget over every pool name in the lease table, when one is set."""
+    database_claimed: int | None = None
+    """Every pool name's claims added up, when there is a database budget."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,6 +70,10 @@ class FleetView:
     application_name: str
     observed_backends: int
     """Client backends now: tagged as the pool's members', or named ``application_name``."""
+    resolved_total: int | None = None
+    """The total its members last used (a percentage resolved; None: never coordinated)."""
+    claimed: int = 0
+    """What the members hold or may grow to, added up (the bound's left side)."""
 
 
 def _membership(table: str, schema: str | None, *, create: bool = False) -> PostgresMembership:
@@ -114,6 +122,7 @@ async def read_status(
     async with admin_connection(dsn, APPLICATION_NAME) as conn:
         server = await _server_view(conn, dsn)
         fleets = await membership.read_fleets(conn, pool)
+        budgets = await membership.read_budgets(conn)
         rows = await fetch(
             conn,
             "SELECT application_name, count(*)::int FROM pg_stat_activity"
@@ -133,9 +142,15 @@ async def read_status(
                 for a, n in by_app.items()
                 if a == (app or name) or fleet_backends([a], name, ())[0]
             ),
+            resolved_total=budgets.get(name, (None, 0))[0],
+            claimed=budgets.get(name, (None, 0))[1],
         )
         for name, (total, members) in fleets.items()
     ]
+    if "" in budgets and pool is None:
+        server = dataclasses.replace(
+            server, database_total=budgets[""][0], database_claimed=budgets[""][1]
+        )
     return server, views
 
 
@@ -162,15 +177,23 @@ def _print_status(server: ServerView, fleets: list[FleetView], table: str) -> No
         f"max_connections {server.max_connections} ({reserve}), "
         f"{server.client_backends} client backends now: [bold]headroom {server.headroom}[/]"
     )
+    if server.database_total is not None:
+        console.print(
+            f"database budget over every pool name: [bold]{server.database_total}[/], "
+            f"claimed {server.database_claimed}"
+        )
     if not fleets:
         console.print(f"no fleet in lease table {table!r}")
         return
     for f in fleets:
         total = "each member's settings" if f.fleet_total is None else str(f.fleet_total)
+        if f.fleet_total is None and f.resolved_total is not None:
+            total = f"{f.resolved_total} (members' settings)"
         grid = rich_table.Table(
             title=(
                 f"pool {f.pool!r}: total {total}, {len(f.members)} members, "
-                f"holding {f.holding}, granted {f.granted}, {f.observed_backends} backends "
+                f"holding {f.holding}, granted {f.granted}, claimed {f.claimed}, "
+                f"{f.observed_backends} backends "
                 f"(application_name {f.application_name!r})"
             ),
             title_justify="left",
@@ -274,7 +297,8 @@ def set_total(args: Any) -> int:
     members, adopted = result["members"], result["adopted_by"]
     if percent is not None:
         shown += f" ({percent:g}% of the server's {result['usable_connections']} usable)"
-    print(f"pool {args.pool!r}: fleet total now {shown} (was {was})")
+    what = "database budget" if args.pool == "" else f"pool {args.pool!r}: fleet total"
+    print(f"{what} now {shown} (was {was})")
     if not members:
         print("no live members: each adopts it when it joins")
     else:

@@ -57,6 +57,10 @@ class FleetStatus:
     """Whether it holds a lease now: a member with no demand and no connections leaves."""
     claimed: int | None = None
     """The fleet's claims added up (connections held or granted), at the last heartbeat."""
+    database_total: int | None = None
+    """The budget over every pool name on this database, when one is set."""
+    database_claimed: int | None = None
+    """The claims of every pool name on this database added up, when there is a budget."""
 
 
 @runtime_checkable

@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._limits import HYPERDRIVE_MINIMUM_TOTAL, resolve_limit
+from .._settings import parse_percent
 from ._base import FleetStatus, MemberStatus
-from ._schema import Schema, beat_function
+from ._schema import Schema, beat_function, fill_function
 from ._sql import fetch, quote_ident
 from ._tags import application_name as tagged_name
 from ._tags import pool_tag
@@ -55,6 +56,26 @@ def _seconds(name: str, value: object, allowed: str) -> float:
     if math.isnan(value) or math.isinf(value):
         raise ValueError(f"{name} must be {allowed} seconds (got {value!r})")
     return float(value)
+
+
+def _database_budget(value: object) -> tuple[int | None, float | None]:
+    """``database_max_connections`` as (a number, or a percentage of the server's), checked."""
+    allowed = (
+        "an integer >= 1, a percentage of the server's usable max_connections such as "
+        "'80%' (in (0%, 100%]), or None"
+    )
+    if value is None:
+        return None, None
+    if isinstance(value, str):
+        percent = parse_percent(value)
+        if percent is None or not 0 < percent <= 100:
+            raise ValueError(f"database_max_connections must be {allowed} (got {value!r})")
+        return None, percent
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"database_max_connections must be {allowed} (got {value!r})")
+    if value < 1:
+        raise ValueError(f"database_max_connections must be {allowed} (got {value!r})")
+    return value, None
 
 
 def _check_total(total: object) -> None:
@@ -129,6 +150,7 @@ class PostgresMembership:
         reserve: int | None = None,
         lock_timeout: float | None = None,
         client_connection_check_interval: float | None = 2.0,
+        database_max_connections: int | str | None = None,
     ) -> None:
         for name, value in (
             ("table", table),
@@ -177,7 +199,11 @@ class PostgresMembership:
         self._table = prefix + quote_ident(table)
         self._config = prefix + quote_ident(table + "_config")
         self._beat_fn = prefix + quote_ident(beat_function(table))
-        self._schema = Schema(self._table, self._config, self._beat_fn)
+        self._db_total, self._db_percent = _database_budget(database_max_connections)
+        self.database_max_connections = database_max_connections
+        self._schema = Schema(
+            self._table, self._config, self._beat_fn, prefix + quote_ident(fill_function(table))
+        )
         self._table_name = table if schema is None else f"{schema}.{table}"
         # host:pid:random, within the 24 characters a tag keeps whole
         self.instance_id = instance_id or (
@@ -194,6 +220,7 @@ class PostgresMembership:
         # None: not asked yet; False: the server refused it (older than 14, or Windows).
         self._check_ok: bool | None = None if check else False
         self._departed = 0
+        self._database: tuple[int | None, int | None] = (None, None)
         # last good view
         self._members: tuple[MemberStatus, ...] = ()
         self._share = 0
@@ -445,6 +472,7 @@ class PostgresMembership:
         self._members = self._view(row)
         self._observed = row[7]
         self._departed = row[8] or 0
+        self._database = (row[9], row[10]) if row[9] is not None else (None, None)
         self._last_ok = started
         if self._failing:
             logger.info("pool %r: fleet coordination ok again (limit %d)", pool.name, grant)
@@ -466,7 +494,7 @@ class PostgresMembership:
         rows = await fetch(
             conn,
             f"SELECT * FROM {self._beat_fn}"
-            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             pool.name,
             self.instance_id,
             self._tag,
@@ -480,6 +508,8 @@ class PostgresMembership:
             max(1, round(self.lock_timeout * 1000)),
             leave,
             pool_tag(pool.name) if self._tag is not None else None,
+            self._db_total,
+            self._db_percent,
             own=True,
         )
         return tuple(rows[0])
@@ -593,7 +623,7 @@ class PostgresMembership:
             " ORDER BY pool_name, instance_id",
             *args,
         )
-        where = "" if pool_name is None else " WHERE pool_name = $1"
+        where = " WHERE pool_name <> ''" + ("" if pool_name is None else " AND pool_name = $1")
         configs = await fetch(
             conn, f"SELECT pool_name, total_max_connections FROM {self._config}{where}", *args
         )
@@ -607,6 +637,25 @@ class PostgresMembership:
             name: (totals.get(name), tuple(members.get(name, ())))
             for name in sorted(totals.keys() | members.keys())
         }
+
+    async def read_budgets(self, conn: Any) -> dict[str, tuple[int | None, int]]:
+        """The total each pool name's members last used, and its claims added up, by name.
+
+        The name ``""`` is the database budget over every name (when one was
+        ever set), with every name's claims added up. Read-only; empty when
+        the tables do not exist. For ``elasticpool status``.
+        """
+        if not await self._ready(conn):
+            return {}
+        rows = await fetch(
+            conn,
+            "SELECT pool_name, coalesce(total_max_connections, total), claimed"
+            f" FROM {self._config} ORDER BY pool_name",
+        )
+        budgets = {str(r[0]): (r[1], int(r[2])) for r in rows}
+        if "" in budgets:
+            budgets[""] = (budgets[""][0], sum(c for k, (_, c) in budgets.items() if k))
+        return budgets
 
     # ------------------------------------------------------------------ status
 
@@ -624,6 +673,8 @@ class PostgresMembership:
             observed_backends=self._observed,
             healthy=self._healthy,
             departed_backends=self._departed,
+            database_total=self._database[0],
+            database_claimed=self._database[1],
             active=self._active,
             claimed=self._claimed if self._total is not None else None,
             last_heartbeat_age=None if self._last_ok is None else now - self._last_ok,
