@@ -254,6 +254,7 @@ class Pool(Generic[ConnT]):
         self._fleet_demand: anyio.Event | None = None
         self._membership_done: anyio.Event | None = None
         self._coordinating: Slot | None = None
+        self._port = _Port(self)  # what a membership sees of this pool
         # Connections the fleet opened outside the slots (a heartbeat's), while open.
         self._extras: dict[Any, None] = {}
         # When the fleet last asked for demand, and the busy seconds counted by then.
@@ -342,7 +343,7 @@ class Pool(Generic[ConnT]):
                     await self._close_conn(first)
         if self.membership is not None:
             # The first limit comes from the fleet, before anyone borrows.
-            await self.membership.join(self)
+            await self.membership.join(self._port)
             assert self._tg is not None
             self._tg.start_soon(self._run_membership, self.membership)
         self._planner.tick(self._now())
@@ -381,7 +382,7 @@ class Pool(Generic[ConnT]):
         self._membership_done = done = anyio.Event()
         try:
             with anyio.CancelScope() as self._membership_scope:
-                await membership.run(self)
+                await membership.run(self._port)
         except Exception:  # pragma: no cover - a bug in a membership
             logger.exception("pool %r: fleet membership stopped", self.name)
         finally:
@@ -397,7 +398,7 @@ class Pool(Generic[ConnT]):
                 self._membership_scope.cancel()
             if self._membership_done is not None:
                 await self._membership_done.wait()
-            await membership.leave(self)
+            await membership.leave(self._port)
 
     async def _run(self, started: anyio.Event) -> None:
         assert self._stop is not None
@@ -1065,7 +1066,7 @@ class Pool(Generic[ConnT]):
         limit (``fleet_total`` is ``None`` when only ``max_connections`` is set).
         """
         if self.membership is not None:
-            return self.membership.status(self)
+            return self.membership.status(self._port)
         r = resolve_limit(self.settings, allow_small_total=self.settings.allow_small_total)
         return FleetStatus(
             pool=self.name,
@@ -1090,7 +1091,7 @@ class Pool(Generic[ConnT]):
                 "use PostgresMembership to change the fleet total live"
             )
         self._check_open()
-        await set_total(self, total)
+        await set_total(self._port, total)
 
     @contextlib.asynccontextmanager
     async def _coordination(
@@ -1283,6 +1284,59 @@ class Pool(Generic[ConnT]):
             f"<Pool {self.name!r}{state} [in use {p.n_in_use + p.n_reserved}, idle {p.n_idle}, "
             f"connecting {p.n_connecting}{resetting} | waiting {p.n_waiting}]>"
         )
+
+
+class _Port:
+    """The pool as its membership sees it: :class:`~elasticpool.fleet.MemberPort`.
+
+    The fleet package calls only this (never the shell's internals), so
+    another shell can be a member by implementing the same port.
+    """
+
+    __slots__ = ("_pool",)
+
+    def __init__(self, pool: Pool[Any]) -> None:
+        self._pool = pool
+
+    @property
+    def name(self) -> str:
+        return self._pool.name
+
+    @property
+    def settings(self) -> PoolSettings:
+        return self._pool.settings
+
+    @property
+    def connector(self) -> Connector[Any]:
+        return self._pool._connector
+
+    def now(self) -> float:
+        return self._pool._now()
+
+    def stats(self) -> PoolStats:
+        return self._pool.stats()
+
+    async def resize(self, max_connections: int) -> None:
+        await self._pool.resize(max_connections)
+
+    def coordination(
+        self, wait_own: float = 0.5, *, own: bool = True
+    ) -> contextlib.AbstractAsyncContextManager[Coordination]:
+        return self._pool._coordination(wait_own, own=own)
+
+    def frozen(self) -> contextlib.AbstractAsyncContextManager[Freeze]:
+        return self._pool._frozen()
+
+    def demand_signal(self) -> anyio.Event:
+        self._pool._fleet_demand = event = anyio.Event()
+        return event
+
+    async def close_connection(self, conn: Any) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._pool._close_conn(conn)
+
+    def __repr__(self) -> str:
+        return f"<member port of {self._pool!r}>"
 
 
 class Coordination:

@@ -42,7 +42,7 @@ from ._tags import application_name as tagged_name
 from ._tags import pool_tag
 
 if TYPE_CHECKING:
-    from .._pool import Pool
+    from ._base import MemberPort
 
 __all__ = ["PostgresMembership"]
 
@@ -285,9 +285,9 @@ class PostgresMembership:
         )
         return bool(rows[0][0])
 
-    def _tag_connections(self, pool: Pool[Any]) -> None:
+    def _tag_connections(self, pool: MemberPort) -> None:
         """Tell the connector the settings every connection of this member opens with."""
-        set_settings = getattr(pool._connector, "set_server_settings", None)
+        set_settings = getattr(pool.connector, "set_server_settings", None)
         if set_settings is None:
             logger.info(
                 "pool %r: its connector cannot tag connections (no set_server_settings): "
@@ -302,7 +302,7 @@ class PostgresMembership:
             settings["client_connection_check_interval"] = f"{ms}ms"
         set_settings(settings)
 
-    async def _probe_check_interval(self, pool: Pool[Any], conn: Any) -> None:
+    async def _probe_check_interval(self, pool: MemberPort, conn: Any) -> None:
         """Whether the server takes ``client_connection_check_interval`` (once; then tag with it).
 
         PostgreSQL before 14 does not know it, and a server that cannot poll
@@ -312,7 +312,7 @@ class PostgresMembership:
         assert self.client_connection_check_interval is not None
         ms = max(1, round(self.client_connection_check_interval * 1000))
         try:
-            async with pool._connector.transaction(conn):
+            async with pool.connector.transaction(conn):
                 # for the session: this connection, which may join the pool, keeps it too
                 await fetch(
                     conn,
@@ -320,7 +320,7 @@ class PostgresMembership:
                     f"{ms}ms",
                 )
         except Exception as exc:
-            if pool._connector.is_disconnect(exc):
+            if pool.connector.is_disconnect(exc):
                 raise
             logger.info(
                 "pool %r: the server does not take client_connection_check_interval (%s); "
@@ -335,7 +335,7 @@ class PostgresMembership:
 
     # ------------------------------------------------------------------ membership
 
-    async def join(self, pool: Pool[Any]) -> None:
+    async def join(self, pool: MemberPort) -> None:
         """Tag the pool's connections and start at limit 0: the first caller brings the first beat.
 
         A pool with a warm floor (``min_connections``) joins at once: it
@@ -346,10 +346,10 @@ class PostgresMembership:
         if pool.settings.min_connections > 0:
             await self._beat(pool)
 
-    async def run(self, pool: Pool[Any]) -> None:
+    async def run(self, pool: MemberPort) -> None:
         """Heartbeat while active; early when it can help; wait for a caller while not."""
         while True:
-            pool._fleet_demand = demand = anyio.Event()
+            demand = pool.demand_signal()
             if not self._active:
                 if pool.stats().size == 0 and not self._wants(pool):
                     await demand.wait()  # left the fleet: nothing until a caller comes
@@ -362,7 +362,7 @@ class PostgresMembership:
                 await self._until_worth_a_beat(pool, demand)
             await self._beat(pool)
 
-    async def _until_worth_a_beat(self, pool: Pool[Any], demand: anyio.Event) -> None:
+    async def _until_worth_a_beat(self, pool: MemberPort, demand: anyio.Event) -> None:
         """Return when an early heartbeat can change something (the caller bounds the wait).
 
         Worth it: callers wait and the member is below its share (it may
@@ -397,7 +397,7 @@ class PostgresMembership:
             if stats.size and not stats.in_use and not stats.waiting and self._tight():
                 return  # idle while the fleet is (nearly) full: let go, or keep if still free
             if demand.is_set():
-                pool._fleet_demand = demand = anyio.Event()
+                demand = pool.demand_signal()
 
     def _tight(self) -> bool:
         """Whether the last view left less than the reserve free, or others asked for more."""
@@ -408,7 +408,7 @@ class PostgresMembership:
     def _others_want(self) -> bool:
         return any(m.share > m.granted for m in self._members if m.id != self.instance_id)
 
-    def _wants(self, pool: Pool[Any]) -> bool:
+    def _wants(self, pool: MemberPort) -> bool:
         stats = pool.stats()
         return bool(stats.waiting or stats.in_use or stats.connecting)
 
@@ -416,26 +416,26 @@ class PostgresMembership:
         with anyio.move_on_after(seconds):
             await anyio.sleep_forever()
 
-    async def leave(self, pool: Pool[Any]) -> None:
+    async def leave(self, pool: MemberPort) -> None:
         """End this instance's lease so its part returns to the others at once."""
         if not self._active and self._claim == 0:
             return
         await self._beat(pool, leave=True)
 
-    async def _beat(self, pool: Pool[Any], *, leave: bool = False) -> None:
+    async def _beat(self, pool: MemberPort, *, leave: bool = False) -> None:
         async with self._beating:  # one heartbeat at a time per member (set_total runs one too)
             await self._beat_once(pool, leave)
 
-    async def _beat_once(self, pool: Pool[Any], leave: bool) -> None:
-        started = pool._now()
+    async def _beat_once(self, pool: MemberPort, leave: bool) -> None:
+        started = pool.now()
         try:
             with anyio.fail_after(self.heartbeat_timeout):
                 async with (
-                    pool._coordination(wait_own=self.heartbeat_timeout / 2, own=not leave) as co,
-                    pool._frozen() as freeze,
+                    pool.coordination(wait_own=self.heartbeat_timeout / 2, own=not leave) as co,
+                    pool.frozen() as freeze,
                 ):
                     if not self._tables_ready:
-                        await self._ensure_tables(co.conn, pool._connector.transaction)
+                        await self._ensure_tables(co.conn, pool.connector.transaction)
                     if self._check_ok is None and self._tag is not None:
                         await self._probe_check_interval(pool, co.conn)
                     freeze.sent = True
@@ -444,7 +444,7 @@ class PostgresMembership:
                     except Exception as exc:
                         # An error the server answered with: rolled back, nothing committed.
                         # A lost or late answer (disconnect, timeout) leaves it unknown.
-                        if not isinstance(exc, TimeoutError) and not pool._connector.is_disconnect(
+                        if not isinstance(exc, TimeoutError) and not pool.connector.is_disconnect(
                             exc
                         ):
                             freeze.sent = False
@@ -480,7 +480,7 @@ class PostgresMembership:
         self._healthy = True
 
     async def _call(
-        self, pool: Pool[Any], conn: Any, demand: int, holding: int, leave: bool
+        self, pool: MemberPort, conn: Any, demand: int, holding: int, leave: bool
     ) -> tuple[Any, ...]:
         settings = pool.settings
         base = resolve_limit(settings, allow_small_total=True)
@@ -514,7 +514,7 @@ class PostgresMembership:
         )
         return tuple(rows[0])
 
-    def _source_of(self, pool: Pool[Any], live_total: int | None) -> str:
+    def _source_of(self, pool: MemberPort, live_total: int | None) -> str:
         if live_total is not None:
             return "total"
         return resolve_limit(pool.settings, allow_small_total=True).source
@@ -535,7 +535,7 @@ class PostgresMembership:
             for i, d, h, s, g, a in json.loads(row[6])
         )
 
-    async def _failed(self, pool: Pool[Any], exc: BaseException, started: float) -> None:
+    async def _failed(self, pool: MemberPort, exc: BaseException, started: float) -> None:
         if not self._failing:  # the first failure of a streak, even before any success
             logger.warning("pool %r: fleet heartbeat failed: %r", pool.name, exc)
         else:
@@ -566,7 +566,7 @@ class PostgresMembership:
 
     # ------------------------------------------------------------------ live total
 
-    async def set_total(self, pool: Pool[Any], total: int | None) -> None:
+    async def set_total(self, pool: MemberPort, total: int | None) -> None:
         """Set the fleet total for every instance of ``pool`` (``None``: back to the settings).
 
         Each instance adopts it at its next heartbeat, this one at once.
@@ -577,7 +577,7 @@ class PostgresMembership:
                 pool.settings.replace(total_max_connections=total),
                 allow_small_total=pool.settings.allow_small_total,
             )
-        async with pool._coordination() as co, pool._connector.transaction(co.conn):
+        async with pool.coordination() as co, pool.connector.transaction(co.conn):
             await self.store_total(co.conn, pool.name, total)
         await self._beat(pool)
 
@@ -659,8 +659,8 @@ class PostgresMembership:
 
     # ------------------------------------------------------------------ status
 
-    def status(self, pool: Pool[Any]) -> FleetStatus:
-        now = pool._now()
+    def status(self, pool: MemberPort) -> FleetStatus:
+        now = pool.now()
         return FleetStatus(
             pool=pool.name,
             instance=self.instance_id,
