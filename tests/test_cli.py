@@ -24,7 +24,7 @@ import pytest
 from elasticpool import Pool, PostgresMembership
 from elasticpool.cli import main
 from elasticpool.cli._common import redact, scrub
-from elasticpool.fleet._schema import beat_function
+from elasticpool.fleet._schema import beat_function, fill_function
 
 from .helpers import eventually
 
@@ -79,7 +79,8 @@ async def fleet(pg_server: Any) -> AsyncIterator[Fleet]:
     finally:
         pg_server.psql(
             f"DROP TABLE IF EXISTS {fl.table}, {fl.table}_config;"
-            f" DROP FUNCTION IF EXISTS {beat_function(fl.table)}"
+            f" DROP FUNCTION IF EXISTS {beat_function(fl.table)};"
+            f" DROP FUNCTION IF EXISTS {fill_function(fl.table)}"
         )
 
 
