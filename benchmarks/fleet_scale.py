@@ -29,8 +29,8 @@ Scenarios (``--scenario``):
   sample afterwards.
 * ``two-names``: two pool names of ``--total`` (default 15) each on one
   database, ``--busy`` busy members per name: backends per name and in sum.
-  ``--database-max-connections`` is the flag for the database budget, which
-  this version does not have yet (the run refuses it rather than ignore it).
+  ``--database-max-connections N`` puts both under a database budget
+  (``PostgresMembership(database_max_connections=N)``).
 
 Measured from the server over the window, by a separate connection: the
 fleet's backends in ``pg_stat_activity`` every 20 ms (only this run's
@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import itertools
 import json
 import logging
@@ -76,7 +75,7 @@ import anyio.abc
 import asyncpg
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from elasticpool import Pool, PoolSettings
+from elasticpool import Pool
 from elasticpool.asyncpg import AsyncpgConnector
 from elasticpool.fleet import PostgresMembership
 
@@ -186,19 +185,18 @@ async def worker(cfg: dict[str, Any]) -> None:
     for index, name, role in cfg["members"]:
         app = f"{cfg['prefix']}{name}-p{cfg['process']}"
         membership = PostgresMembership(
-            table=cfg["table"], heartbeat_interval=cfg["interval"], application_name=app
+            table=cfg["table"],
+            heartbeat_interval=cfg["interval"],
+            application_name=app,
+            database_max_connections=cfg["database_max_connections"],
         )
         timed = time_heartbeats(membership, beats) and timed
-        extra = {}
-        if cfg["database_max_connections"] is not None:
-            extra["database_max_connections"] = cfg["database_max_connections"]
         pool: Pool[Any] = Pool(
             AsyncpgConnector(dsn, server_settings={"application_name": app}),
             total_max_connections=cfg["total"],
             membership=membership,
             name=name,
             pool_timeout=cfg["pool_timeout"],
-            **extra,
         )
         members.append(Member(index, name, role, pool))
     window = Window()
@@ -927,13 +925,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--duration must be in (0, 600] and --warmup in [0, 120]")
     if args.total is None:
         args.total = 15 if args.scenario == "two-names" else 20
-    if args.database_max_connections is not None:
-        known = {f.name for f in dataclasses.fields(PoolSettings)}
-        if "database_max_connections" not in known:
-            p.error(
-                "--database-max-connections: this elasticpool has no database budget yet "
-                "(PoolSettings has no database_max_connections)"
-            )
     return args
 
 

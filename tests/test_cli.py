@@ -24,7 +24,7 @@ import pytest
 from elasticpool import Pool, PostgresMembership
 from elasticpool.cli import main
 from elasticpool.cli._common import redact, scrub
-from elasticpool.fleet._schema import beat_function
+from elasticpool.fleet._schema import beat_function, fill_function
 
 from .helpers import eventually
 
@@ -79,7 +79,8 @@ async def fleet(pg_server: Any) -> AsyncIterator[Fleet]:
     finally:
         pg_server.psql(
             f"DROP TABLE IF EXISTS {fl.table}, {fl.table}_config;"
-            f" DROP FUNCTION IF EXISTS {beat_function(fl.table)}"
+            f" DROP FUNCTION IF EXISTS {beat_function(fl.table)};"
+            f" DROP FUNCTION IF EXISTS {fill_function(fl.table)}"
         )
 
 
@@ -311,3 +312,45 @@ def test_python_dash_m_runs_the_command() -> None:
     )
     assert done.returncode == 0
     assert "set-total" in done.stdout
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_set_total_takes_a_percentage_and_shows_the_number(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``set-total 50%`` stores half the server's usable connections and says so."""
+    assert await run_main("set-total", "--json", *fleet.args("--pool", fleet.name, "50%")) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["percent"] == 50
+    assert result["fleet_total"] == result["usable_connections"] // 2 >= 1
+    stored = fleet.server.psql(
+        f"SELECT total_max_connections FROM {fleet.table}_config WHERE pool_name = '{fleet.name}'"
+    )
+    assert int(stored) == result["fleet_total"]
+    assert await run_main("set-total", *fleet.args("--pool", fleet.name, "50%")) == 0
+    out = capsys.readouterr().out
+    assert f"(50% of the server's {result['usable_connections']} usable)" in out
+    assert await run_main("set-total", *fleet.args("--pool", fleet.name, "150%")) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_set_total_database_sets_the_budget_over_every_name_and_status_shows_it(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``set-total --database 20`` reaches members of every name; ``status`` shows both levels."""
+    async with fleet.pool(total=15) as pool, pool.acquire():
+        await eventually(lambda: pool.stats().max, lambda n: n == 15, "never joined")
+        argv = ["--dsn", fleet.server.dsn(), "--table", fleet.table, "--database", "12"]
+        assert await run_main("set-total", *argv) == 0
+        assert "database budget now 12 (was settings)" in capsys.readouterr().out
+        await eventually(
+            lambda: (pool.fleet().database_total, pool.stats().max),
+            lambda seen: seen == (12, 12),
+            "the database budget never reached the member",
+        )
+        assert await run_main("status", *fleet.args()) == 0
+        out = capsys.readouterr().out
+        assert "database budget over every pool name: 12, claimed" in out
+        assert f"pool {fleet.name!r}: total 15 (members' settings)" in out

@@ -375,3 +375,50 @@ def test_fleet_backends_counts_only_the_pools_tagged_backends() -> None:
         "psql",
     ]
     assert fleet_backends(seen, "api", ["a", "c"]) == (3, 2)
+
+
+def test_the_fleet_package_never_imports_the_shell() -> None:
+    """Memberships see the pool only through MemberPort: no module of fleet/ imports _pool."""
+    import ast
+    from pathlib import Path
+
+    import elasticpool.fleet
+
+    package = Path(elasticpool.fleet.__file__).parent
+    found = []
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and "_pool" in node.module:
+                found.append(f"{path.name}: from {'.' * node.level}{node.module}")
+            if isinstance(node, ast.Import):
+                found += [f"{path.name}: {a.name}" for a in node.names if "_pool" in a.name]
+    assert found == []
+
+
+async def test_a_membership_sees_the_pool_through_its_port() -> None:
+    """join/run/leave/status get a MemberPort: name, settings, resize, stats; not the Pool."""
+    from elasticpool.fleet import MemberPort
+
+    seen: list[object] = []
+
+    class Recording:
+        async def join(self, pool: MemberPort) -> None:
+            seen.append(pool)
+            await pool.resize(3)
+
+        async def run(self, pool: MemberPort) -> None:
+            return None
+
+        async def leave(self, pool: MemberPort) -> None:
+            seen.append(pool)
+
+        def status(self, pool: MemberPort) -> FleetStatus:
+            return FleetStatus(pool.name, "", "recording", pool.stats().max, 3, None, "total")
+
+    async with Pool(FakeConnector(), membership=Recording(), name="ported") as pool:
+        assert pool.stats().max == 3
+        assert pool.fleet().limit == 3
+    port = seen[0]
+    assert port is seen[1]
+    assert not isinstance(port, Pool)
+    assert (port.name, port.settings) == ("ported", pool.settings)  # type: ignore[attr-defined]

@@ -47,7 +47,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from elasticpool import Pool, PoolTimeout
 from elasticpool.embedded import EmbeddedPostgres
 from elasticpool.fleet import PostgresMembership
-from elasticpool.fleet._schema import beat_function
+from elasticpool.fleet._schema import beat_function, fill_function
 
 from .helpers import eventually
 
@@ -125,6 +125,7 @@ class Fleet:
         dsn: str | None = None,
         membership: dict[str, Any] | None = None,
         connect_kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
         **settings: Any,
     ) -> Pool[Any]:
         """A member: a pool of this fleet with a PostgresMembership on this fleet's table."""
@@ -142,7 +143,7 @@ class Fleet:
         )
         if total is not None:
             settings["total_max_connections"] = total
-        pool: Pool[Any] = Pool(c, membership=m, name=self.name, **settings)
+        pool: Pool[Any] = Pool(c, membership=m, name=name or self.name, **settings)
         c.attach(pool)
         self.connectors.append(c)
         return pool
@@ -188,6 +189,7 @@ async def fleet(request: pytest.FixtureRequest, pg_server: Any) -> AsyncIterator
     finally:
         await admin.execute(f"DROP TABLE IF EXISTS {fl.qtable}, {fl.qconfig}")
         await admin.execute(f"DROP FUNCTION IF EXISTS {quote_ident(beat_function(fl.table))}")
+        await admin.execute(f"DROP FUNCTION IF EXISTS {quote_ident(fill_function(fl.table))}")
         await admin.close()
 
 
@@ -848,7 +850,7 @@ async def test_least_privilege_role_needs_the_tables_created_by_an_administrator
         assert any(missing in r.getMessage() for r in caplog.records), caplog.records
         ddl = membership.create_tables_sql()
         assert ddl.count("CREATE TABLE IF NOT EXISTS") == 2
-        assert ddl.count("CREATE OR REPLACE FUNCTION") == 1
+        assert ddl.count("CREATE OR REPLACE FUNCTION") == 2  # the heartbeat and its helper
         assert quote_ident(schema) in ddl
         await fleet.admin.execute(ddl)
         lease_table = f"{quote_ident(schema)}.{fleet.qtable}"
@@ -1233,3 +1235,62 @@ async def test_members_with_demand_split_the_total(fleet: Fleet) -> None:
             fleet.name,
         )
         assert rows[0][0] <= 10
+
+
+async def test_a_percentage_total_is_resolved_against_the_server(fleet: Fleet) -> None:
+    """total_max_connections="50%": half the server's usable connections, pool and fleet alike."""
+    most, reserved = await fleet.admin.fetchrow(
+        "SELECT current_setting('max_connections')::int,"
+        " current_setting('superuser_reserved_connections')::int"
+        " + coalesce(current_setting('reserved_connections', true), '0')::int"
+    )
+    expected = (most - reserved) // 2
+    alone: Pool[Any] = Pool(TrackingConnector(fleet.server.dsn()), total_max_connections="50%")
+    async with alone:
+        assert alone.settings.total_max_connections == expected
+        assert (alone.stats().max, alone.stats().idle, alone.stats().connects) == (expected, 1, 1)
+        async with alone.acquire() as conn:  # the connection that asked serves the first caller
+            assert await conn.fetchval("SELECT 1") == 1
+        assert alone.stats().connects == 1
+    member = fleet.pool(total="50%")
+    async with member, member.acquire():
+        assert member.fleet().fleet_total == expected
+
+
+async def test_two_pool_names_share_a_database_budget(fleet: Fleet) -> None:
+    """Totals of 15 each under a database budget of 20: 10/10 when both ask; 15 when one idles."""
+    other = fleet.name + "-b"
+    db = {"database_max_connections": 20}
+    a = fleet.pool(total=15, membership={"instance_id": "a", **db})
+    b = fleet.pool(total=15, name=other, membership={"instance_id": "b", **db})
+    seen: list[int] = []
+
+    async def sample() -> None:
+        while True:
+            seen.append(
+                await fleet.admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE strpos(application_name, $1) > 0"
+                    " OR strpos(application_name, $2) > 0",
+                    f"|{fleet.name}|",
+                    f"|{other}|",
+                )
+            )
+            await anyio.sleep(SAMPLE)
+
+    async with a, b, anyio.create_task_group() as tg:
+        tg.start_soon(sample)
+        async with load(a, 20):
+            async with load(b, 20):
+                await wait_for(lambda: limits([a, b]), lambda got: got == [10, 10], "never 10/10")
+                status = a.fleet()
+                assert (status.database_total, status.fleet_total) == (20, 15)
+                assert status.database_claimed is not None
+                assert status.database_claimed <= 20
+                await anyio.sleep(0.5)  # both busy a while at their split
+            # "b" idles (and leaves): "a" takes its own total, no more
+            await wait_for(lambda: a.stats().max, lambda n: n == 15, "a never reached 15")
+            await wait_for(lambda: a.stats().size, lambda n: n == 15, "a never grew to 15")
+        tg.cancel_scope.cancel()
+    assert max(seen) <= 20 + 2, f"{max(seen)} backends for a database budget of 20"
+    rows = await fleet.admin.fetch(f"SELECT pool_name, total FROM {fleet.qconfig} ORDER BY 1")
+    assert [(r[0], r[1]) for r in rows] == [("", 20), (fleet.name, 15), (other, 15)]

@@ -148,8 +148,9 @@ def fleet_db(pg_server: Any) -> Iterator[tuple[Any, Schema]]:
             conn.execute(f"DROP TABLE {schema.table}, {schema.config}")
             conn.execute(
                 f"DROP FUNCTION {schema.beat}(text, text, text, integer, integer, integer,"
-                " integer, integer, integer, float8, integer, boolean, text)"
+                " integer, integer, integer, float8, integer, boolean, text, integer, float8)"
             )
+            conn.execute(f"DROP FUNCTION {schema.fill}(integer, integer[], integer[])")
 
 
 @pytest.mark.postgres
@@ -188,7 +189,8 @@ def test_the_server_function_decides_as_the_spec(
             (pool, sum(claims.values())),
         )
     row = conn.execute(
-        f"SELECT * FROM {schema.beat}(%s, %s, NULL, %s, %s, %s, 0, 1, %s, 60, 1000, false, NULL)",
+        f"SELECT * FROM {schema.beat}(%s, %s, NULL, %s, %s, %s, 0, 1, %s, 60, 1000, false, NULL,"
+        " NULL, NULL)",
         (pool, me.id, me.demand, me.holding, total, reserve),
     ).fetchone()
     assert row is not None

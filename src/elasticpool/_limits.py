@@ -230,6 +230,11 @@ def resolve_limit(
     :class:`~elasticpool.ElasticPoolWarning` unless ``allow_small_total``.
     """
     total = fleet_total if fleet_total is not None else settings.total_max_connections
+    if isinstance(total, str):
+        raise ValueError(
+            f"total_max_connections {total!r} is a percentage of the server's max_connections: "
+            "resolve it first (PoolSettings.with_server_limits; a pool does when it opens)"
+        )
     source = "total"
     if total is not None and settings.max_connections is not None:
         key = (total, settings.max_connections)

@@ -34,6 +34,7 @@ from ._limits import resolve_limit
 from ._settings import PoolSettings
 from ._state import CloseReason, Outcome, Plan, Planner, Slot, SlotState
 from .fleet._base import FleetStatus, Membership
+from .fleet._sql import SERVER_LIMITS_SQL, fetch
 
 __all__ = ["Pool", "PoolStats"]
 
@@ -243,14 +244,17 @@ class Pool(Generic[ConnT]):
         self.membership = membership
         self._connector = connector
         self._is_closed = connector.is_closed
+        limit = 0  # with a percentage total the server has a say first (see open())
+        if settings.total_percent is None:  # (and warns here about the limits it is given)
+            limit = resolve_limit(settings, allow_small_total=settings.allow_small_total).limit
         # With a membership nothing opens before the fleet has a say (join sets the limit).
-        limit = resolve_limit(settings, allow_small_total=settings.allow_small_total).limit
         self._planner = Planner(settings, 0 if membership is not None else limit)
         self._membership_scope: anyio.CancelScope | None = None
         # Set when a caller queues at the limit; a membership may heartbeat early on it.
         self._fleet_demand: anyio.Event | None = None
         self._membership_done: anyio.Event | None = None
         self._coordinating: Slot | None = None
+        self._port = _Port(self)  # what a membership sees of this pool
         # Connections the fleet opened outside the slots (a heartbeat's), while open.
         self._extras: dict[Any, None] = {}
         # When the fleet last asked for demand, and the busy seconds counted by then.
@@ -305,6 +309,9 @@ class Pool(Generic[ConnT]):
             return
         if self._state != "new":
             raise PoolClosed(f"pool {self.name!r} is closed and cannot be opened again")
+        first = None
+        if self.settings.total_percent is not None:
+            first = await self._resolve_percentage()
         self._state = "opening"
         self._pid = os.getpid()
         _opened_here.add(self)
@@ -325,19 +332,57 @@ class Pool(Generic[ConnT]):
             await started.wait()
         self._state = "open"
         opened.set()
+        if first is not None:  # the connection that asked the server: the pool's first
+            if self.membership is None:
+                limit = resolve_limit(self.settings, allow_small_total=True).limit
+                if self._planner.resize(limit, self._now(), adopt=first) is None:
+                    self._terminate(first)
+                self._execute(self._planner.take_plan())
+            else:  # the fleet has a say first: its join opens what it needs
+                with anyio.CancelScope(shield=True):
+                    await self._close_conn(first)
         if self.membership is not None:
             # The first limit comes from the fleet, before anyone borrows.
-            await self.membership.join(self)
+            await self.membership.join(self._port)
             assert self._tg is not None
             self._tg.start_soon(self._run_membership, self.membership)
         self._planner.tick(self._now())
         self._execute(self._planner.take_plan())
 
+    async def _resolve_percentage(self) -> Any:
+        """Resolve ``total_max_connections="N%"`` against the server; return the connection used.
+
+        One connection asks the server for ``max_connections`` and what it
+        reserves (``superuser_reserved_connections``, and
+        ``reserved_connections`` on PostgreSQL 16+); the settings then carry
+        the number. The caller keeps that connection as the pool's first.
+        """
+        percent = self.settings.total_percent
+        with anyio.fail_after(self.settings.connect_timeout):
+            conn = await self._connector.connect()
+        try:
+            with anyio.fail_after(self.settings.connect_timeout):
+                rows = await fetch(conn, SERVER_LIMITS_SQL)
+            most, reserved = int(rows[0][0]), int(rows[0][1])
+            self.settings = self.settings.with_server_limits(most, reserved)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._close_conn(conn)
+            raise
+        logger.info(
+            "pool %r: total_max_connections %g%% of the server's %d usable connections is %s",
+            self.name,
+            percent,
+            most - reserved,
+            self.settings.total_max_connections,
+        )
+        return conn
+
     async def _run_membership(self, membership: Membership) -> None:
         self._membership_done = done = anyio.Event()
         try:
             with anyio.CancelScope() as self._membership_scope:
-                await membership.run(self)
+                await membership.run(self._port)
         except Exception:  # pragma: no cover - a bug in a membership
             logger.exception("pool %r: fleet membership stopped", self.name)
         finally:
@@ -353,7 +398,7 @@ class Pool(Generic[ConnT]):
                 self._membership_scope.cancel()
             if self._membership_done is not None:
                 await self._membership_done.wait()
-            await membership.leave(self)
+            await membership.leave(self._port)
 
     async def _run(self, started: anyio.Event) -> None:
         assert self._stop is not None
@@ -1021,7 +1066,7 @@ class Pool(Generic[ConnT]):
         limit (``fleet_total`` is ``None`` when only ``max_connections`` is set).
         """
         if self.membership is not None:
-            return self.membership.status(self)
+            return self.membership.status(self._port)
         r = resolve_limit(self.settings, allow_small_total=self.settings.allow_small_total)
         return FleetStatus(
             pool=self.name,
@@ -1046,7 +1091,7 @@ class Pool(Generic[ConnT]):
                 "use PostgresMembership to change the fleet total live"
             )
         self._check_open()
-        await set_total(self, total)
+        await set_total(self._port, total)
 
     @contextlib.asynccontextmanager
     async def _coordination(
@@ -1239,6 +1284,59 @@ class Pool(Generic[ConnT]):
             f"<Pool {self.name!r}{state} [in use {p.n_in_use + p.n_reserved}, idle {p.n_idle}, "
             f"connecting {p.n_connecting}{resetting} | waiting {p.n_waiting}]>"
         )
+
+
+class _Port:
+    """The pool as its membership sees it: :class:`~elasticpool.fleet.MemberPort`.
+
+    The fleet package calls only this (never the shell's internals), so
+    another shell can be a member by implementing the same port.
+    """
+
+    __slots__ = ("_pool",)
+
+    def __init__(self, pool: Pool[Any]) -> None:
+        self._pool = pool
+
+    @property
+    def name(self) -> str:
+        return self._pool.name
+
+    @property
+    def settings(self) -> PoolSettings:
+        return self._pool.settings
+
+    @property
+    def connector(self) -> Connector[Any]:
+        return self._pool._connector
+
+    def now(self) -> float:
+        return self._pool._now()
+
+    def stats(self) -> PoolStats:
+        return self._pool.stats()
+
+    async def resize(self, max_connections: int) -> None:
+        await self._pool.resize(max_connections)
+
+    def coordination(
+        self, wait_own: float = 0.5, *, own: bool = True
+    ) -> contextlib.AbstractAsyncContextManager[Coordination]:
+        return self._pool._coordination(wait_own, own=own)
+
+    def frozen(self) -> contextlib.AbstractAsyncContextManager[Freeze]:
+        return self._pool._frozen()
+
+    def demand_signal(self) -> anyio.Event:
+        self._pool._fleet_demand = event = anyio.Event()
+        return event
+
+    async def close_connection(self, conn: Any) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._pool._close_conn(conn)
+
+    def __repr__(self) -> str:
+        return f"<member port of {self._pool!r}>"
 
 
 class Coordination:

@@ -34,14 +34,15 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._limits import HYPERDRIVE_MINIMUM_TOTAL, resolve_limit
+from .._settings import parse_percent
 from ._base import FleetStatus, MemberStatus
-from ._schema import Schema, beat_function
+from ._schema import Schema, beat_function, fill_function
 from ._sql import fetch, quote_ident
 from ._tags import application_name as tagged_name
 from ._tags import pool_tag
 
 if TYPE_CHECKING:
-    from .._pool import Pool
+    from ._base import MemberPort
 
 __all__ = ["PostgresMembership"]
 
@@ -55,6 +56,26 @@ def _seconds(name: str, value: object, allowed: str) -> float:
     if math.isnan(value) or math.isinf(value):
         raise ValueError(f"{name} must be {allowed} seconds (got {value!r})")
     return float(value)
+
+
+def _database_budget(value: object) -> tuple[int | None, float | None]:
+    """``database_max_connections`` as (a number, or a percentage of the server's), checked."""
+    allowed = (
+        "an integer >= 1, a percentage of the server's usable max_connections such as "
+        "'80%' (in (0%, 100%]), or None"
+    )
+    if value is None:
+        return None, None
+    if isinstance(value, str):
+        percent = parse_percent(value)
+        if percent is None or not 0 < percent <= 100:
+            raise ValueError(f"database_max_connections must be {allowed} (got {value!r})")
+        return None, percent
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"database_max_connections must be {allowed} (got {value!r})")
+    if value < 1:
+        raise ValueError(f"database_max_connections must be {allowed} (got {value!r})")
+    return value, None
 
 
 def _check_total(total: object) -> None:
@@ -129,6 +150,7 @@ class PostgresMembership:
         reserve: int | None = None,
         lock_timeout: float | None = None,
         client_connection_check_interval: float | None = 2.0,
+        database_max_connections: int | str | None = None,
     ) -> None:
         for name, value in (
             ("table", table),
@@ -177,7 +199,11 @@ class PostgresMembership:
         self._table = prefix + quote_ident(table)
         self._config = prefix + quote_ident(table + "_config")
         self._beat_fn = prefix + quote_ident(beat_function(table))
-        self._schema = Schema(self._table, self._config, self._beat_fn)
+        self._db_total, self._db_percent = _database_budget(database_max_connections)
+        self.database_max_connections = database_max_connections
+        self._schema = Schema(
+            self._table, self._config, self._beat_fn, prefix + quote_ident(fill_function(table))
+        )
         self._table_name = table if schema is None else f"{schema}.{table}"
         # host:pid:random, within the 24 characters a tag keeps whole
         self.instance_id = instance_id or (
@@ -194,6 +220,7 @@ class PostgresMembership:
         # None: not asked yet; False: the server refused it (older than 14, or Windows).
         self._check_ok: bool | None = None if check else False
         self._departed = 0
+        self._database: tuple[int | None, int | None] = (None, None)
         # last good view
         self._members: tuple[MemberStatus, ...] = ()
         self._share = 0
@@ -258,9 +285,9 @@ class PostgresMembership:
         )
         return bool(rows[0][0])
 
-    def _tag_connections(self, pool: Pool[Any]) -> None:
+    def _tag_connections(self, pool: MemberPort) -> None:
         """Tell the connector the settings every connection of this member opens with."""
-        set_settings = getattr(pool._connector, "set_server_settings", None)
+        set_settings = getattr(pool.connector, "set_server_settings", None)
         if set_settings is None:
             logger.info(
                 "pool %r: its connector cannot tag connections (no set_server_settings): "
@@ -275,7 +302,7 @@ class PostgresMembership:
             settings["client_connection_check_interval"] = f"{ms}ms"
         set_settings(settings)
 
-    async def _probe_check_interval(self, pool: Pool[Any], conn: Any) -> None:
+    async def _probe_check_interval(self, pool: MemberPort, conn: Any) -> None:
         """Whether the server takes ``client_connection_check_interval`` (once; then tag with it).
 
         PostgreSQL before 14 does not know it, and a server that cannot poll
@@ -285,7 +312,7 @@ class PostgresMembership:
         assert self.client_connection_check_interval is not None
         ms = max(1, round(self.client_connection_check_interval * 1000))
         try:
-            async with pool._connector.transaction(conn):
+            async with pool.connector.transaction(conn):
                 # for the session: this connection, which may join the pool, keeps it too
                 await fetch(
                     conn,
@@ -293,7 +320,7 @@ class PostgresMembership:
                     f"{ms}ms",
                 )
         except Exception as exc:
-            if pool._connector.is_disconnect(exc):
+            if pool.connector.is_disconnect(exc):
                 raise
             logger.info(
                 "pool %r: the server does not take client_connection_check_interval (%s); "
@@ -308,7 +335,7 @@ class PostgresMembership:
 
     # ------------------------------------------------------------------ membership
 
-    async def join(self, pool: Pool[Any]) -> None:
+    async def join(self, pool: MemberPort) -> None:
         """Tag the pool's connections and start at limit 0: the first caller brings the first beat.
 
         A pool with a warm floor (``min_connections``) joins at once: it
@@ -319,10 +346,10 @@ class PostgresMembership:
         if pool.settings.min_connections > 0:
             await self._beat(pool)
 
-    async def run(self, pool: Pool[Any]) -> None:
+    async def run(self, pool: MemberPort) -> None:
         """Heartbeat while active; early when it can help; wait for a caller while not."""
         while True:
-            pool._fleet_demand = demand = anyio.Event()
+            demand = pool.demand_signal()
             if not self._active:
                 if pool.stats().size == 0 and not self._wants(pool):
                     await demand.wait()  # left the fleet: nothing until a caller comes
@@ -335,7 +362,7 @@ class PostgresMembership:
                 await self._until_worth_a_beat(pool, demand)
             await self._beat(pool)
 
-    async def _until_worth_a_beat(self, pool: Pool[Any], demand: anyio.Event) -> None:
+    async def _until_worth_a_beat(self, pool: MemberPort, demand: anyio.Event) -> None:
         """Return when an early heartbeat can change something (the caller bounds the wait).
 
         Worth it: callers wait and the member is below its share (it may
@@ -370,7 +397,7 @@ class PostgresMembership:
             if stats.size and not stats.in_use and not stats.waiting and self._tight():
                 return  # idle while the fleet is (nearly) full: let go, or keep if still free
             if demand.is_set():
-                pool._fleet_demand = demand = anyio.Event()
+                demand = pool.demand_signal()
 
     def _tight(self) -> bool:
         """Whether the last view left less than the reserve free, or others asked for more."""
@@ -381,7 +408,7 @@ class PostgresMembership:
     def _others_want(self) -> bool:
         return any(m.share > m.granted for m in self._members if m.id != self.instance_id)
 
-    def _wants(self, pool: Pool[Any]) -> bool:
+    def _wants(self, pool: MemberPort) -> bool:
         stats = pool.stats()
         return bool(stats.waiting or stats.in_use or stats.connecting)
 
@@ -389,26 +416,26 @@ class PostgresMembership:
         with anyio.move_on_after(seconds):
             await anyio.sleep_forever()
 
-    async def leave(self, pool: Pool[Any]) -> None:
+    async def leave(self, pool: MemberPort) -> None:
         """End this instance's lease so its part returns to the others at once."""
         if not self._active and self._claim == 0:
             return
         await self._beat(pool, leave=True)
 
-    async def _beat(self, pool: Pool[Any], *, leave: bool = False) -> None:
+    async def _beat(self, pool: MemberPort, *, leave: bool = False) -> None:
         async with self._beating:  # one heartbeat at a time per member (set_total runs one too)
             await self._beat_once(pool, leave)
 
-    async def _beat_once(self, pool: Pool[Any], leave: bool) -> None:
-        started = pool._now()
+    async def _beat_once(self, pool: MemberPort, leave: bool) -> None:
+        started = pool.now()
         try:
             with anyio.fail_after(self.heartbeat_timeout):
                 async with (
-                    pool._coordination(wait_own=self.heartbeat_timeout / 2, own=not leave) as co,
-                    pool._frozen() as freeze,
+                    pool.coordination(wait_own=self.heartbeat_timeout / 2, own=not leave) as co,
+                    pool.frozen() as freeze,
                 ):
                     if not self._tables_ready:
-                        await self._ensure_tables(co.conn, pool._connector.transaction)
+                        await self._ensure_tables(co.conn, pool.connector.transaction)
                     if self._check_ok is None and self._tag is not None:
                         await self._probe_check_interval(pool, co.conn)
                     freeze.sent = True
@@ -417,7 +444,7 @@ class PostgresMembership:
                     except Exception as exc:
                         # An error the server answered with: rolled back, nothing committed.
                         # A lost or late answer (disconnect, timeout) leaves it unknown.
-                        if not isinstance(exc, TimeoutError) and not pool._connector.is_disconnect(
+                        if not isinstance(exc, TimeoutError) and not pool.connector.is_disconnect(
                             exc
                         ):
                             freeze.sent = False
@@ -445,6 +472,7 @@ class PostgresMembership:
         self._members = self._view(row)
         self._observed = row[7]
         self._departed = row[8] or 0
+        self._database = (row[9], row[10]) if row[9] is not None else (None, None)
         self._last_ok = started
         if self._failing:
             logger.info("pool %r: fleet coordination ok again (limit %d)", pool.name, grant)
@@ -452,7 +480,7 @@ class PostgresMembership:
         self._healthy = True
 
     async def _call(
-        self, pool: Pool[Any], conn: Any, demand: int, holding: int, leave: bool
+        self, pool: MemberPort, conn: Any, demand: int, holding: int, leave: bool
     ) -> tuple[Any, ...]:
         settings = pool.settings
         base = resolve_limit(settings, allow_small_total=True)
@@ -466,7 +494,7 @@ class PostgresMembership:
         rows = await fetch(
             conn,
             f"SELECT * FROM {self._beat_fn}"
-            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             pool.name,
             self.instance_id,
             self._tag,
@@ -480,11 +508,13 @@ class PostgresMembership:
             max(1, round(self.lock_timeout * 1000)),
             leave,
             pool_tag(pool.name) if self._tag is not None else None,
+            self._db_total,
+            self._db_percent,
             own=True,
         )
         return tuple(rows[0])
 
-    def _source_of(self, pool: Pool[Any], live_total: int | None) -> str:
+    def _source_of(self, pool: MemberPort, live_total: int | None) -> str:
         if live_total is not None:
             return "total"
         return resolve_limit(pool.settings, allow_small_total=True).source
@@ -505,7 +535,7 @@ class PostgresMembership:
             for i, d, h, s, g, a in json.loads(row[6])
         )
 
-    async def _failed(self, pool: Pool[Any], exc: BaseException, started: float) -> None:
+    async def _failed(self, pool: MemberPort, exc: BaseException, started: float) -> None:
         if not self._failing:  # the first failure of a streak, even before any success
             logger.warning("pool %r: fleet heartbeat failed: %r", pool.name, exc)
         else:
@@ -536,7 +566,7 @@ class PostgresMembership:
 
     # ------------------------------------------------------------------ live total
 
-    async def set_total(self, pool: Pool[Any], total: int | None) -> None:
+    async def set_total(self, pool: MemberPort, total: int | None) -> None:
         """Set the fleet total for every instance of ``pool`` (``None``: back to the settings).
 
         Each instance adopts it at its next heartbeat, this one at once.
@@ -547,7 +577,7 @@ class PostgresMembership:
                 pool.settings.replace(total_max_connections=total),
                 allow_small_total=pool.settings.allow_small_total,
             )
-        async with pool._coordination() as co, pool._connector.transaction(co.conn):
+        async with pool.coordination() as co, pool.connector.transaction(co.conn):
             await self.store_total(co.conn, pool.name, total)
         await self._beat(pool)
 
@@ -593,7 +623,7 @@ class PostgresMembership:
             " ORDER BY pool_name, instance_id",
             *args,
         )
-        where = "" if pool_name is None else " WHERE pool_name = $1"
+        where = " WHERE pool_name <> ''" + ("" if pool_name is None else " AND pool_name = $1")
         configs = await fetch(
             conn, f"SELECT pool_name, total_max_connections FROM {self._config}{where}", *args
         )
@@ -608,10 +638,29 @@ class PostgresMembership:
             for name in sorted(totals.keys() | members.keys())
         }
 
+    async def read_budgets(self, conn: Any) -> dict[str, tuple[int | None, int]]:
+        """The total each pool name's members last used, and its claims added up, by name.
+
+        The name ``""`` is the database budget over every name (when one was
+        ever set), with every name's claims added up. Read-only; empty when
+        the tables do not exist. For ``elasticpool status``.
+        """
+        if not await self._ready(conn):
+            return {}
+        rows = await fetch(
+            conn,
+            "SELECT pool_name, coalesce(total_max_connections, total), claimed"
+            f" FROM {self._config} ORDER BY pool_name",
+        )
+        budgets = {str(r[0]): (r[1], int(r[2])) for r in rows}
+        if "" in budgets:
+            budgets[""] = (budgets[""][0], sum(c for k, (_, c) in budgets.items() if k))
+        return budgets
+
     # ------------------------------------------------------------------ status
 
-    def status(self, pool: Pool[Any]) -> FleetStatus:
-        now = pool._now()
+    def status(self, pool: MemberPort) -> FleetStatus:
+        now = pool.now()
         return FleetStatus(
             pool=pool.name,
             instance=self.instance_id,
@@ -624,6 +673,8 @@ class PostgresMembership:
             observed_backends=self._observed,
             healthy=self._healthy,
             departed_backends=self._departed,
+            database_total=self._database[0],
+            database_claimed=self._database[1],
             active=self._active,
             claimed=self._claimed if self._total is not None else None,
             last_heartbeat_age=None if self._last_ok is None else now - self._last_ok,

@@ -38,7 +38,7 @@ import hashlib
 
 from ._sql import quote_ident
 
-__all__ = ["Schema", "beat_function"]
+__all__ = ["Schema", "beat_function", "fill_function"]
 
 
 def beat_function(table: str) -> str:
@@ -52,9 +52,15 @@ def beat_function(table: str) -> str:
     return f"{table}_beat_{_digest()}"
 
 
+def fill_function(table: str) -> str:
+    """The (unquoted) name of the water-filling helper the heartbeat function calls."""
+    return f"{table}_fill_{_digest()}"
+
+
 @functools.cache
 def _digest() -> str:
-    text = Schema('"t"', '"t_config"', '"t_beat"')._function()
+    schema = Schema('"t"', '"t_config"', '"t_beat"', '"t_fill"')
+    text = schema._fill_function() + schema._function()
     return hashlib.blake2s(text.encode(), digest_size=4).hexdigest()
 
 
@@ -65,10 +71,11 @@ class Schema:
     the SQL-safety check follows them); :meth:`of` quotes them itself.
     """
 
-    def __init__(self, table: str, config: str, beat: str) -> None:
+    def __init__(self, table: str, config: str, beat: str, fill: str) -> None:
         self.table = table
         self.config = config
         self.beat = beat
+        self.fill = fill
 
     @classmethod
     def of(cls, table: str, schema: str | None = None) -> Schema:
@@ -78,6 +85,7 @@ class Schema:
             prefix + quote_ident(table),
             prefix + quote_ident(table + "_config"),
             prefix + quote_ident(beat_function(table)),
+            prefix + quote_ident(fill_function(table)),
         )
 
     def ddl(self) -> str:
@@ -105,27 +113,85 @@ class Schema:
             " total_max_connections integer,"
             " updated_at timestamptz NOT NULL DEFAULT now())",
             f"ALTER TABLE {c} ADD COLUMN IF NOT EXISTS claimed integer NOT NULL DEFAULT 0",
+            f"ALTER TABLE {c} ADD COLUMN IF NOT EXISTS total integer",
+            self._fill_function(),
             self._function(),
         ]
 
+    def _fill_function(self) -> str:
+        fill = self.fill
+        if "$fn$" in fill:
+            raise ValueError("the lease table's name must not contain '$fn$'")
+        return f"""CREATE OR REPLACE FUNCTION {fill}(
+    p_units integer, p_wants integer[], p_order integer[])
+RETURNS integer[]
+LANGUAGE plpgsql IMMUTABLE
+AS $fn$
+-- Max-min fair split of p_units over p_wants (water-filling): an equal level over
+-- the unmet, raised until the units run out or every want is met; with fewer
+-- units than unmet wants, one each in p_order. elasticpool._limits._water_fill.
+DECLARE
+    v_n integer := coalesce(cardinality(p_wants), 0);
+    v_alloc integer[];
+    v_left integer := greatest(p_units, 0);
+    v_unmet integer;
+    v_level integer;
+    v_extra integer;
+    v_i integer;
+BEGIN
+    IF v_n = 0 THEN
+        RETURN '{{}}'::integer[];
+    END IF;
+    v_alloc := array_fill(0, ARRAY[v_n]);
+    LOOP
+        v_unmet := 0;
+        FOR v_i IN 1..v_n LOOP
+            IF v_alloc[v_i] < p_wants[v_i] THEN v_unmet := v_unmet + 1; END IF;
+        END LOOP;
+        EXIT WHEN v_unmet = 0 OR v_left = 0;
+        v_level := v_left / v_unmet;
+        IF v_level = 0 THEN
+            FOREACH v_i IN ARRAY p_order LOOP
+                EXIT WHEN v_left = 0;
+                IF v_alloc[v_i] < p_wants[v_i] THEN
+                    v_alloc[v_i] := v_alloc[v_i] + 1;
+                    v_left := v_left - 1;
+                END IF;
+            END LOOP;
+            EXIT;
+        END IF;
+        FOR v_i IN 1..v_n LOOP
+            IF v_alloc[v_i] < p_wants[v_i] THEN
+                v_extra := least(v_level, p_wants[v_i] - v_alloc[v_i]);
+                v_alloc[v_i] := v_alloc[v_i] + v_extra;
+                v_left := v_left - v_extra;
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN v_alloc;
+END
+$fn$"""
+
     def _function(self) -> str:
-        t, c, f = self.table, self.config, self.beat
+        t, c, f, fill = self.table, self.config, self.beat, self.fill
         # The body is dollar-quoted: a quoted identifier may hold anything, so refuse the tag.
         if "$fn$" in t + c + f:
             raise ValueError("the lease table's name must not contain '$fn$'")
         return f"""CREATE OR REPLACE FUNCTION {f}(
     p_pool text, p_instance text, p_tag text, p_demand integer, p_holding integer,
     p_total integer, p_fixed integer, p_min_total integer, p_reserve integer,
-    p_ttl float8, p_lock_ms integer, p_leave boolean, p_observe text)
+    p_ttl float8, p_lock_ms integer, p_leave boolean, p_observe text,
+    p_db_total integer, p_db_percent float8)
 RETURNS TABLE (o_status text, o_share integer, o_granted integer, o_total integer,
     o_live_total integer, o_claimed integer, o_view text, o_observed integer,
-    o_departed integer)
+    o_departed integer, o_db_total integer, o_db_claimed integer)
 LANGUAGE plpgsql VOLATILE
 AS $fn$
 DECLARE
     v_live integer;
     v_claimed integer;
     v_total integer;
+    v_eff integer;
     v_old integer := 0;
     v_others integer;
     v_share integer := 0;
@@ -145,13 +211,45 @@ DECLARE
     v_i integer;
     v_me integer;
     v_order integer[];
-    v_j integer;
     v_spare integer;
     v_extra integer;
+    v_db_live integer;
+    v_db_set integer;
+    v_db_mine integer;
+    v_db_total integer;
+    v_db_others integer;
+    v_pools text[];
+    v_wants integer[];
+    v_pclaimed integer[];
+    v_palloc integer[];
+    v_pme integer;
     r record;
 BEGIN
+    -- 0. the database budget over every pool name, when one is set (live by the
+    --    CLI, or in members' settings: the last member to say so is taken)
+    IF p_db_total IS NOT NULL THEN
+        v_db_mine := p_db_total;
+    ELSIF p_db_percent IS NOT NULL THEN
+        v_db_mine := greatest(1, floor(p_db_percent / 100 * (
+            current_setting('max_connections')::integer
+            - current_setting('superuser_reserved_connections')::integer
+            - coalesce(current_setting('reserved_connections', true), '0')::integer)));
+    END IF;
+    SELECT total_max_connections, total INTO v_db_live, v_db_set FROM {c} WHERE pool_name = '';
+    v_db_total := coalesce(v_db_live, v_db_mine, v_db_set);
+
     PERFORM set_config('lock_timeout', p_lock_ms::text || 'ms', true);
     BEGIN
+        -- 1. the lock: the database row first (when there is a budget), then the pool's
+        IF v_db_total IS NOT NULL THEN
+            INSERT INTO {c} (pool_name) VALUES ('') ON CONFLICT (pool_name) DO NOTHING;
+            SELECT total_max_connections INTO v_db_live FROM {c} WHERE pool_name = '' FOR UPDATE;
+            IF v_db_mine IS NOT NULL AND v_db_set IS DISTINCT FROM v_db_mine THEN
+                UPDATE {c} SET total = v_db_mine WHERE pool_name = '';
+                v_db_set := v_db_mine;
+            END IF;
+            v_db_total := coalesce(v_db_live, v_db_mine, v_db_set);
+        END IF;
         SELECT total_max_connections, claimed INTO v_live, v_claimed
           FROM {c} WHERE pool_name = p_pool FOR UPDATE;
         IF NOT FOUND THEN
@@ -164,31 +262,39 @@ BEGIN
         UPDATE {t} SET expires_at = now() + make_interval(secs => p_ttl)
          WHERE pool_name = p_pool AND instance_id = p_instance AND expires_at >= now();
         RETURN QUERY SELECT 'busy'::text, NULL::integer, NULL::integer, NULL::integer,
-            NULL::integer, NULL::integer, NULL::text, NULL::integer, NULL::integer;
+            NULL::integer, NULL::integer, NULL::text, NULL::integer, NULL::integer,
+            NULL::integer, NULL::integer;
         RETURN;
     END;
     PERFORM set_config('lock_timeout', '0', true);
 
     -- 2. reap: departed members keep a claim for the backends the server still shows
-    --    (one look at pg_stat_activity, and only when someone has departed)
-    IF EXISTS (SELECT 1 FROM {t} WHERE pool_name = p_pool AND instance_id <> p_instance
+    --    (one look at pg_stat_activity, and only when someone has departed); under a
+    --    database budget, every pool name's departed members
+    IF EXISTS (SELECT 1 FROM {t} WHERE (pool_name = p_pool OR v_db_total IS NOT NULL)
+                  AND (pool_name, instance_id) <> (p_pool, p_instance)
                   AND expires_at < now()) THEN
         FOR r IN
-            SELECT l.instance_id, l.claim, coalesce(a.n, 0) AS alive
+            SELECT l.pool_name, l.instance_id, l.claim, coalesce(a.n, 0) AS alive
               FROM {t} l
               LEFT JOIN (SELECT application_name, count(*)::integer AS n
                            FROM pg_stat_activity GROUP BY 1) a
                      ON l.tag IS NOT NULL AND a.application_name = l.tag
-             WHERE l.pool_name = p_pool AND l.instance_id <> p_instance
+             WHERE (l.pool_name = p_pool OR v_db_total IS NOT NULL)
+               AND (l.pool_name, l.instance_id) <> (p_pool, p_instance)
                AND l.expires_at < now()
         LOOP
             IF r.alive = 0 THEN
-                DELETE FROM {t} WHERE pool_name = p_pool AND instance_id = r.instance_id;
-                v_claimed := v_claimed - r.claim;
+                DELETE FROM {t} WHERE pool_name = r.pool_name AND instance_id = r.instance_id;
             ELSIF r.alive <> r.claim THEN
                 UPDATE {t} SET claim = r.alive, holding = r.alive, demand = 0, granted = 0
-                 WHERE pool_name = p_pool AND instance_id = r.instance_id;
+                 WHERE pool_name = r.pool_name AND instance_id = r.instance_id;
+            END IF;
+            IF r.alive <> r.claim AND r.pool_name = p_pool THEN
                 v_claimed := v_claimed - r.claim + r.alive;
+            ELSIF r.alive <> r.claim THEN  -- another name's: its sum, on its row
+                UPDATE {c} SET claimed = claimed - r.claim + r.alive
+                 WHERE pool_name = r.pool_name;
             END IF;
         END LOOP;
     END IF;
@@ -216,42 +322,44 @@ BEGIN
     SELECT array_agg(i ORDER BY v_holdings[i], v_ids[i] COLLATE "C") INTO v_order
       FROM generate_subscripts(v_ids, 1) AS i;
     v_me := array_position(v_ids, p_instance);
-    v_alloc := array_fill(0, ARRAY[v_n]);
     IF v_total IS NULL THEN
         -- only a per-instance limit: nothing is divided
         v_share := p_fixed;
         v_grant := p_fixed;
         v_alloc := array_fill(p_fixed, ARRAY[v_n]);
     ELSE
-        v_left := greatest(0, v_total - CASE WHEN v_n >= 3 THEN p_reserve ELSE 0 END);
-        -- water-filling: raise an equal level over the unmet askers
-        LOOP
-            v_unmet := 0;
-            FOR v_i IN 1..v_n LOOP
-                IF v_alloc[v_i] < v_demands[v_i] THEN v_unmet := v_unmet + 1; END IF;
-            END LOOP;
-            EXIT WHEN v_unmet = 0 OR v_left = 0;
-            v_level := v_left / v_unmet;
-            IF v_level = 0 THEN
-                -- fewer units than askers: one each (all unmet are level here), those
-                -- holding least first, then by id
-                FOREACH v_i IN ARRAY v_order LOOP
-                    EXIT WHEN v_left = 0;
-                    IF v_alloc[v_i] < v_demands[v_i] THEN
-                        v_alloc[v_i] := v_alloc[v_i] + 1;
-                        v_left := v_left - 1;
-                    END IF;
-                END LOOP;
-                EXIT;
-            END IF;
-            FOR v_i IN 1..v_n LOOP
-                IF v_alloc[v_i] < v_demands[v_i] THEN
-                    v_extra := least(v_level, v_demands[v_i] - v_alloc[v_i]);
-                    v_alloc[v_i] := v_alloc[v_i] + v_extra;
-                    v_left := v_left - v_extra;
-                END IF;
-            END LOOP;
-        END LOOP;
+        v_eff := v_total;
+        IF v_db_total IS NOT NULL THEN
+            -- 3a. the database budget over the pool names, by their demand within their
+            --     totals; what a name does not use, the others may
+            SELECT array_agg(k.pool_name ORDER BY k.pool_name COLLATE "C"),
+                   array_agg(least(
+                       CASE WHEN k.pool_name = p_pool THEN v_total ELSE coalesce(k.total, 0) END,
+                       CASE WHEN k.pool_name = p_pool
+                            THEN (SELECT coalesce(sum(d), 0) FROM unnest(v_demands) AS d)
+                            ELSE coalesce(s.demand, 0) END)::integer
+                       ORDER BY k.pool_name COLLATE "C"),
+                   array_agg(CASE WHEN k.pool_name = p_pool THEN v_claimed ELSE k.claimed END
+                       ORDER BY k.pool_name COLLATE "C")
+              INTO v_pools, v_wants, v_pclaimed
+              FROM {c} k
+              LEFT JOIN (SELECT pool_name, sum(greatest(demand, 0)) AS demand FROM {t}
+                          WHERE expires_at >= now() GROUP BY 1) s USING (pool_name)
+             WHERE k.pool_name <> '';
+            SELECT array_agg(i ORDER BY v_pclaimed[i], v_pools[i] COLLATE "C") INTO v_order
+              FROM generate_subscripts(v_pools, 1) AS i;
+            v_palloc := {fill}(v_db_total, v_wants, v_order);
+            v_pme := array_position(v_pools, p_pool);
+            v_eff := least(v_total, v_palloc[v_pme] + v_db_total
+                           - (SELECT sum(a) FROM unnest(v_palloc) AS a)::integer);
+            v_db_others := (SELECT sum(c) FROM unnest(v_pclaimed) AS c)::integer - v_old;
+            SELECT array_agg(i ORDER BY v_holdings[i], v_ids[i] COLLATE "C") INTO v_order
+              FROM generate_subscripts(v_ids, 1) AS i;
+        END IF;
+        v_left := greatest(0, v_eff - CASE WHEN v_n >= 3 THEN p_reserve ELSE 0 END);
+        -- water-filling over demand
+        v_alloc := {fill}(v_left, v_demands, v_order);
+        v_left := v_left - (SELECT sum(a) FROM unnest(v_alloc) AS a)::integer;
         -- leftover: members may keep what they hold anyway, by id
         FOR v_i IN 1..v_n LOOP
             EXIT WHEN v_left = 0;
@@ -276,8 +384,12 @@ BEGIN
             END LOOP;
         END IF;
         v_share := v_alloc[v_me];
-        -- 4. grant: never more than the others' claims leave of the total
+        -- 4. grant: never more than the others' claims leave of the total (and of the
+        --    database budget)
         v_grant := least(v_share, greatest(0, v_total - v_others));
+        IF v_db_total IS NOT NULL THEN
+            v_grant := least(v_grant, greatest(0, v_db_total - v_db_others));
+        END IF;
     END IF;
     v_claim := greatest(p_holding, v_grant);
 
@@ -312,7 +424,7 @@ BEGIN
             granted = EXCLUDED.granted, claim = EXCLUDED.claim, tag = EXCLUDED.tag;
     END IF;
     v_claimed := v_others + v_claim;
-    UPDATE {c} SET claimed = v_claimed WHERE pool_name = p_pool;
+    UPDATE {c} SET claimed = v_claimed, total = v_total WHERE pool_name = p_pool;
 
     v_granteds[v_me] := v_grant;
     -- the view as JSON text ([id, demand, holding, share, granted, age] per member):
@@ -326,6 +438,7 @@ BEGIN
             (SELECT count(*)::integer FROM pg_stat_activity
               WHERE strpos(application_name, p_observe) > 0) END,
         (SELECT coalesce(sum(claim), 0)::integer FROM {t}
-          WHERE pool_name = p_pool AND instance_id <> p_instance AND expires_at < now());
+          WHERE pool_name = p_pool AND instance_id <> p_instance AND expires_at < now()),
+        v_db_total, v_db_others + v_claim;
 END
 $fn$"""

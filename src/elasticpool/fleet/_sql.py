@@ -13,7 +13,14 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["fetch", "quote_ident", "quote_literal"]
+__all__ = ["SERVER_LIMITS_SQL", "fetch", "quote_ident", "quote_literal"]
+
+SERVER_LIMITS_SQL = (
+    "SELECT current_setting('max_connections')::int,"
+    " current_setting('superuser_reserved_connections')::int"
+    " + coalesce(current_setting('reserved_connections', true), '0')::int"
+)
+"""The server's ``max_connections`` and how many of them it reserves (16+: two settings)."""
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 _IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open
