@@ -70,18 +70,43 @@ SAMPLE = 0.02
 
 
 class TrackingConnector(AsyncpgConnector):
-    """Remembers the backend PID of every connection that was never one of its pool's slots.
+    """Remembers the backend PIDs of the connections the fleet opened outside its pool's slots.
 
-    A connection closed while no slot of the pool holds it is one the
-    membership opened for a heartbeat outside the budget (a pool at limit 0,
-    or one not open); see ``Pool._coordination``. Also the connector of
-    ``tests/fleet_member.py`` and ``tests/test_fleet_postgres.py``.
+    ``extra_pids``: every connection closed while no slot of the pool holds
+    it, one the membership opened for a heartbeat outside the budget (see
+    ``Pool._coordination``). ``extra_windows``: for each such connection,
+    closed or adopted into the pool afterwards (a joining member's first
+    connection serves its caller), ``(pid, opened, done)`` on the
+    ``time.monotonic()`` clock (asyncio's loop clock): before ``done`` it was
+    outside the budget. Call :meth:`attach` with the pool. Also the
+    connector of ``tests/fleet_member.py`` and ``tests/test_fleet_postgres.py``.
     """
 
     def __init__(self, dsn: str, **kwargs: Any) -> None:
         super().__init__(dsn, **kwargs)
         self.pool: Pool[Any] | None = None
         self.extra_pids: set[int] = set()
+        self.extra_windows: list[tuple[int, float, float]] = []
+
+    def attach(self, pool: Pool[Any]) -> None:
+        """Track ``pool``'s extra connections (wraps its coordination-connection context)."""
+        self.pool = pool
+        original = pool._coordination
+
+        @contextlib.asynccontextmanager
+        async def tracked(*args: Any, **kwargs: Any) -> Any:
+            opened = time.monotonic()
+            pid = None
+            try:
+                async with original(*args, **kwargs) as co:
+                    if co.extra:
+                        pid = co.conn.get_server_pid()
+                    yield co
+            finally:
+                if pid is not None:
+                    self.extra_windows.append((pid, opened, time.monotonic()))
+
+        pool._coordination = tracked  # type: ignore[method-assign]
 
     def _note(self, conn: asyncpg.Connection) -> None:
         pool = self.pool
@@ -119,7 +144,7 @@ async def member(args: argparse.Namespace) -> None:
         name=args.app,
         pool_timeout=5.0,
     )
-    connector.pool = pool
+    connector.attach(pool)
     rng = random.Random()
     waits: dict[str, list[float]] = {}
     timeouts: dict[str, int] = {}
@@ -267,8 +292,11 @@ async def sampler(dsn: str, app: str, out: list[tuple[float, frozenset[int]]]) -
     conn = await asyncpg.connect(dsn, server_settings={"application_name": "ep-bench-sampler"})
     try:
         while True:
-            rows = await conn.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = $1", app
+            rows = await conn.fetch(  # members tag their connections <prefix>|<pool>|<instance>
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE application_name = $1 OR strpos(application_name, $2) > 0",
+                app,
+                f"|{app}|",
             )
             out.append((time.monotonic(), frozenset(r[0] for r in rows)))
             await anyio.sleep(SAMPLE)

@@ -231,12 +231,14 @@ async def make_members(
     parts = urlsplit(dsn)
     host, port = parts.hostname or "127.0.0.1", parts.port or 5432
 
-    def membership() -> PostgresMembership:
+    def membership(app: str) -> PostgresMembership:
+        # the member tags its connections "<app>|<pool>|<instance>" (see docs/fleet.md)
         return PostgresMembership(
             table=f"{fleet}_lease",
             heartbeat_interval=args.interval,
             lease_ttl=args.ttl,
             heartbeat_timeout=args.interval * 2,
+            application_name=app,
         )
 
     common: dict[str, Any] = {
@@ -259,19 +261,19 @@ async def make_members(
                 AsyncpgConnector(via, server_settings={"application_name": app}),
                 lambda c: c.get_server_pid(),
             )
-            pool = Pool(tracked, membership=membership(), name=fleet, reset="session", **common)
+            pool = Pool(tracked, membership=membership(app), name=fleet, reset="session", **common)
         elif label == "b":
             tracked = Tracked(
                 PsycopgConnector(via, kwargs={"application_name": app}),
                 lambda c: c.info.backend_pid,
             )
-            pool = Pool(tracked, membership=membership(), name=fleet, reset="rollback", **common)
+            pool = Pool(tracked, membership=membership(app), name=fleet, reset="rollback", **common)
         else:
             face = create_pool(
                 via,
                 min_size=0,
                 server_settings={"application_name": app},
-                membership=membership(),
+                membership=membership(app),
                 name=fleet,
                 **common,
             )
@@ -392,9 +394,7 @@ async def injector(
         where = "all" if len(targets) > 1 else targets[0].label
         detail = ""
         if kind == "terminate":
-            rows = await admin.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = ANY($1::text[])", apps
-            )
+            rows = await admin.fetch(f"SELECT pid FROM pg_stat_activity WHERE {OURS}", apps)
             pids = [r["pid"] for r in rows]
             victims = rng.sample(pids, min(len(pids), rng.randint(1, 3)))
             await admin.fetch(
@@ -452,9 +452,7 @@ class Fleet:
 async def sampler(members: list[Member], admin: Any, fleet: Fleet, total: int) -> None:
     apps = [m.app for m in members]
     while True:
-        rows = await admin.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = ANY($1::text[])", apps
-        )
+        rows = await admin.fetch(f"SELECT pid FROM pg_stat_activity WHERE {OURS}", apps)
         # No await from here on: what the pools hold now is no older than the snapshot.
         backends = {r["pid"] for r in rows}
         closed: set[int] = set()
@@ -480,14 +478,17 @@ async def sampler(members: list[Member], admin: Any, fleet: Fleet, total: int) -
 
 # =============================================================================== checks
 
+APP = "split_part(application_name, '|', 1)"
+"""A member's own name: its connections are tagged ``<app>|<pool>|<instance>``."""
+OURS = f"{APP} = ANY($1::text[])"
+
 
 async def backends_by_app(admin: Any, members: list[Member]) -> dict[str, int]:
     rows = await admin.fetch(
-        "SELECT application_name, count(*) AS n FROM pg_stat_activity"
-        " WHERE application_name = ANY($1::text[]) GROUP BY 1",
+        f"SELECT {APP} AS app, count(*) AS n FROM pg_stat_activity WHERE {OURS} GROUP BY 1",
         [m.app for m in members],
     )
-    found = {r["application_name"]: r["n"] for r in rows}
+    found = {r["app"]: r["n"] for r in rows}
     return {m.app: found.get(m.app, 0) for m in members}
 
 

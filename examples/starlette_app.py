@@ -46,7 +46,12 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     dsn = os.environ["ELASTICPOOL_DSN"]
     settings = PoolSettings.from_env()
     # A fleet total means "share it with every other worker": coordinate through the database.
-    membership = PostgresMembership() if settings.total_max_connections is not None else None
+    # Its connections are then named "elasticpool-starlette|web|<instance>" (see docs/fleet.md).
+    membership = (
+        PostgresMembership(application_name=APP_NAME)
+        if settings.total_max_connections is not None
+        else None
+    )
     connector = AsyncpgConnector(dsn, server_settings={"application_name": APP_NAME})
     async with Pool(connector, settings, membership=membership, name="web") as pool:
         yield {"pool": pool}

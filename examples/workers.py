@@ -67,8 +67,10 @@ async def load(dsn: str, port: int, workers: int, waves: int, per_wave: int) -> 
     async def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            n = await admin.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", APP_NAME
+            n = await admin.fetchval(  # fleet members name them "<APP_NAME>|<pool>|<instance>"
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = $1 OR starts_with(application_name, $1 || '|')",
+                APP_NAME,
             )
             peak = max(peak, n)
             await asyncio.sleep(0.05)

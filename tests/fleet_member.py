@@ -69,6 +69,7 @@ def status(pool: Pool[Any]) -> dict[str, Any]:
         "waiting": s.waiting,
         "members": len(f.members),
         "healthy": f.healthy,
+        "active": f.active,
     }
 
 
@@ -83,11 +84,15 @@ async def main(args: argparse.Namespace) -> None:
     connector = TrackingConnector(
         os.environ[DSN_ENV], server_settings={"application_name": args.app}
     )
+    check = {}  # passed only when given, so the runner also drives older versions
+    if args.check_interval is not None:
+        check["client_connection_check_interval"] = args.check_interval
     membership = PostgresMembership(
         table=args.table,
         heartbeat_interval=args.interval,
         heartbeat_timeout=args.heartbeat_timeout,
         lease_ttl=args.ttl,
+        **check,
     )
     pool: Pool[asyncpg.Connection] = Pool(
         connector,
@@ -97,7 +102,7 @@ async def main(args: argparse.Namespace) -> None:
         limit_mode=args.limit_mode,
         pool_timeout=args.pool_timeout,
     )
-    connector.pool = pool
+    connector.attach(pool)
     waits: list[float] = []
     timeouts = 0
     target = args.workers
@@ -166,6 +171,7 @@ async def main(args: argparse.Namespace) -> None:
         "exit",
         instance=membership.instance_id,
         extra_pids=sorted(connector.extra_pids),
+        extra_windows=connector.extra_windows,
         acquires=stats.acquires,
         timeouts=timeouts,
         p50_wait=percentile(waits, 0.50),
@@ -183,6 +189,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=0.1)
     p.add_argument("--ttl", type=float, default=None)
     p.add_argument("--heartbeat-timeout", type=float, default=None)
+    p.add_argument(
+        "--check-interval", type=float, default=None, help="client_connection_check_interval"
+    )
     p.add_argument("--limit-mode", choices=("strict", "soft"), default="strict")
     p.add_argument("--pool-timeout", type=float, default=30.0)
     p.add_argument("--workers", type=int, default=0)

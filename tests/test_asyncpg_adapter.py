@@ -82,12 +82,12 @@ def test_repr_never_shows_a_password() -> None:
     secret = "s3cr3t-Pa55"
     in_dsn = AsyncpgConnector(f"postgresql://app:{secret}@db.example:6432/shop?sslmode=require")
     assert repr(in_dsn) == "<AsyncpgConnector db.example:6432/shop>"
-    at_sign = AsyncpgConnector(f"postgres://app:{secret}@x@db.example/shop")
-    assert repr(at_sign) == "<AsyncpgConnector db.example/shop>"
-    in_query = AsyncpgConnector(f"postgresql://db.example/shop?password={secret}")
+    in_query = AsyncpgConnector(f"postgresql://db.example/shop?password={secret}@x")
     assert repr(in_query) == "<AsyncpgConnector db.example/shop>"
-    unescaped = [AsyncpgConnector(f"postgres://app:{c}{secret}@db.example/shop") for c in "?#"]
-    assert [repr(c) for c in unescaped] == ["<AsyncpgConnector dsn>"] * 2
+    for c in "?#@/":  # asyncpg would misread these: refused, the password masked
+        with pytest.raises(ValueError, match=r"postgres://app:\*\*\*@db\.example/shop") as info:
+            AsyncpgConnector(f"postgres://app:{secret}{c}x@db.example/shop")
+        assert secret not in str(info.value)
     in_kwargs = AsyncpgConnector(
         host="db.example", port=5432, user="app", password=secret, database="shop"
     )
@@ -98,7 +98,7 @@ def test_repr_never_shows_a_password() -> None:
     assert repr(not_a_uri) == "<AsyncpgConnector dsn>"
     both.set_connect_args(f"postgresql://app:{secret}@h2:1/other", password=secret)
     assert repr(both) == "<AsyncpgConnector h2:1/other>"
-    for connector in (in_dsn, at_sign, in_query, *unescaped, in_kwargs, both, not_a_uri):
+    for connector in (in_dsn, in_query, in_kwargs, both, not_a_uri):
         assert secret not in repr(connector)
         assert secret not in str(connector)
     assert repr(AsyncpgConnector()) == "<AsyncpgConnector default>"

@@ -318,6 +318,81 @@ async def test_acquire_forms_and_release_rules(pg_server: Any) -> None:
         assert (s.in_use, s.closed_broken) == (0, 0)
 
 
+@pytest.mark.parametrize("make", [asyncpg.create_pool, create_pool], ids=["asyncpg", "ours"])
+async def test_stale_release_is_ignored_and_the_next_borrow_stands(
+    pg_server: Any, make: Callable[..., Any]
+) -> None:
+    """A second release after the connection was lent to another task is ignored, as in asyncpg."""
+    pool = await make(pg_server.dsn(), min_size=1, max_size=1)
+    try:
+        conn = await pool.acquire()
+        pid = conn.get_server_pid()
+        await pool.release(conn)
+        lent, done = anyio.Event(), anyio.Event()
+        got: list[Any] = []
+
+        async def other() -> None:
+            got.append(await pool.acquire())
+            lent.set()
+            await done.wait()
+            got.append(await got[0].fetchval("SELECT pg_backend_pid()"))
+            await pool.release(got[0])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(other)
+            await lent.wait()
+            await pool.release(conn)  # stale: nothing happens
+            with pytest.raises(asyncio.TimeoutError):
+                await pool.acquire(timeout=0.05)  # a third borrower waits for the other task
+            done.set()
+        assert got[1] == pid  # the other task kept its connection throughout
+        third = await pool.acquire(timeout=BOUND)
+        assert await third.fetchval("SELECT pg_backend_pid()") == pid
+        await pool.release(third)
+    finally:
+        pool.terminate()  # close() is not under test: a failure here must not hang on it
+
+
+@pytest.mark.parametrize("make", [asyncpg.create_pool, create_pool], ids=["asyncpg", "ours"])
+async def test_closing_a_borrowed_connection_frees_its_place(
+    pg_server: Any, make: Callable[..., Any], observer: Observer
+) -> None:
+    """conn.close() on a borrowed connection frees its place at once, released or not."""
+    app = app_name("user-close")
+    pool = await make(pg_server.dsn(application_name=app), min_size=1, max_size=1)
+    try:
+        conn = await pool.acquire()
+        await conn.close()  # never released
+        again = await pool.acquire(timeout=BOUND)  # a new connection in its place
+        assert await again.fetchval("SELECT 1") == 1
+        await pool.release(again)
+        async with pool.acquire(timeout=BOUND) as conn:
+            await conn.close()
+        await pool.release(conn)  # released after all: harmless
+        with anyio.fail_after(BOUND):
+            await pool.close()  # does not wait for the closed ones to come back
+    except BaseException:
+        pool.terminate()
+        raise
+    await observer.wait_pids(app, 0)
+
+
+async def test_connect_timeout_none_means_no_bound_as_in_asyncpg(pg_server: Any) -> None:
+    """create_pool(timeout=None) is accepted: asyncpg.connect gets timeout=None unchanged."""
+    seen: list[Any] = []
+
+    async def connect(dsn: str, **kwargs: Any) -> Any:
+        seen.append(kwargs["timeout"])
+        return await asyncpg.connect(dsn, **kwargs)
+
+    async with create_pool(
+        pg_server.dsn(), min_size=1, max_size=1, timeout=None, connect=connect
+    ) as pool:
+        assert await pool.fetchval("SELECT 1") == 1
+        assert pool.elastic.settings.connect_timeout == 60.0  # the pool's own bound stays finite
+    assert seen == [None]
+
+
 async def test_acquire_timeout_raises_asyncio_timeout_error(pg_server: Any) -> None:
     """acquire(timeout=) on an exhausted pool raises asyncio.TimeoutError (a PoolTimeout)."""
     async with create_pool(pg_server.dsn(), min_size=1, max_size=1, name="tiny") as pool:
@@ -722,7 +797,8 @@ async def test_python_side_callbacks_go_back_to_what_init_left(pg_server: Any) -
         async with pool.acquire() as conn:
             assert conn is first
             assert [cb.cb for cb in conn._log_listeners] == [from_init]
-            assert not conn._termination_listeners
+            # The borrower's is gone; the pool's own stays (it frees a place closed while lent).
+            assert [cb.cb for cb in conn._termination_listeners] == [pool._closed]
 
 
 # =============================================================================

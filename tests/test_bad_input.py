@@ -36,6 +36,8 @@ def _bad_values(annotation: object) -> tuple[list[object], list[object]]:
         return ["yes", 1], []
     if args == {int}:
         return ["3", 2.5, True], [-1]
+    if args == {int, str}:  # a count, or a percentage string ("80%")
+        return [2.5, True, b"80%"], [-1, "80", "0%", "101%", "eighty%"]
     if args == {float}:
         return ["3", True, [1.0]], [-1.0, math.nan]
     raise AssertionError(f"no bad values known for {annotation!r}: extend this table")

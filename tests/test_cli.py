@@ -24,6 +24,7 @@ import pytest
 from elasticpool import Pool, PostgresMembership
 from elasticpool.cli import main
 from elasticpool.cli._common import redact, scrub
+from elasticpool.fleet._schema import beat_function, fill_function
 
 from .helpers import eventually
 
@@ -76,7 +77,11 @@ async def fleet(pg_server: Any) -> AsyncIterator[Fleet]:
     try:
         yield fl
     finally:
-        pg_server.psql(f"DROP TABLE IF EXISTS {fl.table}, {fl.table}_config")
+        pg_server.psql(
+            f"DROP TABLE IF EXISTS {fl.table}, {fl.table}_config;"
+            f" DROP FUNCTION IF EXISTS {beat_function(fl.table)};"
+            f" DROP FUNCTION IF EXISTS {fill_function(fl.table)}"
+        )
 
 
 def member_id(pool: Pool[Any]) -> str:
@@ -160,7 +165,8 @@ async def test_status_json_lists_the_members_of_a_live_fleet(
     fleet: Fleet, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``status --json`` lists every live member, their holdings, backends and the headroom."""
-    async with fleet.pool() as a, fleet.pool() as b, a.acquire():
+    # members with a caller each (an idle one holds no lease)
+    async with fleet.pool() as a, fleet.pool() as b, a.acquire(), b.acquire():
         await eventually(
             lambda: [len(p.fleet().members) for p in (a, b)],
             lambda seen: seen == [2, 2],
@@ -188,7 +194,7 @@ async def test_status_table_shows_members_and_headroom_without_the_password(
     fleet: Fleet, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The text form names the pool, each member and the headroom; the DSN shows no password."""
-    async with fleet.pool() as pool:
+    async with fleet.pool() as pool, pool.acquire():
         assert await run_main("status", *fleet.args()) == 0
         member = member_id(pool)
     out = capsys.readouterr().out
@@ -237,7 +243,7 @@ async def test_set_total_changes_a_live_pools_limit_and_none_restores_it(
     fleet: Fleet, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``set-total`` reaches a running member at its heartbeat; ``none`` restores its settings."""
-    async with fleet.pool(total=10) as pool:
+    async with fleet.pool(total=10) as pool, pool.acquire():
         await eventually(lambda: pool.stats().max, lambda limit: limit == 10, "never joined")
         assert await run_main("set-total", *fleet.args("--pool", fleet.name, "14")) == 0
         out = capsys.readouterr().out
@@ -306,3 +312,45 @@ def test_python_dash_m_runs_the_command() -> None:
     )
     assert done.returncode == 0
     assert "set-total" in done.stdout
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_set_total_takes_a_percentage_and_shows_the_number(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``set-total 50%`` stores half the server's usable connections and says so."""
+    assert await run_main("set-total", "--json", *fleet.args("--pool", fleet.name, "50%")) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["percent"] == 50
+    assert result["fleet_total"] == result["usable_connections"] // 2 >= 1
+    stored = fleet.server.psql(
+        f"SELECT total_max_connections FROM {fleet.table}_config WHERE pool_name = '{fleet.name}'"
+    )
+    assert int(stored) == result["fleet_total"]
+    assert await run_main("set-total", *fleet.args("--pool", fleet.name, "50%")) == 0
+    out = capsys.readouterr().out
+    assert f"(50% of the server's {result['usable_connections']} usable)" in out
+    assert await run_main("set-total", *fleet.args("--pool", fleet.name, "150%")) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_set_total_database_sets_the_budget_over_every_name_and_status_shows_it(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``set-total --database 20`` reaches members of every name; ``status`` shows both levels."""
+    async with fleet.pool(total=15) as pool, pool.acquire():
+        await eventually(lambda: pool.stats().max, lambda n: n == 15, "never joined")
+        argv = ["--dsn", fleet.server.dsn(), "--table", fleet.table, "--database", "12"]
+        assert await run_main("set-total", *argv) == 0
+        assert "database budget now 12 (was settings)" in capsys.readouterr().out
+        await eventually(
+            lambda: (pool.fleet().database_total, pool.stats().max),
+            lambda seen: seen == (12, 12),
+            "the database budget never reached the member",
+        )
+        assert await run_main("status", *fleet.args()) == 0
+        out = capsys.readouterr().out
+        assert "database budget over every pool name: 12, claimed" in out
+        assert f"pool {fleet.name!r}: total 15 (members' settings)" in out

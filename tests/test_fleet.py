@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import socket
 from typing import Any
 
 import anyio
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given
 
 from elasticpool import ElasticPoolWarning, Pool, PoolTimeout
 from elasticpool.fleet import FleetStatus, PostgresMembership, StaticMembership
+from elasticpool.fleet._tags import application_name, fleet_backends
 from elasticpool.testing import FakeConnector
 
 pytestmark = pytest.mark.anyio
@@ -241,12 +246,19 @@ async def test_set_fleet_total_needs_a_coordinating_membership(membership: Any) 
 
 
 def test_postgres_membership_defaults() -> None:
-    """Defaults: a heartbeat a second, timeout one interval, a lease of five intervals."""
+    """Defaults: a heartbeat a second, timeout one interval, a lease of five intervals.
+
+    The instance id a person can read: host:pid:random, within a tag's 24 characters.
+    """
     m = PostgresMembership(heartbeat_interval=0.5)
     assert (m.heartbeat_interval, m.heartbeat_timeout, m.lease_ttl) == (0.5, 0.5, 2.5)
     assert m.create_tables is True
-    assert len(m.instance_id) == 12
+    host, pid, rand = m.instance_id.split(":")
+    assert host == socket.gethostname()[:10]
+    assert (pid, len(rand)) == (str(os.getpid()), 4)
+    assert len(m.instance_id) <= 24, "a tag keeps it whole"
     assert m.instance_id != PostgresMembership().instance_id
+    assert (m.reserve, m.lock_timeout) == (None, 0.05)
     assert repr(PostgresMembership(instance_id="x")) == (
         "PostgresMembership(table='elasticpool_fleet', instance_id='x', "
         "heartbeat_interval=1, lease_ttl=5)"
@@ -310,3 +322,103 @@ def test_postgres_membership_rejects_non_finite_ttl_and_bools(kwargs: dict[str, 
             pytest.fail(f"the error names another argument: {exc}")
     else:
         pytest.fail(f"{kwargs} accepted")
+
+
+@pytest.mark.parametrize("value", [-1, 3601, math.nan, math.inf])
+def test_postgres_membership_check_interval_range(value: float) -> None:
+    """client_connection_check_interval must be None or in [0, 3600] seconds."""
+    with pytest.raises(
+        ValueError, match=r"client_connection_check_interval must be None or in \[0, 3600\]"
+    ):
+        PostgresMembership(client_connection_check_interval=value)
+
+
+# ----------------------------------------------------------------------------- the fleet's tag
+
+names = st.text(min_size=1, max_size=80)
+
+
+@given(pool=names, instance=names, prefix=st.none() | st.text(max_size=80))
+def test_tag_fits_the_server_and_reads_back(pool: str, instance: str, prefix: str | None) -> None:
+    """Any pool, instance and prefix give a name the server keeps whole, read back as theirs."""
+    name = application_name(pool, instance, prefix)
+    assert len(name.encode()) <= 63
+    assert all(" " <= c <= "~" for c in name)
+    assert name.count("|") == 2
+    assert fleet_backends([name], pool, [instance]) == (1, 0)
+    assert fleet_backends([name], pool, ["someone else"]) == (1, 1)
+    assert fleet_backends([name], pool + "x", [instance]) == (0, 0)
+
+
+def test_tag_keeps_short_names_readable_and_hashes_long_ones() -> None:
+    """Short ASCII names are kept as they are; long or non-ASCII ones are cut with a hash."""
+    assert application_name("api", "a1b2c3d4e5f6") == "elasticpool|api|a1b2c3d4e5f6"
+    assert application_name("api", "i", "web|1") == "web?1|api|i"
+    long = application_name("p" * 40, "i" * 30, "x" * 40)
+    prefix, pool, instance = long.split("|")
+    assert (len(long), prefix, len(pool), len(instance)) == (63, "x" * 5, 32, 24)
+    assert pool.startswith("p" * 23 + "~")
+    assert instance.startswith("i" * 15 + "~")
+    assert application_name("café", "i").split("|")[1].startswith("caf?~")
+    assert application_name("café", "i") != application_name("cafè", "i")
+
+
+def test_fleet_backends_counts_only_the_pools_tagged_backends() -> None:
+    """Tagged backends of the pool count; those without a live lease are departed; others not."""
+    seen = [
+        "elasticpool|api|a",  # live
+        "web|api|b",  # another prefix, departed
+        "elasticpool|api|b",  # departed
+        "elasticpool|api2|a",  # another pool
+        "api",  # untagged
+        "elasticpool|api|",  # no instance
+        "psql",
+    ]
+    assert fleet_backends(seen, "api", ["a", "c"]) == (3, 2)
+
+
+def test_the_fleet_package_never_imports_the_shell() -> None:
+    """Memberships see the pool only through MemberPort: no module of fleet/ imports _pool."""
+    import ast
+    from pathlib import Path
+
+    import elasticpool.fleet
+
+    package = Path(elasticpool.fleet.__file__).parent
+    found = []
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and "_pool" in node.module:
+                found.append(f"{path.name}: from {'.' * node.level}{node.module}")
+            if isinstance(node, ast.Import):
+                found += [f"{path.name}: {a.name}" for a in node.names if "_pool" in a.name]
+    assert found == []
+
+
+async def test_a_membership_sees_the_pool_through_its_port() -> None:
+    """join/run/leave/status get a MemberPort: name, settings, resize, stats; not the Pool."""
+    from elasticpool.fleet import MemberPort
+
+    seen: list[object] = []
+
+    class Recording:
+        async def join(self, pool: MemberPort) -> None:
+            seen.append(pool)
+            await pool.resize(3)
+
+        async def run(self, pool: MemberPort) -> None:
+            return None
+
+        async def leave(self, pool: MemberPort) -> None:
+            seen.append(pool)
+
+        def status(self, pool: MemberPort) -> FleetStatus:
+            return FleetStatus(pool.name, "", "recording", pool.stats().max, 3, None, "total")
+
+    async with Pool(FakeConnector(), membership=Recording(), name="ported") as pool:
+        assert pool.stats().max == 3
+        assert pool.fleet().limit == 3
+    port = seen[0]
+    assert port is seen[1]
+    assert not isinstance(port, Pool)
+    assert (port.name, port.settings) == ("ported", pool.settings)  # type: ignore[attr-defined]

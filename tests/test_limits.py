@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 
 from elasticpool import ElasticPoolWarning, PoolSettings
-from elasticpool._limits import Member, divide, grants, heartbeat_grant, resolve_limit
+from elasticpool._limits import Member, divide, grants, resolve_limit
 
 member_lists = st.lists(
     st.builds(
@@ -142,35 +142,3 @@ def test_live_total_overrides_settings() -> None:
     """A total set fleet-wide at run time overrides the configured one."""
     r = resolve_limit(PoolSettings(total_max_connections=10), fleet_total=20)
     assert r.limit == 20
-
-
-@given(
-    total=st.integers(1, 60),
-    n=st.integers(1, 8),
-    steps=st.lists(
-        st.tuples(st.integers(0, 7), st.integers(0, 30), st.integers(0, 60)), max_size=60
-    ),
-)
-def test_serialised_heartbeats_keep_the_fleet_within_the_total(
-    total: int, n: int, steps: list[tuple[int, int, int]]
-) -> None:
-    """Members heartbeat one at a time with changing demand and grow up to their grants.
-
-    Between heartbeats each member's open connections move anywhere within
-    [0, its grant] (it only shrinks below what it holds when over its grant).
-    Whatever the order, the fleet's open connections never exceed the total.
-    """
-    ids = [f"m{i}" for i in range(n)]
-    holding = dict.fromkeys(ids, 0)
-    granted = dict.fromkeys(ids, 0)
-    demand = dict.fromkeys(ids, 0)
-    for who, want, grow_to in steps:
-        me = ids[who % n]
-        demand[me] = want
-        view = [Member(i, demand[i], holding[i], granted[i]) for i in ids]
-        _share, g = heartbeat_grant(total, view, me)
-        granted[me] = g
-        # between heartbeats: the member's pool moves toward a size within its limit
-        holding[me] = min(grow_to, g) if holding[me] <= g else max(g, holding[me] - grow_to)
-        assert sum(holding.values()) <= total, (holding, granted)
-        assert sum(max(holding[i], granted[i]) for i in ids) <= total

@@ -734,3 +734,57 @@ async def test_readonly_transaction_refuses_writes_and_plain_one_allows_them() -
             await conn.write()
         assert pool.stats().in_use == 0
         assert_consistent(pool, connector)
+
+
+@pytest.mark.parametrize("again", ["acquire", "acquire_nowait"])
+async def test_stale_release_does_not_end_the_next_borrow(again: str) -> None:
+    """A task releasing again what it gave back, now lent to another task, gets RuntimeError."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=1, name="api") as pool:
+        conn = await pool.acquire()
+        pool.release(conn)
+        lent, done = anyio.Event(), anyio.Event()
+        got: list[FakeConnection] = []
+
+        async def other() -> None:
+            got.append(await pool.acquire() if again == "acquire" else pool.acquire_nowait())
+            lent.set()
+            await done.wait()
+            pool.release(got[0])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(other)
+            await lent.wait()
+            assert got == [conn]  # most recently used: the same connection, lent again
+            stale = r"^pool 'api': connection .* {} after this task gave it back, and another task"
+            with pytest.raises(RuntimeError, match=stale.format("released")):
+                pool.release(conn)
+            with pytest.raises(RuntimeError, match=stale.format("retired")):
+                pool.retire(conn)
+            assert pool.stats().in_use == 1
+            with pytest.raises(anyio.WouldBlock):
+                pool.acquire_nowait()  # a third borrower does not get the other task's connection
+            done.set()
+        assert (pool.stats().in_use, pool.stats().idle, pool.stats().closed_broken) == (0, 1, 0)
+        assert connector.connects_ok == 1  # not retired by the refused retire()
+        assert_consistent(pool, connector)
+
+
+async def test_release_from_another_task_is_a_hand_off() -> None:
+    """A borrow may be given back by another task, each time the connection is lent again."""
+    connector = FakeConnector()
+    async with Pool(connector, max_connections=1) as pool:
+        send, receive = anyio.create_memory_object_stream[FakeConnection](1)
+
+        async def releaser() -> None:
+            async with receive:
+                async for conn in receive:
+                    pool.release(conn)
+
+        async with anyio.create_task_group() as tg, send:
+            tg.start_soon(releaser)
+            for _ in range(3):
+                conn = await pool.acquire()  # waits until the releaser gave the last one back
+                await send.send(conn)
+        assert (pool.stats().in_use, pool.stats().acquires) == (0, 3)
+        assert_consistent(pool, connector)

@@ -457,6 +457,36 @@ async def test_getconn_putconn_and_foreign_connections(pg_server: Any) -> None:
 
 
 @postgres
+async def test_stale_putconn_does_not_return_the_next_borrow(pg_server: Any) -> None:
+    """A second ``putconn`` after the connection was lent to another task raises ValueError."""
+    async with AsyncConnectionPool(
+        pg_server.dsn(), min_size=1, max_size=1, open=False, name="mine"
+    ) as pool:
+        conn = await pool.getconn()
+        await pool.putconn(conn)
+        lent, done = anyio.Event(), anyio.Event()
+        got: list[Conn] = []
+
+        async def other() -> None:
+            got.append(await pool.getconn())
+            lent.set()
+            await done.wait()
+            await pool.putconn(got[0])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(other)
+            await lent.wait()
+            assert got == [conn]
+            stale = r"^can't return connection to pool 'mine'; pool 'mine': connection .* returned"
+            with pytest.raises(ValueError, match=stale):
+                await pool.putconn(conn)
+            with pytest.raises(PoolTimeout):
+                await pool.getconn(timeout=0.05)  # a third borrower waits
+            done.set()
+        assert pool.elastic.stats().in_use == 0
+
+
+@postgres
 async def test_close_returns_hands_the_connection_back(pg_server: Any) -> None:
     """With ``close_returns=True``, ``conn.close()`` returns a borrowed connection to the pool."""
     async with AsyncConnectionPool(

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from elasticpool import Pool, PoolTimeout, PostgresMembership
+from elasticpool._redact import redact_dsn, scrub
+from elasticpool.cli import main
 from elasticpool.embedded import make_dsn
 
 pytest.importorskip("asyncpg")
@@ -127,3 +129,143 @@ async def test_failing_connects_log_and_raise_without_the_password(
     messages += [repr(r.args) for r in caplog.records]
     assert messages, "the failing connects logged nothing at all"
     assert_clean(*messages)
+
+
+# ----------------------------------------------------------------------------- unencoded passwords
+
+# Pieces of a password pasted into a URI without percent-encoding: drivers misread
+# such a URI and quote a piece (a "port", "host" or "database") rather than the
+# whole, so every test below looks for each piece.
+PIECE_A = "pa" + uuid.uuid4().hex[:10]
+PIECE_B = "pb" + uuid.uuid4().hex[:10]
+MISREAD = [
+    pytest.param(f"{PIECE_A}{chars}{PIECE_B}", id=name)
+    for name, chars in [
+        ("hash", "#"),
+        ("slash", "/"),
+        ("qmark", "?"),
+        ("at", "@"),
+        ("all", "#/?@%"),
+    ]
+]
+"""Passwords with ``# / ? @`` unencoded: both drivers would misread the URI."""
+PERCENT = f"{PIECE_A}%{PIECE_B}"
+"""A ``%`` not followed by two hex digits: asyncpg takes it as written, libpq refuses it."""
+
+
+def assert_no_piece(*texts_: str) -> None:
+    """None of the texts holds either piece of the password."""
+    for text in texts_:
+        for piece in (PIECE_A, PIECE_B):
+            assert piece not in text, f"a piece of the password leaked in: {text[:300]}"
+
+
+@pytest.mark.parametrize(
+    ("dsn", "password", "shown"),
+    [
+        pytest.param(
+            "postgresql://app:{}@db:5432/x?sslmode=disable",
+            f"{PIECE_A}#/?@%{PIECE_B}",
+            "postgresql://app:***@db:5432/x?sslmode=disable",
+            id="uri-userinfo",
+        ),
+        pytest.param(
+            "postgres://app@db/x?password={}&user=a@b",
+            f"{PIECE_A}#&{PIECE_B}@%",
+            "postgres://app@db/x?password=***&user=a@b",
+            id="uri-query",
+        ),
+        pytest.param(
+            "host=db password='{}", f"{PIECE_A} {PIECE_B}", "host=db password=***", id="key-value"
+        ),
+        pytest.param(
+            "PGPASSWORD={} psql -h db",
+            f"{PIECE_A}#{PIECE_B}",
+            "PGPASSWORD=*** psql -h db",
+            id="environment",
+        ),
+    ],
+)
+def test_redact_dsn_masks_unencoded_passwords_in_every_form(
+    dsn: str, password: str, shown: str
+) -> None:
+    """The one redaction helper masks the whole password, whatever it holds unencoded."""
+    dsn = dsn.format(password)
+    assert redact_dsn(dsn) == shown
+    assert_no_piece(scrub(f"failed: {dsn} ({password})", dsn))
+
+
+@pytest.mark.parametrize("password", MISREAD)
+@pytest.mark.parametrize("connector", [AsyncpgConnector, PsycopgConnector])
+def test_connectors_refuse_a_misread_password_without_showing_it(
+    connector: type[Any], password: str
+) -> None:
+    """A URI whose password drivers would misread is refused at construction, masked."""
+    dsn = f"postgresql://app:{password}@127.0.0.1:5432/db?sslmode=disable"
+    with pytest.raises(ValueError, match=f"cannot parse the dsn given to {connector.__name__}"):
+        connector(dsn)
+    with pytest.raises(ValueError, match="percent-encode the password") as info:
+        connector(dsn)
+    assert "postgresql://app:***@127.0.0.1:5432/db?sslmode=disable" in str(info.value)
+    assert_no_piece(*texts(info.value))
+
+
+def test_set_connect_args_refuses_a_misread_password() -> None:
+    """``set_connect_args`` checks its DSN as the constructor does."""
+    connector = AsyncpgConnector("postgresql://app@127.0.0.1:5432/db")
+    with pytest.raises(ValueError, match="cannot parse the dsn given to AsyncpgConnector") as info:
+        connector.set_connect_args(f"postgresql://app:{PIECE_A}#{PIECE_B}@127.0.0.1:5432/db")
+    assert_no_piece(*texts(info.value), repr(connector))
+
+
+@pytest.mark.parametrize(
+    "userinfo_query",
+    [
+        pytest.param(("app", f"password={PIECE_A}&{PIECE_B}"), id="query-ampersand"),
+        pytest.param(("app", f"password={PERCENT}"), id="query-percent"),
+        pytest.param((f"app:{PERCENT}", "sslmode=disable"), id="userinfo-percent"),
+    ],
+)
+@pytest.mark.parametrize("reachable", [True, False], ids=["wrong-password", "refused"])
+@pytest.mark.parametrize("connector", [AsyncpgConnector, PsycopgConnector])
+async def test_connect_failures_never_quote_a_piece_of_the_password(
+    connector: type[Any],
+    reachable: bool,
+    userinfo_query: tuple[str, str],
+    pg_server: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PoolTimeout, its cause chain and the connect-failure logs hold no piece of the password."""
+    userinfo, query = userinfo_query
+    port = pg_server.port if reachable else 1
+    dsn = f"postgresql://{userinfo}@127.0.0.1:{port}/postgres?{query}"
+    with caplog.at_level(logging.DEBUG):
+        async with Pool(
+            connector(dsn), max_connections=1, pool_timeout=0.3, backoff_initial=0.05
+        ) as pool:
+            with pytest.raises(PoolTimeout, match="connects are failing") as info:
+                await pool.acquire()
+    assert_no_piece(*texts(info.value))
+    records = [r for r in caplog.records if "connect failed" in r.getMessage()]
+    assert records, "the failing connects logged nothing"
+    assert_no_piece(*(r.getMessage() for r in records))
+
+
+@pytest.mark.parametrize("password", [*MISREAD, pytest.param(PERCENT, id="percent")])
+@pytest.mark.parametrize("reachable", [True, False], ids=["wrong-password", "refused"])
+@pytest.mark.parametrize("command", ["status", "set-total"])
+def test_cli_never_prints_an_unencoded_password(
+    command: str,
+    reachable: bool,
+    password: str,
+    pg_server: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``status`` and ``set-total`` say "cannot connect to" the masked DSN, and no piece of it."""
+    port = pg_server.port if reachable else 1
+    dsn = f"postgresql://app:{password}@127.0.0.1:{port}/postgres"
+    extra = ["--pool", "api", "5"] if command == "set-total" else []
+    assert main([command, "--dsn", dsn, *extra]) == 1
+    out, err = capsys.readouterr()
+    assert f"cannot connect to postgresql://app:***@127.0.0.1:{port}/postgres" in err
+    assert_no_piece(out, err)

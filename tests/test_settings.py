@@ -156,3 +156,29 @@ def test_from_env_reads_prefixed_variables() -> None:
     ):
         PoolSettings.from_env({"ELASTICPOOL_MAX_CONNECTIONS": "ten"})
     assert PoolSettings.from_env({}) == PoolSettings()
+
+
+@pytest.mark.parametrize(("text", "percent"), [("80%", 80.0), (" 12.5 % ", 12.5), ("100%", 100.0)])
+def test_total_may_be_a_percentage_of_the_servers_connections(text: str, percent: float) -> None:
+    """A percentage total is kept as given, unresolved (limit 0) until the server is known."""
+    s = PoolSettings(total_max_connections=text, min_connections=3)
+    assert (s.total_percent, s.instance_limit()) == (percent, 0)
+    assert PoolSettings(total_max_connections=40).total_percent is None
+
+
+def test_a_percentage_resolves_against_the_usable_connections() -> None:
+    """80% of max_connections 100 less 3 reserved is 77; at least 1; a number stays as it is."""
+    s = PoolSettings(total_max_connections="80%")
+    assert s.with_server_limits(100, 3).total_max_connections == 77
+    assert s.with_server_limits(4, 3).total_max_connections == 1
+    assert (
+        PoolSettings(total_max_connections=9).with_server_limits(100, 3).total_max_connections == 9
+    )
+    with pytest.raises(ValueError, match=r"min_connections must be <= total_max_connections \(1\)"):
+        PoolSettings(total_max_connections="1%", min_connections=2).with_server_limits(100, 3)
+
+
+def test_a_percentage_comes_from_the_environment_too() -> None:
+    """ELASTICPOOL_TOTAL_MAX_CONNECTIONS=80% is a percentage, not a parse error."""
+    s = PoolSettings.from_env({"ELASTICPOOL_TOTAL_MAX_CONNECTIONS": "80%"})
+    assert s.total_percent == 80.0

@@ -531,7 +531,8 @@ async def member(dsn: str, driver: str, schema: str, table: str) -> AsyncIterato
         name=f"ep-sql-{driver}",
     )
     async with pool:
-        await eventually(pool.fleet, lambda s: s.healthy, "the membership never coordinated")
+        async with pool.acquire():  # a member joins when a caller comes
+            await eventually(pool.fleet, lambda s: s.healthy, "the membership never coordinated")
         yield pool
 
 
@@ -576,9 +577,7 @@ async def test_least_privilege_role_creates_its_lease_tables_and_coordinates(
     """A role with only CONNECT and CREATE on its schema creates the two tables and coordinates."""
     role, password = app_role
     dsn = pg_server.dsn(user=role, password=password)
-    async with member(dsn, driver, sandbox.schema, "leases") as pool:
-        async with pool.acquire():
-            pass
+    async with member(dsn, driver, sandbox.schema, "leases") as pool, pool.acquire():
         assert pool.fleet().limit == 6
     owners = pg_server.psql(
         "SELECT tablename || ' ' || tableowner FROM pg_tables"

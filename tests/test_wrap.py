@@ -544,6 +544,33 @@ async def test_close_leaves_the_underlying_pool_open(driver: Driver) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.postgres
+async def test_stale_release_does_not_end_the_next_borrow(driver: Driver) -> None:
+    """A task releasing again a lease it gave back, now lent to another task, gets RuntimeError."""
+    existing = await driver.make(max_size=2)
+    async with wrap(existing, max_connections=1, name="w") as pool:
+        conn = await pool.acquire()
+        pool.release(conn)
+        lent, done = anyio.Event(), anyio.Event()
+        got: list[Any] = []
+
+        async def other() -> None:
+            got.append(await pool.acquire())
+            lent.set()
+            await done.wait()
+            pool.release(got[0])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(other)
+            await lent.wait()
+            assert got == [conn]
+            with pytest.raises(RuntimeError, match=r"^pool 'w': connection .* released after"):
+                pool.release(conn)
+            assert (pool.stats().in_use, driver.lent(existing)) == (1, 1)
+            done.set()
+
+
+@pytest.mark.anyio
+@pytest.mark.postgres
 async def test_close_underlying_closes_it(driver: Driver) -> None:
     """With close_underlying=True, closing the wrapper closes the underlying pool too."""
     existing = await driver.make(max_size=2)

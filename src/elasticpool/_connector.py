@@ -74,6 +74,19 @@ class Connector(Protocol[ConnT]):
       or ``SET TRANSACTION READ ONLY`` first), so the server refuses writes in
       it. The pool passes ``readonly`` only when it is true, so a connector
       written before it existed still serves ordinary transactions.
+    * ``abandon(conn)``, optional (not part of the protocol): in a process
+      forked from the one that opened the pool, the pool gives each inherited
+      connection up with it; it must do no I/O (the socket is the parent's),
+      and should make ``conn`` unusable where the driver allows it.
+
+    Optional: ``set_server_settings(settings: Mapping[str, str]) -> None``. A
+    connector that has it sends ``settings`` (server parameters by name, such
+    as ``application_name``) when it opens every later connection, in place of
+    its own values for the same names; each call replaces the mapping of the
+    last. :class:`~elasticpool.fleet.PostgresMembership` uses it to tag a
+    member's connections with its pool and instance (see docs/fleet.md); it
+    is never called without a membership. A connector without it still works,
+    untagged.
 
     It is not a pool: it keeps no connections of its own.
     """

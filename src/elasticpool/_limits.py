@@ -42,16 +42,21 @@ from ._settings import DEFAULT_TOTAL_MAX_CONNECTIONS, PoolSettings
 
 __all__ = [
     "HYPERDRIVE_MINIMUM_TOTAL",
+    "RESERVE_FROM",
     "Member",
     "Resolution",
     "divide",
+    "fleet_grant",
+    "fleet_shares",
     "grants",
-    "heartbeat_grant",
     "resolve_limit",
 ]
 
 HYPERDRIVE_MINIMUM_TOTAL = 5
 """Totals below this are raised to it (with a warning) unless explicitly allowed."""
+
+RESERVE_FROM = 3
+"""Members from which a fleet keeps its reserve out of the shares (see :func:`fleet_shares`)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -83,11 +88,14 @@ class Resolution:
     """Which rule applied: ``"total"``, ``"default total"`` or ``"max_connections"``."""
 
 
-def _water_fill(total: int, wants: Mapping[str, int]) -> tuple[dict[str, int], int]:
+def _water_fill(
+    total: int, wants: Mapping[str, int], holding: Mapping[str, int] | None = None
+) -> tuple[dict[str, int], int]:
     """Max-min fair integer split of ``total`` over ``wants``; returns (allocation, left over).
 
-    Ties and remainders go in a fixed order (least served, then id), so the
-    same input always gives the same output.
+    Ties and remainders go in a fixed order (least served, then least
+    ``holding`` when given, then id), so the same input always gives the
+    same output.
     """
     alloc = dict.fromkeys(sorted(wants), 0)
     remaining = total
@@ -95,7 +103,8 @@ def _water_fill(total: int, wants: Mapping[str, int]) -> tuple[dict[str, int], i
     while remaining > 0 and unmet:
         level = remaining // len(unmet)
         if level == 0:  # fewer units than askers: one each, least served first
-            for k in sorted(unmet, key=lambda k: (alloc[k], k))[:remaining]:
+            held = holding or {}
+            for k in sorted(unmet, key=lambda k: (alloc[k], held.get(k, 0), k))[:remaining]:
                 alloc[k] += 1
             return alloc, 0
         still: list[str] = []
@@ -145,30 +154,59 @@ def grants(total: int, members: Sequence[Member], shares: Mapping[str, int]) -> 
     }
 
 
-def heartbeat_grant(total: int, members: Sequence[Member], me: str) -> tuple[int, int]:
-    """``(share, grant)`` for ``me`` at its heartbeat, the fleet's rows read under the lock.
+def fleet_shares(total: int, members: Sequence[Member], reserve: int = 0) -> dict[str, int]:
+    """Shares of ``total`` as a :class:`~elasticpool.PostgresMembership` heartbeat computes them.
 
-    Everyone else keeps the right to grow to what it last granted itself, so
-    ``me`` may only grow into ``total - sum(max(holding, granted) of others)``
-    less what it holds itself. Heartbeats are serialised by the advisory lock
-    and each member's connections only grow up to its own grant, so
+    The rule the fleet's server-side function applies (``fleet/_schema.py``;
+    the tests hold the two to each other):
 
-        sum over members of max(holding, granted) <= total
+    1. with :data:`RESERVE_FROM` members or more, ``reserve`` units are kept
+       out of the division, free for a member that starts asking (its first
+       connection comes at once, before the others have shrunk); one or two
+       members have the whole total (a third waits for them to shrink, about
+       a heartbeat, rather than the total sitting partly idle for them);
+    2. the rest is water-filled over demand, as in :func:`divide`; when there
+       are fewer units than askers, those holding least get one first (a
+       member asking for its first connection before one asking for a
+       second);
+    3. what is left lets members keep connections they already hold (by id),
+       so an idle member is not told to close what nobody else asks for;
+    4. the rest is headroom for the members asking (evenly, remainder by id),
+       so a busy member grows without waiting for a heartbeat; with no asker
+       it stays unassigned, free for whoever asks first.
 
-    holds after every heartbeat if it held before (a heartbeat never raises
-    the sum above ``total``; when it is already above, no one may grow), and
-    so the open connections of live members never exceed the total. A member
-    above its share is granted its share and shrinks as borrowers return
-    connections.
+    Unlike :func:`divide`, members that ask for nothing get no headroom:
+    they have left the fleet, or will at their next heartbeat.
     """
-    shares = divide(total, members)
-    mine = next(m for m in members if m.id == me)
-    others = sum(max(m.holding, m.granted) for m in members if m.id != me)
-    share = shares[me]
-    if mine.holding >= share:
-        return share, share
-    free = max(0, total - others - mine.holding)
-    return share, min(share, mine.holding + free)
+    if total < 0:
+        raise ValueError(f"total must be >= 0 (got {total})")
+    left = max(0, total - (reserve if len(members) >= RESERVE_FROM else 0))
+    shares, left = _water_fill(
+        left, {m.id: max(0, m.demand) for m in members}, {m.id: m.holding for m in members}
+    )
+    for m in sorted(members, key=lambda m: m.id):
+        if left <= 0:
+            break
+        keep = min(left, max(0, m.holding - shares[m.id]))
+        shares[m.id] += keep
+        left -= keep
+    askers = sorted(m.id for m in members if m.demand > 0)
+    if left > 0 and askers:  # headroom: evenly over the askers, remainder by id
+        each, extra = divmod(left, len(askers))
+        for i, k in enumerate(askers):
+            shares[k] += each + (1 if i < extra else 0)
+    return shares
+
+
+def fleet_grant(share: int, total: int, others_claimed: int) -> int:
+    """What a member may hold until its next heartbeat: its share, within what others leave.
+
+    ``others_claimed`` is the sum of the other members' claims, each
+    ``max(holding, grant)``. A member's claim becomes ``max(holding, grant)``,
+    so the sum of claims never rises above ``total`` (and never rises at all
+    once above it, after a live decrease).
+    """
+    return min(share, max(0, total - others_claimed))
 
 
 _warned_max_ignored: set[tuple[int, int]] = set()
@@ -192,6 +230,11 @@ def resolve_limit(
     :class:`~elasticpool.ElasticPoolWarning` unless ``allow_small_total``.
     """
     total = fleet_total if fleet_total is not None else settings.total_max_connections
+    if isinstance(total, str):
+        raise ValueError(
+            f"total_max_connections {total!r} is a percentage of the server's max_connections: "
+            "resolve it first (PoolSettings.with_server_limits; a pool does when it opens)"
+        )
     source = "total"
     if total is not None and settings.max_connections is not None:
         key = (total, settings.max_connections)

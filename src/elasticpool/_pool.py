@@ -14,9 +14,11 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import random
 import sys
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -32,6 +34,7 @@ from ._limits import resolve_limit
 from ._settings import PoolSettings
 from ._state import CloseReason, Outcome, Plan, Planner, Slot, SlotState
 from .fleet._base import FleetStatus, Membership
+from .fleet._sql import SERVER_LIMITS_SQL, fetch
 
 __all__ = ["Pool", "PoolStats"]
 
@@ -164,6 +167,12 @@ class _Acquire(Generic[ConnT]):
     def __await__(self) -> Generator[Any, None, ConnT]:
         return self._pool._acquire_registered(self._timeout).__await__()
 
+    def _end(self, exc: BaseException | None) -> None:
+        """End this borrow now, as ``__aexit__`` does, without awaiting (for the faces)."""
+        slot, self._slot = self._slot, None
+        if slot is not None and slot.lease == self._lease and slot.state is SlotState.IN_USE:
+            self._pool._release_slot(slot, exc)
+
     def retire(self) -> None:
         """Close the borrowed connection when it comes back instead of reusing it."""
         slot = self._slot
@@ -199,7 +208,10 @@ class Pool(Generic[ConnT]):
     * closing is bounded: :meth:`close` waits up to ``timeout`` for borrowed
       connections to come back, then terminates what is left.
 
-    It is not thread-safe: use it from the event loop that opened it.
+    It is not thread-safe: use it from the event loop that opened it. Nor is
+    it shared across ``os.fork()``: in a child, every call raises
+    :class:`RuntimeError` and :meth:`close` only marks it closed, leaving the
+    parent's connections alone; open pools after the fork.
     """
 
     def __init__(
@@ -233,14 +245,22 @@ class Pool(Generic[ConnT]):
         self.membership = membership
         self._connector = connector
         self._is_closed = connector.is_closed
+        limit = 0  # with a percentage total the server has a say first (see open())
+        if settings.total_percent is None:  # (and warns here about the limits it is given)
+            limit = resolve_limit(settings, allow_small_total=settings.allow_small_total).limit
         # With a membership nothing opens before the fleet has a say (join sets the limit).
-        limit = resolve_limit(settings, allow_small_total=settings.allow_small_total).limit
         self._planner = Planner(settings, 0 if membership is not None else limit)
         self._membership_scope: anyio.CancelScope | None = None
         # Set when a caller queues at the limit; a membership may heartbeat early on it.
         self._fleet_demand: anyio.Event | None = None
         self._membership_done: anyio.Event | None = None
         self._coordinating: Slot | None = None
+        self._port = _Port(self)  # what a membership sees of this pool
+        # Connections the fleet opened outside the slots (a heartbeat's), while open.
+        self._extras: dict[Any, None] = {}
+        # When the fleet last asked for demand, and the busy seconds counted by then.
+        self._fleet_since = 0.0
+        self._fleet_busy = 0.0
         self._in_use: dict[int, Slot] = {}
         self._connect_time = 0.0
         self._tg: anyio.abc.TaskGroup | None = None
@@ -253,7 +273,8 @@ class Pool(Generic[ConnT]):
         self._stop: anyio.Event | None = None
         self._runner_done: anyio.Event | None = None
         self._opened: anyio.Event | None = None
-        self._state = "new"  # new → opening → open → closing → closed
+        self._state = "new"  # new → opening → open → closing → closed; or forked (see _forked)
+        self._pid = 0  # the process that opened it
         self._reset_mode = settings.reset
         self._ping_after = settings.ping_after
         self._now: Callable[[], float] = anyio.current_time
@@ -285,8 +306,12 @@ class Pool(Generic[ConnT]):
         join raises, is undone: the background work stops, connections opened
         meanwhile are closed, the membership leaves, and the pool is new
         again, so ``open()`` can be retried. Another task's ``open()`` waiting
-        for it then opens the pool itself.
+        for it then opens the pool itself. A percentage total
+        (``total_max_connections="80%"``) is resolved first, on one
+        connection: an open that cannot reach the server raises, and is undone.
         """
+        if self._state == "forked":
+            raise self._forked_error()
         while self._state == "opening":  # another task is opening it: wait for that
             assert self._opened is not None
             await self._opened.wait()
@@ -296,12 +321,23 @@ class Pool(Generic[ConnT]):
             raise PoolClosed(f"pool {self.name!r} is closed and cannot be opened again")
         self._state = "opening"
         self._opened = opened = anyio.Event()
+        first = None
+        if self.settings.total_percent is not None:
+            try:
+                first = await self._resolve_percentage()
+            except BaseException:
+                self._state = "new"
+                opened.set()
+                raise
+        self._pid = os.getpid()
+        _opened_here.add(self)
         backend = current_backend()
         self._now = backend.now
         self._sleep = backend.sleep
         self._waker = backend.waker
         self._current_task = backend.current_task
         self._clock_offset = backend.now() - time.monotonic()
+        self._fleet_since = backend.now()
         started = anyio.Event()
         self._stop = anyio.Event()
         self._runner_done = anyio.Event()
@@ -309,10 +345,19 @@ class Pool(Generic[ConnT]):
         _spawn_system_task(self._run, started)
         with anyio.CancelScope(shield=True):  # the runner is started: finish the job
             await started.wait()
+        if first is not None:  # the connection that asked the server: the pool's first
+            if self.membership is None:
+                limit = resolve_limit(self.settings, allow_small_total=True).limit
+                if self._planner.resize(limit, self._now(), adopt=first) is None:
+                    self._terminate(first)
+                self._execute(self._planner.take_plan())
+            else:  # the fleet has a say first: its join opens what it needs
+                with anyio.CancelScope(shield=True):
+                    await self._close_conn(first)
         try:
             if self.membership is not None:
                 # The first limit comes from the fleet, before anyone borrows.
-                await self.membership.join(self)
+                await self.membership.join(self._port)
         except BaseException:
             if self._state == "opening":
                 await self._undo_open()
@@ -344,7 +389,7 @@ class Pool(Generic[ConnT]):
             self._execute(planner.take_plan())
             assert self.membership is not None
             try:
-                await self.membership.leave(self)
+                await self.membership.leave(self._port)
             except Exception:  # pragma: no cover - a bug in a membership
                 logger.exception("pool %r: fleet membership failed to leave", self.name)
             self._stop.set()
@@ -355,11 +400,40 @@ class Pool(Generic[ConnT]):
                 planner.forget(slot)
         self._state = "new"
 
+    async def _resolve_percentage(self) -> Any:
+        """Resolve ``total_max_connections="N%"`` against the server; return the connection used.
+
+        One connection asks the server for ``max_connections`` and what it
+        reserves (``superuser_reserved_connections``, and
+        ``reserved_connections`` on PostgreSQL 16+); the settings then carry
+        the number. The caller keeps that connection as the pool's first.
+        """
+        percent = self.settings.total_percent
+        with anyio.fail_after(self.settings.connect_timeout):
+            conn = await self._connector.connect()
+        try:
+            with anyio.fail_after(self.settings.connect_timeout):
+                rows = await fetch(conn, SERVER_LIMITS_SQL)
+            most, reserved = int(rows[0][0]), int(rows[0][1])
+            self.settings = self.settings.with_server_limits(most, reserved)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._close_conn(conn)
+            raise
+        logger.info(
+            "pool %r: total_max_connections %g%% of the server's %d usable connections is %s",
+            self.name,
+            percent,
+            most - reserved,
+            self.settings.total_max_connections,
+        )
+        return conn
+
     async def _run_membership(self, membership: Membership) -> None:
         self._membership_done = done = anyio.Event()
         try:
             with anyio.CancelScope() as self._membership_scope:
-                await membership.run(self)
+                await membership.run(self._port)
         except Exception:  # pragma: no cover - a bug in a membership
             logger.exception("pool %r: fleet membership stopped", self.name)
         finally:
@@ -375,7 +449,7 @@ class Pool(Generic[ConnT]):
                 self._membership_scope.cancel()
             if self._membership_done is not None:
                 await self._membership_done.wait()
-            await membership.leave(self)
+            await membership.leave(self._port)
 
     async def _run(self, started: anyio.Event) -> None:
         assert self._stop is not None
@@ -402,6 +476,9 @@ class Pool(Generic[ConnT]):
         terminated. Calling it again is harmless; it cannot be reopened.
         """
         _check_seconds("timeout", timeout, zero_ok=True)
+        if self._state == "forked":  # the parent's: nothing to wait for, nothing to close here
+            self._state = "closed"
+            return
         while self._state == "opening":  # let the open finish, or be undone, first
             assert self._opened is not None
             await self._opened.wait()
@@ -512,6 +589,8 @@ class Pool(Generic[ConnT]):
 
     def _check_open(self) -> None:
         if self._state != "open":
+            if self._state == "forked":
+                raise self._forked_error()
             if self._state == "new":
                 raise RuntimeError(
                     f"pool {self.name!r} is not open: use 'async with pool' or 'await pool.open()'"
@@ -547,6 +626,41 @@ class Pool(Generic[ConnT]):
                 timeout -= self._now() - started
         self._check_open()
         return timeout
+
+    def _forked_error(self) -> RuntimeError:
+        return RuntimeError(
+            f"pool {self.name!r} was opened in process {self._pid} and cannot be used in "
+            f"forked process {os.getpid()}: open the pool after the fork (e.g. in a gunicorn "
+            "post_fork hook or at worker startup); in this process only close() or "
+            "terminate() it, which leaves the parent's connections alone"
+        )
+
+    def _forked(self) -> None:
+        """In a forked child (see ``_after_fork_in_child``): give up everything, with no I/O.
+
+        The connections, the fleet lease and the background tasks are the
+        parent's: the sockets are shared with it, and so is the epoll set of
+        its event loop. The planner forgets every slot (a connection borrowed
+        before the fork is not given back from here), each connection is
+        handed to the connector's optional ``abandon`` (which makes it unusable
+        without I/O) and kept referenced for the life of the process, so that
+        no driver cleanup-on-collect runs on it; the pool then refuses every
+        use, and :meth:`close` / :meth:`terminate` only mark it closed.
+        """
+        if self._state in ("new", "closed", "forked"):
+            return
+        self._state = "forked"
+        planner = self._planner
+        abandon = getattr(self._connector, "abandon", None)
+        if not planner.closed:
+            planner.close(self._stats_now())
+        planner.take_plan()  # wakes and closes for the parent's tasks: nothing runs them here
+        for slot in planner.remaining():
+            if slot.conn is not None:
+                _inherited.append(slot.conn)
+                if abandon is not None:
+                    abandon(slot.conn)
+            planner.forget(slot)
 
     async def _acquire_registered(self, timeout: float | None) -> ConnT:
         """``await pool.acquire()``: borrow and remember it for :meth:`release`."""
@@ -707,15 +821,19 @@ class Pool(Generic[ConnT]):
         Releasing one that is not borrowed that way from this pool (released
         twice, from another pool, or borrowed with ``async with``, which gives
         it back itself) raises :class:`RuntimeError`.
+
+        Any task may give back a borrow (a hand-off: borrow in one task, release
+        in another). The pool only sees the connection, so one case is read as
+        a stale release: a task that borrowed this connection and gave it back
+        itself, releasing it again while another task holds the very next
+        borrow of it. That raises :class:`RuntimeError` and the other task's
+        borrow stands; hand such a connection back from the task that borrowed
+        it. A stale release the pool cannot tell from a hand-off (another borrow
+        came between) still ends the current borrow: release each borrow once.
         """
-        slot = self._in_use.pop(id(conn), None)
-        if slot is None or slot.conn is not conn:
-            if slot is not None:  # an id() collision with a live borrow: put it back
-                self._in_use[id(slot.conn)] = slot
-            raise RuntimeError(
-                f"connection {conn!r} is not borrowed from pool {self.name!r} "
-                "(released twice, or from another pool)"
-            )
+        slot = self._borrow_of(conn, "released")
+        del self._in_use[id(conn)]
+        self._note_return(slot)
         if slot.state is SlotState.IN_USE:  # else terminated by a forced close
             self._release_slot(slot, exc)
 
@@ -724,12 +842,47 @@ class Pool(Generic[ConnT]):
 
         For connections that must not be reused, e.g. after a number of
         queries; ``async with pool.acquire() as conn`` borrows use the context
-        manager's own ``retire()``.
+        manager's own ``retire()``. A stale call (see :meth:`release`) raises
+        :class:`RuntimeError` and leaves the current borrow alone.
+        """
+        self._planner.retire(self._borrow_of(conn, "retired"))
+
+    def _borrow_of(self, conn: ConnT, what: str) -> Slot:
+        """The slot ``conn`` is borrowed in, if the running task may end that borrow.
+
+        Raises :class:`RuntimeError` if it is not borrowed from this pool with
+        ``await pool.acquire()`` or :meth:`acquire_nowait`, or for a stale
+        release (see :meth:`release`).
         """
         slot = self._in_use.get(id(conn))
         if slot is None or slot.conn is not conn:
-            raise RuntimeError(f"connection {conn!r} is not borrowed from pool {self.name!r}")
-        self._planner.retire(slot)
+            raise RuntimeError(
+                f"connection {conn!r} is not borrowed from pool {self.name!r} "
+                "(released twice, or from another pool)"
+            )
+        if self._stale(slot):
+            raise RuntimeError(
+                f"pool {self.name!r}: connection {conn!r} {what} after this task gave it back, "
+                "and another task has borrowed it since (that borrow stands)"
+            )
+        return slot
+
+    def _stale(self, slot: Slot) -> bool:
+        """Whether the running task gave back the borrow before this one of ``slot`` itself.
+
+        Invariants: ``slot.owner`` is the task that made the current borrow;
+        ``slot.returned`` is ``(lease, task)`` when ``task`` made borrow
+        ``lease`` and gave it back itself. The running task is then not the
+        owner, and borrowed the slot just before the owner did: it is taken to
+        be releasing its own, finished borrow (see :meth:`release`).
+        """
+        me = self._current_task()
+        return slot.owner != me and slot.returned == (slot.lease - 1, me)
+
+    def _note_return(self, slot: Slot) -> None:
+        """Note, for :meth:`_stale`, that the running task gives back ``slot``'s borrow now."""
+        me = self._current_task()
+        slot.returned = (slot.lease, me) if slot.owner == me else None
 
     def _release_slot(self, slot: Slot, exc: BaseException | None) -> None:
         conn = slot.conn
@@ -949,6 +1102,9 @@ class Pool(Generic[ConnT]):
         Queued callers get :class:`~elasticpool.PoolClosed`. Use :meth:`close`
         for a graceful shutdown.
         """
+        if self._state == "forked":  # the parent's: nothing to terminate here
+            self._state = "closed"
+            return
         if self._state in ("new", "closed"):
             self._state = "closed"
             self._planner.close(self._now())
@@ -995,7 +1151,7 @@ class Pool(Generic[ConnT]):
         limit (``fleet_total`` is ``None`` when only ``max_connections`` is set).
         """
         if self.membership is not None:
-            return self.membership.status(self)
+            return self.membership.status(self._port)
         r = resolve_limit(self.settings, allow_small_total=self.settings.allow_small_total)
         return FleetStatus(
             pool=self.name,
@@ -1020,22 +1176,24 @@ class Pool(Generic[ConnT]):
                 "use PostgresMembership to change the fleet total live"
             )
         self._check_open()
-        await set_total(self, total)
+        await set_total(self._port, total)
 
     @contextlib.asynccontextmanager
-    async def _coordination(self, wait_own: float = 0.5) -> AsyncIterator[Any]:
-        """A connection for one coordination transaction, counted inside the budget if it can be.
+    async def _coordination(
+        self, wait_own: float = 0.5, *, own: bool = True
+    ) -> AsyncIterator[Coordination]:
+        """A connection for one coordination statement, counted inside the budget if it can be.
 
         One of the pool's own: an idle one, else the next to come back (ahead of
         every caller), else a new one within the limit. Only when the pool's
         limit is 0, or none of its own comes back within ``wait_own`` seconds,
-        or it is closing, is a connection of its own opened for the transaction
-        and closed after it: the one documented way a member can exceed its
-        grant, by one connection for one short transaction.
+        or it is closing (or ``own`` is false), is a new, *extra* connection
+        opened. It is closed on exit unless :meth:`Coordination.keep` took it
+        (the pool adopted it). ``_extras`` holds it meanwhile.
         """
         planner = self._planner
         slot: Slot | None = None
-        if self._state == "open" and planner.limit > 0:
+        if own and self._state == "open" and planner.limit > 0:
             try:
                 slot = await self._acquire_slot(wait_own, priority=True)
             except (PoolTimeout, PoolClosed):  # all stay borrowed, or closing
@@ -1043,18 +1201,24 @@ class Pool(Generic[ConnT]):
         if slot is None:
             with anyio.fail_after(self.settings.connect_timeout):
                 conn = await self._connector.connect()
+            co = Coordination(conn, extra=True)
+            self._extras[conn] = None
             try:
-                yield conn
+                yield co
             finally:
-                with anyio.CancelScope(shield=True):
-                    await self._close_conn(conn)
+                if co.kept:
+                    del self._extras[conn]
+                else:
+                    with anyio.CancelScope(shield=True):
+                        await self._close_conn(conn)
+                    del self._extras[conn]
             return
         slot.owner = None  # the pool's own borrow: no caller holds it
         lease = slot.lease
         self._coordinating = slot
         ok = False
         try:
-            yield slot.conn
+            yield Coordination(slot.conn, extra=False)
             ok = True
         finally:
             self._coordinating = None
@@ -1077,14 +1241,27 @@ class Pool(Generic[ConnT]):
         what it reports. The membership applies its new grant with
         :meth:`Freeze.apply`, synchronously, as soon as the transaction has
         committed. If the heartbeat fails before that, the limit goes back to
-        what it was, or to the new grant if that is lower and may already be
-        committed (a failure during COMMIT leaves that unknown).
+        what it was, or lower when the outcome may be committed but is not
+        known (the reply lost or late): to the new grant if it was computed,
+        else to the size it reported. An extra connection the heartbeat runs
+        on is not reported: it is taken in only if the grant has room for it
+        (see :meth:`Freeze.apply`), and closed otherwise.
         """
         p = self._planner
         coordinating = 1 if self._coordinating is not None else 0
+        # Demand: what is asked now, or the average since the last heartbeat when that is
+        # more (connections in use and callers waiting, in connection-seconds per second),
+        # so a member whose callers come and go is neither missed nor counted at its peak.
+        now = self._now()
+        busy = p.usage_time + p.wait_time
+        span = now - self._fleet_since
+        average = (busy - self._fleet_busy) / span if span > 0 else 0.0
+        self._fleet_since, self._fleet_busy = now, busy
+        asked = p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting
+        asked = max(asked, p.min_connections)  # a warm floor asks for itself
         freeze = Freeze(
             self,
-            demand=max(0, p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting - coordinating),
+            demand=max(0, max(asked, int(average + 0.5)) - coordinating),
             holding=len(p.remaining()),
             before=p.limit,
         )
@@ -1095,7 +1272,12 @@ class Pool(Generic[ConnT]):
             yield freeze
         except BaseException:
             if not freeze.applied and not p.closed:
-                back = freeze.before if freeze.grant is None else min(freeze.before, freeze.grant)
+                if freeze.grant is not None:  # computed, maybe committed: never above it
+                    back = min(freeze.before, freeze.grant)
+                elif freeze.sent:  # maybe committed, grant unknown: the size it reported
+                    back = min(freeze.before, freeze.holding)
+                else:
+                    back = freeze.before
                 if p.limit != back:
                     p.resize(back, self._now())
                     self._execute(p.take_plan())
@@ -1117,6 +1299,8 @@ class Pool(Generic[ConnT]):
         On a closed pool it checks its arguments and changes nothing that
         matters: no connection opens again.
         """
+        if self._state == "forked":
+            raise self._forked_error()
         planner = self._planner
         planner.resize(max_connections, self._now(), min_connections)
         self._execute(planner.take_plan())
@@ -1124,6 +1308,8 @@ class Pool(Generic[ConnT]):
 
     async def expire_connections(self) -> None:
         """Retire every current connection: idle ones now, borrowed ones as they come back."""
+        if self._state == "forked":
+            raise self._forked_error()
         planner = self._planner
         planner.expire_all(self._now())
         self._execute(planner.take_plan())
@@ -1186,26 +1372,107 @@ class Pool(Generic[ConnT]):
         )
 
 
+class _Port:
+    """The pool as its membership sees it: :class:`~elasticpool.fleet.MemberPort`.
+
+    The fleet package calls only this (never the shell's internals), so
+    another shell can be a member by implementing the same port.
+    """
+
+    __slots__ = ("_pool",)
+
+    def __init__(self, pool: Pool[Any]) -> None:
+        self._pool = pool
+
+    @property
+    def name(self) -> str:
+        return self._pool.name
+
+    @property
+    def settings(self) -> PoolSettings:
+        return self._pool.settings
+
+    @property
+    def connector(self) -> Connector[Any]:
+        return self._pool._connector
+
+    def now(self) -> float:
+        return self._pool._now()
+
+    def stats(self) -> PoolStats:
+        return self._pool.stats()
+
+    async def resize(self, max_connections: int) -> None:
+        await self._pool.resize(max_connections)
+
+    def coordination(
+        self, wait_own: float = 0.5, *, own: bool = True
+    ) -> contextlib.AbstractAsyncContextManager[Coordination]:
+        return self._pool._coordination(wait_own, own=own)
+
+    def frozen(self) -> contextlib.AbstractAsyncContextManager[Freeze]:
+        return self._pool._frozen()
+
+    def demand_signal(self) -> anyio.Event:
+        self._pool._fleet_demand = event = anyio.Event()
+        return event
+
+    async def close_connection(self, conn: Any) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._pool._close_conn(conn)
+
+    def __repr__(self) -> str:
+        return f"<member port of {self._pool!r}>"
+
+
+class Coordination:
+    """The connection one coordination statement runs on (see ``Pool._coordination``)."""
+
+    __slots__ = ("conn", "extra", "kept")
+
+    def __init__(self, conn: Any, *, extra: bool) -> None:
+        self.conn = conn
+        self.extra = extra
+        """Opened (or kept) outside the pool, not one of its slots."""
+        self.kept = False
+
+    def keep(self) -> Any:
+        """Take the extra connection: it is not closed on exit, the caller owns it now."""
+        assert self.extra
+        self.kept = True
+        return self.conn
+
+
 class Freeze:
     """A pool held at its size during one heartbeat (see ``Pool._frozen``)."""
 
-    __slots__ = ("applied", "before", "demand", "grant", "holding", "pool")
+    __slots__ = ("applied", "before", "demand", "grant", "holding", "pool", "sent")
 
     def __init__(self, pool: Pool[Any], *, demand: int, holding: int, before: int) -> None:
         self.pool = pool
         self.demand = demand
         self.holding = holding
+        """Its slots when frozen: never above what its lease claims, committed or not."""
         self.before = before
         self.grant: int | None = None
         self.applied = False
+        self.sent = False
+        """The heartbeat reached the server: its outcome may be committed."""
 
-    def apply(self, limit: int) -> None:
-        """Set the pool's limit now, with no await: the heartbeat's outcome is committed."""
+    def apply(self, limit: int, adopt: Any = None) -> bool:
+        """Set the pool's limit now, with no await: the heartbeat's outcome is committed.
+
+        ``adopt``: the extra connection the heartbeat ran on, taken in as the
+        first unit of the new limit if it has room (see ``Planner.resize``).
+        Returns whether it was taken in.
+        """
         p = self.pool._planner
+        slot = None
         if not p.closed:
-            p.resize(limit, self.pool._now())
+            slot = p.resize(limit, self.pool._now(), adopt=adopt, jitter=random.random())
             self.pool._execute(p.take_plan())
         self.applied = True
+        return slot is not None
 
 
 def _spawn_system_task(fn: Callable[[anyio.Event], Awaitable[None]], started: anyio.Event) -> None:
@@ -1235,3 +1502,31 @@ async def _as_coroutine(fn: Callable[[anyio.Event], Awaitable[None]], started: a
 
 
 _background: set[asyncio.Task[None]] = set()
+
+# Every pool (and routing pool) opened in this process, held weakly, for the at-fork hook:
+# each has a ``_forked()`` method.
+_opened_here: weakref.WeakSet[Any] = weakref.WeakSet()
+# In a forked child: the parent's connections, never to be collected here.
+_inherited: list[object] = []
+
+
+def _after_fork_in_child() -> None:
+    """``os.fork()`` child: every pool opened in the parent gives its connections up (no I/O).
+
+    Using them from here would write on the parent's sockets (and register
+    them in the parent's epoll set); closing them would end the parent's
+    sessions. A pool opened in the parent therefore refuses every use in the
+    child with a :class:`RuntimeError` saying to open the pool after the fork.
+    It costs nothing on the acquire path: the pool's state is no longer
+    ``"open"``, which the acquire path checks anyway.
+    """
+    for pool in list(_opened_here):
+        try:
+            pool._forked()
+        except Exception:  # pragma: no cover - a connector's abandon; never fail a fork
+            logger.exception("pool %r: giving up the parent's connections failed", pool.name)
+    _opened_here.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)

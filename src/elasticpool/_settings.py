@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -48,6 +49,33 @@ def _is_int(value: object) -> bool:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_PERCENT = re.compile(r"\s*(\d+(?:\.\d*)?)\s*%\s*")
+
+
+def parse_percent(value: object) -> float | None:
+    """``80.0`` for ``"80%"``; ``None`` for anything that is not a percentage string."""
+    if not isinstance(value, str):
+        return None
+    m = _PERCENT.fullmatch(value)
+    return float(m.group(1)) if m else None
+
+
+def _check_total(value: object) -> None:
+    allowed = (
+        "an integer >= 1, a percentage of the server's usable max_connections such as "
+        "'80%' (in (0%, 100%]), or None"
+    )
+    if isinstance(value, str):
+        percent = parse_percent(value)
+        if percent is None or not 0 < percent <= 100:
+            raise ValueError(f"total_max_connections must be {allowed} (got {value!r})")
+        return
+    if value is not None and not _is_int(value):
+        raise TypeError(f"total_max_connections must be {allowed} (got {value!r})")
+    if value is not None and value < 1:  # type: ignore[operator]
+        raise ValueError(f"total_max_connections must be {allowed} (got {value!r})")
 
 
 def _check_int(name: str, value: object, low: int, *, optional: bool) -> None:
@@ -95,6 +123,9 @@ class PoolSettings:
     ``total_max_connections``
         Limit for all instances of the pool together; wins when both are set.
         When neither is set the total is :data:`DEFAULT_TOTAL_MAX_CONNECTIONS`.
+        A percentage such as ``"80%"`` is that share of the server's usable
+        ``max_connections`` (less the reserved ones), resolved when the pool
+        opens (see :meth:`with_server_limits`).
     ``min_connections``
         Warm floor refilled in the background (default 0: the pool starts
         empty and may shrink to nothing).
@@ -165,7 +196,7 @@ class PoolSettings:
     """
 
     max_connections: int | None = None
-    total_max_connections: int | None = None
+    total_max_connections: int | str | None = None
     min_connections: int = 0
     idle_timeout: float | None = 180.0
     connection_lifetime: float | None = 600.0
@@ -187,7 +218,7 @@ class PoolSettings:
 
     def __post_init__(self) -> None:
         _check_int("max_connections", self.max_connections, 1, optional=True)
-        _check_int("total_max_connections", self.total_max_connections, 1, optional=True)
+        _check_total(self.total_max_connections)
         _check_int("min_connections", self.min_connections, 0, optional=False)
         _check_seconds("idle_timeout", self.idle_timeout, low=0, strict=True, optional=True)
         _check_seconds(
@@ -226,7 +257,7 @@ class PoolSettings:
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be a bool (got {getattr(self, flag)!r})")
         limit = self.instance_limit()
-        if self.min_connections > limit:
+        if self.total_percent is None and self.min_connections > limit:
             which = (
                 "total_max_connections"
                 if self.total_max_connections is not None
@@ -250,8 +281,19 @@ class PoolSettings:
             )
             object.__setattr__(self, "idle_timeout", None)
 
+    @property
+    def total_percent(self) -> float | None:
+        """The percentage when ``total_max_connections`` is one (``"80%"``: 80.0), else None."""
+        return parse_percent(self.total_max_connections)
+
     def instance_limit(self) -> int:
-        """This instance's limit when it is a fleet of one (no membership)."""
+        """This instance's limit when it is a fleet of one (no membership).
+
+        0 while ``total_max_connections`` is a percentage: the pool resolves it
+        against the server when it opens (see :meth:`with_server_limits`).
+        """
+        if isinstance(self.total_max_connections, str):
+            return 0
         if self.total_max_connections is not None:
             return self.total_max_connections
         if self.max_connections is not None:
@@ -304,7 +346,9 @@ class PoolSettings:
             raw = env[var].strip()
             if raw.lower() in ("", "none"):
                 value: Any = None
-            elif f.name in ("reset", "limit_mode"):
+            elif f.name in ("reset", "limit_mode") or (
+                f.name == "total_max_connections" and raw.endswith("%")
+            ):
                 value = raw
             elif f.name in _FLAGS:
                 if raw.lower() not in _TRUE + _FALSE:
@@ -322,6 +366,21 @@ class PoolSettings:
         if _ENV_PREFIX + "RETRIES" in env:
             hasura["retries"] = env[_ENV_PREFIX + "RETRIES"]
         return cls.from_hasura(hasura, **{**other, **overrides})
+
+    def with_server_limits(self, max_connections: int, reserved: int) -> PoolSettings:
+        """These settings with a percentage total resolved against a server (else unchanged).
+
+        ``total_max_connections="80%"`` becomes 80 % of the server's usable
+        connections, ``max_connections - reserved`` (``reserved``: the
+        superuser-reserved ones, plus ``reserved_connections`` on PostgreSQL
+        16+), rounded down and at least 1, as RDS Proxy's
+        ``MaxConnectionsPercent`` is.
+        """
+        percent = self.total_percent
+        if percent is None:
+            return self
+        usable = max(0, max_connections - reserved)
+        return self.replace(total_max_connections=max(1, math.floor(usable * percent / 100)))
 
     def replace(self, **changes: Any) -> PoolSettings:
         """A copy with ``changes`` applied and validated again."""

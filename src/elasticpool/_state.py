@@ -97,6 +97,7 @@ class Slot:
         "idle_since",
         "lease",
         "owner",
+        "returned",
         "state",
         "waiter",
     )
@@ -113,6 +114,8 @@ class Slot:
         self.checked_gen = 0
         self.lease = 0  # bumped at every borrow: tells one borrow from the next
         self.owner: object = None  # the shell's note of the borrowing task (opaque here)
+        # The shell's note of the last borrow its own task gave back: (lease, task), or None.
+        self.returned: tuple[int, object] | None = None
         self.waiter: Waiter | None = None
         self.close_reason: CloseReason | None = None
 
@@ -714,7 +717,15 @@ class Planner:
 
     # ------------------------------------------------------------------ limits
 
-    def resize(self, limit: int, now: float, floor: int | None = None) -> None:
+    def resize(
+        self,
+        limit: int,
+        now: float,
+        floor: int | None = None,
+        *,
+        adopt: Any = None,
+        jitter: float = 0.0,
+    ) -> Slot | None:
         """Set the limit, with trio ``CapacityLimiter.total_tokens`` semantics.
 
         Raising it lets queued waiters grow the pool at once. Lowering it closes
@@ -722,6 +733,13 @@ class Planner:
         is never revoked, so the budget can stay above the new limit until then.
         ``floor`` sets ``min_connections`` too (at most the new limit): raising
         it opens connections in the background, lowering it lets idle ones age out.
+
+        ``adopt``: a connection opened outside the pool (the fleet opens one to
+        ask for its first grant) taken in as the first unit of the new limit,
+        before any connect is planned, as if the pool had opened it
+        (``jitter`` as for :meth:`connected`); it goes to the oldest waiter.
+        Returns its slot, or ``None`` when the limit leaves no room (or the
+        pool is closed): the caller then closes it.
         """
         if not isinstance(limit, int) or isinstance(limit, bool):
             raise TypeError(f"max_connections must be an integer >= 0 (got {limit!r})")
@@ -743,8 +761,16 @@ class Planner:
             self._lowered_from = max(self._lowered_from, self.budget_used)
             while self._idle and self.size > limit:
                 self._close(self._idle.popleft(), CloseReason.RESIZE)
-        self._grow(now)
+        adopted: Slot | None = None
+        if adopt is not None and not self.closed and self.budget_used < limit:
+            adopted = Slot(next(self._ids))
+            self._slots.add(adopted)
+            self.n_connecting += 1
+            self.connected(adopted, adopt, now, jitter)  # settles it, then grows
+        else:
+            self._grow(now)
         self._poke_idle()  # a lower floor can make idle deadlines count
+        return adopted
 
     def expire_all(self, now: float) -> None:
         """Retire every current connection: idle ones now, busy ones when they come back."""

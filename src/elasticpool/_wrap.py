@@ -469,6 +469,11 @@ class _WrappedPool(Pool[ConnT]):
                 with anyio.CancelScope(shield=True):
                     await self._leases.finish(close=self._close_underlying, timeout=timeout)
 
+    def _forked(self) -> None:
+        super()._forked()
+        if self._state == "forked":  # the underlying pool is the parent's: never finish it here
+            self._finished = True
+
     def terminate(self) -> None:
         super().terminate()
         if not self._finished:

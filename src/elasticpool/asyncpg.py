@@ -23,7 +23,15 @@ import re
 import sys
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar
@@ -36,6 +44,7 @@ from asyncpg.exceptions import InterfaceError
 from ._connector import ResetMode, ends_session
 from ._errors import PoolClosed, PoolTimeout
 from ._pool import Pool, PoolStats, _Acquire
+from ._redact import dsn_passwords, dsn_problem, redact_dsn, split_uri, unshown
 from ._settings import PoolSettings
 from .fleet import Membership
 from .fleet._sql import quote_literal
@@ -315,6 +324,8 @@ class AsyncpgConnector:
     * :meth:`set_connect_args` replaces ``dsn`` and ``connect_kwargs`` for
       later connects; open connections are kept (see
       :meth:`elasticpool.Pool.expire_connections`).
+    * :meth:`set_server_settings` (called by a fleet membership) adds server
+      settings to ``server_settings`` for later connects, over the same names.
 
     Release hygiene (the pool runs :meth:`reset` in the background, before
     anyone else can borrow the connection, and discards a connection whose
@@ -341,8 +352,13 @@ class AsyncpgConnector:
     connection goes back as it is: asyncpg's next query on it waits for the
     cancellation, but a transaction it aborted stays aborted.)
 
-    Its :func:`repr` never shows a password. It is not a pool: it keeps no
-    connections.
+    Its :func:`repr` never shows a password, nor do its errors: a URI whose
+    password holds an unencoded ``#``, ``/``, ``?`` or ``@`` (which asyncpg
+    would misread, quoting a piece of it) is refused with :class:`ValueError`
+    here and in :meth:`set_connect_args`, and a :class:`ValueError` asyncpg
+    raises while connecting with a DSN that holds a password (its DSN parse
+    errors) becomes one of ours without asyncpg's message. It is not a pool:
+    it keeps no connections.
     """
 
     def __init__(
@@ -357,6 +373,7 @@ class AsyncpgConnector:
         for what, fn in (("connect", connect), ("init", init), ("reset", reset)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{what} must be a coroutine function or None (got {fn!r})")
+        _check_dsn(dsn)
         self._dsn = dsn
         self._kwargs = connect_kwargs
         self._connect_fn = connect
@@ -369,9 +386,15 @@ class AsyncpgConnector:
         # record_class, loop), and every connection made.
         self._fixed_kwargs: dict[str, Any] = {}
         self._made: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
+        self._server_settings: dict[str, str] = {}
+
+    def set_server_settings(self, settings: Mapping[str, str]) -> None:
+        """Send ``settings`` at every later connect, over ``server_settings`` of the same names."""
+        self._server_settings = dict(settings)
 
     def set_connect_args(self, dsn: str | None = None, **connect_kwargs: Any) -> None:
         """Use ``dsn`` and ``connect_kwargs`` (replacing the old ones) for every later connect."""
+        _check_dsn(dsn)
         self._dsn = dsn
         self._kwargs = connect_kwargs
 
@@ -380,7 +403,23 @@ class AsyncpgConnector:
     async def connect(self) -> asyncpg.Connection:
         fn = self._connect_fn or asyncpg.connect
         kwargs = {**self._kwargs, **self._fixed_kwargs}
-        conn: asyncpg.Connection = await fn(self._dsn, **kwargs)
+        if self._server_settings:
+            kwargs["server_settings"] = {
+                **(kwargs.get("server_settings") or {}),
+                **self._server_settings,
+            }
+        unparsed: ValueError | None = None
+        try:
+            conn: asyncpg.Connection = await fn(self._dsn, **kwargs)
+        except ValueError as exc:  # a DSN parse error may quote a piece of the password
+            if not dsn_passwords(self._dsn):
+                raise
+            unparsed = ValueError(
+                f"cannot parse the dsn given to AsyncpgConnector ({redact_dsn(self._dsn or '')}) "
+                f"or its connect arguments: {unshown(exc)}"
+            )
+        if unparsed is not None:  # raised here, so that it chains nothing that may quote it
+            raise unparsed
         try:
             cls: type[asyncpg.Connection] = kwargs.get("connection_class", asyncpg.Connection)
             if not isinstance(conn, cls):
@@ -410,6 +449,17 @@ class AsyncpgConnector:
 
     def terminate(self, conn: asyncpg.Connection) -> None:
         conn.terminate()
+
+    def abandon(self, conn: asyncpg.Connection) -> None:
+        """Give ``conn`` up without any I/O: it belongs to the parent of a fork.
+
+        asyncpg has no public call for it, so the connection is marked aborted:
+        using it raises :class:`~asyncpg.exceptions.InterfaceError` ("connection
+        is closed") instead of writing on the parent's socket, and collecting it
+        does not terminate it through the parent's event loop (whose epoll set
+        the child shares).
+        """
+        _impl(conn)._aborted = True
 
     def is_closed(self, conn: asyncpg.Connection) -> bool:
         """Whether asyncpg knows ``conn`` is closed or lost.
@@ -499,20 +549,14 @@ class AsyncpgConnector:
 def _describe_target(dsn: str | None, kwargs: dict[str, Any]) -> str:
     """Where connections go, as ``host:port/database``; never a user name or password.
 
-    Only the host, port and database are ever shown: from a ``postgres://``
-    URI, everything after ``?`` or ``#`` and everything up to its last ``@`` is
-    dropped. A DSN in any other form is not shown at all, nor is a URI with an
-    ``@`` after a ``?`` or ``#`` (an unescaped ``?`` or ``#`` in the password
-    would otherwise bring the user name and part of the password along).
+    Only the host, port and database are ever shown: from a URI, its userinfo
+    (as :func:`elasticpool._redact.split_uri` finds it) and everything after
+    ``?`` or ``#`` are dropped. A DSN in any other form is not shown at all.
     """
     hosts = database = ""
-    if dsn and "://" in dsn:
-        rest = dsn.split("://", 1)[1]
-        head = re.split("[?#]", rest, maxsplit=1)[0]
-        if "@" in rest[len(head) :]:
-            hosts = "dsn"
-        else:
-            hosts, _, database = head.rpartition("@")[2].partition("/")
+    parts = split_uri(dsn) if dsn else None
+    if parts is not None:
+        hosts, _, database = re.split("[?#]", parts[2], maxsplit=1)[0].partition("/")
     elif dsn:
         hosts = "dsn"
     if "host" in kwargs:
@@ -523,6 +567,15 @@ def _describe_target(dsn: str | None, kwargs: dict[str, Any]) -> str:
         database = _plain(kwargs["database"])
     where = f"{hosts}/{database}" if database else hosts
     return where or "default"
+
+
+def _check_dsn(dsn: str | None) -> None:
+    """Refuse a DSN whose password asyncpg would misread (never quoting the password)."""
+    problem = dsn_problem(dsn)
+    if problem is not None:
+        raise ValueError(
+            f"cannot parse the dsn given to AsyncpgConnector ({redact_dsn(dsn or '')}): {problem}"
+        )
 
 
 def _plain(value: object) -> str:
@@ -572,7 +625,8 @@ class AsyncpgPool:
     every borrowed connection to come back; an acquire on a closed pool raises
     :class:`~asyncpg.exceptions.InterfaceError`; releasing a connection twice
     is harmless and releasing a foreign one raises
-    :class:`~asyncpg.exceptions.InterfaceError`.
+    :class:`~asyncpg.exceptions.InterfaceError`; a borrowed connection its
+    borrower closes (or that is lost) frees its place at once, released or not.
 
     What is different, on purpose (see ``docs/migrate-asyncpg.md``):
 
@@ -668,14 +722,21 @@ class AsyncpgPool:
         )  # 0 disables, as in asyncpg
         settings_kw.setdefault("pool_timeout", None)  # asyncpg waits forever
         settings_kw.setdefault("fail_fast", True)  # asyncpg's acquire raises its connect's error
-        settings_kw.setdefault("connect_timeout", float(kwargs.get("timeout", 60.0)))
+        # asyncpg's connect timeout. None (no bound) reaches asyncpg.connect as it is; the
+        # pool's own bound must be finite (it also bounds health checks): asyncpg's default.
+        connect_timeout = kwargs.get("timeout", 60.0)
+        settings_kw.setdefault(
+            "connect_timeout", 60.0 if connect_timeout is None else float(connect_timeout)
+        )
         if "connection_lifetime" not in settings_kw:
             lifetime = _SETTINGS_DEFAULTS["connection_lifetime"]
             idle = settings_kw["idle_timeout"]
             if idle is not None and lifetime is not None and idle >= lifetime:
                 settings_kw["idle_timeout"] = None  # the default lifetime comes first anyway
 
-        connector = AsyncpgConnector(dsn, connect=connect, init=init, reset=reset_fn, **kwargs)
+        connector = AsyncpgConnector(
+            dsn, connect=connect, init=self._watching(init), reset=reset_fn, **kwargs
+        )
         fixed: dict[str, Any] = {"connection_class": connection_class, "record_class": record_class}
         if loop is not None:
             fixed["loop"] = loop
@@ -860,7 +921,11 @@ class AsyncpgPool:
         ``close_timeout`` (so ``timeout``, accepted for compatibility, is not
         used). Releasing a connection that is already back is harmless;
         releasing one this pool never lent raises
-        :class:`~asyncpg.exceptions.InterfaceError`.
+        :class:`~asyncpg.exceptions.InterfaceError`. A stale release is
+        ignored as in asyncpg: by a task that borrowed the connection and gave
+        it back itself, while another task holds the next borrow of it (the
+        pool sees the connection, not a proxy: see
+        :meth:`elasticpool.Pool.release`); that borrow stands.
         """
         lease = self._leases.get(id(connection))
         if lease is None or lease.conn is not connection:
@@ -870,6 +935,9 @@ class AsyncpgPool:
                 f"release() received invalid connection: {connection!r} "
                 f"is not a member of pool {self.name!r}"
             )
+        slot = lease.acquire._slot
+        if slot is not None and self._pool._stale(slot):
+            return  # this task's own borrow ended already: asyncpg ignores it too
         await self._release(lease, None)
 
     async def _release(self, lease: _Lease, exc: BaseException | None) -> None:
@@ -877,6 +945,9 @@ class AsyncpgPool:
             return  # already released (then maybe lent again: that borrow is not ours)
         del self._leases[id(lease.conn)]
         conn = lease.conn
+        slot = lease.acquire._slot
+        if slot is not None:
+            self._pool._note_return(slot)
         impl = _impl(conn)
         if not conn.is_closed():
             self._warn_listeners(conn)
@@ -885,6 +956,29 @@ class AsyncpgPool:
             if protocol is not None and protocol.queries_count >= self._max_queries:
                 lease.acquire.retire()
         await lease.acquire.__aexit__(type(exc) if exc else None, exc, None)
+
+    def _watching(self, init: ConnectionCallback | None) -> ConnectionCallback:
+        """``init``, then :meth:`_closed` as a termination listener (kept by every reset)."""
+
+        async def init_and_watch(conn: asyncpg.Connection) -> None:
+            if init is not None:
+                await init(conn)
+            conn.add_termination_listener(self._closed)
+
+        return init_and_watch
+
+    def _closed(self, conn: object) -> None:
+        """A connection closed (or lost): if it is borrowed, its slot is free now, as in asyncpg.
+
+        asyncpg calls this soon after ``conn.close()``, ``conn.terminate()`` or
+        a lost connection. Its borrower need not release it (a release of it
+        later is harmless), and :meth:`close` does not wait for it.
+        """
+        lease = self._leases.get(id(conn))
+        if lease is None or lease.conn is not conn:
+            return  # idle, already given back, or closed by the pool
+        del self._leases[id(conn)]
+        lease.acquire._end(None)  # closed: the pool discards it
 
     def _warn_listeners(self, conn: asyncpg.Connection) -> None:
         """asyncpg's warning for a connection released with listeners still on it."""
@@ -1141,8 +1235,9 @@ def create_pool(
     ``membership=`` for the elastic :class:`~elasticpool.Pool`. Defaults
     differing from :class:`~elasticpool.PoolSettings`: ``pool_timeout`` is
     ``None`` (asyncpg waits forever), ``connect_timeout`` is asyncpg's connect
-    ``timeout`` (60 s), and ``idle_timeout`` is dropped when it could never
-    fire before the default ``connection_lifetime``.
+    ``timeout`` (60 s; ``timeout=None`` reaches :func:`asyncpg.connect` as
+    it is, and the pool's own bound stays 60 s), and ``idle_timeout`` is
+    dropped when it could never fire before the default ``connection_lifetime``.
     """
     return AsyncpgPool(
         dsn,

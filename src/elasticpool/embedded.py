@@ -59,6 +59,8 @@ from pathlib import Path
 from typing import Literal, TypeVar
 from urllib.parse import quote, urlencode
 
+from ._redact import scrub
+
 __all__ = [
     "DEFAULT_SETTINGS",
     "SYSTEM_USER",
@@ -830,7 +832,7 @@ class EmbeddedPostgres:
     # ------------------------------------------------------------------ internals
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._password, "********") if self._password else text
+        return scrub(text, secrets=[self._password], mask="********")
 
     def _init_cluster(self) -> _Cluster:
         bin_dir = self._bin_dir or _find_bin_dir()

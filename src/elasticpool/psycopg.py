@@ -45,6 +45,7 @@ from psycopg_pool.abc import ACT
 from . import _errors
 from ._connector import ResetMode, ends_session
 from ._pool import Pool
+from ._redact import dsn_passwords, dsn_problem, redact_dsn, unshown
 from ._settings import PoolSettings
 
 __all__ = [
@@ -164,6 +165,27 @@ async def _resolve(value: Any) -> Any:
         if inspect.isawaitable(value):
             value = await value
     return value
+
+
+def _add_settings(conninfo: str, kwargs: dict[str, Any], settings: Mapping[str, str]) -> None:
+    """Put server ``settings`` into connect ``kwargs``, over what ``conninfo`` and they say.
+
+    ``application_name`` is a connection parameter of its own; any other
+    setting is appended to ``options`` (the kwargs' or the conninfo's) as
+    ``-c name=value``, with spaces and backslashes escaped as libpq wants.
+    """
+    extra = []
+    for name, value in settings.items():
+        if name == "application_name":
+            kwargs["application_name"] = value
+        else:
+            escaped = value.replace("\\", "\\\\").replace(" ", "\\ ")
+            extra.append(f"-c {name}={escaped}")
+    if extra:
+        options = kwargs.get("options")
+        if options is None:
+            options = conninfo_to_dict(conninfo).get("options")
+        kwargs["options"] = " ".join([str(options), *extra] if options else extra)
 
 
 def _status_name(conn: psycopg.AsyncConnection[Any]) -> str:
@@ -450,6 +472,10 @@ class PsycopgConnector(Generic[ACT]):
         Awaited on every returned connection after the built-in reset (below);
         it must leave the connection idle, or the connection is discarded.
 
+    :meth:`set_server_settings` (called by a fleet membership) adds server
+    settings for later connects: ``application_name`` as that parameter, any
+    other as ``-c name=value`` after the ``options`` already given.
+
     Release hygiene (the pool's ``reset`` setting; the pool runs it in the
     background, and a reset that fails discards the connection):
 
@@ -478,7 +504,12 @@ class PsycopgConnector(Generic[ACT]):
     the connection is lent.
 
     Its :func:`repr` shows host, port, database, user and application name
-    only: never a password.
+    only: never a password. Nor do its errors: a URI whose password holds an
+    unencoded ``#``, ``/``, ``?`` or ``@`` (which libpq would misread, quoting
+    a piece of it) is refused with :class:`ValueError` (here for a string, at
+    connect for a callable's result), and a ``conninfo`` with a password that
+    libpq cannot parse fails to connect with a :class:`psycopg.ProgrammingError`
+    of ours, without libpq's message.
 
     It is not a pool and keeps no connections; it keeps a small weak record
     per connection (the cancel key and the attributes to restore).
@@ -494,6 +525,8 @@ class PsycopgConnector(Generic[ACT]):
         check: ConnectionCB[ACT] | None = None,
         reset: ConnectionCB[ACT] | None = None,
     ) -> None:
+        if isinstance(conninfo, str) and (problem := dsn_problem(conninfo)) is not None:
+            raise ValueError(_unparsable(type(self).__name__, conninfo, problem))
         self.conninfo = conninfo
         self.kwargs = kwargs
         self.connection_class = connection_class
@@ -501,6 +534,11 @@ class PsycopgConnector(Generic[ACT]):
         self.check = check
         self.reset_callback = reset
         self._snapshots: weakref.WeakKeyDictionary[ACT, _Snapshot] = weakref.WeakKeyDictionary()
+        self._server_settings: dict[str, str] = {}
+
+    def set_server_settings(self, settings: Mapping[str, str]) -> None:
+        """Send ``settings`` at every later connect, over the conninfo's values of those names."""
+        self._server_settings = dict(settings)
 
     # ------------------------------------------------------------------ connect / close
 
@@ -508,6 +546,11 @@ class PsycopgConnector(Generic[ACT]):
         """Resolve ``conninfo`` and ``kwargs``, connect, run ``configure``; raise on any failure."""
         conninfo = await _resolve(self.conninfo) or ""
         kwargs = dict(await _resolve(self.kwargs) or {})
+        unparsable = _check_conninfo(type(self).__name__, conninfo)
+        if unparsable is not None:
+            raise unparsable
+        if self._server_settings:
+            _add_settings(conninfo, kwargs, self._server_settings)
         conn = await self.connection_class.connect(conninfo, **kwargs)
         try:
             # Pooled: psycopg does not warn "deleted while still open" about it,
@@ -671,6 +714,28 @@ async def _readonly_transaction(
     async with tx as inner:
         await conn.execute("SET TRANSACTION READ ONLY", prepare=False)
         yield inner
+
+
+def _unparsable(who: str, conninfo: str, why: str) -> str:
+    return f"cannot parse the dsn given to {who} ({redact_dsn(conninfo)}): {why}"
+
+
+def _check_conninfo(who: str, conninfo: object) -> Exception | None:
+    """The error to raise for a ``conninfo`` with a password libpq would misread or refuse.
+
+    libpq's own parse errors quote the string (a password, or a piece of it);
+    the error returned does not, and chains nothing.
+    """
+    if not isinstance(conninfo, str) or not dsn_passwords(conninfo):
+        return None
+    problem = dsn_problem(conninfo)
+    if problem is not None:
+        return ValueError(_unparsable(who, conninfo, problem))
+    try:
+        conninfo_to_dict(conninfo)
+    except Exception as exc:
+        return psycopg.ProgrammingError(_unparsable(who, conninfo, unshown(exc)))
+    return None
 
 
 def _describe_target(conninfo: object, kwargs: object) -> str:
@@ -1163,9 +1228,11 @@ class AsyncConnectionPool(Generic[ACT]):
         """Give back a connection borrowed with :meth:`getconn`.
 
         A connection not borrowed from this pool raises :class:`ValueError`
-        (psycopg_pool's message). The hand-back itself is synchronous (no
-        await), so a cancelled caller cannot lose the connection; the reset
-        runs in the background.
+        (psycopg_pool's message), and so does a stale one: returned by this
+        task already and borrowed by another since (see
+        :meth:`elasticpool.Pool.release`); that borrow stands. The hand-back
+        itself is synchronous (no await), so a cancelled caller cannot lose
+        the connection; the reset runs in the background.
         """
         self._putconn(conn, None)
 
@@ -1174,6 +1241,10 @@ class AsyncConnectionPool(Generic[ACT]):
         if pool is not self:
             msg = f"it comes from pool {pool.name!r}" if pool else "it doesn't come from any pool"
             raise ValueError(f"can't return connection to pool {self.name!r}, {msg}: {conn}")
+        try:
+            self.elastic._borrow_of(conn, "returned")
+        except RuntimeError as exc:  # a stale putconn (see Pool.release): that borrow stands
+            raise ValueError(f"can't return connection to pool {self.name!r}; {exc}") from None
         cast(Any, conn)._pool = None
         _log_returned_state(conn)
         self.elastic.release(conn, exc=error)

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
@@ -34,7 +35,7 @@ import anyio
 import anyio.abc
 
 from ._errors import ElasticPoolError, PoolClosed, PoolTimeout, TooManyWaiters
-from ._pool import Pool, PoolStats, _Acquire, _spawn_system_task
+from ._pool import Pool, PoolStats, _Acquire, _opened_here, _spawn_system_task
 
 __all__ = [
     "REPLAY_LAG_SQL",
@@ -315,7 +316,8 @@ class RoutingPool(Generic[ConnT]):
         self._reads = 0
         self._writes = 0
         self._fallbacks = 0
-        self._state = "new"  # new → open → closing → closed
+        self._state = "new"  # new → open → closing → closed; or forked (see _forked)
+        self._pid = 0  # the process that opened it
         self._tg: anyio.abc.TaskGroup | None = None
         self._stop: anyio.Event | None = None
         self._runner_done: anyio.Event | None = None
@@ -366,6 +368,8 @@ class RoutingPool(Generic[ConnT]):
         started = anyio.Event()
         self._stop = anyio.Event()
         self._runner_done = anyio.Event()
+        self._pid = os.getpid()
+        _opened_here.add(self)
         _spawn_system_task(self._run, started)
         with anyio.CancelScope(shield=True):
             await started.wait()
@@ -394,6 +398,11 @@ class RoutingPool(Generic[ConnT]):
 
         Calling it again is harmless; it cannot be reopened.
         """
+        if self._state == "forked":  # the parent's prober and members: only mark them closed
+            self._state = "closed"
+            for m in (self._primary, *self._replicas):
+                m.pool.terminate()
+            return
         if self._state in ("closing", "closed"):
             return
         was_open = self._state == "open"
@@ -409,8 +418,20 @@ class RoutingPool(Generic[ConnT]):
                     tg.start_soon(_close_pool, m.pool, timeout)
             self._state = "closed"
 
+    def _forked(self) -> None:
+        """In a forked child: refuse every use (the member pools give up their own connections)."""
+        if self._state in ("open", "closing"):
+            self._state = "forked"
+
     def _check_open(self) -> None:
         if self._state != "open":
+            if self._state == "forked":
+                raise RuntimeError(
+                    f"routing pool {self.name!r} was opened in process {self._pid} and cannot "
+                    f"be used in forked process {os.getpid()}: open it after the fork (e.g. in "
+                    "a gunicorn post_fork hook or at worker startup); in this process only "
+                    "close() it, which leaves the parent's connections alone"
+                )
             if self._state == "new":
                 raise RuntimeError(
                     f"routing pool {self.name!r} is not open: use 'async with' or 'await open()'"

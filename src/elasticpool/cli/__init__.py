@@ -114,7 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--app",
         default=None,
-        help="count backends with this application_name (default: each pool's name)",
+        help=(
+            "also count backends with this application_name (default: each pool's name; "
+            "members' tagged connections are always counted)"
+        ),
     )
 
     set_total = commands.add_parser(
@@ -126,14 +129,28 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     fleet_table(set_total)
-    set_total.add_argument("--pool", required=True, help="the pool name of the fleet")
+    which = set_total.add_mutually_exclusive_group(required=True)
+    which.add_argument("--pool", help="the pool name of the fleet")
+    which.add_argument(
+        "--database",
+        action="store_const",
+        const="",
+        dest="pool",
+        help="the database budget over every pool name in the lease table instead",
+    )
     set_total.add_argument(
         "--wait",
         type=float,
         default=5.0,
         help="seconds to wait for the live members to adopt it (default: 5; 0: do not wait)",
     )
-    set_total.add_argument("total", help="the new total (an integer >= 1), or 'none'")
+    set_total.add_argument(
+        "total",
+        help=(
+            "the new total: an integer >= 1, a percentage of the server's usable "
+            "max_connections (80%%), or 'none'"
+        ),
+    )
     return parser
 
 

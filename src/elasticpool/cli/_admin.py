@@ -17,8 +17,10 @@ from typing import Any
 
 import anyio
 
+from .._settings import PoolSettings, parse_percent
 from ..fleet import MemberStatus, PostgresMembership
-from ..fleet._sql import fetch
+from ..fleet._sql import SERVER_LIMITS_SQL, fetch
+from ..fleet._tags import fleet_backends
 from ._common import CliError, admin_connection, redact, require
 
 __all__ = ["FleetView", "ServerView", "read_status", "set_total", "status"]
@@ -47,6 +49,10 @@ class ServerView:
     """``max_connections`` less both reserves and ``client_backends``.
 
     What ordinary roles can still open."""
+    database_total: int | None = None
+    """The budget over every pool name in the lease table, when one is set."""
+    database_claimed: int | None = None
+    """Every pool name's claims added up, when there is a database budget."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -63,7 +69,11 @@ class FleetView:
     """The limits the members gave themselves, together."""
     application_name: str
     observed_backends: int
-    """Client backends with ``application_name`` in ``pg_stat_activity`` now."""
+    """Client backends now: tagged as the pool's members', or named ``application_name``."""
+    resolved_total: int | None = None
+    """The total its members last used (a percentage resolved; None: never coordinated)."""
+    claimed: int = 0
+    """What the members hold or may grow to, added up (the bound's left side)."""
 
 
 def _membership(table: str, schema: str | None, *, create: bool = False) -> PostgresMembership:
@@ -104,13 +114,15 @@ async def read_status(
 ) -> tuple[ServerView, list[FleetView]]:
     """The server's budget and every fleet in the lease table (only ``pool`` when given).
 
-    A fleet's backends are counted by ``application_name``: ``app``, or by
-    default the pool's name.
+    A fleet's backends are the ones its members tagged
+    (``<prefix>|<pool>|<instance>``, see docs/fleet.md) plus those whose
+    ``application_name`` is ``app``, or by default the pool's name.
     """
     membership = _membership(table, schema)
     async with admin_connection(dsn, APPLICATION_NAME) as conn:
         server = await _server_view(conn, dsn)
         fleets = await membership.read_fleets(conn, pool)
+        budgets = await membership.read_budgets(conn)
         rows = await fetch(
             conn,
             "SELECT application_name, count(*)::int FROM pg_stat_activity"
@@ -125,10 +137,20 @@ async def read_status(
             holding=sum(m.holding for m in members),
             granted=sum(m.granted for m in members),
             application_name=app or name,
-            observed_backends=by_app.get(app or name, 0),
+            observed_backends=sum(
+                n
+                for a, n in by_app.items()
+                if a == (app or name) or fleet_backends([a], name, ())[0]
+            ),
+            resolved_total=budgets.get(name, (None, 0))[0],
+            claimed=budgets.get(name, (None, 0))[1],
         )
         for name, (total, members) in fleets.items()
     ]
+    if "" in budgets and pool is None:
+        server = dataclasses.replace(
+            server, database_total=budgets[""][0], database_claimed=budgets[""][1]
+        )
     return server, views
 
 
@@ -155,15 +177,23 @@ def _print_status(server: ServerView, fleets: list[FleetView], table: str) -> No
         f"max_connections {server.max_connections} ({reserve}), "
         f"{server.client_backends} client backends now: [bold]headroom {server.headroom}[/]"
     )
+    if server.database_total is not None:
+        console.print(
+            f"database budget over every pool name: [bold]{server.database_total}[/], "
+            f"claimed {server.database_claimed}"
+        )
     if not fleets:
         console.print(f"no fleet in lease table {table!r}")
         return
     for f in fleets:
         total = "each member's settings" if f.fleet_total is None else str(f.fleet_total)
+        if f.fleet_total is None and f.resolved_total is not None:
+            total = f"{f.resolved_total} (members' settings)"
         grid = rich_table.Table(
             title=(
                 f"pool {f.pool!r}: total {total}, {len(f.members)} members, "
-                f"holding {f.holding}, granted {f.granted}, {f.observed_backends} backends "
+                f"holding {f.holding}, granted {f.granted}, claimed {f.claimed}, "
+                f"{f.observed_backends} backends "
                 f"(application_name {f.application_name!r})"
             ),
             title_justify="left",
@@ -197,9 +227,18 @@ def status(args: Any) -> int:
     return 0
 
 
-async def _set_total(args: Any, total: int | None) -> dict[str, Any]:
+async def _set_total(args: Any, total: int | None, percent: float | None) -> dict[str, Any]:
     membership = _membership(args.table, args.schema, create=True)
     async with admin_connection(args.dsn, APPLICATION_NAME) as conn:
+        usable = None
+        if percent is not None:  # resolved against this server now, as a member does
+            rows = await fetch(conn, SERVER_LIMITS_SQL)
+            usable = int(rows[0][0]) - int(rows[0][1])
+            resolved = PoolSettings(total_max_connections=f"{percent:g}%").with_server_limits(
+                int(rows[0][0]), int(rows[0][1])
+            )
+            assert isinstance(resolved.total_max_connections, int)
+            total = resolved.total_max_connections
         before = (await membership.read_fleets(conn, args.pool)).get(args.pool, (None, ()))[0]
         async with conn.transaction():
             await membership.store_total(conn, args.pool, total)
@@ -218,6 +257,8 @@ async def _set_total(args: Any, total: int | None) -> dict[str, Any]:
     return {
         "pool": args.pool,
         "fleet_total": total,
+        "percent": percent,
+        "usable_connections": usable,
         "previous_total": before,
         "members": [m.id for m in members],
         "adopted_by": adopted,
@@ -227,27 +268,37 @@ async def _set_total(args: Any, total: int | None) -> dict[str, Any]:
 def set_total(args: Any) -> int:
     """``elasticpool set-total``: change a fleet's total live."""
     word = args.total.strip().lower()
-    if word in ("none", "default"):
+    percent = parse_percent(word)
+    total: int | None = None
+    if percent is not None:
+        if not 0 < percent <= 100:
+            raise CliError(f"a percentage total must be in (0%, 100%] (got {args.total!r})")
+    elif word in ("none", "default"):
         total = None
     else:
         try:
             total = int(word)
         except ValueError:
             raise CliError(
-                f"total must be an integer >= 1 or 'none' (got {args.total!r})"
+                "total must be an integer >= 1, a percentage of the server's usable "
+                f"max_connections such as 80%, or 'none' (got {args.total!r})"
             ) from None
         if total < 1:
             raise CliError(f"total must be an integer >= 1 or 'none' (got {total})")
     if args.wait < 0:
         raise CliError(f"--wait must be >= 0 seconds (got {args.wait:g})")
-    result = anyio.run(_set_total, args, total, backend="asyncio")
+    result = anyio.run(_set_total, args, total, percent, backend="asyncio")
+    total = result["fleet_total"]
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     shown = "each member's settings" if total is None else str(total)
     was = "settings" if result["previous_total"] is None else str(result["previous_total"])
     members, adopted = result["members"], result["adopted_by"]
-    print(f"pool {args.pool!r}: fleet total now {shown} (was {was})")
+    if percent is not None:
+        shown += f" ({percent:g}% of the server's {result['usable_connections']} usable)"
+    what = "database budget" if args.pool == "" else f"pool {args.pool!r}: fleet total"
+    print(f"{what} now {shown} (was {was})")
     if not members:
         print("no live members: each adopts it when it joins")
     else:

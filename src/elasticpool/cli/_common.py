@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import re
 from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import anyio
+
+from .._redact import dsn_passwords, dsn_problem, scrub, unshown
+from .._redact import redact_dsn as redact
 
 __all__ = ["CliError", "admin_connection", "redact", "require", "scrub"]
 
@@ -32,54 +33,6 @@ def require(module: str, extra: str, what: str) -> ModuleType:
         ) from None
 
 
-_KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
-
-def _passwords(dsn: str) -> list[str]:
-    """Every spelling of the password in ``dsn`` (raw and percent-decoded)."""
-    found: list[str] = []
-    try:
-        parts = urlsplit(dsn)
-        if parts.scheme and parts.password:
-            found += [parts.password, unquote(parts.password)]
-        found += [v for k, v in parse_qsl(parts.query) if k.lower() == "password"]
-    except ValueError:
-        pass
-    for match in _KV_PASSWORD.finditer(dsn):
-        value = match.group(2)
-        found += [value, value.strip("'")]
-    return [p for p in found if p]
-
-
-def redact(dsn: str) -> str:
-    """``dsn`` fit to print: its password as ``***`` (in the authority, query or ``key=value``)."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        parts = None
-    if parts is not None and parts.scheme in ("postgres", "postgresql"):
-        netloc = parts.netloc
-        if parts.password is not None:
-            userinfo, _, host = netloc.rpartition("@")
-            netloc = userinfo.partition(":")[0] + ":***@" + host
-        query = urlencode(
-            [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query)],
-            quote_via=quote,
-            safe="*",
-        )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    return scrub(_KV_PASSWORD.sub(r"\1***", dsn), dsn)
-
-
-def scrub(text: str, dsn: str | None) -> str:
-    """``text`` with every spelling of ``dsn``'s password replaced by ``***``."""
-    if dsn is None:
-        return text
-    for secret in sorted(_passwords(dsn), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
 @contextlib.asynccontextmanager
 async def admin_connection(dsn: str, application_name: str) -> AsyncIterator[Any]:
     """A plain connection of the command's own, closed on exit.
@@ -87,6 +40,9 @@ async def admin_connection(dsn: str, application_name: str) -> AsyncIterator[Any
     asyncpg for a ``postgresql://`` URI when it is installed, else psycopg
     (which also takes libpq's ``key=value`` form).
     """
+    problem = dsn_problem(dsn)
+    if problem is not None:
+        raise CliError(f"cannot connect to {redact(dsn)}: {problem}")
     drivers = ["psycopg"]
     if dsn.startswith(("postgresql://", "postgres://")):
         drivers.insert(0, "asyncpg")
@@ -111,9 +67,13 @@ async def admin_connection(dsn: str, application_name: str) -> AsyncIterator[Any
                     dsn, autocommit=True, application_name=application_name
                 )
     except Exception as exc:
-        raise CliError(
-            scrub(f"cannot connect to {redact(dsn)}: {type(exc).__name__}: {exc}", dsn)
-        ) from None
+        # A parse error may quote a piece of the password, which scrub cannot find.
+        parse_error = (ValueError, getattr(module, "ProgrammingError", ValueError))
+        if isinstance(exc, parse_error) and dsn_passwords(dsn):
+            why = f"the dsn cannot be parsed: {unshown(exc)}"
+        else:
+            why = scrub(f"{type(exc).__name__}: {exc}", dsn)
+        raise CliError(f"cannot connect to {redact(dsn)}: {why}") from None
     try:
         yield conn
     finally:

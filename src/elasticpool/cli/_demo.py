@@ -34,6 +34,7 @@ from .._pool import Pool
 from ..embedded import dsn_or_embedded
 from ..fleet import PostgresMembership
 from ..fleet._sql import fetch
+from ..fleet._tags import pool_tag
 from ._admin import _server_view
 from ._chart import write_chart
 from ._common import CliError, admin_connection, redact, require, scrub
@@ -272,8 +273,10 @@ class _Run:
 
     async def _sampler(self, admin: Any) -> None:
         while True:
-            rows = await fetch(
-                admin, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", self.app
+            rows = await fetch(  # members tag their connections <app>|<pool>|<instance>
+                admin,
+                "SELECT count(*) FROM pg_stat_activity WHERE strpos(application_name, $1) > 0",
+                pool_tag(self.app),
             )
             stats = [inst.pool.stats() for inst in self.instances]
             self.samples.append(

@@ -7,8 +7,15 @@
 
 from __future__ import annotations
 
-from ._base import FleetStatus, Membership, MemberStatus
+from ._base import FleetStatus, MemberPort, Membership, MemberStatus
 from ._postgres import PostgresMembership
 from ._static import StaticMembership
 
-__all__ = ["FleetStatus", "MemberStatus", "Membership", "PostgresMembership", "StaticMembership"]
+__all__ = [
+    "FleetStatus",
+    "MemberPort",
+    "MemberStatus",
+    "Membership",
+    "PostgresMembership",
+    "StaticMembership",
+]

@@ -1,12 +1,19 @@
 """Fleet membership coordinated through the PostgreSQL database itself.
 
-Every instance of a pool (same pool name, same database) keeps a lease row
-in a small table. Each heartbeat is one short transaction that, under a
-transaction-scoped advisory lock, reaps expired leases, reads every live
-member's demand, holdings and last grant, computes this member's share and
-grant (:func:`elasticpool._limits.heartbeat_grant`) and writes its row back.
-Lease times come from the database clock (``now()``), so instance clocks do
-not matter. The pool's limit changes only through ``Pool.resize``.
+Every active instance of a pool (same pool name, same database) keeps a
+lease row in a small table. A heartbeat is one call of a server-side
+function (``fleet/_schema.py``): one statement, one round trip, serialised
+per pool name on a row lock held for the function's server time only. It
+reaps departed members (whose backends the server no longer shows), divides
+the total over demand, and grants this member what the others' claims
+leave. Lease times come from the database clock (``now()``), so instance
+clocks do not matter. The pool's limit changes only through its resize
+entry point.
+
+An instance with no demand and no connections leaves the fleet (its lease
+ends, its part returns at once) and costs nothing until a caller arrives;
+it then opens the connection that caller needs anyway, claims on it, and
+hands it to the caller when the claim grants one.
 
 See docs/fleet.md for the bound on how far the fleet can exceed its total,
 and what happens when coordination fails.
@@ -15,20 +22,27 @@ and what happens when coordination fails.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
+import os
 import random
+import socket
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._limits import HYPERDRIVE_MINIMUM_TOTAL, Member, divide, heartbeat_grant, resolve_limit
+from .._limits import HYPERDRIVE_MINIMUM_TOTAL, resolve_limit
+from .._settings import parse_percent
 from ._base import FleetStatus, MemberStatus
+from ._schema import Schema, beat_function, fill_function
 from ._sql import fetch, quote_ident
+from ._tags import application_name as tagged_name
+from ._tags import pool_tag
 
 if TYPE_CHECKING:
-    from .._pool import Freeze, Pool
+    from ._base import MemberPort
 
 __all__ = ["PostgresMembership"]
 
@@ -44,6 +58,26 @@ def _seconds(name: str, value: object, allowed: str) -> float:
     return float(value)
 
 
+def _database_budget(value: object) -> tuple[int | None, float | None]:
+    """``database_max_connections`` as (a number, or a percentage of the server's), checked."""
+    allowed = (
+        "an integer >= 1, a percentage of the server's usable max_connections such as "
+        "'80%' (in (0%, 100%]), or None"
+    )
+    if value is None:
+        return None, None
+    if isinstance(value, str):
+        percent = parse_percent(value)
+        if percent is None or not 0 < percent <= 100:
+            raise ValueError(f"database_max_connections must be {allowed} (got {value!r})")
+        return None, percent
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"database_max_connections must be {allowed} (got {value!r})")
+    if value < 1:
+        raise ValueError(f"database_max_connections must be {allowed} (got {value!r})")
+    return value, None
+
+
 def _check_total(total: object) -> None:
     if total is not None and (not isinstance(total, int) or isinstance(total, bool) or total < 1):
         raise ValueError(f"total_max_connections must be an integer >= 1 (got {total!r})")
@@ -52,23 +86,44 @@ def _check_total(total: object) -> None:
 class PostgresMembership:
     """Share ``total_max_connections`` with every other instance of the pool, through PostgreSQL.
 
-    ``table`` (and ``schema``) name the lease table; it and ``<table>_config``
-    are created if missing (``create_tables=False`` to require them, e.g. for
-    a role without CREATE rights: then an administrator runs
-    :meth:`create_tables_sql`). Identifiers are quoted; every value is a
-    parameter. ``instance_id`` defaults to a random id per process.
+    ``table`` (and ``schema``) name the lease table; it, ``<table>_config``
+    and the heartbeat function ``<table>_beat_<digest>`` are created if missing
+    (``create_tables=False`` to require them, e.g. for a role without CREATE
+    rights: then an administrator runs :meth:`create_tables_sql`).
+    Identifiers are quoted; every value is a parameter. ``instance_id``
+    defaults to ``host:pid`` plus a few random characters.
 
-    Timing: a heartbeat every ``heartbeat_interval`` seconds (with ±10 %
-    jitter), each bounded by ``heartbeat_timeout`` (default: the interval); a
-    lease lives ``lease_ttl`` seconds (default 5 intervals) after its last
-    heartbeat, by the database clock.
+    Who is a member: an instance with demand (connections in use, callers
+    waiting) or connections open. One with neither leaves at its next
+    heartbeat and makes no connection and no heartbeat until a caller
+    arrives; it then opens the connection that caller needs, claims on it,
+    and hands it over when the claim grants one.
 
-    Observability: with ``application_name`` (the name every member's
-    connections carry: set it in the connector, e.g.
-    ``AsyncpgConnector(dsn, server_settings={"application_name": "api"})``),
-    each heartbeat also counts the fleet's backends in ``pg_stat_activity``;
-    :meth:`Pool.fleet() <elasticpool.Pool.fleet>` reports it as
-    ``observed_backends``, next to the shares and holdings.
+    Timing: a heartbeat every ``heartbeat_interval`` seconds (±10 % jitter)
+    while active, each bounded by ``heartbeat_timeout`` (default: the
+    interval); a lease lives ``lease_ttl`` seconds (default 5 intervals)
+    after its last heartbeat, by the database clock. Callers queuing at the
+    limit bring the heartbeat forward when it can change something (the
+    member is below its share, or budget is free), again every eighth of an
+    interval while they wait; a member over its share gives back at once
+    when its surplus has closed.
+
+    Division: ``reserve`` connections of the total (default: one per 20,
+    at most 2) are kept out of the shares while three or more members are
+    active, so a member that starts asking gets its first connection at
+    once; the rest follows demand (max-min fair), and members keep idle
+    connections nobody else asks for.
+
+    Tags: every connection a member opens carries ``application_name``
+    ``<application_name or "ep:<pool>">:<instance_id>`` (via the
+    connector's ``set_server_settings``), so the server's view of who holds
+    what is exact: a departed member's claim stays counted while
+    ``pg_stat_activity`` shows its backends (a process killed mid-query).
+
+    Load: the heartbeat waits at most ``lock_timeout`` (default a tenth of
+    the interval) for its pool's row; when it is busy, the lease is only
+    extended and the member tries again after a jittered backoff, so a
+    busy coordinator sheds load instead of expiring live members.
 
     Failure: while heartbeats fail, the instance keeps its last limit for one
     ``lease_ttl`` (measured locally from the start of its last good
@@ -92,6 +147,10 @@ class PostgresMembership:
         lease_ttl: float | None = None,
         create_tables: bool = True,
         application_name: str | None = None,
+        reserve: int | None = None,
+        lock_timeout: float | None = None,
+        client_connection_check_interval: float | None = 2.0,
+        database_max_connections: int | str | None = None,
     ) -> None:
         for name, value in (
             ("table", table),
@@ -116,225 +175,367 @@ class PostgresMembership:
         )
         if not 0 < timeout < ttl:
             raise ValueError(f"heartbeat_timeout must be {timeout_range} seconds (got {timeout!r})")
-        heartbeat_interval = interval
+        if reserve is not None and (
+            not isinstance(reserve, int) or isinstance(reserve, bool) or reserve < 0
+        ):
+            raise ValueError(f"reserve must be an integer >= 0 or None (got {reserve!r})")
+        lock_range = f"in (0, heartbeat_timeout={timeout:g})"
+        lock = (
+            min(interval / 10, timeout / 2)
+            if lock_timeout is None
+            else _seconds("lock_timeout", lock_timeout, lock_range)
+        )
+        if not 0 < lock < timeout:
+            raise ValueError(f"lock_timeout must be {lock_range} seconds (got {lock_timeout!r})")
+        check = client_connection_check_interval
+        if check is not None:
+            check = _seconds("client_connection_check_interval", check, "None or in [0, 3600]")
+            if not 0 <= check <= 3600:
+                raise ValueError(
+                    "client_connection_check_interval must be None or in [0, 3600] seconds "
+                    f"(got {check!r})"
+                )
         prefix = "" if schema is None else quote_ident(schema) + "."
         self._table = prefix + quote_ident(table)
         self._config = prefix + quote_ident(table + "_config")
+        self._beat_fn = prefix + quote_ident(beat_function(table))
+        self._db_total, self._db_percent = _database_budget(database_max_connections)
+        self.database_max_connections = database_max_connections
+        self._schema = Schema(
+            self._table, self._config, self._beat_fn, prefix + quote_ident(fill_function(table))
+        )
         self._table_name = table if schema is None else f"{schema}.{table}"
-        self.instance_id = instance_id or uuid.uuid4().hex[:12]
-        self.heartbeat_interval = float(heartbeat_interval)
+        # host:pid:random, within the 24 characters a tag keeps whole
+        self.instance_id = instance_id or (
+            f"{socket.gethostname()[:10]}:{os.getpid()}:{uuid.uuid4().hex[:4]}"
+        )
+        self.heartbeat_interval = float(interval)
         self.heartbeat_timeout = float(timeout)
         self.lease_ttl = float(ttl)
+        self.lock_timeout = float(lock)
+        self.reserve = reserve
         self.create_tables = create_tables
         self.application_name = application_name
+        self.client_connection_check_interval = check or None
+        # None: not asked yet; False: the server refused it (older than 14, or Windows).
+        self._check_ok: bool | None = None if check else False
+        self._departed = 0
+        self._database: tuple[int | None, int | None] = (None, None)
         # last good view
         self._members: tuple[MemberStatus, ...] = ()
         self._share = 0
         self._limit = 0
         self._total: int | None = None
+        self._claimed = 0
         self._source = "total"
         self._last_ok: float | None = None
-        self._healthy = False
+        self._healthy = True  # until a heartbeat fails: a member that never needed one is fine
         self._observed: int | None = None
         self._tables_ready = False
         self._failing = False
+        self._active = False  # holds a live lease
+        self._reported = 0  # the demand it reported at its last heartbeat
+        self._reserve = 0  # the reserve it asked the last heartbeat to keep
+        self._claim = 0  # what this member's row claims (its holding at the last beat, or more)
+        self._tag: str | None = None
         self._beating = anyio.Lock()
+        self.beats = 0
+        """Heartbeats that reached the database (statistics)."""
+        self.busy = 0
+        """Heartbeats that found the coordinator busy and only kept the lease."""
 
     # ------------------------------------------------------------------ sql
 
     def create_tables_sql(self) -> str:
-        """The DDL for the lease and config tables (for an administrator to run once)."""
-        return (
-            f"CREATE TABLE IF NOT EXISTS {self._table} ("
-            " pool_name text NOT NULL,"
-            " instance_id text NOT NULL,"
-            " heartbeat_at timestamptz NOT NULL,"
-            " expires_at timestamptz NOT NULL,"
-            " demand integer NOT NULL DEFAULT 0,"
-            " holding integer NOT NULL DEFAULT 0,"
-            " share integer NOT NULL DEFAULT 0,"
-            " granted integer NOT NULL DEFAULT 0,"
-            " PRIMARY KEY (pool_name, instance_id));\n"
-            f"CREATE TABLE IF NOT EXISTS {self._config} ("
-            " pool_name text PRIMARY KEY,"
-            " total_max_connections integer,"
-            " updated_at timestamptz NOT NULL DEFAULT now());"
-        )
+        """The DDL for the lease and config tables and the heartbeat function (run once)."""
+        return self._schema.ddl()
 
-    async def _ensure_tables(self, conn: Any) -> None:
+    async def _ensure_tables(self, conn: Any, transaction: Any = None) -> None:
+        """Create what is missing; in a transaction of its own, or the caller's (``None``)."""
         if self._tables_ready:
             return
-        # CREATE TABLE IF NOT EXISTS is not safe against itself (concurrent
-        # creators collide on pg_type's unique index): members joining together
-        # take turns. Runs inside the caller's transaction.
-        await fetch(
-            conn,
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            f"elasticpool:create:{self._table_name}",
-        )
-        if not await self._tables_exist(conn):
-            if not self.create_tables:
-                raise RuntimeError(
-                    f"lease table {self._table_name!r} is missing and create_tables is False"
-                )
-            for statement in self.create_tables_sql().split(";\n"):
-                await fetch(conn, statement.rstrip(";"))
+        async with transaction(conn) if transaction is not None else contextlib.nullcontext():
+            # CREATE ... IF NOT EXISTS is not safe against itself (concurrent
+            # creators collide on pg_type's unique index): members take turns.
+            await fetch(
+                conn,
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                f"elasticpool:create:{self._table_name}",
+            )
+            if not await self._ready(conn):
+                if not self.create_tables:
+                    raise RuntimeError(
+                        f"lease table {self._table_name!r} (or its heartbeat function) is "
+                        "missing and create_tables is False: run create_tables_sql() as an "
+                        "administrator"
+                    )
+                for statement in self._schema.statements():
+                    await fetch(conn, statement)
         self._tables_ready = True
 
-    def _lock_key(self, pool: Pool[Any]) -> str:
-        return f"elasticpool:{self._table_name}:{pool.name}"
-
-    async def _heartbeat_tx(
-        self, pool: Pool[Any], conn: Any, freeze: Freeze
-    ) -> tuple[int, int, int | None, str, tuple[MemberStatus, ...], int | None]:
-        """One heartbeat transaction; returns (share, grant, total, source, members, observed)."""
-        if not self._tables_ready:
-            async with pool._connector.transaction(conn):
-                await self._ensure_tables(conn)
-        async with pool._connector.transaction(conn):
-            await fetch(
-                conn, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", self._lock_key(pool)
-            )
-            await fetch(
-                conn,
-                f"DELETE FROM {self._table} WHERE pool_name = $1 AND expires_at < now()",
-                pool.name,
-            )
-            rows = await fetch(
-                conn,
-                "SELECT instance_id, demand, holding, granted,"
-                " extract(epoch FROM now() - heartbeat_at)::float8"
-                f" FROM {self._table} WHERE pool_name = $1",
-                pool.name,
-            )
-            config = await fetch(
-                conn,
-                f"SELECT total_max_connections FROM {self._config} WHERE pool_name = $1",
-                pool.name,
-            )
-            live_total = config[0][0] if config else None
-            resolution = resolve_limit(
-                pool.settings,
-                fleet_total=live_total,
-                allow_small_total=pool.settings.allow_small_total,
-            )
-            members = [
-                Member(str(r[0]), int(r[1]), int(r[2]), int(r[3]))
-                for r in rows
-                if r[0] != self.instance_id
-            ]
-            demand, holding = freeze.demand, freeze.holding
-            members.append(Member(self.instance_id, demand, holding, 0))
-            total = resolution.fleet_total
-            if total is None:  # only max_connections: fixed per instance, fleet unbounded
-                share = grant = resolution.limit
-                shares = dict.fromkeys((m.id for m in members), resolution.limit)
-            else:
-                share, grant = heartbeat_grant(total, members, self.instance_id)
-                shares = divide(total, members)
-            freeze.grant = grant  # from here a failure may or may not have committed it
-            await fetch(
-                conn,
-                f"INSERT INTO {self._table} AS t (pool_name, instance_id, heartbeat_at,"
-                " expires_at, demand, holding, share, granted)"
-                " VALUES ($1, $2, now(), now() + make_interval(secs => $3), $4, $5, $6, $7)"
-                " ON CONFLICT (pool_name, instance_id) DO UPDATE SET"
-                " heartbeat_at = EXCLUDED.heartbeat_at, expires_at = EXCLUDED.expires_at,"
-                " demand = EXCLUDED.demand, holding = EXCLUDED.holding,"
-                " share = EXCLUDED.share, granted = EXCLUDED.granted",
-                pool.name,
-                self.instance_id,
-                self.lease_ttl,
-                demand,
-                holding,
-                share,
-                grant,
-            )
-            ages = {str(r[0]): float(r[4]) for r in rows}
-            view = tuple(
-                MemberStatus(
-                    id=m.id,
-                    demand=m.demand,
-                    holding=m.holding,
-                    share=shares[m.id],
-                    granted=grant if m.id == self.instance_id else m.granted,
-                    heartbeat_age=0.0 if m.id == self.instance_id else ages.get(m.id, 0.0),
-                )
-                for m in sorted(members, key=lambda m: m.id)
-            )
-            observed = await self._observed_backends(pool, conn)
-        return share, grant, total, resolution.source, view, observed
-
-    async def _observed_backends(self, pool: Pool[Any], conn: Any) -> int | None:
-        """Backends ``pg_stat_activity`` shows with the fleet's ``application_name`` (if given)."""
-        name = self.application_name
-        if name is None:
-            return None
+    async def _ready(self, conn: Any) -> bool:
+        """Whether the tables and this version's heartbeat function exist (one query)."""
         rows = await fetch(
-            conn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name
+            conn,
+            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL"
+            " AND to_regproc($3) IS NOT NULL",
+            self._table,
+            self._config,
+            self._beat_fn,
         )
-        return int(rows[0][0])
+        return bool(rows[0][0])
+
+    def _tag_connections(self, pool: MemberPort) -> None:
+        """Tell the connector the settings every connection of this member opens with."""
+        set_settings = getattr(pool.connector, "set_server_settings", None)
+        if set_settings is None:
+            logger.info(
+                "pool %r: its connector cannot tag connections (no set_server_settings): "
+                "backends of a member killed mid-query are not counted after its lease ends",
+                pool.name,
+            )
+            return
+        self._tag = tagged_name(pool.name, self.instance_id, self.application_name)
+        settings = {"application_name": self._tag}
+        if self._check_ok and self.client_connection_check_interval is not None:
+            ms = max(1, round(self.client_connection_check_interval * 1000))
+            settings["client_connection_check_interval"] = f"{ms}ms"
+        set_settings(settings)
+
+    async def _probe_check_interval(self, pool: MemberPort, conn: Any) -> None:
+        """Whether the server takes ``client_connection_check_interval`` (once; then tag with it).
+
+        PostgreSQL before 14 does not know it, and a server that cannot poll
+        for closed sockets (Windows) refuses any value but 0; either refuses a
+        startup parameter it would not take, so it is only sent once accepted.
+        """
+        assert self.client_connection_check_interval is not None
+        ms = max(1, round(self.client_connection_check_interval * 1000))
+        try:
+            async with pool.connector.transaction(conn):
+                # for the session: this connection, which may join the pool, keeps it too
+                await fetch(
+                    conn,
+                    "SELECT set_config('client_connection_check_interval', $1, false)",
+                    f"{ms}ms",
+                )
+        except Exception as exc:
+            if pool.connector.is_disconnect(exc):
+                raise
+            logger.info(
+                "pool %r: the server does not take client_connection_check_interval (%s); "
+                "a killed member's queries run until they end",
+                pool.name,
+                exc,
+            )
+            self._check_ok = False
+            return
+        self._check_ok = True
+        self._tag_connections(pool)
 
     # ------------------------------------------------------------------ membership
 
-    async def join(self, pool: Pool[Any]) -> None:
-        """First heartbeat, before anyone borrows: the pool starts at its grant."""
-        await pool.resize(0)  # nothing opens before the fleet has a say
-        await self._beat(pool)
+    async def join(self, pool: MemberPort) -> None:
+        """Tag the pool's connections and start at limit 0: the first caller brings the first beat.
 
-    async def run(self, pool: Pool[Any]) -> None:
-        """Heartbeat until cancelled; early when callers queue at the limit.
-
-        Demand is only seen at a heartbeat, so a caller queuing while its
-        pool is at its limit (0 included) wakes the next one early, at most
-        one early heartbeat per quarter interval.
+        A pool with a warm floor (``min_connections``) joins at once: it
+        holds connections, so it is a member from the start.
         """
-        while True:
-            jitter = 1.0 + random.uniform(-0.1, 0.1)
-            pool._fleet_demand = demand = anyio.Event()
-            with anyio.move_on_after(self.heartbeat_interval * jitter):
-                await demand.wait()
-                await anyio.sleep(self.heartbeat_interval / 4)  # let demand gather
+        self._tag_connections(pool)  # before the first connection: it is the fleet's too
+        await pool.resize(0)  # nothing opens before the fleet has a say
+        if pool.settings.min_connections > 0:
             await self._beat(pool)
 
-    async def leave(self, pool: Pool[Any]) -> None:
-        """Drop this instance's lease so its share returns to the others at once."""
-        with contextlib.suppress(Exception), anyio.fail_after(self.heartbeat_timeout):
-            async with pool._coordination() as conn, pool._connector.transaction(conn):
-                await fetch(
-                    conn,
-                    f"DELETE FROM {self._table} WHERE pool_name = $1 AND instance_id = $2",
-                    pool.name,
-                    self.instance_id,
-                )
+    async def run(self, pool: MemberPort) -> None:
+        """Heartbeat while active; early when it can help; wait for a caller while not."""
+        while True:
+            demand = pool.demand_signal()
+            if not self._active:
+                if pool.stats().size == 0 and not self._wants(pool):
+                    await demand.wait()  # left the fleet: nothing until a caller comes
+                await self._beat(pool)
+                if not self._active and self._wants(pool):  # failed, or left meanwhile
+                    await self._pause(self.heartbeat_interval / 4)
+                continue
+            wait = self.heartbeat_interval * random.uniform(0.9, 1.1)
+            with anyio.move_on_after(wait):
+                await self._until_worth_a_beat(pool, demand)
+            await self._beat(pool)
 
-    async def _beat(self, pool: Pool[Any]) -> None:
+    async def _until_worth_a_beat(self, pool: MemberPort, demand: anyio.Event) -> None:
+        """Return when an early heartbeat can change something (the caller bounds the wait).
+
+        Worth it: callers wait and the member is below its share (it may
+        grow), or its demand is now above a share that covered what it last
+        reported (the shares may move its way; a member already asking for
+        more than its share changes nothing by asking for more still); or
+        others ask for more than
+        they have while this member holds less than its row claims, or holds
+        only idle connections (give back now, not at the next interval). At
+        most one such check every eighth of an interval.
+        """
+        while True:
+            # A member with no connection of its own asks on a new one: less often, and
+            # less still while nothing is free (the others give back at their heartbeats).
+            if pool.stats().size:
+                part = 8
+            else:
+                full = self._total is not None and self._claimed >= self._total
+                part = 2 if full else 4
+            step = self.heartbeat_interval / part * random.uniform(0.9, 1.1)
+            with anyio.move_on_after(step):
+                await demand.wait()
+            stats = pool.stats()
+            if stats.waiting and (
+                self._share > self._limit  # below its share: the next grant may be more
+                # asked for no more than its share last time: more demand may move it
+                or self._reported <= self._share < stats.in_use + stats.waiting
+            ):
+                return
+            if stats.size + stats.closing < self._claim and self._others_want():
+                return  # surplus closed while others ask: give it back
+            if stats.size and not stats.in_use and not stats.waiting and self._tight():
+                return  # idle while the fleet is (nearly) full: let go, or keep if still free
+            if demand.is_set():
+                demand = pool.demand_signal()
+
+    def _tight(self) -> bool:
+        """Whether the last view left less than the reserve free, or others asked for more."""
+        if self._total is None:
+            return False
+        return self._claimed + max(1, self._reserve) >= self._total or self._others_want()
+
+    def _others_want(self) -> bool:
+        return any(m.share > m.granted for m in self._members if m.id != self.instance_id)
+
+    def _wants(self, pool: MemberPort) -> bool:
+        stats = pool.stats()
+        return bool(stats.waiting or stats.in_use or stats.connecting)
+
+    async def _pause(self, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await anyio.sleep_forever()
+
+    async def leave(self, pool: MemberPort) -> None:
+        """End this instance's lease so its part returns to the others at once."""
+        if not self._active and self._claim == 0:
+            return
+        await self._beat(pool, leave=True)
+
+    async def _beat(self, pool: MemberPort, *, leave: bool = False) -> None:
         async with self._beating:  # one heartbeat at a time per member (set_total runs one too)
-            await self._beat_once(pool)
+            await self._beat_once(pool, leave)
 
-    async def _beat_once(self, pool: Pool[Any]) -> None:
-        started = pool._now()
+    async def _beat_once(self, pool: MemberPort, leave: bool) -> None:
+        started = pool.now()
         try:
             with anyio.fail_after(self.heartbeat_timeout):
                 async with (
-                    pool._coordination(wait_own=self.heartbeat_timeout / 2) as conn,
-                    pool._frozen() as freeze,
+                    pool.coordination(wait_own=self.heartbeat_timeout / 2, own=not leave) as co,
+                    pool.frozen() as freeze,
                 ):
-                    result = await self._heartbeat_tx(pool, conn, freeze)
-                    share, grant, total, source, view, observed = result
-                    freeze.apply(grant)
+                    if not self._tables_ready:
+                        await self._ensure_tables(co.conn, pool.connector.transaction)
+                    if self._check_ok is None and self._tag is not None:
+                        await self._probe_check_interval(pool, co.conn)
+                    freeze.sent = True
+                    try:
+                        row = await self._call(pool, co.conn, freeze.demand, freeze.holding, leave)
+                    except Exception as exc:
+                        # An error the server answered with: rolled back, nothing committed.
+                        # A lost or late answer (disconnect, timeout) leaves it unknown.
+                        if not isinstance(exc, TimeoutError) and not pool.connector.is_disconnect(
+                            exc
+                        ):
+                            freeze.sent = False
+                        raise
+                    if row[0] == "busy":
+                        freeze.apply(freeze.before)
+                        self.busy += 1
+                        self._healthy = True
+                        return
+                    status, share, grant, total, live_total, claimed = row[:6]
+                    freeze.grant = grant
+                    adopt = co.conn if co.extra and status == "ok" and grant > 0 else None
+                    if freeze.apply(grant, adopt):
+                        co.keep()  # the connection it asked on serves a caller now
+                    self._reported = freeze.demand
+                    self._claim = max(freeze.holding, grant) if status == "ok" else freeze.holding
         except Exception as exc:
             await self._failed(pool, exc, started)
             return
-        self._share, self._limit, self._total, self._source = share, grant, total, source
-        self._members, self._observed = view, observed
+        self.beats += 1
+        self._active = status == "ok"
+        resolution_source = self._source_of(pool, live_total)
+        self._share, self._limit, self._total = share, grant, total
+        self._claimed, self._source = claimed, resolution_source
+        self._members = self._view(row)
+        self._observed = row[7]
+        self._departed = row[8] or 0
+        self._database = (row[9], row[10]) if row[9] is not None else (None, None)
         self._last_ok = started
         if self._failing:
             logger.info("pool %r: fleet coordination ok again (limit %d)", pool.name, grant)
         self._failing = False
         self._healthy = True
 
-    async def _failed(self, pool: Pool[Any], exc: BaseException, started: float) -> None:
+    async def _call(
+        self, pool: MemberPort, conn: Any, demand: int, holding: int, leave: bool
+    ) -> tuple[Any, ...]:
+        settings = pool.settings
+        base = resolve_limit(settings, allow_small_total=True)
+        total = base.fleet_total
+        fixed = base.limit if total is None else 0
+        minimum = 1 if settings.allow_small_total else HYPERDRIVE_MINIMUM_TOTAL
+        reserve = self.reserve
+        if reserve is None:
+            reserve = 0 if total is None else min(2, total // 20)
+        self._reserve = reserve
+        rows = await fetch(
+            conn,
+            f"SELECT * FROM {self._beat_fn}"
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            pool.name,
+            self.instance_id,
+            self._tag,
+            demand,
+            holding,
+            total,
+            fixed,
+            minimum,
+            reserve,
+            self.lease_ttl,
+            max(1, round(self.lock_timeout * 1000)),
+            leave,
+            pool_tag(pool.name) if self._tag is not None else None,
+            self._db_total,
+            self._db_percent,
+            own=True,
+        )
+        return tuple(rows[0])
+
+    def _source_of(self, pool: MemberPort, live_total: int | None) -> str:
+        if live_total is not None:
+            return "total"
+        return resolve_limit(pool.settings, allow_small_total=True).source
+
+    def _view(self, row: tuple[Any, ...]) -> tuple[MemberStatus, ...]:
+        """The members as the heartbeat saw them: ``[id, demand, holding, share, granted, age]``."""
+        if row[6] is None:
+            return self._members
+        return tuple(
+            MemberStatus(
+                id=str(i),
+                demand=int(d),
+                holding=int(h),
+                share=int(s),
+                granted=int(g),
+                heartbeat_age=float(a),
+            )
+            for i, d, h, s, g, a in json.loads(row[6])
+        )
+
+    async def _failed(self, pool: MemberPort, exc: BaseException, started: float) -> None:
         if not self._failing:  # the first failure of a streak, even before any success
             logger.warning("pool %r: fleet heartbeat failed: %r", pool.name, exc)
         else:
@@ -360,10 +561,12 @@ class PostgresMembership:
                 pool.settings.limit_mode,
             )
             await pool.resize(fallback)
+        if not self._active:
+            await self._pause(self.heartbeat_interval)
 
     # ------------------------------------------------------------------ live total
 
-    async def set_total(self, pool: Pool[Any], total: int | None) -> None:
+    async def set_total(self, pool: MemberPort, total: int | None) -> None:
         """Set the fleet total for every instance of ``pool`` (``None``: back to the settings).
 
         Each instance adopts it at its next heartbeat, this one at once.
@@ -374,8 +577,8 @@ class PostgresMembership:
                 pool.settings.replace(total_max_connections=total),
                 allow_small_total=pool.settings.allow_small_total,
             )
-        async with pool._coordination() as conn, pool._connector.transaction(conn):
-            await self.store_total(conn, pool.name, total)
+        async with pool.coordination() as co, pool.connector.transaction(co.conn):
+            await self.store_total(co.conn, pool.name, total)
         await self._beat(pool)
 
     async def store_total(self, conn: Any, pool_name: str, total: int | None) -> None:
@@ -397,16 +600,6 @@ class PostgresMembership:
             total,
         )
 
-    async def _tables_exist(self, conn: Any) -> bool:
-        """Whether the lease table and its config table both exist (one query)."""
-        rows = await fetch(
-            conn,
-            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
-            self._table,
-            self._config,
-        )
-        return bool(rows[0][0])
-
     async def read_fleets(
         self, conn: Any, pool_name: str | None = None
     ) -> dict[str, tuple[int | None, tuple[MemberStatus, ...]]]:
@@ -419,7 +612,7 @@ class PostgresMembership:
         empty when the tables do not exist. For tools that are not members
         (``elasticpool status``).
         """
-        if not await self._tables_exist(conn):
+        if not await self._ready(conn):
             return {}
         where, args = ("", ()) if pool_name is None else (" AND pool_name = $1", (pool_name,))
         leases = await fetch(
@@ -430,7 +623,7 @@ class PostgresMembership:
             " ORDER BY pool_name, instance_id",
             *args,
         )
-        where = "" if pool_name is None else " WHERE pool_name = $1"
+        where = " WHERE pool_name <> ''" + ("" if pool_name is None else " AND pool_name = $1")
         configs = await fetch(
             conn, f"SELECT pool_name, total_max_connections FROM {self._config}{where}", *args
         )
@@ -445,10 +638,29 @@ class PostgresMembership:
             for name in sorted(totals.keys() | members.keys())
         }
 
+    async def read_budgets(self, conn: Any) -> dict[str, tuple[int | None, int]]:
+        """The total each pool name's members last used, and its claims added up, by name.
+
+        The name ``""`` is the database budget over every name (when one was
+        ever set), with every name's claims added up. Read-only; empty when
+        the tables do not exist. For ``elasticpool status``.
+        """
+        if not await self._ready(conn):
+            return {}
+        rows = await fetch(
+            conn,
+            "SELECT pool_name, coalesce(total_max_connections, total), claimed"
+            f" FROM {self._config} ORDER BY pool_name",
+        )
+        budgets = {str(r[0]): (r[1], int(r[2])) for r in rows}
+        if "" in budgets:
+            budgets[""] = (budgets[""][0], sum(c for k, (_, c) in budgets.items() if k))
+        return budgets
+
     # ------------------------------------------------------------------ status
 
-    def status(self, pool: Pool[Any]) -> FleetStatus:
-        now = pool._now()
+    def status(self, pool: MemberPort) -> FleetStatus:
+        now = pool.now()
         return FleetStatus(
             pool=pool.name,
             instance=self.instance_id,
@@ -460,6 +672,11 @@ class PostgresMembership:
             members=self._members,
             observed_backends=self._observed,
             healthy=self._healthy,
+            departed_backends=self._departed,
+            database_total=self._database[0],
+            database_claimed=self._database[1],
+            active=self._active,
+            claimed=self._claimed if self._total is not None else None,
             last_heartbeat_age=None if self._last_ok is None else now - self._last_ok,
         )
 

@@ -13,9 +13,17 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["fetch", "quote_ident", "quote_literal"]
+__all__ = ["SERVER_LIMITS_SQL", "fetch", "quote_ident", "quote_literal"]
+
+SERVER_LIMITS_SQL = (
+    "SELECT current_setting('max_connections')::int,"
+    " current_setting('superuser_reserved_connections')::int"
+    " + coalesce(current_setting('reserved_connections', true), '0')::int"
+)
+"""The server's ``max_connections`` and how many of them it reserves (16+: two settings)."""
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
+_IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open
 
 
 def quote_ident(name: str) -> str:
@@ -37,9 +45,23 @@ def quote_literal(value: str) -> str:
     return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-async def fetch(conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Run ``sql`` with ``args`` on ``conn`` (asyncpg or psycopg); the rows as tuples."""
-    module = type(conn).__module__
+async def fetch(conn: Any, sql: str, *args: Any, own: bool = False) -> list[tuple[Any, ...]]:
+    """Run ``sql`` with ``args`` on ``conn`` (asyncpg or psycopg); the rows as tuples.
+
+    ``own``: the statement is a transaction of its own (committed when it
+    returns), also on a psycopg connection that is not in autocommit mode
+    and in no transaction: it is switched to autocommit for the statement
+    (no round trip), so no BEGIN/COMMIT pair is added.
+    """
+    # by the driver's class, also for a subclass of it (asyncpg's connection_class)
+    module = next(
+        (
+            m
+            for m in (c.__module__ for c in type(conn).__mro__)
+            if m.startswith(("asyncpg", "psycopg"))
+        ),
+        type(conn).__module__,
+    )
     if module.startswith("asyncpg"):
         rows = await conn.fetch(sql, *args)
         return [tuple(r) for r in rows]
@@ -47,11 +69,18 @@ async def fetch(conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         order = [int(n) for n in _PLACEHOLDER.findall(sql)]
         if order != list(range(1, len(order) + 1)) or len(order) != len(args):
             raise ValueError(f"placeholders must be $1..$n in order, once each: {sql!r}")
-        async with conn.cursor() as cur:
-            await cur.execute(_PLACEHOLDER.sub("%s", sql), list(args))
-            if cur.description is None:
-                return []
-            return [tuple(r) for r in await cur.fetchall()]
+        switch = own and not conn.autocommit and conn.info.transaction_status == _IDLE
+        if switch:
+            await conn.set_autocommit(True)
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute(_PLACEHOLDER.sub("%s", sql), list(args))
+                if cur.description is None:
+                    return []
+                return [tuple(r) for r in await cur.fetchall()]
+        finally:
+            if switch and not conn.closed:
+                await conn.set_autocommit(False)
     custom = getattr(conn, "fleet_fetch", None)
     if custom is not None:
         result: Sequence[tuple[Any, ...]] = await custom(sql, *args)

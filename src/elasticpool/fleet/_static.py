@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._errors import ElasticPoolWarning
 from .._limits import Member, divide, resolve_limit
 from ._base import FleetStatus
 
 if TYPE_CHECKING:
-    from .._pool import Pool
+    from ._base import MemberPort
 
 __all__ = ["StaticMembership"]
 
@@ -41,7 +41,7 @@ class StaticMembership:
         self.instances = instances
         self.index = index
 
-    def _limit(self, pool: Pool[Any]) -> tuple[int, int | None, str]:
+    def _limit(self, pool: MemberPort) -> tuple[int, int | None, str]:
         resolution = resolve_limit(pool.settings, allow_small_total=pool.settings.allow_small_total)
         total = resolution.fleet_total
         if total is None:  # only max_connections: per instance, nothing to divide
@@ -51,7 +51,7 @@ class StaticMembership:
         members = [Member(f"{i:06}") for i in range(self.instances)]
         return divide(total, members)[f"{self.index:06}"], total, resolution.source
 
-    async def join(self, pool: Pool[Any]) -> None:
+    async def join(self, pool: MemberPort) -> None:
         limit, total, _source = self._limit(pool)
         if limit == 0:
             warnings.warn(
@@ -62,13 +62,13 @@ class StaticMembership:
             )
         await pool.resize(limit)
 
-    async def run(self, pool: Pool[Any]) -> None:
+    async def run(self, pool: MemberPort) -> None:
         return None
 
-    async def leave(self, pool: Pool[Any]) -> None:
+    async def leave(self, pool: MemberPort) -> None:
         return None
 
-    def status(self, pool: Pool[Any]) -> FleetStatus:
+    def status(self, pool: MemberPort) -> FleetStatus:
         limit, total, source = self._limit(pool)
         return FleetStatus(
             pool=pool.name,
