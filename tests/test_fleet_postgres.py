@@ -48,6 +48,7 @@ from elasticpool import Pool, PoolTimeout
 from elasticpool.embedded import EmbeddedPostgres
 from elasticpool.fleet import PostgresMembership
 from elasticpool.fleet._schema import beat_function, fill_function
+from elasticpool.testing import FaultProxy
 
 from .helpers import eventually
 
@@ -1294,3 +1295,27 @@ async def test_two_pool_names_share_a_database_budget(fleet: Fleet) -> None:
     assert max(seen) <= 20 + 2, f"{max(seen)} backends for a database budget of 20"
     rows = await fleet.admin.fetch(f"SELECT pool_name, total FROM {fleet.qconfig} ORDER BY 1")
     assert [(r[0], r[1]) for r in rows] == [("", 20), (fleet.name, 15), (other, 15)]
+
+
+async def test_open_cancelled_during_a_hanging_first_heartbeat_is_undone(fleet: Fleet) -> None:
+    """An open cancelled while its first heartbeat hangs leaves a new pool; the retry joins."""
+    async with FaultProxy(fleet.server.host, fleet.server.port) as proxy:
+        pool = fleet.pool(
+            dsn=proxy.dsn_for(fleet.server.dsn()),
+            interval=1.0,
+            ttl=10.0,
+            heartbeat_timeout=2.0,  # longer than the caller will wait for open()
+            membership={"instance_id": "a"},
+            min_connections=1,  # a member with a floor joins when it opens
+        )
+        proxy.blackhole()
+        with anyio.move_on_after(0.2) as scope:  # e.g. asyncio.wait_for(pool.open(), 0.2)
+            await pool.open()
+        assert scope.cancelled_caught
+        assert repr(pool).startswith(f"<Pool {fleet.name!r} new ")
+        proxy.heal()
+        async with pool:
+            assert pool.stats().max > 0
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT 1") == 1
+            assert "a" in await fleet.leases()

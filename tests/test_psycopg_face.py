@@ -33,6 +33,7 @@ from elasticpool.psycopg import (  # noqa: E402
     PoolTimeout,
     TooManyRequests,
 )
+from elasticpool.testing import FaultProxy  # noqa: E402
 
 from .helpers import eventually  # noqa: E402
 
@@ -848,3 +849,18 @@ async def test_bad_returns_are_logged_as_psycopg_pool_does(
             await pool.putconn(conn)
         warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert any(m.startswith("rolling back returned connection") for m in warned), warned
+
+
+@postgres
+async def test_close_returns_once_a_connect_in_flight_fails(pg_server: Any) -> None:
+    """close() returns as soon as a connect in flight when it started fails, not at its timeout."""
+    async with FaultProxy(pg_server.host, pg_server.port) as proxy:
+        proxy.blackhole()  # the floor's connect hangs until connect_timeout
+        dsn = proxy.dsn_for(pg_server.dsn(application_name=unique("drain")))
+        pool = AsyncConnectionPool(dsn, min_size=1, open=False, connect_timeout=0.5)
+        await pool.open()
+        await poll(lambda: pool.elastic.stats().connecting, lambda n: n == 1, "no connect started")
+        with anyio.fail_after(BOUND):  # close's own timeout is ten times longer
+            await pool.close(timeout=10 * BOUND)
+        assert pool.elastic.stats().connect_errors == 1
+        assert repr(pool.elastic).startswith(f"<Pool {pool.name!r} closed ")

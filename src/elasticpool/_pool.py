@@ -133,8 +133,9 @@ class _Acquire(Generic[ConnT]):
             slot = await pool._acquire_slow(None, pool._now(), self._timeout)
         else:
             await pool._sleep(0)  # cancel point and schedule point, before any state change
+            timeout = self._timeout
             if pool._state != "open":
-                pool._check_open()
+                timeout = await pool._wait_open(timeout)
             now = pool._now()
             found = planner.acquire(now)
             if planner._plan is not None:
@@ -144,7 +145,7 @@ class _Acquire(Generic[ConnT]):
                 or pool._is_closed(found.conn)
                 or (pool._ping_after is not None and planner.should_ping(found, now))
             ):
-                slot = await pool._acquire_slow(found, now, self._timeout)
+                slot = await pool._acquire_slow(found, now, timeout)
             else:
                 slot = found
         slot.owner = pool._current_task()
@@ -297,25 +298,39 @@ class Pool(Generic[ConnT]):
         await self.close()
 
     async def open(self) -> None:
-        """Start the pool's background work (idempotent). The floor fills in the background."""
+        """Start the pool's background work (idempotent). The floor fills in the background.
+
+        With a membership, the first limit comes from ``membership.join``
+        before it returns; meanwhile the pool is opening, and acquires wait
+        for it (within their timeout). An open that is cancelled, or whose
+        join raises, is undone: the background work stops, connections opened
+        meanwhile are closed, the membership leaves, and the pool is new
+        again, so ``open()`` can be retried. Another task's ``open()`` waiting
+        for it then opens the pool itself. A percentage total
+        (``total_max_connections="80%"``) is resolved first, on one
+        connection: an open that cannot reach the server raises, and is undone.
+        """
         if self._state == "forked":
             raise self._forked_error()
-        if self._state == "open":
-            return
-        if self._state == "opening":  # another task is opening it: wait for that
+        while self._state == "opening":  # another task is opening it: wait for that
             assert self._opened is not None
             await self._opened.wait()
-            self._check_open()
+        if self._state == "open":
             return
         if self._state != "new":
             raise PoolClosed(f"pool {self.name!r} is closed and cannot be opened again")
+        self._state = "opening"
+        self._opened = opened = anyio.Event()
         first = None
         if self.settings.total_percent is not None:
-            first = await self._resolve_percentage()
-        self._state = "opening"
+            try:
+                first = await self._resolve_percentage()
+            except BaseException:
+                self._state = "new"
+                opened.set()
+                raise
         self._pid = os.getpid()
         _opened_here.add(self)
-        self._opened = opened = anyio.Event()
         backend = current_backend()
         self._now = backend.now
         self._sleep = backend.sleep
@@ -330,8 +345,6 @@ class Pool(Generic[ConnT]):
         _spawn_system_task(self._run, started)
         with anyio.CancelScope(shield=True):  # the runner is started: finish the job
             await started.wait()
-        self._state = "open"
-        opened.set()
         if first is not None:  # the connection that asked the server: the pool's first
             if self.membership is None:
                 limit = resolve_limit(self.settings, allow_small_total=True).limit
@@ -341,13 +354,51 @@ class Pool(Generic[ConnT]):
             else:  # the fleet has a say first: its join opens what it needs
                 with anyio.CancelScope(shield=True):
                     await self._close_conn(first)
+        try:
+            if self.membership is not None:
+                # The first limit comes from the fleet, before anyone borrows.
+                await self.membership.join(self._port)
+        except BaseException:
+            if self._state == "opening":
+                await self._undo_open()
+            raise
+        finally:
+            opened.set()  # openers and acquires waiting for this open look again
+        if self._state != "opening":  # terminated while joining
+            raise PoolClosed(f"pool {self.name!r} was terminated while opening")
+        self._state = "open"
         if self.membership is not None:
-            # The first limit comes from the fleet, before anyone borrows.
-            await self.membership.join(self._port)
             assert self._tg is not None
             self._tg.start_soon(self._run_membership, self.membership)
         self._planner.tick(self._now())
         self._execute(self._planner.take_plan())
+
+    async def _undo_open(self) -> None:
+        """Take back an open whose join was cancelled or failed: the pool is new again.
+
+        Nobody can have borrowed yet (acquires wait while the pool is
+        opening), so closing the idle connections, stopping the runner (which
+        abandons connects in flight) and leaving the fleet (a lease may have
+        been committed) leaves nothing behind. Shielded; ``leave`` is bounded.
+        """
+        assert self._stop is not None
+        assert self._runner_done is not None
+        planner = self._planner
+        with anyio.CancelScope(shield=True):
+            planner.resize(0, self._now())  # the join's limit, if any: nothing opens any more
+            self._execute(planner.take_plan())
+            assert self.membership is not None
+            try:
+                await self.membership.leave(self._port)
+            except Exception:  # pragma: no cover - a bug in a membership
+                logger.exception("pool %r: fleet membership failed to leave", self.name)
+            self._stop.set()
+            await self._runner_done.wait()
+            for slot in planner.remaining():  # normally none: closes finish in the runner
+                if slot.conn is not None:
+                    self._terminate(slot.conn)
+                planner.forget(slot)
+        self._state = "new"
 
     async def _resolve_percentage(self) -> Any:
         """Resolve ``total_max_connections="N%"`` against the server; return the connection used.
@@ -428,6 +479,9 @@ class Pool(Generic[ConnT]):
         if self._state == "forked":  # the parent's: nothing to wait for, nothing to close here
             self._state = "closed"
             return
+        while self._state == "opening":  # let the open finish, or be undone, first
+            assert self._opened is not None
+            await self._opened.wait()
         if self._state in ("closing", "closed"):
             if self._runner_done is not None:
                 with anyio.CancelScope(shield=True):
@@ -541,7 +595,37 @@ class Pool(Generic[ConnT]):
                 raise RuntimeError(
                     f"pool {self.name!r} is not open: use 'async with pool' or 'await pool.open()'"
                 )
+            if self._state == "opening":
+                raise RuntimeError(f"pool {self.name!r} is still opening: await pool.open() first")
             raise PoolClosed(f"pool {self.name!r} is closed ({self._planner.describe()})")
+
+    async def _wait_open(self, timeout: float | None) -> float | None:
+        """An acquire that finds the pool opening waits for the open; returns the time left.
+
+        Raises :class:`~elasticpool.PoolTimeout` if the open outlasts
+        ``timeout``, :class:`RuntimeError` if the open is undone (cancelled,
+        or its join failed), and what :meth:`_check_open` raises otherwise.
+        """
+        if self._state == "opening":
+            started = self._now()
+            with anyio.move_on_after(math.inf if timeout is None else timeout):
+                while self._state == "opening":
+                    assert self._opened is not None
+                    await self._opened.wait()
+            if self._state == "opening":
+                raise PoolTimeout(
+                    f"pool {self.name!r}: no connection within {timeout:g}s "
+                    f"(the pool is still opening; {self._planner.describe()})"
+                )
+            if self._state == "new":
+                raise RuntimeError(
+                    f"pool {self.name!r} did not open: its open() was cancelled or failed "
+                    "while this acquire waited for it"
+                )
+            if timeout is not None:
+                timeout -= self._now() - started
+        self._check_open()
+        return timeout
 
     def _forked_error(self) -> RuntimeError:
         return RuntimeError(
@@ -593,7 +677,7 @@ class Pool(Generic[ConnT]):
             return await self._acquire_slow(None, self._now(), timeout)  # the wait: a checkpoint
         await self._sleep(0)  # cancel point and schedule point, before any state change
         if self._state != "open":
-            self._check_open()
+            timeout = await self._wait_open(timeout)
         planner = self._planner
         now = self._now()
         slot = planner.acquire(now)
@@ -916,8 +1000,9 @@ class Pool(Generic[ConnT]):
             planner.connected(slot, conn, now, random.random())
             if self._ready is not None:
                 self._ready.set()
-        if planner._plan is not None:
-            self._execute(planner.take_plan())
+        # Even with nothing to do: a connect ending after close() may be the last
+        # thing close() waits for (_execute then sets the drained event).
+        self._execute(planner.take_plan())
 
     async def _close_slot(self, slot: Slot) -> None:
         conn = slot.conn
@@ -1173,6 +1258,7 @@ class Pool(Generic[ConnT]):
         average = (busy - self._fleet_busy) / span if span > 0 else 0.0
         self._fleet_since, self._fleet_busy = now, busy
         asked = p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting
+        asked = max(asked, p.min_connections)  # a warm floor asks for itself
         freeze = Freeze(
             self,
             demand=max(0, max(asked, int(average + 0.5)) - coordinating),
