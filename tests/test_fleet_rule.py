@@ -28,6 +28,7 @@ member_lists = st.lists(
         id=st.text("abcAB-_:9", min_size=1, max_size=4),
         demand=st.integers(0, 30),
         holding=st.integers(0, 30),
+        waited=st.sampled_from([0.0, 1.0, 2.0, 3.0]),
     ),
     min_size=1,
     max_size=10,
@@ -180,9 +181,10 @@ def test_the_server_function_decides_as_the_spec(
         for m in others:
             conn.execute(
                 f"INSERT INTO {schema.table} (pool_name, instance_id, heartbeat_at, expires_at,"
-                " demand, holding, claim) VALUES (%s, %s, now(), now() + interval '1 hour',"
-                " %s, %s, %s)",
-                (pool, m.id, m.demand, m.holding, claims[m.id]),
+                " demand, holding, claim, asking_since) VALUES (%s, %s, now(),"
+                " now() + interval '1 hour', %s, %s, %s,"
+                " CASE WHEN %s > 0 THEN now() - make_interval(secs => %s) END)",
+                (pool, m.id, m.demand, m.holding, claims[m.id], m.waited, m.waited),
             )
         conn.execute(
             f"INSERT INTO {schema.config} (pool_name, claimed) VALUES (%s, %s)",
@@ -205,3 +207,22 @@ def test_the_server_function_decides_as_the_spec(
     left = me.demand == 0 and grant == 0
     assert status == ("left" if left else "ok")
     assert claimed == others_claimed + (me.holding if left else max(me.holding, grant))
+
+
+@given(units=st.integers(1, 10), askers=st.integers(1, 40))
+def test_no_asker_is_passed_over_round_after_round(units: int, askers: int) -> None:
+    """Fewer units than askers holding nothing: the longest-waiting go first, so all are served.
+
+    Each round the askers served leave (they have what they asked for) and
+    the others wait one more second; everyone is served within
+    ceil(askers / units) rounds, whatever their ids.
+    """
+    waiting = {f"m{i:02}": 0.0 for i in range(askers)}
+    rounds = 0
+    while waiting:
+        rounds += 1
+        view = [Member(k, demand=1, waited=w) for k, w in waiting.items()]
+        served = [k for k, v in fleet_shares(units, view).items() if v > 0]
+        assert served, "a round served no one"
+        waiting = {k: w + 1 for k, w in waiting.items() if k not in served}
+    assert rounds <= -(-askers // units)

@@ -70,6 +70,8 @@ class Member:
     """Connections it has open (its pool size, closing ones included)."""
     granted: int = 0
     """The limit it last gave itself: it may grow to this before its next heartbeat."""
+    waited: float = 0.0
+    """Seconds it has asked without a grant (first served when units are short)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,13 +91,16 @@ class Resolution:
 
 
 def _water_fill(
-    total: int, wants: Mapping[str, int], holding: Mapping[str, int] | None = None
+    total: int,
+    wants: Mapping[str, int],
+    holding: Mapping[str, int] | None = None,
+    waited: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, int], int]:
     """Max-min fair integer split of ``total`` over ``wants``; returns (allocation, left over).
 
     Ties and remainders go in a fixed order (least served, then least
-    ``holding`` when given, then id), so the same input always gives the
-    same output.
+    ``holding``, then longest ``waited``, when given, then id), so the same
+    input always gives the same output.
     """
     alloc = dict.fromkeys(sorted(wants), 0)
     remaining = total
@@ -103,8 +108,9 @@ def _water_fill(
     while remaining > 0 and unmet:
         level = remaining // len(unmet)
         if level == 0:  # fewer units than askers: one each, least served first
-            held = holding or {}
-            for k in sorted(unmet, key=lambda k: (alloc[k], held.get(k, 0), k))[:remaining]:
+            held, age = holding or {}, waited or {}
+            order = sorted(unmet, key=lambda k: (alloc[k], held.get(k, 0), -age.get(k, 0.0), k))
+            for k in order[:remaining]:
                 alloc[k] += 1
             return alloc, 0
         still: list[str] = []
@@ -168,7 +174,8 @@ def fleet_shares(total: int, members: Sequence[Member], reserve: int = 0) -> dic
     2. the rest is water-filled over demand, as in :func:`divide`; when there
        are fewer units than askers, those holding least get one first (a
        member asking for its first connection before one asking for a
-       second);
+       second), and among them those that have asked longest without a
+       grant (so no member is passed over heartbeat after heartbeat);
     3. what is left lets members keep connections they already hold (by id),
        so an idle member is not told to close what nobody else asks for;
     4. the rest is headroom for the members asking (evenly, remainder by id),
@@ -182,7 +189,10 @@ def fleet_shares(total: int, members: Sequence[Member], reserve: int = 0) -> dic
         raise ValueError(f"total must be >= 0 (got {total})")
     left = max(0, total - (reserve if len(members) >= RESERVE_FROM else 0))
     shares, left = _water_fill(
-        left, {m.id: max(0, m.demand) for m in members}, {m.id: m.holding for m in members}
+        left,
+        {m.id: max(0, m.demand) for m in members},
+        {m.id: m.holding for m in members},
+        {m.id: m.waited for m in members},
     )
     for m in sorted(members, key=lambda m: m.id):
         if left <= 0:

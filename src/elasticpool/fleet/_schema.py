@@ -108,6 +108,7 @@ class Schema:
             " PRIMARY KEY (pool_name, instance_id))",
             f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS claim integer NOT NULL DEFAULT 0",
             f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS tag text",
+            f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS asking_since timestamptz",
             f"CREATE TABLE IF NOT EXISTS {c} ("
             " pool_name text PRIMARY KEY,"
             " total_max_connections integer,"
@@ -202,6 +203,7 @@ DECLARE
     v_holdings integer[];
     v_granteds integer[];
     v_ages float8[];
+    v_waited float8[];
     v_status text := 'ok';
     v_left integer;
     v_unmet integer;
@@ -310,17 +312,22 @@ BEGIN
     -- 3. shares over the live members (this one with its new demand), ordered by id
     SELECT array_agg(x.id ORDER BY x.id COLLATE "C"), array_agg(x.d ORDER BY x.id COLLATE "C"),
            array_agg(x.h ORDER BY x.id COLLATE "C"), array_agg(x.g ORDER BY x.id COLLATE "C"),
-           array_agg(x.age ORDER BY x.id COLLATE "C")
-      INTO v_ids, v_demands, v_holdings, v_granteds, v_ages
+           array_agg(x.age ORDER BY x.id COLLATE "C"), array_agg(x.w ORDER BY x.id COLLATE "C")
+      INTO v_ids, v_demands, v_holdings, v_granteds, v_ages, v_waited
       FROM (SELECT instance_id AS id, greatest(demand, 0) AS d, holding AS h, granted AS g,
-                   extract(epoch FROM now() - heartbeat_at)::float8 AS age
+                   extract(epoch FROM now() - heartbeat_at)::float8 AS age,
+                   coalesce(extract(epoch FROM now() - asking_since)::float8, 0) AS w
               FROM {t}
              WHERE pool_name = p_pool AND instance_id <> p_instance AND expires_at >= now()
             UNION ALL
-            SELECT p_instance, greatest(p_demand, 0), p_holding, 0, 0::float8) x;
+            SELECT p_instance, greatest(p_demand, 0), p_holding, 0, 0::float8,
+                   coalesce((SELECT extract(epoch FROM now() - asking_since)::float8 FROM {t}
+                              WHERE pool_name = p_pool AND instance_id = p_instance), 0)) x;
     v_n := cardinality(v_ids);
-    SELECT array_agg(i ORDER BY v_holdings[i], v_ids[i] COLLATE "C") INTO v_order
-      FROM generate_subscripts(v_ids, 1) AS i;
+    -- who gets a unit first when there are fewer than askers: those holding least, then
+    -- those asking longest without a grant, then by id
+    SELECT array_agg(i ORDER BY v_holdings[i], v_waited[i] DESC, v_ids[i] COLLATE "C")
+      INTO v_order FROM generate_subscripts(v_ids, 1) AS i;
     v_me := array_position(v_ids, p_instance);
     IF v_total IS NULL THEN
         -- only a per-instance limit: nothing is divided
@@ -353,8 +360,8 @@ BEGIN
             v_eff := least(v_total, v_palloc[v_pme] + v_db_total
                            - (SELECT sum(a) FROM unnest(v_palloc) AS a)::integer);
             v_db_others := (SELECT sum(c) FROM unnest(v_pclaimed) AS c)::integer - v_old;
-            SELECT array_agg(i ORDER BY v_holdings[i], v_ids[i] COLLATE "C") INTO v_order
-              FROM generate_subscripts(v_ids, 1) AS i;
+            SELECT array_agg(i ORDER BY v_holdings[i], v_waited[i] DESC, v_ids[i] COLLATE "C")
+              INTO v_order FROM generate_subscripts(v_ids, 1) AS i;
         END IF;
         v_left := greatest(0, v_eff - CASE WHEN v_n >= 3 THEN p_reserve ELSE 0 END);
         -- water-filling over demand
@@ -415,13 +422,17 @@ BEGIN
         v_status := 'left';
     ELSE
         INSERT INTO {t} AS l (pool_name, instance_id, heartbeat_at, expires_at, demand,
-                              holding, share, granted, claim, tag)
+                              holding, share, granted, claim, tag, asking_since)
              VALUES (p_pool, p_instance, now(), now() + make_interval(secs => p_ttl),
-                     greatest(p_demand, 0), p_holding, v_share, v_grant, v_claim, p_tag)
+                     greatest(p_demand, 0), p_holding, v_share, v_grant, v_claim, p_tag,
+                     CASE WHEN p_demand > 0 AND v_grant = 0 THEN now() END)
         ON CONFLICT (pool_name, instance_id) DO UPDATE SET
             heartbeat_at = EXCLUDED.heartbeat_at, expires_at = EXCLUDED.expires_at,
             demand = EXCLUDED.demand, holding = EXCLUDED.holding, share = EXCLUDED.share,
-            granted = EXCLUDED.granted, claim = EXCLUDED.claim, tag = EXCLUDED.tag;
+            granted = EXCLUDED.granted, claim = EXCLUDED.claim, tag = EXCLUDED.tag,
+            -- asking without a grant: since when (kept across heartbeats until served)
+            asking_since = CASE WHEN EXCLUDED.asking_since IS NULL THEN NULL
+                                ELSE coalesce(l.asking_since, EXCLUDED.asking_since) END;
     END IF;
     v_claimed := v_others + v_claim;
     UPDATE {c} SET claimed = v_claimed, total = v_total WHERE pool_name = p_pool;
