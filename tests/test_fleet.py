@@ -422,3 +422,22 @@ async def test_a_membership_sees_the_pool_through_its_port() -> None:
     assert port is seen[1]
     assert not isinstance(port, Pool)
     assert (port.name, port.settings) == ("ported", pool.settings)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (0, ValueError),
+        ("0%", ValueError),
+        ("x%", ValueError),
+        ("101%", ValueError),
+        (2.5, TypeError),
+    ],
+)
+def test_postgres_membership_database_budget_must_be_a_count_or_a_percentage(
+    value: object, kind: type[Exception]
+) -> None:
+    """database_max_connections takes an integer >= 1 or '80%'; anything else names it."""
+    with pytest.raises(kind, match=r"^database_max_connections must be an integer >= 1, a perc"):
+        PostgresMembership(database_max_connections=value)  # type: ignore[arg-type]
+    assert PostgresMembership(database_max_connections="80%").database_max_connections == "80%"

@@ -62,20 +62,29 @@ def parse_percent(value: object) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def _check_total(value: object) -> None:
+def check_connections(name: str, value: object) -> tuple[int | None, float | None]:
+    """A count of connections or a percentage of the server's: ``(count, percent)``, checked.
+
+    ``None`` is allowed (both ``None``); a wrong type is a :class:`TypeError`, a
+    wrong value a :class:`ValueError`, each naming ``name`` and what is allowed.
+    """
     allowed = (
         "an integer >= 1, a percentage of the server's usable max_connections such as "
         "'80%' (in (0%, 100%]), or None"
     )
+    if value is None:
+        return None, None
     if isinstance(value, str):
         percent = parse_percent(value)
         if percent is None or not 0 < percent <= 100:
-            raise ValueError(f"total_max_connections must be {allowed} (got {value!r})")
-        return
-    if value is not None and not _is_int(value):
-        raise TypeError(f"total_max_connections must be {allowed} (got {value!r})")
-    if value is not None and value < 1:  # type: ignore[operator]
-        raise ValueError(f"total_max_connections must be {allowed} (got {value!r})")
+            raise ValueError(f"{name} must be {allowed} (got {value!r})")
+        return None, percent
+    if not _is_int(value):
+        raise TypeError(f"{name} must be {allowed} (got {value!r})")
+    assert isinstance(value, int)
+    if value < 1:
+        raise ValueError(f"{name} must be {allowed} (got {value!r})")
+    return value, None
 
 
 def _check_int(name: str, value: object, low: int, *, optional: bool) -> None:
@@ -218,7 +227,7 @@ class PoolSettings:
 
     def __post_init__(self) -> None:
         _check_int("max_connections", self.max_connections, 1, optional=True)
-        _check_total(self.total_max_connections)
+        check_connections("total_max_connections", self.total_max_connections)
         _check_int("min_connections", self.min_connections, 0, optional=False)
         _check_seconds("idle_timeout", self.idle_timeout, low=0, strict=True, optional=True)
         _check_seconds(

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._limits import HYPERDRIVE_MINIMUM_TOTAL, resolve_limit
-from .._settings import parse_percent
+from .._settings import check_connections
 from ._base import FleetStatus, MemberStatus
 from ._schema import Schema, beat_function, fill_function
 from ._sql import fetch, quote_ident
@@ -56,26 +56,6 @@ def _seconds(name: str, value: object, allowed: str) -> float:
     if math.isnan(value) or math.isinf(value):
         raise ValueError(f"{name} must be {allowed} seconds (got {value!r})")
     return float(value)
-
-
-def _database_budget(value: object) -> tuple[int | None, float | None]:
-    """``database_max_connections`` as (a number, or a percentage of the server's), checked."""
-    allowed = (
-        "an integer >= 1, a percentage of the server's usable max_connections such as "
-        "'80%' (in (0%, 100%]), or None"
-    )
-    if value is None:
-        return None, None
-    if isinstance(value, str):
-        percent = parse_percent(value)
-        if percent is None or not 0 < percent <= 100:
-            raise ValueError(f"database_max_connections must be {allowed} (got {value!r})")
-        return None, percent
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"database_max_connections must be {allowed} (got {value!r})")
-    if value < 1:
-        raise ValueError(f"database_max_connections must be {allowed} (got {value!r})")
-    return value, None
 
 
 def _check_total(total: object) -> None:
@@ -199,7 +179,9 @@ class PostgresMembership:
         self._table = prefix + quote_ident(table)
         self._config = prefix + quote_ident(table + "_config")
         self._beat_fn = prefix + quote_ident(beat_function(table))
-        self._db_total, self._db_percent = _database_budget(database_max_connections)
+        self._db_total, self._db_percent = check_connections(
+            "database_max_connections", database_max_connections
+        )
         self.database_max_connections = database_max_connections
         self._schema = Schema(
             self._table, self._config, self._beat_fn, prefix + quote_ident(fill_function(table))
