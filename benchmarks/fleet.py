@@ -227,6 +227,7 @@ async def member(args: argparse.Namespace) -> None:
     emit(
         "exit",
         extra_pids=sorted(connector.extra_pids),
+        extra_windows=connector.extra_windows,
         acquires=acquires,
         timeouts=timeouts,
         waits={k: [round(w, 6) for w in v] for k, v in waits.items()},
@@ -429,14 +430,20 @@ async def run_mode(args: argparse.Namespace, mode: str, dsn: str) -> dict[str, A
             ended = time.monotonic()
         sampling.cancel_scope.cancel()
     exits = [m.exit for m in members if m.exit]
-    extra = {pid for e in exits for pid in e["extra_pids"]}
+    closed = {pid for e in exits for pid in e["extra_pids"]}
+    spans = [w for e in exits for w in e["extra_windows"]]
+
+    def outside(t: float) -> set[int]:
+        """Extra connections at sample time ``t``: closed ones, and joins not yet adopted."""
+        return closed | {pid for pid, t0, t1 in spans if t0 <= t <= t1 + 0.05}
+
     window = [(t, p) for t, p in samples if started <= t <= ended]
     result["samples"] = len(window)
     result["max_backends"] = max(len(p) for _, p in window)
-    result["max_budgeted"] = max(len(p - extra) for _, p in window)
-    result["max_z"] = max(len(p & extra) for _, p in window)
+    result["max_budgeted"] = max(len(p - outside(t)) for t, p in window)
+    result["max_z"] = max(len(p & outside(t)) for t, p in window)
     if mode == "elastic":
-        after = [(t, len(p - extra)) for t, p in window if t >= t_total]
+        after = [(t, len(p - outside(t))) for t, p in window if t >= t_total]
         over = [t for t, count in after if count > new_total]
         # from the change until the fleet's backends (Z aside) stay within the new total
         result["total_within_s"] = round(over[-1] + SAMPLE - t_total, 2) if over else 0.0
