@@ -351,10 +351,13 @@ class PostgresMembership:
         grow), or its demand is now above a share that covered what it last
         reported (the shares may move its way; a member already asking for
         more than its share changes nothing by asking for more still); or
-        others ask for more than
-        they have while this member holds less than its row claims, or holds
-        only idle connections (give back now, not at the next interval). At
-        most one such check every eighth of an interval.
+        others ask for more than they have while this member holds less than
+        its row claims (give the surplus back now, not at the next
+        interval); or it holds only idle connections in a fleet with less
+        than its reserve free (let go, or keep what is still free). At most
+        one such check every eighth of an interval (a quarter, or half when
+        nothing is free, for a member with no connection: it asks on a new
+        one).
         """
         while True:
             # A member with no connection of its own asks on a new one: less often, and
