@@ -407,7 +407,7 @@ def test_the_checker_flags_each_way_of_formatting_outside_input() -> None:
 MUTATIONS = [
     ("fleet/_postgres.py", "prefix + quote_ident(table)", "prefix + table"),
     ("fleet/_postgres.py", 'else quote_ident(schema) + "."', 'else schema + "."'),
-    ("asyncpg.py", 'quote_literal("{" + ",".join(', '("{" + ",".join('),
+    ("asyncpg/_reset.py", 'quote_literal("{" + ",".join(', '("{" + ",".join('),
 ]
 """Edits to the real source that drop a quoting helper: the checker must flag each."""
 
