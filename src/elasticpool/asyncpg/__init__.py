@@ -26,3 +26,9 @@ __all__ = [
     "is_disconnect_error",
     "session_reset_sql",
 ]
+
+# The public names keep the module path they had when this was one module (tracebacks,
+# reprs and pickles show ``elasticpool.asyncpg.AsyncpgPool``), as elasticpool.psycopg does.
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name
