@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ._common import require
 
-if TYPE_CHECKING:
-    from ._demo import Sample
+__all__ = ["Sample", "write_chart"]
 
-__all__ = ["write_chart"]
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sample:
+    """The fleet at one moment: per instance, in the order of the instances."""
+
+    t: float
+    holding: tuple[int, ...]
+    """Open connections (closing ones included): what counts against the budget."""
+    in_use: tuple[int, ...]
+    waiting: tuple[int, ...]
+    share: tuple[int, ...]
+    limit: tuple[int, ...]
+    backends: int
+    """The fleet's backends in ``pg_stat_activity`` (heartbeat connections included)."""
+
+    @property
+    def demand(self) -> tuple[int, ...]:
+        return tuple(u + w for u, w in zip(self.in_use, self.waiting, strict=True))
 
 
 def write_chart(

@@ -36,7 +36,7 @@ from ..fleet import PostgresMembership
 from ..fleet._sql import fetch
 from ..fleet._tags import pool_tag
 from ._admin import _server_view
-from ._chart import write_chart
+from ._chart import Sample, write_chart
 from ._common import CliError, admin_connection, redact, require, scrub
 
 __all__ = ["DemoOptions", "Sample", "demo", "schedule"]
@@ -66,25 +66,6 @@ class DemoOptions:
     live: bool = True
     interval: float = 0.25
     json: bool = False
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Sample:
-    """The fleet at one moment: per instance, in the order of the instances."""
-
-    t: float
-    holding: tuple[int, ...]
-    """Open connections (closing ones included): what counts against the budget."""
-    in_use: tuple[int, ...]
-    waiting: tuple[int, ...]
-    share: tuple[int, ...]
-    limit: tuple[int, ...]
-    backends: int
-    """The fleet's backends in ``pg_stat_activity`` (heartbeat connections included)."""
-
-    @property
-    def demand(self) -> tuple[int, ...]:
-        return tuple(u + w for u, w in zip(self.in_use, self.waiting, strict=True))
 
 
 @dataclasses.dataclass(eq=False)
