@@ -223,15 +223,6 @@ def limits(pools: Sequence[Pool[Any]]) -> list[int]:
     return [p.stats().max for p in pools]
 
 
-async def settled(pools: Sequence[Pool[Any]], what: str = "fleet never settled") -> None:
-    """Wait until every member is healthy and sees all the others."""
-    await wait_for(
-        lambda: [(p.fleet().healthy, len(p.fleet().members)) for p in pools],
-        lambda seen: all(h and n == len(pools) for h, n in seen),
-        what,
-    )
-
-
 # ----------------------------------------------------------------------------- load
 
 

@@ -218,6 +218,7 @@ class PostgresMembership:
         self._active = False  # holds a live lease
         self._reported = 0  # the demand it reported at its last heartbeat
         self._reserve = 0  # the reserve it asked the last heartbeat to keep
+        self._settings_source = "total"
         self._claim = 0  # what this member's row claims (its holding at the last beat, or more)
         self._tag: str | None = None
         self._beating = anyio.Lock()
@@ -451,9 +452,9 @@ class PostgresMembership:
             return
         self.beats += 1
         self._active = status == "ok"
-        resolution_source = self._source_of(pool, live_total)
         self._share, self._limit, self._total = share, grant, total
-        self._claimed, self._source = claimed, resolution_source
+        self._claimed = claimed
+        self._source = "total" if live_total is not None else self._settings_source
         self._members = self._view(row)
         self._observed = row[7]
         self._departed = row[8] or 0
@@ -469,6 +470,7 @@ class PostgresMembership:
     ) -> tuple[Any, ...]:
         settings = pool.settings
         base = resolve_limit(settings, allow_small_total=True)
+        self._settings_source = base.source  # which rule applies unless a live total is set
         total = base.fleet_total
         fixed = base.limit if total is None else 0
         minimum = 1 if settings.allow_small_total else HYPERDRIVE_MINIMUM_TOTAL
@@ -498,11 +500,6 @@ class PostgresMembership:
             own=True,
         )
         return tuple(rows[0])
-
-    def _source_of(self, pool: MemberPort, live_total: int | None) -> str:
-        if live_total is not None:
-            return "total"
-        return resolve_limit(pool.settings, allow_small_total=True).source
 
     def _view(self, row: tuple[Any, ...]) -> tuple[MemberStatus, ...]:
         """The members as the heartbeat saw them: ``[id, demand, holding, share, granted, age]``."""
