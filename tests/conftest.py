@@ -199,7 +199,9 @@ def pg_dsn(pg_server: PgServer) -> str:
 # Engine: ``anyio_backend`` runs every ``@pytest.mark.anyio`` test on asyncio
 # (real time) and on trio with a fresh ``MockClock(autojump_threshold=0)``
 # (virtual time: sleeps cost nothing and times are exact). Modules that assert
-# exact times override it with a trio-only fixture of their own.
+# exact times override it with a trio-only fixture of their own; folders whose
+# tests all drive a real driver (asyncpg, psycopg, security, integration, cli,
+# sync, docs) set asyncio only in their own conftest.py.
 # =============================================================================
 import trio.testing  # noqa: E402
 

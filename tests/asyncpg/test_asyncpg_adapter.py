@@ -38,12 +38,6 @@ POLL = 0.01
 """Seconds between two looks at the server while waiting for such an effect."""
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """asyncpg runs on asyncio only."""
-    return "asyncio"
-
-
 def app_name(label: str) -> str:
     """An ``application_name`` no other test uses."""
     return f"ep-apg-{label}-{uuid.uuid4().hex[:10]}"

@@ -32,12 +32,6 @@ DEALLOCATE = "DO $elasticpool$"
 """Text of the second round trip, which deallocates."""
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """asyncpg runs on asyncio only."""
-    return "asyncio"
-
-
 class Recorder:
     """A connector factory whose connections log the reset queries they run.
 

@@ -32,13 +32,6 @@ asyncpg = pytest.importorskip("asyncpg")
 
 from elasticpool.asyncpg import AsyncpgConnector  # noqa: E402
 
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """asyncpg runs on asyncio only."""
-    return "asyncio"
-
-
 # ----------------------------------------------------------------------------- a fleet
 
 

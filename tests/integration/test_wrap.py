@@ -30,12 +30,6 @@ BOUND = 10.0
 """Overall bound, in seconds, on any one wait in these tests."""
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """asyncpg and psycopg_pool's async pool run on asyncio only."""
-    return "asyncio"
-
-
 def unique_app_name(label: str) -> str:
     """An ``application_name`` no other pool or test uses (well under the 63-byte limit)."""
     return f"ep-wrap-{label}-{uuid.uuid4().hex[:12]}"

@@ -51,12 +51,6 @@ BOUND = 10.0
 PASSWORD = "Tr0ub4dor&3-not-in-any-repr"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """psycopg's async connections run on asyncio only."""
-    return "asyncio"
-
-
 def unique(label: str) -> str:
     """A name (application_name, role, table) no other test uses."""
     return f"ep_pg_{label}_{uuid.uuid4().hex[:10]}"

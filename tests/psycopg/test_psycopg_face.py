@@ -68,12 +68,6 @@ STAT_KEYS = {
 """Every statistics key psycopg_pool 3.3 reports (``psycopg_pool.base.BasePool``)."""
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """psycopg's async connections run on asyncio only."""
-    return "asyncio"
-
-
 def unique(label: str) -> str:
     """A name (application_name, table) no other test uses."""
     return f"ep_face_{label}_{uuid.uuid4().hex[:10]}"

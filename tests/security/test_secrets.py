@@ -29,12 +29,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 SECRET = "s3cr3t-" + uuid.uuid4().hex[:10]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """Both drivers run on asyncio only."""
-    return "asyncio"
-
-
 def texts(exc: BaseException | None) -> list[str]:
     """``str`` and ``repr`` of an exception and of everything in its cause/context chain."""
     out: list[str] = []

@@ -44,12 +44,6 @@ contains it.
 """
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """asyncpg and psycopg's async connections run on asyncio only."""
-    return "asyncio"
-
-
 # =============================================================================
 # The states
 # =============================================================================

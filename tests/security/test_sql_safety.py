@@ -465,12 +465,6 @@ NASTY = [
 ]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """asyncpg and psycopg's async connections run on asyncio only."""
-    return "asyncio"
-
-
 @pytest.mark.anyio
 @pytest.mark.postgres
 @pytest.mark.parametrize("conforming", ["on", "off"])

@@ -59,12 +59,6 @@ PSYCOPG_TLS = {
 """libpq's TLS parameters, passed as psycopg keyword arguments."""
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """asyncpg and psycopg's async connections run on asyncio only."""
-    return "asyncio"
-
-
 # =============================================================================
 # Pass-through
 # =============================================================================
