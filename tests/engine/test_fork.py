@@ -34,7 +34,7 @@ psycopg = pytest.importorskip("psycopg")
 from elasticpool.asyncpg import AsyncpgConnector, create_pool  # noqa: E402
 from elasticpool.psycopg import AsyncConnectionPool  # noqa: E402
 
-from ..helpers import eventually  # noqa: E402
+from ..helpers import eventually, unique_name  # noqa: E402
 
 pytestmark = [pytest.mark.anyio]
 
@@ -48,11 +48,6 @@ Report = dict[str, Any]
 def anyio_backend() -> str:
     """asyncio only: the child starts an event loop of its own with ``asyncio.run``."""
     return "asyncio"
-
-
-def app_name(label: str) -> str:
-    """An ``application_name`` no other test uses."""
-    return f"ep-fork-{label}-{uuid.uuid4().hex[:10]}"
 
 
 def forked_message(name: str) -> str:
@@ -149,7 +144,7 @@ async def test_forked_child_is_refused_and_closes_without_touching_the_parent(
     driver: str, pg_server: Any
 ) -> None:
     """A child is refused the parent's pool and closes it; the parent's session lives on."""
-    app = app_name(driver)
+    app = unique_name(driver)
     observer = await asyncpg.connect(pg_server.dsn())
     face = await open_face(driver, pg_server, app)
     try:
@@ -253,7 +248,7 @@ async def test_forked_child_cannot_use_an_asyncpg_connection_borrowed_before_the
 @pytest.mark.postgres
 async def test_pool_built_before_fork_opens_in_the_child(pg_server: Any) -> None:
     """A pool built but not opened before the fork opens and serves in the child and the parent."""
-    app = app_name("late")
+    app = unique_name("late")
     pool: Pool[Any] = Pool(
         AsyncpgConnector(pg_server.dsn(), server_settings={"application_name": app}),
         max_connections=1,
@@ -342,7 +337,7 @@ async def test_forked_child_close_of_a_wrapper_leaves_the_underlying_pool_open(
     pg_server: Any,
 ) -> None:
     """A child closing an inherited wrap(close_underlying=True) does not close the asyncpg pool."""
-    app = app_name("wrap")
+    app = unique_name("wrap")
     observer = await asyncpg.connect(pg_server.dsn())
     underlying = await asyncpg.create_pool(
         pg_server.dsn(), min_size=1, max_size=1, server_settings={"application_name": app}

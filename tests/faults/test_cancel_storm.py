@@ -35,7 +35,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import random
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -46,7 +45,7 @@ import pytest
 from elasticpool import Pool, PoolStats
 from elasticpool.testing import FakeConnection, FakeConnector, FaultProxy
 
-from ..helpers import assert_consistent, eventually
+from ..helpers import assert_consistent, eventually, unique_name
 
 pytestmark = pytest.mark.anyio
 postgres = pytest.mark.postgres
@@ -432,11 +431,6 @@ REAL_SETTINGS: dict[str, Any] = {
 """
 
 
-def unique(label: str) -> str:
-    """An ``application_name`` no other test uses."""
-    return f"ep-storm-{label}-{uuid.uuid4().hex[:10]}"
-
-
 class Hangs:
     """Connect callbacks (``init`` / ``configure``) that hang until ``connect_timeout``.
 
@@ -583,8 +577,8 @@ async def real_case(
     of the case must be gone, and the report is printed.
     """
     asyncpg = pytest.importorskip("asyncpg")
-    app = unique(label)
-    observer = await asyncpg.connect(pg_server.dsn(application_name=unique("observer")))
+    app = unique_name(label)
+    observer = await asyncpg.connect(pg_server.dsn(application_name=unique_name("observer")))
     try:
         async with FaultProxy(pg_server.host, pg_server.port) as proxy:
             dsn = proxy.dsn_for(pg_server.dsn(application_name=app))

@@ -53,7 +53,7 @@ from elasticpool.embedded import EmbeddedPostgres, make_dsn  # noqa: E402
 from elasticpool.psycopg import AsyncConnectionPool, PsycopgConnector  # noqa: E402
 from elasticpool.testing import FaultProxy  # noqa: E402
 
-from ..helpers import eventually  # noqa: E402
+from ..helpers import eventually, settle, unique_name  # noqa: E402
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 
@@ -98,19 +98,14 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[EmbeddedPostgres]:
+def server(private_server_factory: Callable[..., EmbeddedPostgres]) -> EmbeddedPostgres:
     """A PostgreSQL of this module's own, started once: tests restart, crash and fill it."""
-    srv = EmbeddedPostgres(
+    return private_server_factory(
         settings={
             "max_connections": str(MAX_CONNECTIONS),
             "superuser_reserved_connections": "1",
         }
     )
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.cleanup()
 
 
 class Observer:
@@ -208,11 +203,6 @@ DRIVERS = [
 ]
 
 
-def app_name(label: str) -> str:
-    """An ``application_name`` no other test uses."""
-    return f"ep-fault-{label}-{uuid.uuid4().hex[:8]}"
-
-
 def closed_port() -> int:
     """A loopback port nobody listens on (bound, then released)."""
     with socket.socket() as sock:
@@ -298,21 +288,11 @@ async def heal(proxy: FaultProxy, pool: Pool[Any], driver: Driver) -> float:
     return await first_acquire_works(pool, driver)
 
 
-async def settled(pool: Pool[Any]) -> None:
-    """Wait until no connect, reset or close is in flight (the pool has no event for that)."""
-    await eventually(
-        pool.stats,
-        lambda s: not (s.connecting or s.resetting or s.closing),
-        "background work never settled",
-        bound=BOUND,
-    )
-
-
 async def assert_no_leaks(pool: Pool[Any], observer: Observer, app: str) -> None:
     """check() passes; then the pool's counts are the server's and the invariants hold."""
-    await settled(pool)
+    await settle(pool, bound=BOUND)
     await pool.check()  # evicts what the fault left dead in the idle set
-    await settled(pool)
+    await settle(pool, bound=BOUND)
     stats = pool.stats()
     assert (stats.in_use, stats.waiting, stats.connecting) == (0, 0, 0), stats
     assert stats.size == stats.idle, stats
@@ -386,11 +366,11 @@ async def unreachable_pool(
         user=server.user,
         password=server.password,
         database=server.database,
-        params={"sslmode": "disable", "application_name": app_name(label)},
+        params={"sslmode": "disable", "application_name": unique_name(label)},
     )
     async with pool_for(driver, dsn) as pool:
         yield pool
-        await settled(pool)
+        await settle(pool, bound=BOUND)
         assert pool.stats().size == 0
         pool._planner.check()
 
@@ -428,7 +408,7 @@ async def warm(pool: Pool[Any], driver: Driver, n: int) -> None:
 
         for _ in range(n):
             tg.start_soon(hold)
-    await settled(pool)
+    await settle(pool, bound=BOUND)
     assert pool.stats().idle == n
 
 
@@ -522,7 +502,7 @@ async def test_server_restart(
     driver: Driver, server: EmbeddedPostgres, observer: Observer, report: Report
 ) -> None:
     """A fast restart: the running query gets a disconnect error, waiters are answered, no leak."""
-    app = app_name("restart")
+    app = unique_name("restart")
     async with checked_pool(driver, observer, app, server.dsn(application_name=app)) as pool:
         await warm(pool, driver, 2)
         answers: list[Answer] = []
@@ -544,7 +524,7 @@ async def test_server_crash(
     driver: Driver, server: EmbeddedPostgres, observer: Observer, report: Report
 ) -> None:
     """An immediate stop: while down, waiters get PoolTimeout caused by the connect error."""
-    app = app_name("crash")
+    app = unique_name("crash")
     async with checked_pool(driver, observer, app, server.dsn(application_name=app)) as pool:
         await warm(pool, driver, 2)
         try:
@@ -566,7 +546,7 @@ async def test_terminate_idle_backends(
     driver: Driver, server: EmbeddedPostgres, observer: Observer, report: Report
 ) -> None:
     """pg_terminate_backend of every idle connection: the next borrowers are all served."""
-    app = app_name("kill-idle")
+    app = unique_name("kill-idle")
     async with checked_pool(driver, observer, app, server.dsn(application_name=app)) as pool:
         await warm(pool, driver, 3)
         assert await observer.terminate(app, "idle") == 3
@@ -584,7 +564,7 @@ async def test_terminate_busy_backend(
     driver: Driver, server: EmbeddedPostgres, observer: Observer, report: Report
 ) -> None:
     """pg_terminate_backend mid-query: the borrower gets the driver's disconnect error."""
-    app = app_name("kill-busy")
+    app = unique_name("kill-busy")
     async with checked_pool(driver, observer, app, server.dsn(application_name=app)) as pool:
 
         async def kill() -> None:
@@ -611,7 +591,7 @@ async def test_blackhole_mid_query(
     driver: Driver, server: EmbeddedPostgres, observer: Observer, report: Report
 ) -> None:
     """A partition mid-query: the command timeout ends the query, connect_timeout the waiters."""
-    app = app_name("bh-busy")
+    app = unique_name("bh-busy")
     async with proxied_pool(driver, server, observer, app, max_connections=3) as (proxy, pool):
         await warm(pool, driver, 1)
         start = anyio.current_time()
@@ -631,7 +611,7 @@ async def test_blackhole_idle(
     driver: Driver, server: EmbeddedPostgres, observer: Observer, report: Report
 ) -> None:
     """A partition while idle: the health check is bounded, so borrowers get PoolTimeout in time."""
-    app = app_name("bh-idle")
+    app = unique_name("bh-idle")
     # No command timeout: the pool's own bound on the health check must do it.
     # Room for connects besides the two lost ones, still closing when the waiters give up.
     async with proxied_pool(
@@ -650,7 +630,7 @@ async def test_check_under_partition(
     driver: Driver, server: EmbeddedPostgres, observer: Observer
 ) -> None:
     """check() during a partition returns, evicting the idle connections that no longer answer."""
-    app = app_name("bh-check")
+    app = unique_name("bh-check")
     async with proxied_pool(driver, server, observer, app, command_timeout=False) as (proxy, pool):
         await warm(pool, driver, 2)
         proxy.blackhole()
@@ -665,7 +645,7 @@ async def test_slow_connect_beyond_connect_timeout(
     driver: Driver, server: EmbeddedPostgres, observer: Observer, report: Report
 ) -> None:
     """Connects slower than connect_timeout fail; waiters get PoolTimeout caused by that timeout."""
-    app = app_name("slow-ct")
+    app = unique_name("slow-ct")
     async with proxied_pool(driver, server, observer, app) as (proxy, pool):
         proxy.latency(0.4)  # a connect takes several round trips: >= 2 s
         answers = await timed_out_waiters(pool, 2, cause=TimeoutError)
@@ -678,7 +658,7 @@ async def test_slow_connect_beyond_pool_timeout(
     driver: Driver, server: EmbeddedPostgres, observer: Observer, report: Report
 ) -> None:
     """A connect slower than pool_timeout: the waiter times out, the connection still lands idle."""
-    app = app_name("slow-pt")
+    app = unique_name("slow-pt")
     timeout = 0.5
     async with proxied_pool(
         driver, server, observer, app, pool_timeout=timeout, connect_timeout=10.0
@@ -690,7 +670,7 @@ async def test_slow_connect_beyond_pool_timeout(
         assert isinstance(answer.error, PoolTimeout), summary(answers)
         assert answer.error.__cause__ is None  # nothing failed: it was slow
         assert "connecting 1" in str(answer.error)
-        await settled(pool)
+        await settle(pool, bound=BOUND)
         assert (pool.stats().idle, pool.stats().connects) == (1, 1)  # not wasted
         recovery = await heal(proxy, pool, driver)
         assert pool.stats().connects == 1  # served by the slow connect's connection
@@ -702,14 +682,14 @@ async def test_too_many_clients(
     driver: Driver, server: EmbeddedPostgres, observer: Observer, report: Report
 ) -> None:
     """A full server: waiters get PoolTimeout caused by "too many clients"; freed, it recovers."""
-    app = app_name("full")
+    app = unique_name("full")
     await observer.backends(app)  # the observer holds its connection before the server fills
     fillers: list[Any] = []
     try:
         for _ in range(2 * MAX_CONNECTIONS):  # fill every free slot
             try:
                 fillers.append(
-                    await asyncpg.connect(server.dsn(application_name=app_name("filler")))
+                    await asyncpg.connect(server.dsn(application_name=unique_name("filler")))
                 )
             except asyncpg.TooManyConnectionsError:
                 break
@@ -735,7 +715,7 @@ async def test_wrong_password(
     driver: Driver, server: EmbeddedPostgres, observer: Observer, report: Report
 ) -> None:
     """A wrong password: PoolTimeout caused by the auth error, never showing the password."""
-    app = app_name("auth")
+    app = unique_name("auth")
     role = f"ep_fault_{uuid.uuid4().hex[:8]}"
     right, wrong = f"right-{uuid.uuid4().hex}", f"stale-{uuid.uuid4().hex}"
     await observer.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{right}'")
@@ -786,7 +766,7 @@ async def test_limit_mode_bound_under_partition(
     driver: Driver, mode: str, server: EmbeddedPostgres, observer: Observer, report: Report
 ) -> None:
     """Busy connections lost to a partition: open connections stay within the mode's bound."""
-    app = app_name(f"bound-{mode}")
+    app = unique_name(f"bound-{mode}")
     limit, overflow = 2, 2
     bound = limit + (overflow if mode == "soft" else 0)  # PoolSettings.limit_mode, soft_overflow
     seen: list[int] = []
@@ -844,7 +824,7 @@ async def test_face_recovers_from_terminated_backends(
     driver: Driver, server: EmbeddedPostgres, observer: Observer
 ) -> None:
     """The drop-in faces: after every backend is terminated, the next borrow works, sizes agree."""
-    app = app_name(f"face-{driver.name}")
+    app = unique_name(f"face-{driver.name}")
     dsn = server.dsn(application_name=app)
     if driver.name == "asyncpg":
         apool = await create_pool(dsn, min_size=2, max_size=3)
@@ -925,7 +905,7 @@ def test_psycopg_cancel_request_to_a_silent_server_does_not_freeze_the_process(
     pid = server.pid
     assert pid is not None
     child = subprocess.Popen(
-        [sys.executable, "-c", CANCEL_PROBE, server.dsn(application_name=app_name("cancel"))],
+        [sys.executable, "-c", CANCEL_PROBE, server.dsn(application_name=unique_name("cancel"))],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

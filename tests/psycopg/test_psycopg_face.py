@@ -11,9 +11,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import types
-import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import anyio
@@ -35,15 +34,12 @@ from elasticpool.psycopg import (  # noqa: E402
 )
 from elasticpool.testing import FaultProxy  # noqa: E402
 
-from ..helpers import eventually  # noqa: E402
+from ..helpers import eventually, unique_name  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 postgres = pytest.mark.postgres
 
 Conn = AsyncConnection[Any]
-
-POLL = 0.02
-"""Seconds between two looks at the pool or the server while waiting for an effect."""
 
 BOUND = 10.0
 """Overall bound, in seconds, on any one wait in these tests."""
@@ -68,11 +64,6 @@ STAT_KEYS = {
 """Every statistics key psycopg_pool 3.3 reports (``psycopg_pool.base.BasePool``)."""
 
 
-def unique(label: str) -> str:
-    """A name (application_name, table) no other test uses."""
-    return f"ep_face_{label}_{uuid.uuid4().hex[:10]}"
-
-
 async def fetchval(conn: Conn, sql: Any, params: Any = None) -> Any:
     """The first column of the first row of ``sql``."""
     cur = await conn.execute(sql, params)
@@ -80,16 +71,11 @@ async def fetchval(conn: Conn, sql: Any, params: Any = None) -> Any:
     return None if row is None else row[0]
 
 
-async def poll(probe: Callable[[], Any], predicate: Callable[[Any], bool], what: str) -> Any:
-    """Run ``probe`` (sync or async) until ``predicate(result)`` holds, within :data:`BOUND` s."""
-    return await eventually(probe, predicate, what, bound=BOUND, poll=POLL)
-
-
 @pytest.fixture
 async def observer(pg_server: Any) -> AsyncIterator[Conn]:
     """A plain autocommit connection, not from any pool, to look at the server."""
     conn = await AsyncConnection.connect(
-        pg_server.dsn(application_name=unique("observer")), autocommit=True
+        pg_server.dsn(application_name=unique_name("observer")), autocommit=True
     )
     try:
         yield conn
@@ -114,7 +100,7 @@ async def terminate(observer: Conn, pid: int) -> None:
             await fetchval(observer, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
         )
 
-    await poll(alive, lambda n: n == 0, f"backend {pid} never exited")
+    await eventually(alive, lambda n: n == 0, f"backend {pid} never exited")
 
 
 def refused_conninfo() -> str:
@@ -300,7 +286,7 @@ async def open_transcript(mod: types.ModuleType, dsn: str) -> list[Any]:
 @postgres
 async def test_open_modes_and_warnings_match_psycopg_pool(pg_server: Any) -> None:
     """``open=None/True/False``, ``async with``, reopen and closing twice: as in psycopg_pool."""
-    dsn = pg_server.dsn(application_name=unique("open"))
+    dsn = pg_server.dsn(application_name=unique_name("open"))
     ours = await open_transcript(ep_psycopg, dsn)
     theirs = await open_transcript(psycopg_pool, dsn)
     assert ours == theirs
@@ -338,7 +324,7 @@ async def close_transcript(mod: types.ModuleType, dsn: str) -> list[Any]:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(wait_for_one)
-        await poll(
+        await eventually(
             anyio.lowlevel.checkpoint,
             lambda _: pool.get_stats()["requests_waiting"] == 1,
             "the waiter never queued",
@@ -353,14 +339,14 @@ async def close_transcript(mod: types.ModuleType, dsn: str) -> list[Any]:
         await anyio.lowlevel.checkpoint()
         return bool(conn.closed)
 
-    out.append(("closed on return", await poll(is_closed, bool, "never closed")))
+    out.append(("closed on return", await eventually(is_closed, bool, "never closed")))
     return out
 
 
 @postgres
 async def test_close_fails_waiters_and_leaves_borrowed_connections_usable(pg_server: Any) -> None:
     """As in psycopg_pool: waiters get PoolClosed; a borrowed connection works until returned."""
-    dsn = pg_server.dsn(application_name=unique("close"))
+    dsn = pg_server.dsn(application_name=unique_name("close"))
     ours = await close_transcript(ep_psycopg, dsn)
     assert ours == await close_transcript(psycopg_pool, dsn)
     assert ours == [
@@ -385,7 +371,7 @@ async def test_connection_commits_or_rolls_back_and_hands_out_psycopgs_own_conne
     pg_server: Any, observer: Conn
 ) -> None:
     """``connection()`` commits a clean block, rolls back a failing one, lends AsyncConnection."""
-    table = unique("tbl")
+    table = unique_name("tbl")
     await observer.execute(f"CREATE TABLE {table} (x int)")
     try:
         async with AsyncConnectionPool(pg_server.dsn(), min_size=1, open=False) as pool:
@@ -517,7 +503,7 @@ async def test_timeout_and_max_waiting_raise_psycopg_pool_errors(pg_server: Any)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(borrow_and_return)
-            await poll(
+            await eventually(
                 anyio.lowlevel.checkpoint,
                 lambda _: pool.get_stats()["requests_waiting"] == 1,
                 "the waiter never queued",
@@ -555,7 +541,7 @@ async def test_resize_moves_floor_and_limit(pg_server: Any) -> None:
 @postgres
 async def test_check_and_drain_replace_connections(pg_server: Any, observer: Conn) -> None:
     """``check`` drops a dead idle connection; ``drain`` replaces idle ones now, borrowed later."""
-    app = unique("check")
+    app = unique_name("check")
     async with AsyncConnectionPool(
         pg_server.dsn(application_name=app), min_size=2, open=False
     ) as pool:
@@ -573,7 +559,7 @@ async def test_check_and_drain_replace_connections(pg_server: Any, observer: Con
         borrowed = await pool.getconn()
         await pool.drain()
         await pool.putconn(borrowed)
-        await poll(
+        await eventually(
             lambda: app_pids(observer, app),
             lambda pids: len(pids) == 2 and not pids & second,
             "drain never replaced every connection",
@@ -667,7 +653,7 @@ async def test_reconnect_failed_is_called_once_per_failure_streak(pg_server: Any
         with anyio.fail_after(BOUND):
             await called.wait()
         errors = pool.get_stats()["connections_errors"]
-        await poll(
+        await eventually(
             lambda: pool.get_stats()["connections_errors"],
             lambda n: n >= errors + 3,
             "connects stopped failing",
@@ -708,7 +694,7 @@ async def test_reset_mode_rollback_keeps_gucs_and_session_clears_them(
 @postgres
 async def test_terminated_busy_connection_is_evicted(pg_server: Any, observer: Conn) -> None:
     """A connection killed under its holder raises there, is not reused, and counts as bad."""
-    app = unique("busy")
+    app = unique_name("busy")
     async with AsyncConnectionPool(
         pg_server.dsn(application_name=app), min_size=1, open=False
     ) as pool:
@@ -732,7 +718,7 @@ async def test_cancelled_borrower_leaves_no_broken_connection_or_stuck_query(
     pg_server: Any, observer: Conn
 ) -> None:
     """A task cancelled in ``pg_sleep(10)`` inside ``connection()`` leaves nothing behind."""
-    app = unique("cancel")
+    app = unique_name("cancel")
 
     async def sleeping() -> list[int]:
         cur = await observer.execute(
@@ -747,7 +733,7 @@ async def test_cancelled_borrower_leaves_no_broken_connection_or_stuck_query(
     ) as pool:
 
         async def cancel_when_sleeping(scope: anyio.CancelScope) -> None:
-            await poll(sleeping, bool, "the query never started")
+            await eventually(sleeping, bool, "the query never started")
             scope.cancel()
 
         with anyio.CancelScope() as scope:
@@ -756,7 +742,7 @@ async def test_cancelled_borrower_leaves_no_broken_connection_or_stuck_query(
                 async with pool.connection() as conn:
                     await conn.execute("SELECT pg_sleep(10)")
         assert scope.cancelled_caught
-        await poll(sleeping, lambda pids: not pids, "the query is still running")
+        await eventually(sleeping, lambda pids: not pids, "the query is still running")
         with anyio.fail_after(BOUND):
             async with pool.connection() as conn:
                 assert await fetchval(conn, "SELECT 6 * 7") == 42
@@ -820,7 +806,7 @@ async def test_code_written_for_psycopg_pool_runs_unchanged(pg_server: Any, obse
     """The same psycopg_pool-only code gives identical results on psycopg_pool and on ours."""
     results = {}
     for mod in (psycopg_pool, ep_psycopg):
-        table = unique("compat")
+        table = unique_name("compat")
         await observer.execute(f"CREATE TABLE {table} (x int)")
         try:
             results[mod.__name__] = await written_for_psycopg_pool(mod, pg_server.dsn(), table)
@@ -835,7 +821,7 @@ async def test_bad_returns_are_logged_as_psycopg_pool_does(
     pg_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A connection given back mid-transaction is logged at WARNING with psycopg_pool's text."""
-    dsn = pg_server.dsn(application_name=unique("log"))
+    dsn = pg_server.dsn(application_name=unique_name("log"))
     async with AsyncConnectionPool(dsn, min_size=1, open=False) as pool:
         conn = await pool.getconn()
         await conn.execute("SELECT 1")  # psycopg opened a transaction: INTRANS
@@ -850,10 +836,12 @@ async def test_close_returns_once_a_connect_in_flight_fails(pg_server: Any) -> N
     """close() returns as soon as a connect in flight when it started fails, not at its timeout."""
     async with FaultProxy(pg_server.host, pg_server.port) as proxy:
         proxy.blackhole()  # the floor's connect hangs until connect_timeout
-        dsn = proxy.dsn_for(pg_server.dsn(application_name=unique("drain")))
+        dsn = proxy.dsn_for(pg_server.dsn(application_name=unique_name("drain")))
         pool = AsyncConnectionPool(dsn, min_size=1, open=False, connect_timeout=0.5)
         await pool.open()
-        await poll(lambda: pool.elastic.stats().connecting, lambda n: n == 1, "no connect started")
+        await eventually(
+            lambda: pool.elastic.stats().connecting, lambda n: n == 1, "no connect started"
+        )
         with anyio.fail_after(BOUND):  # close's own timeout is ten times longer
             await pool.close(timeout=10 * BOUND)
         assert pool.elastic.stats().connect_errors == 1

