@@ -28,14 +28,17 @@ from typing import Any
 import anyio
 import pytest
 
-from elasticpool import Pool
+from elasticpool import Pool, PostgresMembership
 
 asyncpg = pytest.importorskip("asyncpg")
 psycopg = pytest.importorskip("psycopg")
 
 from elasticpool.asyncpg import AsyncpgConnector  # noqa: E402
 from elasticpool.embedded import SYSTEM_USER, make_dsn  # noqa: E402
+from elasticpool.fleet._schema import beat_function, fill_function  # noqa: E402
 from elasticpool.psycopg import PsycopgConnector  # noqa: E402
+
+from ..helpers import eventually  # noqa: E402
 
 pytestmark = pytest.mark.postgres
 
@@ -232,6 +235,63 @@ async def test_psycopg_behind_pgbouncer_with_the_documented_settings_has_no_erro
     assert (ok, errors) == (BORROWS, [])
     assert hints(caplog) == []
     assert discards(caplog) == 0
+
+
+@pytest.mark.anyio
+async def test_a_fleet_divides_its_total_through_pgbouncer(
+    pgbouncer: dict[str, Any], pg_server: Any
+) -> None:
+    """Two busy members behind PgBouncer split a total of 2 (its server pool) one each.
+
+    With the settings the docs give: ``statement_cache_size=0``, and
+    ``client_connection_check_interval=None`` (PgBouncer refuses that startup
+    parameter, so every connect would fail), and a total no larger than
+    PgBouncer's server pool, or the heartbeats queue in PgBouncer behind the
+    queries.
+    """
+    table = f"bouncer_fleet_{os.getpid()}"
+
+    def member() -> Pool[Any]:
+        membership = PostgresMembership(
+            table=table,
+            heartbeat_interval=0.1,
+            heartbeat_timeout=0.5,
+            lease_ttl=1.0,
+            client_connection_check_interval=None,
+        )
+        connector = AsyncpgConnector(pgbouncer["dsn"], statement_cache_size=0)
+        return Pool(
+            connector,
+            total_max_connections=2,
+            allow_small_total=True,
+            membership=membership,
+            reset="rollback",
+            name="bouncer-fleet",
+        )
+
+    async def busy(pool: Pool[Any], stop: anyio.Event) -> None:
+        while not stop.is_set():
+            async with pool.acquire() as conn:
+                await conn.execute("SELECT pg_sleep(0.02)")
+
+    try:
+        async with member() as a, member() as b, anyio.create_task_group() as tg:
+            stop = anyio.Event()
+            for pool in (a, b, a, b, a, b):
+                tg.start_soon(busy, pool, stop)
+            limits = await eventually(
+                lambda: (a.stats().max, b.stats().max, len(a.fleet().members)),
+                lambda seen: seen == (1, 1, 2),
+                "the two members never split the total",
+            )
+            stop.set()
+        assert limits == (1, 1, 2)
+    finally:
+        pg_server.psql(
+            f"DROP TABLE IF EXISTS {table}, {table}_config;"
+            f" DROP FUNCTION IF EXISTS {beat_function(table)};"
+            f" DROP FUNCTION IF EXISTS {fill_function(table)}"
+        )
 
 
 # ----------------------------------------------------------------------------- no PgBouncer needed
