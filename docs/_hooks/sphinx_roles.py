@@ -97,7 +97,7 @@ def public_paths(package: griffe.Module) -> dict[str, str]:
     while stack:
         path, obj = stack.pop()
         real = _real(obj)
-        if real is None or not real.path.startswith(PACKAGE):
+        if real is None or real.package.name != PACKAGE:
             continue
         if real.path in found:
             continue

@@ -20,8 +20,7 @@ import anyio
 
 from .._settings import PoolSettings, parse_percent
 from ..fleet import MemberStatus, PostgresMembership
-from ..fleet._schema import Schema
-from ..fleet._sql import SERVER_LIMITS_SQL, fetch
+from ..fleet._sql import SERVER_LIMITS_SQL, fetch, quote_ident
 from ..fleet._tags import fleet_backends
 from ._common import CliError, admin_connection, count, redact, require
 
@@ -108,12 +107,14 @@ class PoolHistory:
         return bool(self.live or self.departed or self.coordinated)
 
 
-async def _tables_exist(conn: Any, schema: Schema) -> bool:
+def _quoted(table: str, schema: str | None) -> str:
+    """``table`` (in ``schema``) as a quoted SQL name, as ``PostgresMembership`` names it."""
+    return ("" if schema is None else quote_ident(schema) + ".") + quote_ident(table)
+
+
+async def _tables_exist(conn: Any, lease: str, config: str) -> bool:
     rows = await fetch(
-        conn,
-        "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
-        schema.table,
-        schema.config,
+        conn, "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL", lease, config
     )
     return bool(rows[0][0])
 
@@ -124,19 +125,18 @@ async def read_history(conn: Any, table: str, schema: str | None, pool: str) -> 
     Inside a transaction, the pool's config row stays locked (``FOR UPDATE``)
     until it ends, which holds off the members' heartbeats meanwhile.
     """
-    names = Schema.of(table, schema)
-    if not await _tables_exist(conn, names):
+    lease = _quoted(table, schema)
+    config = _quoted(table + "_config", schema)
+    if not await _tables_exist(conn, lease, config):
         return PoolHistory(0, 0, 0, configured=False, coordinated=False)
-    config = await fetch(
-        conn, f"SELECT total FROM {names.config} WHERE pool_name = $1 FOR UPDATE", pool
-    )
+    row = await fetch(conn, f"SELECT total FROM {config} WHERE pool_name = $1 FOR UPDATE", pool)
     rows = await fetch(
         conn,
         "SELECT count(*) FILTER (WHERE expires_at >= now())::int,"
         " count(*) FILTER (WHERE expires_at < now())::int,"
         " (SELECT count(*) FROM pg_stat_activity a WHERE a.application_name IN"
-        f"   (SELECT tag FROM {names.table} WHERE pool_name = $1 AND expires_at < now()))::int"
-        f" FROM {names.table} WHERE pool_name = $1",
+        f"   (SELECT tag FROM {lease} WHERE pool_name = $1 AND expires_at < now()))::int"
+        f" FROM {lease} WHERE pool_name = $1",
         pool,
     )
     live, departed, backends = (int(v) for v in rows[0])
@@ -144,8 +144,8 @@ async def read_history(conn: Any, table: str, schema: str | None, pool: str) -> 
         live,
         departed,
         backends,
-        configured=bool(config),
-        coordinated=bool(config) and config[0][0] is not None,
+        configured=bool(row),
+        coordinated=bool(row) and row[0][0] is not None,
     )
 
 
@@ -394,7 +394,8 @@ def set_total(args: Any) -> int:
 
 
 async def _forget(args: Any) -> dict[str, Any]:
-    names = Schema.of(args.table, args.schema)
+    lease = _quoted(args.table, args.schema)
+    config = _quoted(args.table + "_config", args.schema)
     async with admin_connection(args.dsn, APPLICATION_NAME) as conn, conn.transaction():
         history = await read_history(conn, args.table, args.schema, args.pool)
         if not (history.configured or history.live or history.departed):
@@ -415,11 +416,11 @@ async def _forget(args: Any) -> dict[str, Any]:
         # Every lease of the name goes with --force; without it there is no live one.
         leases = await fetch(
             conn,
-            f"WITH gone AS (DELETE FROM {names.table} WHERE pool_name = $1 RETURNING 1)"
+            f"WITH gone AS (DELETE FROM {lease} WHERE pool_name = $1 RETURNING 1)"
             " SELECT count(*)::int FROM gone",
             args.pool,
         )
-        await fetch(conn, f"DELETE FROM {names.config} WHERE pool_name = $1", args.pool)
+        await fetch(conn, f"DELETE FROM {config} WHERE pool_name = $1", args.pool)
     return {
         "pool": args.pool,
         "leases_removed": int(leases[0][0]),
