@@ -241,7 +241,7 @@ async def test_set_total_changes_a_live_pools_limit_and_none_restores_it(
         assert await run_main("set-total", *fleet.args("--pool", fleet.name, "14")) == 0
         out = capsys.readouterr().out
         assert "fleet total now 14 (was settings)" in out
-        assert "adopted by 1 of 1 live members" in out
+        assert "adopted by 1 of 1 live member" in out
         await eventually(
             lambda: (pool.fleet().fleet_total, pool.stats().max),
             lambda seen: seen == (14, 14),
@@ -313,7 +313,8 @@ async def test_set_total_takes_a_percentage_and_shows_the_number(
     fleet: Fleet, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``set-total 50%`` stores half the server's usable connections and says so."""
-    assert await run_main("set-total", "--json", *fleet.args("--pool", fleet.name, "50%")) == 0
+    argv = fleet.args("--pool", fleet.name, "--force", "50%")  # no member yet: --force
+    assert await run_main("set-total", "--json", *argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["percent"] == 50
     assert result["fleet_total"] == result["usable_connections"] // 2 >= 1
@@ -321,10 +322,10 @@ async def test_set_total_takes_a_percentage_and_shows_the_number(
         f"SELECT total_max_connections FROM {fleet.table}_config WHERE pool_name = '{fleet.name}'"
     )
     assert int(stored) == result["fleet_total"]
-    assert await run_main("set-total", *fleet.args("--pool", fleet.name, "50%")) == 0
+    assert await run_main("set-total", *fleet.args("--pool", fleet.name, "--force", "50%")) == 0
     out = capsys.readouterr().out
     assert f"(50% of the server's {result['usable_connections']} usable)" in out
-    assert await run_main("set-total", *fleet.args("--pool", fleet.name, "150%")) == 1
+    assert await run_main("set-total", *fleet.args("--pool", fleet.name, "--force", "150%")) == 1
 
 
 @pytest.mark.postgres

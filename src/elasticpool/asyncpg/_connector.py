@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import weakref
 from collections.abc import (
@@ -18,7 +19,7 @@ from asyncpg.exceptions import InterfaceError
 
 from .._connector import ResetMode
 from .._redact import dsn_passwords, dsn_problem, redact_dsn, split_uri, unshown
-from ._errors import is_disconnect_error
+from ._errors import is_disconnect_error, pooler_hint
 from ._reset import _impl, _is_cancelling, _send_session_reset
 
 ConnectionCallback = Callable[[asyncpg.Connection], Awaitable[object]]
@@ -122,6 +123,7 @@ class AsyncpgConnector:
         self._fixed_kwargs: dict[str, Any] = {}
         self._made: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
         self._server_settings: dict[str, str] = {}
+        self._pooler_hinted = False
 
     def set_server_settings(self, settings: Mapping[str, str]) -> None:
         """Send ``settings`` at every later connect, over ``server_settings`` of the same names."""
@@ -246,7 +248,11 @@ class AsyncpgConnector:
                 await conn.execute("ROLLBACK")
             await self._reset_fn(conn)
             return
-        await _send_session_reset(conn)
+        try:
+            await _send_session_reset(conn)
+        except Exception as exc:
+            self._hint_pooler(exc)
+            raise
 
     def _forget_borrow(self, conn: asyncpg.Connection) -> None:
         """Drop the Python-side traces of a borrow: listeners, loggers, statements and cursors."""
@@ -265,7 +271,29 @@ class AsyncpgConnector:
                 current.update(kept)
 
     def is_disconnect(self, exc: BaseException) -> bool:
+        self._hint_pooler(exc)
         return is_disconnect_error(exc)
+
+    def _hint_pooler(self, exc: BaseException) -> None:
+        """Log, once per connector, what to change when ``exc`` looks like a pooler's doing.
+
+        Behind PgBouncer in transaction mode every borrow with a cached
+        statement can fail and every session reset discards the connection;
+        one line naming the cause and the setting says more than hundreds of
+        discards (see :func:`pooler_hint`).
+        """
+        if self._pooler_hinted:
+            return
+        hint = pooler_hint(exc)
+        if hint is not None:
+            self._pooler_hinted = True
+            logging.getLogger("elasticpool").warning(
+                "asyncpg connections to %s: %s: %s; %s (logged once)",
+                _describe_target(self._dsn, self._kwargs),
+                type(exc).__name__,
+                exc,
+                hint,
+            )
 
     def transaction(
         self, conn: asyncpg.Connection, *, readonly: bool = False

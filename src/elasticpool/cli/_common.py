@@ -13,7 +13,7 @@ import anyio
 from .._redact import dsn_passwords, dsn_problem, scrub, unshown
 from .._redact import redact_dsn as redact
 
-__all__ = ["CliError", "admin_connection", "redact", "require", "scrub"]
+__all__ = ["CliError", "admin_connection", "count", "redact", "require", "scrub"]
 
 CONNECT_TIMEOUT = 10.0
 """Seconds a command waits for its own connection to the server."""
@@ -21,6 +21,15 @@ CONNECT_TIMEOUT = 10.0
 
 class CliError(Exception):
     """A failure the command reports in one line (its message never holds a password)."""
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and ``noun``, in the plural unless ``n`` is 1: ``1 member``, ``0 members``.
+
+    ``plural`` for a noun that does not just take an ``s`` (``count(2, "query",
+    "queries")``).
+    """
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def require(module: str, extra: str, what: str) -> ModuleType:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -14,7 +15,7 @@ from psycopg_pool.abc import ACT
 
 from .._connector import ResetMode
 from .._redact import dsn_passwords, dsn_problem, redact_dsn, unshown
-from ._errors import is_disconnect_error
+from ._errors import is_disconnect_error, pooler_hint
 from ._reset import (
     _DISCARD_ALL,
     _ROLLBACK_AND_DISCARD,
@@ -176,6 +177,7 @@ class PsycopgConnector(Generic[ACT]):
         self.check = check
         self.reset_callback = reset
         self._snapshots: weakref.WeakKeyDictionary[ACT, _Snapshot] = weakref.WeakKeyDictionary()
+        self._pooler_hinted = False
         self._server_settings: dict[str, str] = {}
 
     def set_server_settings(self, settings: Mapping[str, str]) -> None:
@@ -267,7 +269,27 @@ class PsycopgConnector(Generic[ACT]):
 
     def is_disconnect(self, exc: BaseException) -> bool:
         """See :func:`is_disconnect_error`."""
+        self._hint_pooler(exc)
         return is_disconnect_error(exc)
+
+    def _hint_pooler(self, exc: BaseException) -> None:
+        """Log, once per connector, what to change when ``exc`` looks like a pooler's doing.
+
+        See :func:`pooler_hint`: behind PgBouncer in transaction mode, psycopg's
+        server-side prepared statements fail borrow after borrow.
+        """
+        if self._pooler_hinted:
+            return
+        hint = pooler_hint(exc)
+        if hint is not None:
+            self._pooler_hinted = True
+            logging.getLogger("elasticpool").warning(
+                "psycopg connections to %s: %s: %s; %s (logged once)",
+                _describe_target(self.conninfo, self.kwargs),
+                type(exc).__name__,
+                exc,
+                hint,
+            )
 
     # ------------------------------------------------------------------ reset
 
