@@ -18,10 +18,10 @@ from typing import Any
 import anyio
 
 from .._settings import PoolSettings, parse_percent
+from .._sql import SERVER_LIMITS_SQL
 from ..fleet import MemberStatus, PostgresMembership
-from ..fleet._sql import SERVER_LIMITS_SQL, fetch
 from ..fleet._tags import fleet_backends
-from ._common import CliError, admin_connection, redact, require
+from ._common import Admin, CliError, admin_connection, redact, require
 
 __all__ = ["FleetView", "ServerView", "read_status", "set_total", "status"]
 
@@ -83,9 +83,8 @@ def _membership(table: str, schema: str | None, *, create: bool = False) -> Post
         raise CliError(str(exc)) from None
 
 
-async def _server_view(conn: Any, dsn: str) -> ServerView:
-    rows = await fetch(
-        conn,
+async def _server_view(admin: Admin, dsn: str) -> ServerView:
+    rows = await admin.fetch(
         "SELECT current_setting('server_version'),"
         " current_setting('max_connections')::int,"
         " current_setting('superuser_reserved_connections')::int,"
@@ -119,12 +118,11 @@ async def read_status(
     ``application_name`` is ``app``, or by default the pool's name.
     """
     membership = _membership(table, schema)
-    async with admin_connection(dsn, APPLICATION_NAME) as conn:
-        server = await _server_view(conn, dsn)
-        fleets = await membership.read_fleets(conn, pool)
-        budgets = await membership.read_budgets(conn)
-        rows = await fetch(
-            conn,
+    async with admin_connection(dsn, APPLICATION_NAME) as admin:
+        server = await _server_view(admin, dsn)
+        fleets = await membership.read_fleets(admin.conn, pool, connector=admin.connector)
+        budgets = await membership.read_budgets(admin.conn, connector=admin.connector)
+        rows = await admin.fetch(
             "SELECT application_name, count(*)::int FROM pg_stat_activity"
             " WHERE backend_type = 'client backend' GROUP BY application_name",
         )
@@ -229,23 +227,26 @@ def status(args: Any) -> int:
 
 async def _set_total(args: Any, total: int | None, percent: float | None) -> dict[str, Any]:
     membership = _membership(args.table, args.schema, create=True)
-    async with admin_connection(args.dsn, APPLICATION_NAME) as conn:
+    async with admin_connection(args.dsn, APPLICATION_NAME) as admin:
+        conn, connector = admin.conn, admin.connector
         usable = None
         if percent is not None:  # resolved against this server now, as a member does
-            rows = await fetch(conn, SERVER_LIMITS_SQL)
+            rows = await admin.fetch(SERVER_LIMITS_SQL)
             usable = int(rows[0][0]) - int(rows[0][1])
             resolved = PoolSettings(total_max_connections=f"{percent:g}%").with_server_limits(
                 int(rows[0][0]), int(rows[0][1])
             )
             assert isinstance(resolved.total_max_connections, int)
             total = resolved.total_max_connections
-        before = (await membership.read_fleets(conn, args.pool)).get(args.pool, (None, ()))[0]
-        async with conn.transaction():
-            await membership.store_total(conn, args.pool, total)
+        fleets = await membership.read_fleets(conn, args.pool, connector=connector)
+        before = fleets.get(args.pool, (None, ()))[0]
+        async with admin.transaction():
+            await membership.store_total(conn, args.pool, total, connector=connector)
         stored = time.monotonic()
 
         async def look() -> tuple[tuple[MemberStatus, ...], list[str]]:
-            members = (await membership.read_fleets(conn, args.pool)).get(args.pool, (None, ()))[1]
+            fleets = await membership.read_fleets(conn, args.pool, connector=connector)
+            members = fleets.get(args.pool, (None, ()))[1]
             since = time.monotonic() - stored
             return members, [m.id for m in members if m.heartbeat_age < since]
 
