@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Connector", "ResetMode"]
+__all__ = ["Connector", "Fetch", "ResetMode", "fetch_of"]
 
 ConnT = TypeVar("ConnT")
 
@@ -88,6 +88,22 @@ class Connector(Protocol[ConnT]):
     is never called without a membership. A connector without it still works,
     untagged.
 
+    ``fetch(conn, sql, *args) -> list[tuple]``, async: run one statement on
+    ``conn`` and return its rows as tuples (``[]`` for a statement without a
+    result). ``sql`` uses PostgreSQL's ``$1..$n`` placeholders, in order, once
+    each (anything else is a :class:`ValueError`); ``args`` are always sent as
+    parameters, never formatted into the text. On a connection in no
+    transaction the statement is a transaction of its own, committed when
+    ``fetch`` returns, whatever the driver's autocommit setting; inside a
+    transaction (:meth:`transaction`) it runs in it. It is how everything
+    outside the adapter talks to the database, so that nothing else needs to
+    know the driver: :class:`~elasticpool.fleet.PostgresMembership` (every
+    heartbeat), :class:`~elasticpool.replicas.RoutingPool`'s default lag check
+    (``max_lag``), ``total_max_connections="N%"`` (the server's limits, once at
+    open) and the command line. The pool alone never calls it: a connector
+    written before it existed still serves a pool, and those callers raise a
+    :class:`TypeError` naming the missing method.
+
     It is not a pool: it keeps no connections of its own.
     """
 
@@ -128,3 +144,24 @@ class Connector(Protocol[ConnT]):
     ) -> AbstractAsyncContextManager[Any]:
         """A transaction on ``conn``: BEGIN (READ ONLY), then COMMIT or ROLLBACK on exit."""
         ...
+
+
+class Fetch(Protocol):
+    """A connector's ``fetch``: ``await fetch(conn, sql, *args)``, the rows as tuples."""
+
+    async def __call__(self, conn: Any, sql: str, /, *args: Any) -> list[tuple[Any, ...]]: ...
+
+
+def fetch_of(connector: object, needed_by: str) -> Fetch:
+    """``connector.fetch``, or a :class:`TypeError` naming the missing method and who needs it.
+
+    ``needed_by`` completes "... needs the connector's fetch(conn, sql, *args)":
+    the caller that cannot work without it.
+    """
+    fetch: Fetch | None = getattr(connector, "fetch", None)
+    if not callable(fetch):
+        raise TypeError(
+            f"{needed_by} needs the connector's fetch(conn, sql, *args) method, which "
+            f"{type(connector).__qualname__} does not have (see elasticpool.Connector)"
+        )
+    return fetch

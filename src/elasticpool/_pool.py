@@ -28,13 +28,13 @@ import anyio.abc
 from anyio.lowlevel import checkpoint
 
 from ._backend import Waker, current_backend
-from ._connector import Connector
+from ._connector import Connector, fetch_of
 from ._errors import PoolClosed, PoolTimeout
 from ._limits import resolve_limit
 from ._settings import PoolSettings
+from ._sql import SERVER_LIMITS_SQL
 from ._state import CloseReason, Outcome, Plan, Planner, Slot, SlotState
 from .fleet._base import FleetStatus, Membership
-from .fleet._sql import SERVER_LIMITS_SQL, fetch
 
 __all__ = ["Pool", "PoolStats"]
 
@@ -409,6 +409,7 @@ class Pool(Generic[ConnT]):
         the number. The caller keeps that connection as the pool's first.
         """
         percent = self.settings.total_percent
+        fetch = fetch_of(self._connector, "total_max_connections as a percentage")
         with anyio.fail_after(self.settings.connect_timeout):
             conn = await self._connector.connect()
         try:

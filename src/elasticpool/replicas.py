@@ -34,6 +34,8 @@ from typing import Any, Generic, Literal, TypeVar
 import anyio
 import anyio.abc
 
+from ._adapters import fetch_for
+from ._connector import Connector, fetch_of
 from ._errors import ElasticPoolError, PoolClosed, PoolTimeout, TooManyWaiters
 from ._pool import Pool, PoolStats, _Acquire, _opened_here, _spawn_system_task
 
@@ -70,19 +72,21 @@ infinity when it is behind and has replayed none since it started."""
 _LAG_REASON = "replication lag"
 
 
-async def replay_lag(conn: Any) -> float | None:
-    """Run :data:`REPLAY_LAG_SQL` on an asyncpg or psycopg connection; ``None`` when unknown.
+async def replay_lag(conn: Any, *, connector: Connector[Any] | None = None) -> float | None:
+    """Run :data:`REPLAY_LAG_SQL` on ``conn``; ``None`` when unknown.
 
-    The default ``lag`` function of :class:`RoutingPool`. For any other kind of
-    connection, pass your own.
+    It runs through ``connector``'s ``fetch(conn, sql, *args)`` (see
+    :class:`~elasticpool.Connector`), or without one on an asyncpg or psycopg
+    connection; any other raises :class:`TypeError`. The default ``lag``
+    function of :class:`RoutingPool`, which passes each replica pool's own
+    connector.
     """
-    fetchval = getattr(conn, "fetchval", None)
-    if fetchval is not None:  # asyncpg
-        value = await fetchval(REPLAY_LAG_SQL)
-    else:  # psycopg
-        cursor = await conn.execute(REPLAY_LAG_SQL, prepare=False)
-        row = await cursor.fetchone()
-        value = None if row is None else row[0]
+    if connector is not None:
+        fetch = fetch_of(connector, "replay_lag()")
+    else:
+        fetch = fetch_for(conn, "replay_lag()")
+    rows = await fetch(conn, REPLAY_LAG_SQL)
+    value = rows[0][0] if rows else None
     return None if value is None else float(value)
 
 
@@ -250,8 +254,10 @@ class RoutingPool(Generic[ConnT]):
 
     ``max_lag`` (seconds, default ``None``: not checked): every
     ``lag_check_interval`` seconds each replica in rotation lends one
-    connection to ``lag(conn)`` (default :func:`replay_lag`); a lag above
-    ``max_lag`` quarantines it. ``None`` from ``lag`` means unknown and passes.
+    connection to ``lag(conn)`` (default :func:`replay_lag`, which needs the
+    replicas' connectors to have ``fetch``: without it, :class:`TypeError`
+    here); a lag above ``max_lag`` quarantines it. ``None`` from ``lag``
+    means unknown and passes.
 
     It does not re-implement a pool: limits, waiting, resets, lifetimes and
     fleet budgets are each member's own. It is not thread-safe, and a plain
@@ -302,6 +308,9 @@ class RoutingPool(Generic[ConnT]):
             raise ValueError(f"probe_timeout must be > 0 seconds or None (got {probe_timeout!r})")
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string (got {name!r})")
+        if max_lag is not None and lag is None:
+            for r in replicas:  # replay_lag runs through each replica's connector
+                fetch_of(r._connector, "RoutingPool(max_lag=...) without lag=")
         self.name = name
         self.fallback_to_primary = fallback_to_primary
         self.quarantine_initial = float(quarantine_initial)
@@ -309,7 +318,7 @@ class RoutingPool(Generic[ConnT]):
         self.probe_timeout = probe_timeout
         self.max_lag = max_lag
         self.lag_check_interval = float(lag_check_interval)
-        self._lag: Callable[[ConnT], Awaitable[float | None]] = lag or replay_lag
+        self._lag: Callable[[ConnT], Awaitable[float | None]] | None = lag
         self._primary = _Member(primary, "primary")
         self._replicas = tuple(_Member(r, "replica") for r in replicas)
         self._rr = 0
@@ -652,7 +661,7 @@ class RoutingPool(Generic[ConnT]):
                 inner, conn = await self._borrow_watched(member, bound)
                 async with _entered(inner):
                     await pool._connector.ping(conn)
-                    lag = None if self.max_lag is None else await self._lag(conn)
+                    lag = None if self.max_lag is None else await self._lag_of(member, conn)
             except Exception as exc:
                 logger.debug(
                     "routing pool %r: probe of replica %r failed: %r", self.name, pool.name, exc
@@ -665,6 +674,12 @@ class RoutingPool(Generic[ConnT]):
                 return False
             return True
         return False
+
+    async def _lag_of(self, member: _Member[ConnT], conn: ConnT) -> float | None:
+        """``member``'s replay lag on ``conn``: the ``lag`` function, or :func:`replay_lag`."""
+        if self._lag is not None:
+            return await self._lag(conn)
+        return await replay_lag(conn, connector=member.pool._connector)
 
     async def _lag_loop(self, member: _Member[ConnT]) -> None:
         """Every ``lag_check_interval``: quarantine ``member`` if it lags more than ``max_lag``."""
@@ -680,7 +695,7 @@ class RoutingPool(Generic[ConnT]):
                 try:
                     inner, conn = await self._borrow_watched(member, bound)
                     async with _entered(inner):
-                        lag = await self._lag(conn)
+                        lag = await self._lag_of(member, conn)
                 except _MemberFailed as failed:
                     self._quarantine(member, failed.error)
                 except Exception as exc:

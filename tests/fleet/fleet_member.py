@@ -35,12 +35,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.abc
-import asyncpg
+# Run as a script, this file's folder comes first on sys.path, where the test
+# packages named after the drivers (tests/asyncpg, tests/psycopg) would shadow them.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from elasticpool import Pool
-from elasticpool.fleet import PostgresMembership
+import anyio  # noqa: E402
+import anyio.abc  # noqa: E402
+import asyncpg  # noqa: E402
+
+from elasticpool import Pool  # noqa: E402
+from elasticpool.fleet import PostgresMembership  # noqa: E402
 
 DSN_ENV = "ELASTICPOOL_FLEET_DSN"
 

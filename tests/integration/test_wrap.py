@@ -277,9 +277,9 @@ def test_psycopg_disconnect_classification() -> None:
     """Connection errors evict a psycopg lease; pool errors, timeouts and query errors do not."""
     from psycopg import InterfaceError, OperationalError, errors
 
-    from elasticpool._wrap import _PsycopgLeases
+    from elasticpool.psycopg._leases import PsycopgLeases
 
-    leases = _PsycopgLeases(psycopg_pool.AsyncConnectionPool("", open=False))
+    leases = PsycopgLeases(psycopg_pool.AsyncConnectionPool("", open=False))
     assert leases.is_disconnect(OperationalError("consuming input failed: EOF"))
     assert leases.is_disconnect(errors.AdminShutdown("terminating connection"))
     assert leases.is_disconnect(errors.ConnectionFailure("connection failure"))
@@ -294,10 +294,10 @@ def test_psycopg_disconnect_classification() -> None:
 @pytest.mark.anyio
 async def test_asyncpg_disconnect_classification() -> None:
     """asyncpg's stuck protocol after an unsolicited FATAL evicts a lease; query errors do not."""
-    from elasticpool._wrap import _AsyncpgLeases
+    from elasticpool.asyncpg._leases import AsyncpgLeases
 
     exc = asyncpg.exceptions
-    leases = _AsyncpgLeases(asyncpg.create_pool("postgresql://nobody@127.0.0.1:1/none"))
+    leases = AsyncpgLeases(asyncpg.create_pool("postgresql://nobody@127.0.0.1:1/none"))
     stuck = "cannot switch to state 12; another operation (2) is in progress"
     assert leases.is_disconnect(exc.InternalClientError(stuck))
     assert leases.is_disconnect(exc.AdminShutdownError("terminating connection"))

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 import elasticpool
-from elasticpool.fleet._sql import quote_ident, quote_literal
+from elasticpool._sql import quote_ident, quote_literal
 
 from ..helpers import eventually
 
@@ -36,10 +36,14 @@ SINKS = frozenset({"execute", "executemany", "fetch", "fetchrow", "fetchval", "f
 """Methods whose first argument is SQL (asyncpg's and psycopg's, and our faces' shortcuts)."""
 
 HELPER_SINKS = {"fetch": 1}
-"""Plain functions whose argument at this index is SQL: ``fleet._sql.fetch(conn, sql, *args)``."""
+"""Plain functions whose argument at this index is SQL: a connector's ``fetch(conn, sql, *args)``
+held in a local name, as the fleet does."""
+
+CONNECTOR_SINKS = frozenset({"fetch"})
+"""Methods of a connector (``connector.fetch(conn, sql, *args)``) whose second argument is SQL."""
 
 QUOTERS = frozenset({"quote_ident", "quote_literal"})
-"""The quoting helpers of ``elasticpool.fleet._sql``: what they return is safe to interpolate."""
+"""The quoting helpers of ``elasticpool._sql``: what they return is safe to interpolate."""
 
 NUMBERS = frozenset({"int", "len", "float", "sum"})
 """Builtins whose result is a number: safe to interpolate."""
@@ -168,6 +172,13 @@ class Checker:
     @staticmethod
     def _sql_argument(call: ast.Call) -> ast.expr | None:
         f = call.func
+        if (
+            isinstance(f, ast.Attribute)
+            and f.attr in CONNECTOR_SINKS
+            and ast.unparse(f.value).endswith("connector")
+            and len(call.args) > 1
+        ):
+            return call.args[1]
         if isinstance(f, ast.Attribute) and f.attr in SINKS and call.args:
             first = call.args[0]
             return None if isinstance(first, ast.Starred) else first
@@ -357,6 +368,9 @@ async def by_plus(conn, name):
     sql = "SELECT * FROM " + name
     await conn.fetchrow(sql)
 
+async def by_connector(pool, conn, name):
+    await pool.connector.fetch(conn, f"SELECT * FROM {name}")
+
 class Member:
     def __init__(self, table):
         self._table = table
@@ -377,6 +391,9 @@ async def numbers(conn, items):
 async def passthrough(conn, query, *args):
     return await conn.fetch(query, *args)
 
+async def connector_passthrough(connector, conn, query, *args):
+    return await connector.fetch(conn, query, *args)
+
 class Member:
     def __init__(self, table, schema):
         prefix = "" if schema is None else quote_ident(schema) + "."
@@ -388,11 +405,12 @@ class Member:
 
 
 def test_the_checker_flags_each_way_of_formatting_outside_input() -> None:
-    """f-string, %, .format, + and a raw ``self`` attribute are flagged; quoted parts are not."""
+    """f-string (also given to a connector's fetch), %, .format, + and raw ``self`` are flagged."""
     bad = Checker()
     bad.check_module("bad.py", BAD)
     flagged = sorted(p.split(": ", 1)[1] for p in bad.problems)
     assert flagged == [
+        "name is formatted into sql",
         "name is formatted into sql",
         "name is formatted into sql",
         "name is formatted into sql",
@@ -401,7 +419,7 @@ def test_the_checker_flags_each_way_of_formatting_outside_input() -> None:
     ]
     good = Checker()
     good.check_module("good.py", GOOD)
-    assert (good.sinks, good.problems) == (4, [])
+    assert (good.sinks, good.problems) == (5, [])
 
 
 MUTATIONS = [

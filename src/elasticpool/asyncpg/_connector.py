@@ -15,10 +15,12 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
+import asyncpg.pool
 from asyncpg.exceptions import InterfaceError
 
-from .._connector import ResetMode
+from .._connector import Fetch, ResetMode
 from .._redact import dsn_passwords, dsn_problem, redact_dsn, split_uri, unshown
+from .._sql import check_placeholders
 from ._errors import is_disconnect_error, pooler_hint
 from ._reset import _impl, _is_cancelling, _send_session_reset
 
@@ -301,8 +303,31 @@ class AsyncpgConnector:
         tx: AbstractAsyncContextManager[Any] = conn.transaction(readonly=readonly)
         return tx
 
+    async def fetch(self, conn: asyncpg.Connection, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Run ``sql`` with ``args`` on ``conn``; its rows as tuples (see :func:`fetch`)."""
+        return await fetch(conn, sql, *args)
+
     def __repr__(self) -> str:
         return f"<AsyncpgConnector {_describe_target(self._dsn, self._kwargs)}>"
+
+
+async def fetch(conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """``conn.fetch(sql, *args)``, the rows as tuples (see :class:`~elasticpool.Connector`).
+
+    ``conn`` is an :class:`asyncpg.Connection` or a ``PoolConnectionProxy``.
+    asyncpg sends every statement outside a transaction on its own, so it is
+    committed when it returns. The placeholders are checked as for every
+    driver (``$1..$n`` in order, once each), although asyncpg would take more.
+    """
+    check_placeholders(sql, len(args))
+    return [tuple(row) for row in await conn.fetch(sql, *args)]
+
+
+def fetch_for(conn: object) -> Fetch | None:
+    """:func:`fetch` if ``conn`` is an asyncpg connection (or a pool proxy of one), or None."""
+    if isinstance(conn, (asyncpg.Connection, asyncpg.pool.PoolConnectionProxy)):
+        return fetch
+    return None
 
 
 def _describe_target(dsn: str | None, kwargs: dict[str, Any]) -> str:

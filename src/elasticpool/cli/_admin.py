@@ -19,10 +19,10 @@ from typing import Any
 import anyio
 
 from .._settings import PoolSettings, parse_percent
+from .._sql import SERVER_LIMITS_SQL, quote_ident
 from ..fleet import MemberStatus, PostgresMembership
-from ..fleet._sql import SERVER_LIMITS_SQL, fetch, quote_ident
 from ..fleet._tags import fleet_backends
-from ._common import CliError, admin_connection, count, redact, require
+from ._common import Admin, CliError, admin_connection, count, redact, require
 
 __all__ = [
     "FleetView",
@@ -112,14 +112,14 @@ def _quoted(table: str, schema: str | None) -> str:
     return ("" if schema is None else quote_ident(schema) + ".") + quote_ident(table)
 
 
-async def _tables_exist(conn: Any, lease: str, config: str) -> bool:
-    rows = await fetch(
-        conn, "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL", lease, config
+async def _tables_exist(admin: Admin, lease: str, config: str) -> bool:
+    rows = await admin.fetch(
+        "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL", lease, config
     )
     return bool(rows[0][0])
 
 
-async def read_history(conn: Any, table: str, schema: str | None, pool: str) -> PoolHistory:
+async def read_history(admin: Admin, table: str, schema: str | None, pool: str) -> PoolHistory:
     """Pool name ``pool``'s rows in lease table ``table`` (all zero when the tables are missing).
 
     Inside a transaction, the pool's config row stays locked (``FOR UPDATE``)
@@ -127,11 +127,10 @@ async def read_history(conn: Any, table: str, schema: str | None, pool: str) -> 
     """
     lease = _quoted(table, schema)
     config = _quoted(table + "_config", schema)
-    if not await _tables_exist(conn, lease, config):
+    if not await _tables_exist(admin, lease, config):
         return PoolHistory(0, 0, 0, configured=False, coordinated=False)
-    row = await fetch(conn, f"SELECT total FROM {config} WHERE pool_name = $1 FOR UPDATE", pool)
-    rows = await fetch(
-        conn,
+    row = await admin.fetch(f"SELECT total FROM {config} WHERE pool_name = $1 FOR UPDATE", pool)
+    rows = await admin.fetch(
         "SELECT count(*) FILTER (WHERE expires_at >= now())::int,"
         " count(*) FILTER (WHERE expires_at < now())::int,"
         " (SELECT count(*) FROM pg_stat_activity a WHERE a.application_name IN"
@@ -156,9 +155,8 @@ def _membership(table: str, schema: str | None, *, create: bool = False) -> Post
         raise CliError(str(exc)) from None
 
 
-async def _server_view(conn: Any, dsn: str) -> ServerView:
-    rows = await fetch(
-        conn,
+async def _server_view(admin: Admin, dsn: str) -> ServerView:
+    rows = await admin.fetch(
         "SELECT current_setting('server_version'),"
         " current_setting('max_connections')::int,"
         " current_setting('superuser_reserved_connections')::int,"
@@ -192,12 +190,11 @@ async def read_status(
     ``application_name`` is ``app``, or by default the pool's name.
     """
     membership = _membership(table, schema)
-    async with admin_connection(dsn, APPLICATION_NAME) as conn:
-        server = await _server_view(conn, dsn)
-        fleets = await membership.read_fleets(conn, pool)
-        budgets = await membership.read_budgets(conn)
-        rows = await fetch(
-            conn,
+    async with admin_connection(dsn, APPLICATION_NAME) as admin:
+        server = await _server_view(admin, dsn)
+        fleets = await membership.read_fleets(admin.conn, pool, connector=admin.connector)
+        budgets = await membership.read_budgets(admin.conn, connector=admin.connector)
+        rows = await admin.fetch(
             "SELECT application_name, count(*)::int FROM pg_stat_activity"
             " WHERE backend_type = 'client backend' GROUP BY application_name",
         )
@@ -303,31 +300,34 @@ def status(args: Any) -> int:
 
 async def _set_total(args: Any, total: int | None, percent: float | None) -> dict[str, Any]:
     membership = _membership(args.table, args.schema, create=True)
-    async with admin_connection(args.dsn, APPLICATION_NAME) as conn:
+    async with admin_connection(args.dsn, APPLICATION_NAME) as admin:
+        conn, connector = admin.conn, admin.connector
         usable = None
         if percent is not None:  # resolved against this server now, as a member does
-            rows = await fetch(conn, SERVER_LIMITS_SQL)
+            rows = await admin.fetch(SERVER_LIMITS_SQL)
             usable = int(rows[0][0]) - int(rows[0][1])
             resolved = PoolSettings(total_max_connections=f"{percent:g}%").with_server_limits(
                 int(rows[0][0]), int(rows[0][1])
             )
             assert isinstance(resolved.total_max_connections, int)
             total = resolved.total_max_connections
-        before = (await membership.read_fleets(conn, args.pool)).get(args.pool, (None, ()))[0]
-        async with conn.transaction():
+        fleets = await membership.read_fleets(conn, args.pool, connector=connector)
+        before = fleets.get(args.pool, (None, ()))[0]
+        async with admin.transaction():
             if args.pool and not args.force:  # a pool name, not the database budget
-                history = await read_history(conn, args.table, args.schema, args.pool)
+                history = await read_history(admin, args.table, args.schema, args.pool)
                 if not history.ever_had_a_member:
                     raise CliError(
                         f"pool {args.pool!r} has never had a member in lease table "
                         f"{args.table!r} (a typo?); pass --force to set its total before "
                         "its first member starts"
                     )
-            await membership.store_total(conn, args.pool, total)
+            await membership.store_total(conn, args.pool, total, connector=connector)
         stored = time.monotonic()
 
         async def look() -> tuple[tuple[MemberStatus, ...], list[str]]:
-            members = (await membership.read_fleets(conn, args.pool)).get(args.pool, (None, ()))[1]
+            fleets = await membership.read_fleets(conn, args.pool, connector=connector)
+            members = fleets.get(args.pool, (None, ()))[1]
             since = time.monotonic() - stored
             return members, [m.id for m in members if m.heartbeat_age < since]
 
@@ -396,8 +396,8 @@ def set_total(args: Any) -> int:
 async def _forget(args: Any) -> dict[str, Any]:
     lease = _quoted(args.table, args.schema)
     config = _quoted(args.table + "_config", args.schema)
-    async with admin_connection(args.dsn, APPLICATION_NAME) as conn, conn.transaction():
-        history = await read_history(conn, args.table, args.schema, args.pool)
+    async with admin_connection(args.dsn, APPLICATION_NAME) as admin, admin.transaction():
+        history = await read_history(admin, args.table, args.schema, args.pool)
         if not (history.configured or history.live or history.departed):
             raise CliError(f"pool {args.pool!r} is not in lease table {args.table!r}")
         if not args.force and history.live:
@@ -414,13 +414,12 @@ async def _forget(args: Any) -> dict[str, Any]:
                 "against its total until they end; wait, or pass --force"
             )
         # Every lease of the name goes with --force; without it there is no live one.
-        leases = await fetch(
-            conn,
+        leases = await admin.fetch(
             f"WITH gone AS (DELETE FROM {lease} WHERE pool_name = $1 RETURNING 1)"
             " SELECT count(*)::int FROM gone",
             args.pool,
         )
-        await fetch(conn, f"DELETE FROM {config} WHERE pool_name = $1", args.pool)
+        await admin.fetch(f"DELETE FROM {config} WHERE pool_name = $1", args.pool)
     return {
         "pool": args.pool,
         "leases_removed": int(leases[0][0]),

@@ -29,15 +29,24 @@ from typing import IO, Any
 
 import anyio
 
+from .._adapters import ASYNCPG
 from .._errors import PoolClosed, PoolTimeout
 from .._pool import Pool
 from ..embedded import dsn_or_embedded
 from ..fleet import PostgresMembership
-from ..fleet._sql import fetch
 from ..fleet._tags import pool_tag
 from ._admin import _server_view
 from ._chart import Sample, write_chart
-from ._common import CliError, admin_connection, count, redact, require, scrub
+from ._common import (
+    Admin,
+    CliError,
+    admin_connection,
+    count,
+    redact,
+    require,
+    require_adapter,
+    scrub,
+)
 
 __all__ = ["DemoOptions", "Sample", "demo", "schedule"]
 
@@ -252,10 +261,9 @@ class _Run:
 
     # ------------------------------------------------------------------ sampling and view
 
-    async def _sampler(self, admin: Any) -> None:
+    async def _sampler(self, admin: Admin) -> None:
         while True:
-            rows = await fetch(  # members tag their connections <app>|<pool>|<instance>
-                admin,
+            rows = await admin.fetch(  # members tag their connections <app>|<pool>|<instance>
                 "SELECT count(*) FROM pg_stat_activity WHERE strpos(application_name, $1) > 0",
                 pool_tag(self.app),
             )
@@ -360,7 +368,7 @@ class _Run:
 
     # ------------------------------------------------------------------ the run
 
-    async def _drive(self, admin: Any) -> None:
+    async def _drive(self, admin: Admin) -> None:
         opts = self.opts
         self.started = anyio.current_time()
         async with anyio.create_task_group() as tg:
@@ -448,7 +456,7 @@ def _print_summary(result: dict[str, Any], out: IO[str]) -> None:
 
 def demo(opts: DemoOptions) -> int:
     """``elasticpool demo``: run the fleet, show it, chart it, summarise it."""
-    require("asyncpg", "asyncpg", "the demo")
+    require_adapter(ASYNCPG, "the demo")
     require("matplotlib", "cli", "the demo chart")
     if opts.live:
         require("rich", "cli", "the live view")

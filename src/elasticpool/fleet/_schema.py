@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import hashlib
 
-from ._sql import quote_ident
+from .._sql import quote_ident
 
 __all__ = ["Schema", "beat_function", "fill_function"]
 

@@ -9,12 +9,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final, Generic, TypeAlias
 
+import anyio
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import tuple_row
 from psycopg_pool.abc import ACT
 
-from .._connector import ResetMode
+from .._connector import Fetch, ResetMode
 from .._redact import dsn_passwords, dsn_problem, redact_dsn, unshown
+from .._sql import PLACEHOLDER, check_placeholders
 from ._errors import is_disconnect_error, pooler_hint
 from ._reset import (
     _DISCARD_ALL,
@@ -359,10 +362,48 @@ class PsycopgConnector(Generic[ACT]):
         """
         return _transaction(conn, readonly)
 
+    async def fetch(self, conn: ACT, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Run ``sql`` with ``args`` on ``conn``; its rows as tuples (see :func:`fetch`)."""
+        return await fetch(conn, sql, *args)
+
     # ------------------------------------------------------------------ repr
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {_describe_target(self.conninfo, self.kwargs)}>"
+
+
+async def fetch(conn: psycopg.AsyncConnection[Any], sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Run ``sql`` with ``args`` on ``conn`` (``fetch`` of :class:`~elasticpool.Connector`).
+
+    ``$n`` placeholders become psycopg's ``%s`` (after a literal ``%`` is
+    doubled); rows come as tuples whatever the connection's ``row_factory``.
+    On a connection that is not in autocommit mode and in no transaction the
+    statement is still a transaction of its own, as it is with asyncpg: the
+    connection is switched to autocommit for it (no round trip), so no
+    BEGIN/COMMIT pair is added and no transaction is left open.
+    """
+    check_placeholders(sql, len(args))
+    query = PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
+    switch = not conn.autocommit and conn.pgconn.transaction_status == _IDLE
+    if switch:
+        await conn.set_autocommit(True)
+    try:
+        async with conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(query, args)
+            if cur.description is None:
+                return []
+            return await cur.fetchall()
+    finally:
+        # Only from idle: a statement cut off mid-query leaves the connection
+        # ACTIVE, where psycopg refuses the change (and the pool discards it).
+        if switch and not conn.closed and conn.pgconn.transaction_status == _IDLE:
+            with anyio.CancelScope(shield=True):  # no I/O: psycopg's lock, then a flag
+                await conn.set_autocommit(False)
+
+
+def fetch_for(conn: object) -> Fetch | None:
+    """:func:`fetch` if ``conn`` is a :class:`psycopg.AsyncConnection`, else ``None``."""
+    return fetch if isinstance(conn, psycopg.AsyncConnection) else None
 
 
 def _transaction(conn: ACT, readonly: bool) -> AbstractAsyncContextManager[Any]:
