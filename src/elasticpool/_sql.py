@@ -2,11 +2,11 @@
 
 Statements are written with PostgreSQL's ``$1, $2, ...`` placeholders, each
 used once and in order (:func:`check_placeholders`); values are always passed
-as parameters, never formatted into the text, and a connector's
-:meth:`~elasticpool.Connector.fetch` runs them on its driver. Identifiers (the
-lease table's name) are quoted with :func:`quote_ident`; the few literals that
-must be part of a statement's text (a ``DO`` block takes no parameters) with
-:func:`quote_literal`.
+as parameters, never formatted into the text, and a connector's ``fetch``
+(see :class:`~elasticpool.Connector`) runs them on its driver. Identifiers
+(the lease table's name) are quoted with :func:`quote_ident`; the few
+literals that must be part of a statement's text (a ``DO`` block takes no
+parameters) with :func:`quote_literal`.
 
 No driver is imported here: the adapters and the fleet both use it.
 """

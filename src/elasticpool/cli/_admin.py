@@ -131,11 +131,12 @@ async def read_history(admin: Admin, table: str, schema: str | None, pool: str) 
         return PoolHistory(0, 0, 0, configured=False, coordinated=False)
     row = await admin.fetch(f"SELECT total FROM {config} WHERE pool_name = $1 FOR UPDATE", pool)
     rows = await admin.fetch(
-        "SELECT count(*) FILTER (WHERE expires_at >= now())::int,"
+        f"WITH l AS (SELECT expires_at, tag FROM {lease} WHERE pool_name = $1)"
+        " SELECT count(*) FILTER (WHERE expires_at >= now())::int,"
         " count(*) FILTER (WHERE expires_at < now())::int,"
         " (SELECT count(*) FROM pg_stat_activity a WHERE a.application_name IN"
-        f"   (SELECT tag FROM {lease} WHERE pool_name = $1 AND expires_at < now()))::int"
-        f" FROM {lease} WHERE pool_name = $1",
+        "   (SELECT tag FROM l WHERE expires_at < now()))::int"
+        " FROM l",
         pool,
     )
     live, departed, backends = (int(v) for v in rows[0])
