@@ -8,6 +8,8 @@ this protocol, and so can you.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -26,6 +28,38 @@ def ends_session(sqlstate: str) -> bool:
     classification; not a judgement on errors without a SQLSTATE.
     """
     return sqlstate.startswith("08") or sqlstate in _SESSION_ENDING
+
+
+def refused_settings(exc: BaseException, settings: Mapping[str, str]) -> dict[str, str] | None:
+    """``settings`` less those a pooler refused at startup; ``None`` when ``exc`` is not that.
+
+    A connection pooler in front of the server (PgBouncer) refuses a startup
+    parameter it does not know ("unsupported startup parameter: NAME", or
+    "... in options" for ``-c`` settings) and so every connect that sends
+    one. The settings a fleet membership adds (see ``set_server_settings``
+    below) are then sent without all but ``application_name``, which every
+    pooler passes on: the fleet still counts its backends, and only the
+    server's polling for killed members' sockets
+    (``client_connection_check_interval``) is lost. Shared by the adapters.
+    """
+    if "unsupported startup parameter" not in str(exc):
+        return None
+    kept = {name: value for name, value in settings.items() if name == "application_name"}
+    return kept if len(kept) < len(settings) else None
+
+
+def log_refused(connector: object, before: Mapping[str, str], exc: BaseException) -> None:
+    """Say once per connector which settings a pooler refused, and that they are dropped."""
+    dropped = sorted(set(before) - {"application_name"})
+    logging.getLogger("elasticpool").warning(
+        "%s: the server refused the startup parameters %s (%s): likely a pooler such as "
+        "PgBouncer in front of it; connecting without them (a fleet member killed "
+        "mid-query is counted until its queries end; PostgresMembership("
+        "client_connection_check_interval=None) says so up front)",
+        type(connector).__name__,
+        ", ".join(dropped),
+        exc,
+    )
 
 
 ResetMode = Literal["none", "rollback", "session"]

@@ -294,6 +294,56 @@ async def test_a_fleet_divides_its_total_through_pgbouncer(
         )
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_a_fleet_member_behind_pgbouncer_connects_without_the_settings_it_refuses(
+    pgbouncer: dict[str, Any], pg_server: Any, driver: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the membership's defaults, PgBouncer refuses client_connection_check_interval.
+
+    The connector drops it (keeping the application_name tag), says so in
+    one line, and the member is served and counted: its backend on the
+    server carries the tag.
+    """
+    table = f"bouncer_defaults_{driver}_{os.getpid()}"
+    membership = PostgresMembership(table=table, heartbeat_interval=0.2, lease_ttl=2.0)
+    connector: Any = (
+        AsyncpgConnector(pgbouncer["dsn"], statement_cache_size=0)
+        if driver == "asyncpg"
+        else PsycopgConnector(pgbouncer["dsn"], kwargs={"prepare_threshold": None})
+    )
+    pool = Pool(
+        connector,
+        total_max_connections=2,
+        allow_small_total=True,
+        membership=membership,
+        reset="rollback",
+        name=f"bouncer-defaults-{driver}",
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="elasticpool"):
+            async with pool:
+                for _ in range(3):
+                    async with pool.acquire() as conn:
+                        rows = await connector.fetch(
+                            conn,
+                            "SELECT count(*)::int FROM pg_stat_activity"
+                            " WHERE strpos(application_name, $1) > 0",
+                            f"bouncer-defaults-{driver}",
+                        )
+                        assert rows[0][0] >= 1, "the tag reached the server"
+                assert pool.fleet().active
+        refused = [r for r in caplog.records if "refused the startup parameters" in r.message]
+        assert len(refused) == 1, [r.message for r in caplog.records]
+        assert "client_connection_check_interval" in refused[0].message
+    finally:
+        pg_server.psql(
+            f"DROP TABLE IF EXISTS {table}, {table}_config;"
+            f" DROP FUNCTION IF EXISTS {beat_function(table)};"
+            f" DROP FUNCTION IF EXISTS {fill_function(table)}"
+        )
+
+
 # ----------------------------------------------------------------------------- no PgBouncer needed
 
 

@@ -18,7 +18,7 @@ import asyncpg
 import asyncpg.pool
 from asyncpg.exceptions import InterfaceError
 
-from .._connector import Fetch, ResetMode
+from .._connector import Fetch, ResetMode, log_refused, refused_settings
 from .._redact import dsn_passwords, dsn_problem, redact_dsn, split_uri, unshown
 from .._sql import check_placeholders
 from ._errors import is_disconnect_error, pooler_hint
@@ -149,7 +149,17 @@ class AsyncpgConnector:
             }
         unparsed: ValueError | None = None
         try:
-            conn: asyncpg.Connection = await fn(self._dsn, **kwargs)
+            try:
+                conn: asyncpg.Connection = await fn(self._dsn, **kwargs)
+            except Exception as exc:
+                kept = refused_settings(exc, self._server_settings)
+                if kept is None:
+                    raise
+                log_refused(self, self._server_settings, exc)
+                self._server_settings = kept
+                given = {**self._kwargs, **self._fixed_kwargs}.get("server_settings") or {}
+                kwargs["server_settings"] = {**given, **kept}
+                conn = await fn(self._dsn, **kwargs)
         except ValueError as exc:  # a DSN parse error may quote a piece of the password
             if not dsn_passwords(self._dsn):
                 raise

@@ -15,7 +15,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import tuple_row
 from psycopg_pool.abc import ACT
 
-from .._connector import Fetch, ResetMode
+from .._connector import Fetch, ResetMode, log_refused, refused_settings
 from .._redact import dsn_passwords, dsn_problem, redact_dsn, unshown
 from .._sql import PLACEHOLDER, check_placeholders
 from ._errors import is_disconnect_error, pooler_hint
@@ -196,9 +196,19 @@ class PsycopgConnector(Generic[ACT]):
         unparsable = _check_conninfo(type(self).__name__, conninfo)
         if unparsable is not None:
             raise unparsable
+        plain = dict(kwargs)
         if self._server_settings:
             _add_settings(conninfo, kwargs, self._server_settings)
-        conn = await self.connection_class.connect(conninfo, **kwargs)
+        try:
+            conn = await self.connection_class.connect(conninfo, **kwargs)
+        except Exception as exc:
+            kept = refused_settings(exc, self._server_settings)
+            if kept is None:
+                raise
+            log_refused(self, self._server_settings, exc)
+            self._server_settings = kept
+            _add_settings(conninfo, plain, kept)
+            conn = await self.connection_class.connect(conninfo, **plain)
         try:
             # Pooled: psycopg does not warn "deleted while still open" about it,
             # and ``async with conn`` does not close it (as with psycopg_pool).
