@@ -33,6 +33,7 @@ from ._errors import PoolClosed, PoolTimeout
 from ._limits import resolve_limit
 from ._settings import PoolSettings
 from ._state import CloseReason, Outcome, Plan, Planner, Slot, SlotState
+from ._validate import check_name, check_seconds
 from .fleet._base import FleetStatus, Membership
 from .fleet._sql import SERVER_LIMITS_SQL, fetch
 
@@ -56,17 +57,6 @@ _CONNECTOR_METHODS = (
     "is_disconnect",
     "transaction",
 )
-
-
-def _check_seconds(name: str, value: object, *, zero_ok: bool) -> None:
-    """Reject a per-call timeout that is not a number in range (``None`` allowed)."""
-    if value is None:
-        return
-    bound = ">= 0" if zero_ok else "> 0"
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number of seconds {bound} or None (got {value!r})")
-    if not (value >= 0 if zero_ok else value > 0):  # also rejects nan
-        raise ValueError(f"{name} must be {bound} seconds or None (got {value!r})")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -238,8 +228,7 @@ class Pool(Generic[ConnT]):
             )
         elif overrides:
             settings = settings.replace(**overrides)
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string (got {name!r})")
+        check_name("name", name)
         self.name = name
         self.settings = settings
         self.membership = membership
@@ -475,7 +464,7 @@ class Pool(Generic[ConnT]):
         after ``timeout`` seconds (``None``: no bound) whatever is left is
         terminated. Calling it again is harmless; it cannot be reopened.
         """
-        _check_seconds("timeout", timeout, zero_ok=True)
+        check_seconds("timeout", timeout, strict=False, optional=True, finite=False)
         if self._state == "forked":  # the parent's: nothing to wait for, nothing to close here
             self._state = "closed"
             return
@@ -528,7 +517,7 @@ class Pool(Generic[ConnT]):
         Raises :class:`~elasticpool.PoolTimeout` after ``timeout`` seconds
         (``None``: no bound), with the last connect error as its cause.
         """
-        _check_seconds("timeout", timeout, zero_ok=True)
+        check_seconds("timeout", timeout, strict=False, optional=True, finite=False)
         self._check_open()
         planner = self._planner
         with anyio.move_on_after(math.inf if timeout is None else timeout):
@@ -565,7 +554,7 @@ class Pool(Generic[ConnT]):
         if timeout is _DEFAULT:
             timeout = self.settings.pool_timeout
         elif timeout is not None:
-            _check_seconds("timeout", timeout, zero_ok=False)
+            check_seconds("timeout", timeout, optional=True, finite=False)
         return _Acquire(self, timeout)
 
     def acquire_nowait(self) -> ConnT:

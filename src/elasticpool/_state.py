@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from ._errors import PoolClosed, TooManyWaiters
 from ._settings import PoolSettings
+from ._validate import check_int
 
 __all__ = [
     "CloseReason",
@@ -741,19 +742,9 @@ class Planner:
         Returns its slot, or ``None`` when the limit leaves no room (or the
         pool is closed): the caller then closes it.
         """
-        if not isinstance(limit, int) or isinstance(limit, bool):
-            raise TypeError(f"max_connections must be an integer >= 0 (got {limit!r})")
-        if limit < 0:
-            raise ValueError(f"max_connections must be an integer >= 0 (got {limit!r})")
+        check_int("max_connections", limit, low=0)
         if floor is not None:
-            if not isinstance(floor, int) or isinstance(floor, bool):
-                raise TypeError(
-                    f"min_connections must be an integer in [0, {limit}] (got {floor!r})"
-                )
-            if not 0 <= floor <= limit:
-                raise ValueError(
-                    f"min_connections must be an integer in [0, {limit}] (got {floor!r})"
-                )
+            check_int("min_connections", floor, low=0, high=limit)
             self.min_connections = floor
         old = self.limit
         self.limit = limit

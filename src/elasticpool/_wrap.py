@@ -31,6 +31,7 @@ from ._connector import ResetMode
 from ._errors import ElasticPoolWarning
 from ._pool import Pool
 from ._settings import PoolSettings
+from ._validate import check_bool, check_int
 
 if TYPE_CHECKING:
     import asyncpg
@@ -426,12 +427,7 @@ class _WrappedPool(Pool[ConnT]):
         limit is capped at its ``max_size``, and leases given back while it
         holds more connections than the wrapper can use are closed for good.
         """
-        if (
-            not isinstance(max_connections, int)
-            or isinstance(max_connections, bool)
-            or max_connections < 0
-        ):
-            raise ValueError(f"max_connections must be an integer >= 0 (got {max_connections!r})")
+        check_int("max_connections", max_connections, low=0)
         limit = self._cap(max_connections)
         floor = min_connections
         if limit < max_connections and isinstance(floor, int) and floor > limit:
@@ -579,8 +575,7 @@ def wrap(
     governs.
     """
     leases = _leases_for(existing)
-    if not isinstance(close_underlying, bool):
-        raise TypeError(f"close_underlying must be a bool (got {close_underlying!r})")
+    check_bool("close_underlying", close_underlying)
     if name is None:
         name = getattr(existing, "name", None) if leases.kind == "psycopg" else None
         name = name if isinstance(name, str) and name else leases.kind

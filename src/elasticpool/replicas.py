@@ -36,6 +36,7 @@ import anyio.abc
 
 from ._errors import ElasticPoolError, PoolClosed, PoolTimeout, TooManyWaiters
 from ._pool import Pool, PoolStats, _Acquire, _opened_here, _spawn_system_task
+from ._validate import check_instance, check_name, check_seconds
 
 __all__ = [
     "REPLAY_LAG_SQL",
@@ -274,34 +275,24 @@ class RoutingPool(Generic[ConnT]):
         lag_check_interval: float = 5.0,
         name: str = "routing",
     ) -> None:
-        if not isinstance(primary, Pool):
-            raise TypeError(f"primary must be an elasticpool.Pool (got {type(primary).__name__})")
+        check_instance("primary", primary, Pool, "an elasticpool.Pool")
         replicas = tuple(replicas)
         for r in replicas:
-            if not isinstance(r, Pool):
-                raise TypeError(
-                    f"replicas must be elasticpool.Pool objects (got {type(r).__name__})"
-                )
+            check_instance("replicas", r, Pool, "elasticpool.Pool objects")
         members = (primary, *replicas)
         if len({id(p) for p in members}) != len(members):
             raise ValueError("each member pool can be given only once (primary and replicas)")
-        for label, value in (
-            ("quarantine_initial", quarantine_initial),
-            ("quarantine_max", quarantine_max),
-            ("lag_check_interval", lag_check_interval),
-            *((("max_lag", max_lag),) if max_lag is not None else ()),
-        ):
-            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-                raise ValueError(f"{label} must be a finite number of seconds > 0 (got {value!r})")
+        check_seconds("quarantine_initial", quarantine_initial)
+        check_seconds("quarantine_max", quarantine_max)
+        check_seconds("lag_check_interval", lag_check_interval)
+        check_seconds("max_lag", max_lag, optional=True)
         if quarantine_max < quarantine_initial:
             raise ValueError(
                 f"quarantine_max must be >= quarantine_initial (got quarantine_max="
                 f"{quarantine_max!r}, quarantine_initial={quarantine_initial!r})"
             )
-        if probe_timeout is not None and not probe_timeout > 0:
-            raise ValueError(f"probe_timeout must be > 0 seconds or None (got {probe_timeout!r})")
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string (got {name!r})")
+        check_seconds("probe_timeout", probe_timeout, optional=True, finite=False)
+        check_name("name", name)
         self.name = name
         self.fallback_to_primary = fallback_to_primary
         self.quarantine_initial = float(quarantine_initial)
@@ -452,8 +443,8 @@ class RoutingPool(Generic[ConnT]):
         first chosen member's ``pool_timeout``). Context manager only: there
         is no ``await db.acquire()``.
         """
-        if timeout is not _DEFAULT and timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds or None (got {timeout!r})")
+        if timeout is not _DEFAULT:
+            check_seconds("timeout", timeout, optional=True, finite=False)
         return _RoutedAcquire(self, readonly, timeout)
 
     @contextlib.asynccontextmanager

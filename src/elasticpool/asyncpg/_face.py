@@ -25,6 +25,7 @@ from .._connector import ResetMode
 from .._errors import PoolClosed, PoolTimeout
 from .._pool import Pool, PoolStats, _Acquire
 from .._settings import PoolSettings
+from .._validate import check_int_type, check_seconds_type
 from ..fleet import Membership
 from ._connector import AsyncpgConnector, ConnectionCallback
 from ._errors import AsyncpgPoolClosed, _AcquireTimeout
@@ -110,7 +111,18 @@ class AsyncpgPool:
         membership: Membership | None = None,
         **kwargs: Any,
     ) -> None:
-        # asyncpg's own checks, with asyncpg's messages.
+        # Wrong types: elasticpool's rule (TypeError naming the argument and its range).
+        check_int_type("max_size", max_size, low=1)
+        check_int_type("min_size", min_size, low=0)
+        check_int_type("init_size", init_size, low=0, optional=True)
+        check_int_type("max_queries", max_queries, low=1)
+        check_seconds_type(
+            "max_inactive_connection_lifetime",
+            max_inactive_connection_lifetime,
+            strict=False,
+            finite=False,
+        )
+        # Wrong values: asyncpg's own checks, with asyncpg's messages.
         if max_size <= 0:
             raise ValueError("max_size is expected to be greater than zero")
         if min_size < 0:

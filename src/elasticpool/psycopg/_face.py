@@ -22,6 +22,7 @@ from .. import _errors
 from .._connector import ResetMode
 from .._pool import Pool
 from .._settings import PoolSettings
+from .._validate import check_int_type, check_seconds_type
 from ._connector import (
     _ASYNC_CONNECTION,
     ConnectionCB,
@@ -92,7 +93,9 @@ _MS_EVENTS: Final = {
 
 
 def _check_size(min_size: int, max_size: int | None) -> tuple[int, int]:
-    """psycopg_pool's own size validation, with its messages."""
+    """psycopg_pool's own size validation, with its messages (wrong types: elasticpool's)."""
+    check_int_type("min_size", min_size, low=0)
+    check_int_type("max_size", max_size, low=0, optional=True)
     if max_size is None:
         max_size = min_size
     if min_size < 0:
@@ -199,6 +202,8 @@ class AsyncConnectionPool(Generic[ACT]):
         min_size, max_size = _check_size(min_size, max_size)
         if not name:
             name = f"pool-{next(_pool_numbers)}"
+        check_int_type("num_workers", num_workers, low=1)
+        check_seconds_type("reconnect_timeout", reconnect_timeout, strict=False, finite=False)
         if num_workers < 1:
             raise ValueError("num_workers must be at least 1")
         if close_returns and _PSYCOPG_VERSION < (3, 3):
