@@ -8,7 +8,6 @@ then the plan it left is carried out.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -31,6 +30,7 @@ from ._backend import Waker, current_backend
 from ._connector import Connector
 from ._errors import PoolClosed, PoolTimeout
 from ._limits import resolve_limit
+from ._runner import Runner
 from ._settings import PoolSettings
 from ._state import CloseReason, Outcome, Plan, Planner, Slot, SlotState
 from ._validate import check_name, check_seconds
@@ -252,15 +252,13 @@ class Pool(Generic[ConnT]):
         self._fleet_busy = 0.0
         self._in_use: dict[int, Slot] = {}
         self._connect_time = 0.0
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._runner = Runner(f"pool {name!r}")  # the background tasks, while open
         # Resets run in worker tasks, not one new task each (see _reset_worker).
         self._reset_queue: collections.deque[Slot] = collections.deque()
         self._reset_parked: list[Waker] = []
         self._tick_event: anyio.Event | None = None
         self._drained: anyio.Event | None = None
         self._ready: anyio.Event | None = None
-        self._stop: anyio.Event | None = None
-        self._runner_done: anyio.Event | None = None
         self._opened: anyio.Event | None = None
         self._state = "new"  # new → opening → open → closing → closed; or forked (see _forked)
         self._pid = 0  # the process that opened it
@@ -327,13 +325,9 @@ class Pool(Generic[ConnT]):
         self._current_task = backend.current_task
         self._clock_offset = backend.now() - time.monotonic()
         self._fleet_since = backend.now()
-        started = anyio.Event()
-        self._stop = anyio.Event()
-        self._runner_done = anyio.Event()
         self._drained = anyio.Event()
-        _spawn_system_task(self._run, started)
-        with anyio.CancelScope(shield=True):  # the runner is started: finish the job
-            await started.wait()
+        self._runner = Runner(f"pool {self.name!r}")
+        await self._runner.start(self._ticker)  # shielded: once started, the open goes on
         if first is not None:  # the connection that asked the server: the pool's first
             if self.membership is None:
                 limit = resolve_limit(self.settings, allow_small_total=True).limit
@@ -357,8 +351,7 @@ class Pool(Generic[ConnT]):
             raise PoolClosed(f"pool {self.name!r} was terminated while opening")
         self._state = "open"
         if self.membership is not None:
-            assert self._tg is not None
-            self._tg.start_soon(self._run_membership, self.membership)
+            self._runner.start_soon(self._run_membership, self.membership)
         self._planner.tick(self._now())
         self._execute(self._planner.take_plan())
 
@@ -370,8 +363,6 @@ class Pool(Generic[ConnT]):
         abandons connects in flight) and leaving the fleet (a lease may have
         been committed) leaves nothing behind. Shielded; ``leave`` is bounded.
         """
-        assert self._stop is not None
-        assert self._runner_done is not None
         planner = self._planner
         with anyio.CancelScope(shield=True):
             planner.resize(0, self._now())  # the join's limit, if any: nothing opens any more
@@ -381,8 +372,7 @@ class Pool(Generic[ConnT]):
                 await self.membership.leave(self._port)
             except Exception:  # pragma: no cover - a bug in a membership
                 logger.exception("pool %r: fleet membership failed to leave", self.name)
-            self._stop.set()
-            await self._runner_done.wait()
+            await self._runner.stop()
             for slot in planner.remaining():  # normally none: closes finish in the runner
                 if slot.conn is not None:
                     self._terminate(slot.conn)
@@ -440,22 +430,6 @@ class Pool(Generic[ConnT]):
                 await self._membership_done.wait()
             await membership.leave(self._port)
 
-    async def _run(self, started: anyio.Event) -> None:
-        assert self._stop is not None
-        assert self._runner_done is not None
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                tg.start_soon(self._ticker)
-                started.set()
-                await self._stop.wait()
-                tg.cancel_scope.cancel()
-        except Exception:  # pragma: no cover - a bug in our own background code
-            logger.exception("pool %r: background runner failed", self.name)
-        finally:
-            self._tg = None
-            self._runner_done.set()
-
     async def close(self, timeout: float | None = 10.0) -> None:
         """Close the pool; bounded.
 
@@ -472,9 +446,8 @@ class Pool(Generic[ConnT]):
             assert self._opened is not None
             await self._opened.wait()
         if self._state in ("closing", "closed"):
-            if self._runner_done is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._runner_done.wait()
+            with anyio.CancelScope(shield=True):
+                await self._runner.wait_stopped()
             return
         if self._state == "new":
             self._state = "closed"
@@ -485,8 +458,6 @@ class Pool(Generic[ConnT]):
         planner.close(self._now())
         self._execute(planner.take_plan())
         assert self._drained is not None
-        assert self._stop is not None
-        assert self._runner_done is not None
         try:
             if planner.remaining():
                 with anyio.move_on_after(math.inf if timeout is None else timeout):
@@ -507,8 +478,7 @@ class Pool(Generic[ConnT]):
                 # Only now that nothing is held: heartbeats kept the lease while
                 # borrowed connections were still out.
                 await self._stop_membership()
-                self._stop.set()
-                await self._runner_done.wait()
+                await self._runner.stop()
                 self._state = "closed"
 
     async def wait(self, timeout: float | None = 30.0) -> None:
@@ -893,7 +863,7 @@ class Pool(Generic[ConnT]):
             if self._planner.closed:
                 self._check_drained()
             return
-        tg = self._tg
+        tg = self._runner.tg
         if tg is None:
             # No runner (never opened, or already stopped): nothing can run in the
             # background, so close what must be closed right away.
@@ -1111,8 +1081,7 @@ class Pool(Generic[ConnT]):
         self._state = "closed"
         if self._membership_scope is not None:  # its lease expires after its ttl
             self._membership_scope.cancel()
-        if self._stop is not None:
-            self._stop.set()
+        self._runner.stop_nowait()
 
     async def check(self) -> None:
         """Ping every idle connection now and close those that fail.
@@ -1463,34 +1432,6 @@ class Freeze:
         self.applied = True
         return slot is not None
 
-
-def _spawn_system_task(fn: Callable[[anyio.Event], Awaitable[None]], started: anyio.Event) -> None:
-    """Run ``fn(started)`` in the background, outside the caller's task tree.
-
-    A pool outlives the call that opens it (``await pool.open()``), so its
-    background work cannot live in a task group of the caller's. On asyncio it
-    is a plain task (kept referenced); on trio a system task.
-    """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        import trio  # noqa: PLC0415 - only ever needed on trio
-
-        async def _trio_runner() -> None:
-            await fn(started)
-
-        trio.lowlevel.spawn_system_task(_trio_runner)
-        return
-    task: asyncio.Task[None] = loop.create_task(_as_coroutine(fn, started))
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-async def _as_coroutine(fn: Callable[[anyio.Event], Awaitable[None]], started: anyio.Event) -> None:
-    await fn(started)
-
-
-_background: set[asyncio.Task[None]] = set()
 
 # Every pool (and routing pool) opened in this process, held weakly, for the at-fork hook:
 # each has a ``_forked()`` method.

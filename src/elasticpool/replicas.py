@@ -35,7 +35,8 @@ import anyio
 import anyio.abc
 
 from ._errors import ElasticPoolError, PoolClosed, PoolTimeout, TooManyWaiters
-from ._pool import Pool, PoolStats, _Acquire, _opened_here, _spawn_system_task
+from ._pool import Pool, PoolStats, _Acquire, _opened_here
+from ._runner import Runner
 from ._validate import check_instance, check_name, check_seconds
 
 __all__ = [
@@ -309,9 +310,7 @@ class RoutingPool(Generic[ConnT]):
         self._fallbacks = 0
         self._state = "new"  # new → open → closing → closed; or forked (see _forked)
         self._pid = 0  # the process that opened it
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._stop: anyio.Event | None = None
-        self._runner_done: anyio.Event | None = None
+        self._runner = Runner(f"routing pool {name!r}")  # the prober and lag checks, while open
 
     # ------------------------------------------------------------------ members
 
@@ -356,33 +355,13 @@ class RoutingPool(Generic[ConnT]):
                     await pool.close()
             self._state = "closed"
             raise
-        started = anyio.Event()
-        self._stop = anyio.Event()
-        self._runner_done = anyio.Event()
         self._pid = os.getpid()
         _opened_here.add(self)
-        _spawn_system_task(self._run, started)
-        with anyio.CancelScope(shield=True):
-            await started.wait()
+        await self._runner.start()
         self._state = "open"
-        if self.max_lag is not None and self._tg is not None:
+        if self.max_lag is not None:
             for m in self._replicas:
-                self._tg.start_soon(self._lag_loop, m)
-
-    async def _run(self, started: anyio.Event) -> None:
-        assert self._stop is not None
-        assert self._runner_done is not None
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                started.set()
-                await self._stop.wait()
-                tg.cancel_scope.cancel()
-        except Exception:  # pragma: no cover - a bug in our own background code
-            logger.exception("routing pool %r: prober failed", self.name)
-        finally:
-            self._tg = None
-            self._runner_done.set()
+                self._runner.start_soon(self._lag_loop, m)
 
     async def close(self, timeout: float | None = 10.0) -> None:
         """Stop probing and close every member pool, concurrently, each bounded by ``timeout``.
@@ -400,10 +379,7 @@ class RoutingPool(Generic[ConnT]):
         self._state = "closing"
         with anyio.CancelScope(shield=True):
             if was_open:
-                assert self._stop is not None
-                assert self._runner_done is not None
-                self._stop.set()
-                await self._runner_done.wait()
+                await self._runner.stop()
             async with anyio.create_task_group() as tg:
                 for m in (self._primary, *self._replicas):
                     tg.start_soon(_close_pool, m.pool, timeout)
@@ -607,9 +583,9 @@ class RoutingPool(Generic[ConnT]):
             member.backoff,
             repr(error) if error is not None else reason,
         )
-        if self._tg is not None and not member.probing:
+        if self._runner.tg is not None and not member.probing:
             member.probing = True
-            self._tg.start_soon(self._probe_loop, member)
+            self._runner.start_soon(self._probe_loop, member)
 
     async def _probe_loop(self, member: _Member[ConnT]) -> None:
         try:

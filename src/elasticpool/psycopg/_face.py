@@ -8,7 +8,7 @@ import itertools
 import logging
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from types import TracebackType
 from typing import Any, Final, Generic, TypeAlias, cast
@@ -21,6 +21,7 @@ from psycopg_pool.abc import ACT
 from .. import _errors
 from .._connector import ResetMode
 from .._pool import Pool
+from .._runner import spawn
 from .._settings import PoolSettings
 from .._validate import check_int_type, check_seconds_type
 from ._connector import (
@@ -269,7 +270,6 @@ class AsyncConnectionPool(Generic[ACT]):
         self._opened = False
         self._open_implicit = False
         self._core_started = False
-        self._tasks: set[asyncio.Task[Any]] = set()
 
         # statistics
         self._requests_num = 0
@@ -342,15 +342,8 @@ class AsyncConnectionPool(Generic[ACT]):
         if self._mark_open():
             self._spawn(self._start_in_background())
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            logger.warning("pool %r: background task failed: %r", self.name, exc)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        spawn(coro, f"pool {self.name!r}")  # kept referenced; a failure is logged
 
     async def _start(self) -> None:
         """Open the elastic pool once; concurrent callers wait for the same open."""
