@@ -17,7 +17,6 @@ import os
 import random
 import sys
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -29,6 +28,8 @@ from anyio.lowlevel import checkpoint
 from ._backend import Waker, current_backend
 from ._connector import Connector
 from ._errors import PoolClosed, PoolTimeout
+from ._fork import forked_error, inherit, watch
+from ._lifecycle import CLOSED, CLOSING, FORKED, NEW, OPEN, OPENING, Lifecycle
 from ._limits import resolve_limit
 from ._runner import Runner
 from ._settings import PoolSettings
@@ -124,7 +125,7 @@ class _Acquire(Generic[ConnT]):
         else:
             await pool._sleep(0)  # cancel point and schedule point, before any state change
             timeout = self._timeout
-            if pool._state != "open":
+            if pool._state is not OPEN:
                 timeout = await pool._wait_open(timeout)
             now = pool._now()
             found = planner.acquire(now)
@@ -260,7 +261,7 @@ class Pool(Generic[ConnT]):
         self._drained: anyio.Event | None = None
         self._ready: anyio.Event | None = None
         self._opened: anyio.Event | None = None
-        self._state = "new"  # new → opening → open → closing → closed; or forked (see _forked)
+        self._state: Lifecycle = NEW  # see _lifecycle.py; forked: see _forked
         self._pid = 0  # the process that opened it
         self._reset_mode = settings.reset
         self._ping_after = settings.ping_after
@@ -297,27 +298,27 @@ class Pool(Generic[ConnT]):
         (``total_max_connections="80%"``) is resolved first, on one
         connection: an open that cannot reach the server raises, and is undone.
         """
-        if self._state == "forked":
+        if self._state is FORKED:
             raise self._forked_error()
-        while self._state == "opening":  # another task is opening it: wait for that
+        while self._state is OPENING:  # another task is opening it: wait for that
             assert self._opened is not None
             await self._opened.wait()
-        if self._state == "open":
+        if self._state is OPEN:
             return
-        if self._state != "new":
+        if self._state is not NEW:
             raise PoolClosed(f"pool {self.name!r} is closed and cannot be opened again")
-        self._state = "opening"
+        self._state = OPENING
         self._opened = opened = anyio.Event()
         first = None
         if self.settings.total_percent is not None:
             try:
                 first = await self._resolve_percentage()
             except BaseException:
-                self._state = "new"
+                self._state = NEW
                 opened.set()
                 raise
         self._pid = os.getpid()
-        _opened_here.add(self)
+        watch(self, type(self)._forked)
         backend = current_backend()
         self._now = backend.now
         self._sleep = backend.sleep
@@ -342,14 +343,14 @@ class Pool(Generic[ConnT]):
                 # The first limit comes from the fleet, before anyone borrows.
                 await self.membership.join(self._port)
         except BaseException:
-            if self._state == "opening":
+            if self._state is OPENING:
                 await self._undo_open()
             raise
         finally:
             opened.set()  # openers and acquires waiting for this open look again
-        if self._state != "opening":  # terminated while joining
+        if self._state is not OPENING:  # terminated while joining
             raise PoolClosed(f"pool {self.name!r} was terminated while opening")
-        self._state = "open"
+        self._state = OPEN
         if self.membership is not None:
             self._runner.start_soon(self._run_membership, self.membership)
         self._planner.tick(self._now())
@@ -377,7 +378,7 @@ class Pool(Generic[ConnT]):
                 if slot.conn is not None:
                     self._terminate(slot.conn)
                 planner.forget(slot)
-        self._state = "new"
+        self._state = NEW
 
     async def _resolve_percentage(self) -> Any:
         """Resolve ``total_max_connections="N%"`` against the server; return the connection used.
@@ -439,21 +440,21 @@ class Pool(Generic[ConnT]):
         terminated. Calling it again is harmless; it cannot be reopened.
         """
         check_seconds("timeout", timeout, strict=False, optional=True, finite=False)
-        if self._state == "forked":  # the parent's: nothing to wait for, nothing to close here
-            self._state = "closed"
+        if self._state is FORKED:  # the parent's: nothing to wait for, nothing to close here
+            self._state = CLOSED
             return
-        while self._state == "opening":  # let the open finish, or be undone, first
+        while self._state is OPENING:  # let the open finish, or be undone, first
             assert self._opened is not None
             await self._opened.wait()
-        if self._state in ("closing", "closed"):
+        if self._state in (CLOSING, CLOSED):
             with anyio.CancelScope(shield=True):
                 await self._runner.wait_stopped()
             return
-        if self._state == "new":
-            self._state = "closed"
+        if self._state is NEW:
+            self._state = CLOSED
             self._planner.close(self._now())
             return
-        self._state = "closing"
+        self._state = CLOSING
         planner = self._planner
         planner.close(self._now())
         self._execute(planner.take_plan())
@@ -479,7 +480,7 @@ class Pool(Generic[ConnT]):
                 # borrowed connections were still out.
                 await self._stop_membership()
                 await self._runner.stop()
-                self._state = "closed"
+                self._state = CLOSED
 
     async def wait(self, timeout: float | None = 30.0) -> None:
         """Wait until ``min_connections`` connections are open (the warm floor is full).
@@ -547,14 +548,14 @@ class Pool(Generic[ConnT]):
         return conn
 
     def _check_open(self) -> None:
-        if self._state != "open":
-            if self._state == "forked":
+        if self._state is not OPEN:
+            if self._state is FORKED:
                 raise self._forked_error()
-            if self._state == "new":
+            if self._state is NEW:
                 raise RuntimeError(
                     f"pool {self.name!r} is not open: use 'async with pool' or 'await pool.open()'"
                 )
-            if self._state == "opening":
+            if self._state is OPENING:
                 raise RuntimeError(f"pool {self.name!r} is still opening: await pool.open() first")
             raise PoolClosed(f"pool {self.name!r} is closed ({self._planner.describe()})")
 
@@ -565,18 +566,18 @@ class Pool(Generic[ConnT]):
         ``timeout``, :class:`RuntimeError` if the open is undone (cancelled,
         or its join failed), and what :meth:`_check_open` raises otherwise.
         """
-        if self._state == "opening":
+        if self._state is OPENING:
             started = self._now()
             with anyio.move_on_after(math.inf if timeout is None else timeout):
-                while self._state == "opening":
+                while self._state is OPENING:
                     assert self._opened is not None
                     await self._opened.wait()
-            if self._state == "opening":
+            if self._state is OPENING:
                 raise PoolTimeout(
                     f"pool {self.name!r}: no connection within {timeout:g}s "
                     f"(the pool is still opening; {self._planner.describe()})"
                 )
-            if self._state == "new":
+            if self._state is NEW:
                 raise RuntimeError(
                     f"pool {self.name!r} did not open: its open() was cancelled or failed "
                     "while this acquire waited for it"
@@ -587,15 +588,16 @@ class Pool(Generic[ConnT]):
         return timeout
 
     def _forked_error(self) -> RuntimeError:
-        return RuntimeError(
-            f"pool {self.name!r} was opened in process {self._pid} and cannot be used in "
-            f"forked process {os.getpid()}: open the pool after the fork (e.g. in a gunicorn "
-            "post_fork hook or at worker startup); in this process only close() or "
-            "terminate() it, which leaves the parent's connections alone"
+        return forked_error(
+            f"pool {self.name!r}",
+            self._pid,
+            "open the pool after the fork (e.g. in a gunicorn post_fork hook or at worker "
+            "startup); in this process only close() or terminate() it, which leaves the "
+            "parent's connections alone",
         )
 
     def _forked(self) -> None:
-        """In a forked child (see ``_after_fork_in_child``): give up everything, with no I/O.
+        """In a forked child (see ``_fork.py``): give up everything, with no I/O.
 
         The connections, the fleet lease and the background tasks are the
         parent's: the sockets are shared with it, and so is the epoll set of
@@ -606,9 +608,9 @@ class Pool(Generic[ConnT]):
         no driver cleanup-on-collect runs on it; the pool then refuses every
         use, and :meth:`close` / :meth:`terminate` only mark it closed.
         """
-        if self._state in ("new", "closed", "forked"):
+        if self._state in (NEW, CLOSED, FORKED):
             return
-        self._state = "forked"
+        self._state = FORKED
         planner = self._planner
         abandon = getattr(self._connector, "abandon", None)
         if not planner.closed:
@@ -616,7 +618,7 @@ class Pool(Generic[ConnT]):
         planner.take_plan()  # wakes and closes for the parent's tasks: nothing runs them here
         for slot in planner.remaining():
             if slot.conn is not None:
-                _inherited.append(slot.conn)
+                inherit(slot.conn)
                 if abandon is not None:
                     abandon(slot.conn)
             planner.forget(slot)
@@ -635,7 +637,7 @@ class Pool(Generic[ConnT]):
         if self._planner._waiters and not priority and self._queues_anyway():
             return await self._acquire_slow(None, self._now(), timeout)  # the wait: a checkpoint
         await self._sleep(0)  # cancel point and schedule point, before any state change
-        if self._state != "open":
+        if self._state is not OPEN:
             timeout = await self._wait_open(timeout)
         planner = self._planner
         now = self._now()
@@ -658,7 +660,7 @@ class Pool(Generic[ConnT]):
         the usual checkpoint.
         """
         waiting = len(self._planner._waiters)
-        if not waiting or self._state != "open":
+        if not waiting or self._state is not OPEN:
             return False
         max_waiting = self.settings.max_waiting
         return max_waiting is None or waiting < max_waiting
@@ -1061,11 +1063,11 @@ class Pool(Generic[ConnT]):
         Queued callers get :class:`~elasticpool.PoolClosed`. Use :meth:`close`
         for a graceful shutdown.
         """
-        if self._state == "forked":  # the parent's: nothing to terminate here
-            self._state = "closed"
+        if self._state is FORKED:  # the parent's: nothing to terminate here
+            self._state = CLOSED
             return
-        if self._state in ("new", "closed"):
-            self._state = "closed"
+        if self._state in (NEW, CLOSED):
+            self._state = CLOSED
             self._planner.close(self._now())
             return
         planner = self._planner
@@ -1078,7 +1080,7 @@ class Pool(Generic[ConnT]):
             if slot.conn is not None:
                 self._terminate(slot.conn)
             planner.forget(slot)
-        self._state = "closed"
+        self._state = CLOSED
         if self._membership_scope is not None:  # its lease expires after its ttl
             self._membership_scope.cancel()
         self._runner.stop_nowait()
@@ -1151,7 +1153,7 @@ class Pool(Generic[ConnT]):
         """
         planner = self._planner
         slot: Slot | None = None
-        if own and self._state == "open" and planner.limit > 0:
+        if own and self._state is OPEN and planner.limit > 0:
             try:
                 slot = await self._acquire_slot(wait_own, priority=True)
             except (PoolTimeout, PoolClosed):  # all stay borrowed, or closing
@@ -1257,7 +1259,7 @@ class Pool(Generic[ConnT]):
         On a closed pool it checks its arguments and changes nothing that
         matters: no connection opens again.
         """
-        if self._state == "forked":
+        if self._state is FORKED:
             raise self._forked_error()
         planner = self._planner
         planner.resize(max_connections, self._now(), min_connections)
@@ -1266,7 +1268,7 @@ class Pool(Generic[ConnT]):
 
     async def expire_connections(self) -> None:
         """Retire every current connection: idle ones now, borrowed ones as they come back."""
-        if self._state == "forked":
+        if self._state is FORKED:
             raise self._forked_error()
         planner = self._planner
         planner.expire_all(self._now())
@@ -1322,7 +1324,7 @@ class Pool(Generic[ConnT]):
 
     def __repr__(self) -> str:
         p = self._planner
-        state = "" if self._state == "open" else f" {self._state}"
+        state = "" if self._state is OPEN else f" {self._state.value}"
         resetting = f", resetting {p.n_resetting}" if p.n_resetting else ""
         return (
             f"<Pool {self.name!r}{state} [in use {p.n_in_use + p.n_reserved}, idle {p.n_idle}, "
@@ -1431,32 +1433,3 @@ class Freeze:
             self.pool._execute(p.take_plan())
         self.applied = True
         return slot is not None
-
-
-# Every pool (and routing pool) opened in this process, held weakly, for the at-fork hook:
-# each has a ``_forked()`` method.
-_opened_here: weakref.WeakSet[Any] = weakref.WeakSet()
-# In a forked child: the parent's connections, never to be collected here.
-_inherited: list[object] = []
-
-
-def _after_fork_in_child() -> None:
-    """``os.fork()`` child: every pool opened in the parent gives its connections up (no I/O).
-
-    Using them from here would write on the parent's sockets (and register
-    them in the parent's epoll set); closing them would end the parent's
-    sessions. A pool opened in the parent therefore refuses every use in the
-    child with a :class:`RuntimeError` saying to open the pool after the fork.
-    It costs nothing on the acquire path: the pool's state is no longer
-    ``"open"``, which the acquire path checks anyway.
-    """
-    for pool in list(_opened_here):
-        try:
-            pool._forked()
-        except Exception:  # pragma: no cover - a connector's abandon; never fail a fork
-            logger.exception("pool %r: giving up the parent's connections failed", pool.name)
-    _opened_here.clear()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -35,7 +35,9 @@ import anyio
 import anyio.abc
 
 from ._errors import ElasticPoolError, PoolClosed, PoolTimeout, TooManyWaiters
-from ._pool import Pool, PoolStats, _Acquire, _opened_here
+from ._fork import forked_error, watch
+from ._lifecycle import CLOSED, CLOSING, FORKED, NEW, OPEN, Lifecycle
+from ._pool import Pool, PoolStats, _Acquire
 from ._runner import Runner
 from ._validate import check_instance, check_name, check_seconds
 
@@ -308,7 +310,7 @@ class RoutingPool(Generic[ConnT]):
         self._reads = 0
         self._writes = 0
         self._fallbacks = 0
-        self._state = "new"  # new → open → closing → closed; or forked (see _forked)
+        self._state: Lifecycle = NEW  # new → open → closing → closed; or forked (see _forked)
         self._pid = 0  # the process that opened it
         self._runner = Runner(f"routing pool {name!r}")  # the prober and lag checks, while open
 
@@ -340,9 +342,9 @@ class RoutingPool(Generic[ConnT]):
 
     async def open(self) -> None:
         """Open every member pool and start the prober (idempotent)."""
-        if self._state == "open":
+        if self._state is OPEN:
             return
-        if self._state != "new":
+        if self._state is not NEW:
             raise PoolClosed(f"routing pool {self.name!r} is closed and cannot be opened again")
         opened: list[Pool[ConnT]] = []
         try:
@@ -353,12 +355,12 @@ class RoutingPool(Generic[ConnT]):
             with anyio.CancelScope(shield=True):
                 for pool in opened:
                     await pool.close()
-            self._state = "closed"
+            self._state = CLOSED
             raise
         self._pid = os.getpid()
-        _opened_here.add(self)
+        watch(self, type(self)._forked)
         await self._runner.start()
-        self._state = "open"
+        self._state = OPEN
         if self.max_lag is not None:
             for m in self._replicas:
                 self._runner.start_soon(self._lag_loop, m)
@@ -368,38 +370,39 @@ class RoutingPool(Generic[ConnT]):
 
         Calling it again is harmless; it cannot be reopened.
         """
-        if self._state == "forked":  # the parent's prober and members: only mark them closed
-            self._state = "closed"
+        if self._state is FORKED:  # the parent's prober and members: only mark them closed
+            self._state = CLOSED
             for m in (self._primary, *self._replicas):
                 m.pool.terminate()
             return
-        if self._state in ("closing", "closed"):
+        if self._state in (CLOSING, CLOSED):
             return
-        was_open = self._state == "open"
-        self._state = "closing"
+        was_open = self._state is OPEN
+        self._state = CLOSING
         with anyio.CancelScope(shield=True):
             if was_open:
                 await self._runner.stop()
             async with anyio.create_task_group() as tg:
                 for m in (self._primary, *self._replicas):
                     tg.start_soon(_close_pool, m.pool, timeout)
-            self._state = "closed"
+            self._state = CLOSED
 
     def _forked(self) -> None:
         """In a forked child: refuse every use (the member pools give up their own connections)."""
-        if self._state in ("open", "closing"):
-            self._state = "forked"
+        if self._state in (OPEN, CLOSING):
+            self._state = FORKED
 
     def _check_open(self) -> None:
-        if self._state != "open":
-            if self._state == "forked":
-                raise RuntimeError(
-                    f"routing pool {self.name!r} was opened in process {self._pid} and cannot "
-                    f"be used in forked process {os.getpid()}: open it after the fork (e.g. in "
-                    "a gunicorn post_fork hook or at worker startup); in this process only "
-                    "close() it, which leaves the parent's connections alone"
+        if self._state is not OPEN:
+            if self._state is FORKED:
+                raise forked_error(
+                    f"routing pool {self.name!r}",
+                    self._pid,
+                    "open it after the fork (e.g. in a gunicorn post_fork hook or at worker "
+                    "startup); in this process only close() it, which leaves the parent's "
+                    "connections alone",
                 )
-            if self._state == "new":
+            if self._state is NEW:
                 raise RuntimeError(
                     f"routing pool {self.name!r} is not open: use 'async with' or 'await open()'"
                 )
@@ -667,7 +670,7 @@ class RoutingPool(Generic[ConnT]):
 
     def stats(self) -> RoutingStats:
         """A frozen snapshot: each member's routing state and pool stats, and routing counters."""
-        now = anyio.current_time() if self._state == "open" else -math.inf
+        now = anyio.current_time() if self._state is OPEN else -math.inf
         replicas = tuple(self._member_stats(m, now) for m in self._replicas)
         return RoutingStats(
             name=self.name,
@@ -699,7 +702,7 @@ class RoutingPool(Generic[ConnT]):
         return f"{healthy} of {len(self._replicas)} healthy"
 
     def __repr__(self) -> str:
-        state = "" if self._state == "open" else f" {self._state}"
+        state = "" if self._state is OPEN else f" {self._state.value}"
         return (
             f"<RoutingPool {self.name!r}{state} [primary {self._primary.pool.name!r} | "
             f"replicas {self._describe_replicas()} | reads {self._reads}, "

@@ -23,6 +23,7 @@ from asyncpg.exceptions import InterfaceError
 
 from .._connector import ResetMode
 from .._errors import PoolClosed, PoolTimeout
+from .._lifecycle import CLOSED, CLOSING, NEW, OPEN, OPENING, Lifecycle
 from .._pool import Pool, PoolStats, _Acquire
 from .._settings import PoolSettings
 from .._validate import check_int_type, check_seconds_type
@@ -206,7 +207,7 @@ class AsyncpgPool:
         self._max_queries = max_queries
         self._setup = setup
         self._leases: dict[int, _Lease] = {}
-        self._state = "new"  # new → opening → open → closing → closed
+        self._state: Lifecycle = NEW  # new → opening → open → closing → closed
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -226,13 +227,13 @@ class AsyncpgPool:
 
     async def _async_init(self) -> AsyncpgPool:
         """Open the pool and wait for ``init_size`` connections; a failed connect fails it."""
-        if self._state == "open":
+        if self._state is OPEN:
             return self
-        if self._state == "opening":
+        if self._state is OPENING:
             raise InterfaceError("pool is being initialized in another task")  # asyncpg's text
-        if self._state != "new":
+        if self._state is not NEW:
             raise self._closed_error()
-        self._state = "opening"
+        self._state = OPENING
         pool = self._pool
         try:
             await pool.open()
@@ -245,10 +246,10 @@ class AsyncpgPool:
                 if extra:
                     await pool.resize(pool.stats().max, min_connections=self._min_size)
         except BaseException:
-            self._state = "closed"
+            self._state = CLOSED
             pool.terminate()
             raise
-        self._state = "open"
+        self._state = OPEN
         return self
 
     async def close(self) -> None:
@@ -258,26 +259,26 @@ class AsyncpgPool:
         ``anyio.fail_after``); if it fails or is cancelled, the pool is
         terminated. Waiting acquires get :class:`AsyncpgPoolClosed`.
         """
-        if self._state == "closed":
+        if self._state is CLOSED:
             return
-        if self._state != "closing":  # a second close() waits for the first one
+        if self._state is not CLOSING:  # a second close() waits for the first one
             self._check_init()
-        self._state = "closing"
+        self._state = CLOSING
         try:
             await self._pool.close(timeout=None)
         except BaseException:
             self._pool.terminate()
             raise
         finally:
-            self._state = "closed"
+            self._state = CLOSED
 
     def terminate(self) -> None:
         """Close every connection at once, borrowed or not."""
-        if self._state == "closed":
+        if self._state is CLOSED:
             return
-        if self._state != "closing":
+        if self._state is not CLOSING:
             self._check_init()
-        self._state = "closed"
+        self._state = CLOSED
         self._pool.terminate()
 
     async def expire_connections(self) -> None:
@@ -294,16 +295,16 @@ class AsyncpgPool:
 
     def is_closing(self) -> bool:
         """Whether the pool is closing or closed."""
-        return self._state in ("closing", "closed")
+        return self._state in (CLOSING, CLOSED)
 
     def _check_init(self) -> None:
-        if self._state == "open":
+        if self._state is OPEN:
             return
-        if self._state == "new":
+        if self._state is NEW:
             raise InterfaceError(
                 f"pool {self.name!r} is not initialized: 'await' it or use 'async with'"
             )
-        if self._state == "opening":
+        if self._state is OPENING:
             raise InterfaceError(
                 f"pool {self.name!r} is being initialized, but not yet ready: likely there is "
                 "a race between creating a pool and using it"
@@ -312,7 +313,7 @@ class AsyncpgPool:
 
     def _closed_error(self) -> AsyncpgPoolClosed:
         s = self._pool.stats()
-        state = "closing" if self._state == "closing" else "closed"
+        state = "closing" if self._state is CLOSING else "closed"
         return AsyncpgPoolClosed(
             f"pool {self.name!r} is {state} (in use {s.in_use}, idle {s.idle}, waiting {s.waiting})"
         )
@@ -336,7 +337,7 @@ class AsyncpgPool:
         return lease.conn
 
     async def _acquire(self, timeout: float | None) -> _Lease:
-        if self._state != "open":
+        if self._state is not OPEN:
             self._check_init()
         started = 0.0
         if timeout is None:
