@@ -33,7 +33,7 @@ from ._lifecycle import CLOSED, CLOSING, FORKED, NEW, OPEN, OPENING, Lifecycle
 from ._limits import resolve_limit
 from ._runner import Runner
 from ._settings import PoolSettings
-from ._state import CloseReason, Outcome, Plan, Planner, Slot, SlotState
+from ._state import CloseReason, Outcome, Planner, Slot, SlotState
 from ._validate import check_name, check_seconds
 from .fleet._base import FleetStatus, Membership
 from .fleet._sql import SERVER_LIMITS_SQL, fetch
@@ -118,7 +118,7 @@ class _Acquire(Generic[ConnT]):
         # read, one planner call.
         pool = self._pool
         planner = pool._planner
-        if planner._waiters and pool._queues_anyway():
+        if planner.waiters and pool._queues_anyway():
             # Callers already queue, so this one will too (no barging): its wait
             # is its checkpoint, and a sleep(0) before it would be a second one.
             slot = await pool._acquire_slow(None, pool._now(), self._timeout)
@@ -129,8 +129,8 @@ class _Acquire(Generic[ConnT]):
                 timeout = await pool._wait_open(timeout)
             now = pool._now()
             found = planner.acquire(now)
-            if planner._plan is not None:
-                pool._execute(planner.take_plan())
+            if planner.pending is not None:  # the hot path: no call when there is nothing
+                pool._flush()
             if (
                 found is None
                 or pool._is_closed(found.conn)
@@ -334,7 +334,7 @@ class Pool(Generic[ConnT]):
                 limit = resolve_limit(self.settings, allow_small_total=True).limit
                 if self._planner.resize(limit, self._now(), adopt=first) is None:
                     self._terminate(first)
-                self._execute(self._planner.take_plan())
+                self._flush()
             else:  # the fleet has a say first: its join opens what it needs
                 with anyio.CancelScope(shield=True):
                     await self._close_conn(first)
@@ -354,7 +354,7 @@ class Pool(Generic[ConnT]):
         if self.membership is not None:
             self._runner.start_soon(self._run_membership, self.membership)
         self._planner.tick(self._now())
-        self._execute(self._planner.take_plan())
+        self._flush()
 
     async def _undo_open(self) -> None:
         """Take back an open whose join was cancelled or failed: the pool is new again.
@@ -367,7 +367,7 @@ class Pool(Generic[ConnT]):
         planner = self._planner
         with anyio.CancelScope(shield=True):
             planner.resize(0, self._now())  # the join's limit, if any: nothing opens any more
-            self._execute(planner.take_plan())
+            self._flush()
             assert self.membership is not None
             try:
                 await self.membership.leave(self._port)
@@ -457,7 +457,7 @@ class Pool(Generic[ConnT]):
         self._state = CLOSING
         planner = self._planner
         planner.close(self._now())
-        self._execute(planner.take_plan())
+        self._flush()
         assert self._drained is not None
         try:
             if planner.remaining():
@@ -538,8 +538,7 @@ class Pool(Generic[ConnT]):
         self._check_open()
         planner = self._planner
         slot = planner.acquire(self._now())
-        if planner._plan is not None:
-            self._execute(planner.take_plan())
+        self._flush()
         if slot is None:
             raise anyio.WouldBlock
         slot.owner = self._current_task()
@@ -634,7 +633,7 @@ class Pool(Generic[ConnT]):
     async def _acquire_slot(self, timeout: float | None, priority: bool = False) -> Slot:
         # The hot path: a checkpoint, one planner call, one clock read.
         # (_Acquire.__aenter__ inlines this same step, to save a coroutine layer.)
-        if self._planner._waiters and not priority and self._queues_anyway():
+        if self._planner.waiters and not priority and self._queues_anyway():
             return await self._acquire_slow(None, self._now(), timeout)  # the wait: a checkpoint
         await self._sleep(0)  # cancel point and schedule point, before any state change
         if self._state is not OPEN:
@@ -642,8 +641,8 @@ class Pool(Generic[ConnT]):
         planner = self._planner
         now = self._now()
         slot = planner.acquire(now)
-        if planner._plan is not None:
-            self._execute(planner.take_plan())
+        if planner.pending is not None:  # the hot path: no call when there is nothing
+            self._flush()
         if (
             slot is not None
             and not self._is_closed(slot.conn)
@@ -659,7 +658,7 @@ class Pool(Generic[ConnT]):
         not open, or ``max_waiting`` would refuse the caller: those raise after
         the usual checkpoint.
         """
-        waiting = len(self._planner._waiters)
+        waiting = self._planner.n_waiting
         if not waiting or self._state is not OPEN:
             return False
         max_waiting = self.settings.max_waiting
@@ -682,15 +681,14 @@ class Pool(Generic[ConnT]):
                 now = self._now()  # the ping decision is about now, not when we queued
             if self._is_closed(slot.conn):
                 planner.pinged(slot, False, self._now())
-                self._execute(planner.take_plan())
+                self._flush()
             elif not planner.should_ping(slot, now) or await self._ping(slot, deadline):
                 return slot
             now = self._now()
             if now >= deadline:
                 self._raise_timeout(timeout)
             slot = planner.acquire(now)
-            if planner._plan is not None:
-                self._execute(planner.take_plan())
+            self._flush()
 
     async def _wait(
         self, now: float, timeout: float | None, priority: bool = False, whole: float | None = None
@@ -705,16 +703,14 @@ class Pool(Generic[ConnT]):
         ):
             self._fleet_demand.set()  # a caller queues at the limit: the fleet should know
         event = w.token = self._waker()
-        if planner._plan is not None:
-            self._execute(planner.take_plan())
+        self._flush()
         try:
             await event.wait()
         except BaseException:
             # Cancelled (or worse) while queued: leave the queue, and pass on a
             # slot that was already reserved for us. No await here.
             planner.cancel(w, self._now())
-            if planner._plan is not None:
-                self._execute(planner.take_plan())
+            self._flush()
             raise
         outcome = w.outcome
         if outcome is Outcome.HANDED:
@@ -743,7 +739,7 @@ class Pool(Generic[ConnT]):
     def _held_by_current_task(self) -> int:
         """How many connections of this pool the running task has borrowed (slow path only)."""
         me = self._current_task()
-        return sum(1 for s in self._planner._slots if s.state is SlotState.IN_USE and s.owner == me)
+        return self._planner.borrowed_by(me)
 
     async def _ping(self, slot: Slot, deadline: float = math.inf) -> bool:
         """Ping a freshly borrowed slot; on failure it is evicted and ``False`` returned.
@@ -762,12 +758,12 @@ class Pool(Generic[ConnT]):
         except Exception as exc:
             logger.info("pool %r: connection failed its health check: %r", self.name, exc)
             planner.pinged(slot, False, self._now())
-            self._execute(planner.take_plan())
+            self._flush()
             return False
         except BaseException:
             # Cancelled mid-ping: the connection's state is unknown, so evict it.
             planner.release(slot, self._now(), broken=True)
-            self._execute(planner.take_plan())
+            self._flush()
             raise
         planner.pinged(slot, True, self._now())
         return True
@@ -854,13 +850,21 @@ class Pool(Generic[ConnT]):
         reset = not broken and connector.needs_reset(conn, self._reset_mode)
         planner = self._planner
         planner.release(slot, self._now(), broken, reset)
-        if planner._plan is not None:
-            self._execute(planner.take_plan())
+        if planner.pending is not None:  # the hot path: no call when there is nothing
+            self._flush()
 
     # ------------------------------------------------------------------ plans
 
-    def _execute(self, plan: Plan | None) -> None:
-        """Carry out a plan: spawn connects, closes and resets; wake waiters and the ticker."""
+    def _flush(self) -> None:
+        """Carry out what the planner decided since the last flush: the one place plans run.
+
+        Connects, closes and resets are spawned (resets go to the reset
+        workers), waiters and the ticker are woken; with the pool closed, the
+        drained event is set once nothing is left. Every event into the
+        planner is followed by a flush, with no await in between (the hot
+        paths skip the call when :attr:`Planner.pending` is ``None``).
+        """
+        plan = self._planner.take_plan()
         if plan is None:
             if self._planner.closed:
                 self._check_drained()
@@ -903,12 +907,12 @@ class Pool(Generic[ConnT]):
             self._tick_event = event = anyio.Event()
             now = self._now()
             planner.tick(now)
-            plan = planner.take_plan()
+            plan = planner.pending
             if plan is not None:
                 plan.wake_ticker = False  # tick() has just set next_wake itself
                 if plan.saturated_for:
                     self._warn_saturated(plan.saturated_for, now)
-                self._execute(plan)
+            self._flush()
             with anyio.CancelScope(deadline=planner.next_wake):
                 await event.wait()
 
@@ -962,8 +966,8 @@ class Pool(Generic[ConnT]):
             if self._ready is not None:
                 self._ready.set()
         # Even with nothing to do: a connect ending after close() may be the last
-        # thing close() waits for (_execute then sets the drained event).
-        self._execute(planner.take_plan())
+        # thing close() waits for (_flush then sets the drained event).
+        self._flush()
 
     async def _close_slot(self, slot: Slot) -> None:
         conn = slot.conn
@@ -972,7 +976,7 @@ class Pool(Generic[ConnT]):
                 await self._close_conn(conn)
             if slot.state is SlotState.CLOSING:
                 self._planner.closed_conn(slot, self._now())
-                self._execute(self._planner.take_plan())
+                self._flush()
 
     async def _close_conn(self, conn: ConnT) -> None:
         """Close gracefully within ``close_timeout``, else terminate. Never raises."""
@@ -1034,7 +1038,7 @@ class Pool(Generic[ConnT]):
         finally:
             if slot.state is SlotState.RESETTING:
                 planner.reset_done(slot, ok, self._now())
-                self._execute(planner.take_plan())
+                self._flush()
 
     @contextlib.asynccontextmanager
     async def transaction(
@@ -1098,7 +1102,7 @@ class Pool(Generic[ConnT]):
                 continue  # borrowed meanwhile, or callers are waiting: they come first
             if self._is_closed(slot.conn):
                 planner.pinged(slot, False, self._now())
-                self._execute(planner.take_plan())
+                self._flush()
             elif await self._ping(slot):
                 self._release_slot(slot, None)
 
@@ -1188,8 +1192,7 @@ class Pool(Generic[ConnT]):
                     broken = self._is_closed(conn)
                     dirty = not broken and self._connector.needs_reset(conn, "rollback")
                     planner.release(slot, self._now(), broken, dirty)
-                    if planner._plan is not None:
-                        self._execute(planner.take_plan())
+                    self._flush()
                 else:
                     self._release_slot(slot, sys.exc_info()[1])
 
@@ -1227,7 +1230,7 @@ class Pool(Generic[ConnT]):
         )
         if p.size < p.limit:
             p.resize(p.size, self._now())
-            self._execute(p.take_plan())
+            self._flush()
         try:
             yield freeze
         except BaseException:
@@ -1240,7 +1243,7 @@ class Pool(Generic[ConnT]):
                     back = freeze.before
                 if p.limit != back:
                     p.resize(back, self._now())
-                    self._execute(p.take_plan())
+                    self._flush()
             raise
 
     # ------------------------------------------------------------------ limits
@@ -1263,7 +1266,7 @@ class Pool(Generic[ConnT]):
             raise self._forked_error()
         planner = self._planner
         planner.resize(max_connections, self._now(), min_connections)
-        self._execute(planner.take_plan())
+        self._flush()
         await checkpoint()
 
     async def expire_connections(self) -> None:
@@ -1272,7 +1275,7 @@ class Pool(Generic[ConnT]):
             raise self._forked_error()
         planner = self._planner
         planner.expire_all(self._now())
-        self._execute(planner.take_plan())
+        self._flush()
         await checkpoint()
 
     # ------------------------------------------------------------------ inspection
@@ -1430,6 +1433,6 @@ class Freeze:
         slot = None
         if not p.closed:
             slot = p.resize(limit, self.pool._now(), adopt=adopt, jitter=random.random())
-            self.pool._execute(p.take_plan())
+            self.pool._flush()
         self.applied = True
         return slot is not None
