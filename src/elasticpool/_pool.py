@@ -33,12 +33,12 @@ from ._lifecycle import CLOSED, CLOSING, FORKED, NEW, OPEN, OPENING, Lifecycle
 from ._limits import resolve_limit
 from ._runner import Runner
 from ._settings import PoolSettings
-from ._state import CloseReason, Outcome, Planner, Slot, SlotState
+from ._state import CloseReason, Outcome, Planner, Slot, SlotState, TimingSink
 from ._validate import check_name, check_seconds
 from .fleet._base import FleetStatus, Membership
 from .fleet._sql import SERVER_LIMITS_SQL, fetch
 
-__all__ = ["Pool", "PoolStats"]
+__all__ = ["Borrow", "Pool", "PoolStats"]
 
 logger = logging.getLogger("elasticpool")
 
@@ -98,8 +98,18 @@ class PoolStats:
     """Seconds spent in successful connects."""
 
 
-class _Acquire(Generic[ConnT]):
-    """What :meth:`Pool.acquire` returns: an async context manager, and awaitable.
+class Borrow(Generic[ConnT]):
+    """What :meth:`Pool.acquire` returns: one borrow, as an async context manager or awaitable.
+
+    ``async with pool.acquire() as conn`` borrows on entry and gives back on
+    exit; ``conn = await pool.acquire()`` borrows a connection to give back
+    with :meth:`Pool.release`. Besides that, adapters that keep a borrow
+    open across calls (the drop-in faces, :class:`~elasticpool.replicas.RoutingPool`)
+    use it directly: they enter it with ``await borrow.__aenter__()`` and end
+    it with :meth:`end` (or ``__aexit__``), and may :meth:`retire` the
+    connection; :meth:`is_stale` and :meth:`note_return` let one that looks
+    borrows up by connection recognise a stale give-back (see
+    :meth:`Pool.release`). Enter it at most once.
 
     As a context manager it holds the slot itself (no lookup on release); the
     lease number tells this borrow from a later one of the same slot.
@@ -158,8 +168,13 @@ class _Acquire(Generic[ConnT]):
     def __await__(self) -> Generator[Any, None, ConnT]:
         return self._pool._acquire_registered(self._timeout).__await__()
 
-    def _end(self, exc: BaseException | None) -> None:
-        """End this borrow now, as ``__aexit__`` does, without awaiting (for the faces)."""
+    def end(self, exc: BaseException | None = None) -> None:
+        """End this borrow now, as ``__aexit__`` does, without awaiting.
+
+        ``exc`` is the error the borrower met, if any (a connection-class
+        error evicts the connection). Ending a borrow that has ended, or was
+        never entered, does nothing.
+        """
         slot, self._slot = self._slot, None
         if slot is not None and slot.lease == self._lease and slot.state is SlotState.IN_USE:
             self._pool._release_slot(slot, exc)
@@ -169,6 +184,28 @@ class _Acquire(Generic[ConnT]):
         slot = self._slot
         if slot is not None and slot.lease == self._lease:
             self._pool._planner.retire(slot)
+
+    def is_stale(self) -> bool:
+        """Whether the running task, giving a borrow of this connection back now, is stale.
+
+        That is: the running task borrowed this connection before this
+        borrow, gave that borrow back itself (see :meth:`note_return`), and
+        another task holds this one (see :meth:`Pool.release`). An adapter
+        that finds the borrow by its connection then ignores or refuses the
+        give-back; this borrow stands. ``False`` when it holds nothing.
+        """
+        slot = self._slot
+        return slot is not None and self._pool._stale(slot)
+
+    def note_return(self) -> None:
+        """Note that the running task gives this borrow back now (as :meth:`Pool.release` does).
+
+        Call it just before ending the borrow, so that :meth:`is_stale` can
+        tell a later give-back of it from a hand-off.
+        """
+        slot = self._slot
+        if slot is not None:
+            self._pool._note_return(slot)
 
 
 class Pool(Generic[ConnT]):
@@ -513,7 +550,7 @@ class Pool(Generic[ConnT]):
 
     # ------------------------------------------------------------------ acquire
 
-    def acquire(self, *, timeout: float | None = _DEFAULT) -> _Acquire[ConnT]:
+    def acquire(self, *, timeout: float | None = _DEFAULT) -> Borrow[ConnT]:
         """Borrow a connection: ``async with pool.acquire() as conn``.
 
         ``conn = await pool.acquire()`` works too; give it back with :meth:`release`.
@@ -526,7 +563,7 @@ class Pool(Generic[ConnT]):
             timeout = self.settings.pool_timeout
         elif timeout is not None:
             check_seconds("timeout", timeout, optional=True, finite=False)
-        return _Acquire(self, timeout)
+        return Borrow(self, timeout)
 
     def acquire_nowait(self) -> ConnT:
         """Borrow an idle connection without waiting, or raise :class:`anyio.WouldBlock`.
@@ -632,7 +669,7 @@ class Pool(Generic[ConnT]):
 
     async def _acquire_slot(self, timeout: float | None, priority: bool = False) -> Slot:
         # The hot path: a checkpoint, one planner call, one clock read.
-        # (_Acquire.__aenter__ inlines this same step, to save a coroutine layer.)
+        # (Borrow.__aenter__ inlines this same step, to save a coroutine layer.)
         if self._planner.waiters and not priority and self._queues_anyway():
             return await self._acquire_slow(None, self._now(), timeout)  # the wait: a checkpoint
         await self._sleep(0)  # cancel point and schedule point, before any state change
@@ -1324,6 +1361,92 @@ class Pool(Generic[ConnT]):
             returned_broken=p.returned_broken,
             total_connect_time=self._connect_time,
         )
+
+    # ------------------------------------------------------------------ hooks
+    #
+    # For adapters and integrations (the drop-in faces, wrap(), RoutingPool, the
+    # metrics exporters): cheap live readings and the few levers they need, so
+    # that nothing outside this module reaches into the pool or its planner.
+
+    @property
+    def connector(self) -> Connector[ConnT]:
+        """The :class:`~elasticpool.Connector` this pool opens its connections with."""
+        return self._connector
+
+    @property
+    def limit(self) -> int:
+        """The limit now: what :meth:`resize` (or the fleet) set last; ``stats().max``."""
+        return self._planner.limit
+
+    @property
+    def in_use(self) -> int:
+        """Connections borrowed now (handed to a waiter included): ``stats().in_use``, cheaply.
+
+        Like ``CapacityLimiter.borrowed_tokens``: read it on a hot path where
+        building a :meth:`stats` snapshot would cost more than the decision.
+        """
+        p = self._planner
+        return p.n_in_use + p.n_reserved
+
+    @property
+    def waiting(self) -> int:
+        """Callers queued now: ``stats().waiting``, cheaply."""
+        return self._planner.n_waiting
+
+    @property
+    def connect_errors(self) -> int:
+        """Connects that failed so far: ``stats().connect_errors``, cheaply."""
+        return self._planner.connect_errors
+
+    @property
+    def last_connect_error(self) -> BaseException | None:
+        """The error of the last connect that failed, or ``None`` if none has."""
+        return self._planner.last_connect_error
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock the pool reads, in seconds: the event loop's, bound when it opened.
+
+        Cheaper to call than ``anyio.current_time()``, with the same answer
+        on the pool's event loop; before :meth:`open` it is
+        ``anyio.current_time`` itself.
+        """
+        return self._now
+
+    def observe(self, sink: TimingSink) -> None:
+        """Report every borrow's wait and use time, and every connect's, to ``sink`` from now on.
+
+        ``sink`` has ``wait(seconds)``, ``use(seconds)`` and
+        ``create(seconds)`` methods (a ``TimingSink``), called synchronously
+        on the pool's event loop: they must be quick and must not raise.
+        Until one is attached the pool does no timing work at all. Observing
+        with the same sink twice is a no-op. The metrics exporters use it.
+        """
+        self._planner.observe(sink)
+
+    def unobserve(self, sink: TimingSink) -> None:
+        """Stop reporting to ``sink`` (no-op if it is not attached)."""
+        self._planner.unobserve(sink)
+
+    def check_release(self, conn: ConnT, *, what: str = "released") -> None:
+        """Raise :class:`RuntimeError` unless :meth:`release` would take ``conn`` back now.
+
+        For adapters that must refuse a give-back before they touch the
+        connection; ``what`` is the word the message uses for the give-back.
+        The checks and messages are :meth:`release`'s (not borrowed with
+        ``await pool.acquire()`` from this pool, or a stale release).
+        """
+        self._borrow_of(conn, what)
+
+    def _set_limit_before_open(self, limit: int) -> None:
+        """Set the limit of a pool that was never opened, planning nothing (for subclasses).
+
+        Used by a subclass's constructor that must cap the limit computed
+        from the settings (the wrapped pool: an asyncpg pool cannot grow).
+        """
+        assert self._state is NEW, "only before open()"
+        assert not self._planner.remaining(), "only while no slot exists"
+        self._planner.limit = limit
 
     def __repr__(self) -> str:
         p = self._planner

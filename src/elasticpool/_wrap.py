@@ -404,9 +404,9 @@ class _WrappedPool(Pool[ConnT]):
         self._close_underlying = close_underlying
         self._finished = False
         self._resize_lock: anyio.Lock | None = None
-        self.requested_limit = self._planner.limit
+        self.requested_limit = self.limit
         limit = self._cap(self.requested_limit)
-        self._planner.limit = limit  # no slot exists yet: nothing else to adjust
+        self._set_limit_before_open(limit)  # no slot exists yet: nothing else to adjust
         leases.limit = limit
 
     def _cap(self, limit: int) -> int:
@@ -415,7 +415,7 @@ class _WrappedPool(Pool[ConnT]):
 
     async def open(self) -> None:
         if self._state == "new":
-            await self._leases.apply_limit(self._planner.limit)
+            await self._leases.apply_limit(self.limit)
         await super().open()
 
     async def resize(self, max_connections: int, min_connections: int | None = None) -> None:
@@ -435,16 +435,16 @@ class _WrappedPool(Pool[ConnT]):
         if self._resize_lock is None:
             self._resize_lock = anyio.Lock()
         async with self._resize_lock:
-            old = self._planner.limit
+            old = self.limit
             if limit > old:
                 await self._leases.apply_limit(limit)  # room below first, or new leases wait there
             try:
                 self._leases.limit = limit
                 await super().resize(limit, floor)
             except BaseException:
-                self._leases.limit = self._planner.limit
+                self._leases.limit = self.limit
                 with anyio.CancelScope(shield=True):
-                    await self._leases.apply_limit(self._planner.limit)
+                    await self._leases.apply_limit(self.limit)
                 raise
             if limit < old:
                 await self._leases.apply_limit(limit)
@@ -592,7 +592,7 @@ def wrap(
     pool = _WrappedPool(
         leases, settings, name=name, membership=membership, close_underlying=close_underlying
     )
-    limit = pool._planner.limit
+    limit = pool.limit
     if membership is None and pool.requested_limit > limit:
         warnings.warn(
             f"pool {name!r}: limit {pool.requested_limit} is above the {leases.kind} pool's "

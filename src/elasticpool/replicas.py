@@ -37,7 +37,7 @@ import anyio.abc
 from ._errors import ElasticPoolError, PoolClosed, PoolTimeout, TooManyWaiters
 from ._fork import forked_error, watch
 from ._lifecycle import CLOSED, CLOSING, FORKED, NEW, OPEN, Lifecycle
-from ._pool import Pool, PoolStats, _Acquire
+from ._pool import Borrow, Pool, PoolStats
 from ._runner import Runner
 from ._validate import check_instance, check_name, check_seconds
 
@@ -163,9 +163,9 @@ class _Member(Generic[ConnT]):
 
     def load(self) -> float:
         """Borrowed + queued, relative to the member's limit (a paused member is full)."""
-        p = self.pool._planner
-        busy = p.n_in_use + p.n_reserved + p.n_waiting
-        return busy / p.limit if p.limit > 0 else math.inf
+        pool = self.pool
+        limit = pool.limit
+        return (pool.in_use + pool.waiting) / limit if limit > 0 else math.inf
 
 
 class _MemberFailed(Exception):
@@ -189,7 +189,7 @@ class _RoutedAcquire(Generic[ConnT]):
         self._readonly = readonly
         self._timeout = timeout
         self._member: _Member[ConnT] | None = None
-        self._inner: _Acquire[ConnT] | None = None
+        self._inner: Borrow[ConnT] | None = None
 
     @property
     def pool(self) -> Pool[ConnT]:
@@ -218,7 +218,7 @@ class _RoutedAcquire(Generic[ConnT]):
         if member is None or inner is None:
             return
         if member.role == "replica" and exc is not None:
-            connector = member.pool._connector
+            connector = member.pool.connector
             if isinstance(exc, Exception) and connector.is_disconnect(exc):
                 self._router._quarantine(member, exc)
         await inner.__aexit__(exc_type, exc, tb)
@@ -438,7 +438,7 @@ class RoutingPool(Generic[ConnT]):
         """
         lease = self.acquire(readonly=readonly, timeout=timeout)
         async with lease as conn:
-            connector = lease.pool._connector
+            connector = lease.pool.connector
             tx = (
                 connector.transaction(conn, readonly=True)
                 if readonly
@@ -449,7 +449,7 @@ class RoutingPool(Generic[ConnT]):
 
     async def _borrow_write(
         self, timeout: float | None
-    ) -> tuple[_Member[ConnT], _Acquire[ConnT], ConnT]:
+    ) -> tuple[_Member[ConnT], Borrow[ConnT], ConnT]:
         self._check_open()
         member = self._primary
         if timeout is _DEFAULT:
@@ -462,7 +462,7 @@ class RoutingPool(Generic[ConnT]):
 
     async def _borrow_read(
         self, timeout: float | None
-    ) -> tuple[_Member[ConnT], _Acquire[ConnT], ConnT]:
+    ) -> tuple[_Member[ConnT], Borrow[ConnT], ConnT]:
         self._check_open()
         start = anyio.current_time()
         tried: set[_Member[ConnT]] = set()
@@ -525,7 +525,7 @@ class RoutingPool(Generic[ConnT]):
 
     async def _borrow_watched(
         self, member: _Member[ConnT], timeout: float | None
-    ) -> tuple[_Acquire[ConnT], ConnT]:
+    ) -> tuple[Borrow[ConnT], ConnT]:
         """Borrow from ``member``; raise :class:`_MemberFailed` if its connects fail meanwhile.
 
         A waiting read leaves the member's queue at once then (a cancelled
@@ -533,8 +533,7 @@ class RoutingPool(Generic[ConnT]):
         timeout on a replica that is down.
         """
         pool = member.pool
-        planner = pool._planner
-        errors = planner.connect_errors
+        errors = pool.connect_errors
         inner = pool.acquire(timeout=timeout)
         got: list[ConnT] = []
         failed = False
@@ -542,7 +541,7 @@ class RoutingPool(Generic[ConnT]):
 
         async def watch(scope: anyio.CancelScope) -> None:
             nonlocal failed
-            while planner.connect_errors == errors:  # noqa: ASYNC110 - the pool has no event for it
+            while pool.connect_errors == errors:  # noqa: ASYNC110 - the pool has no event for it
                 await anyio.sleep(_WATCH_INTERVAL)
             failed = True
             scope.cancel()
@@ -562,7 +561,7 @@ class RoutingPool(Generic[ConnT]):
         if error is not None:  # fail_fast: the connect error itself
             raise _MemberFailed(error) from error
         assert failed
-        raise _MemberFailed(planner.last_connect_error)
+        raise _MemberFailed(pool.last_connect_error)
 
     # ------------------------------------------------------------------ health
 
@@ -621,7 +620,7 @@ class RoutingPool(Generic[ConnT]):
                 await pool.check()
                 inner, conn = await self._borrow_watched(member, bound)
                 async with _entered(inner):
-                    await pool._connector.ping(conn)
+                    await pool.connector.ping(conn)
                     lag = None if self.max_lag is None else await self._lag(conn)
             except Exception as exc:
                 logger.debug(
@@ -654,7 +653,7 @@ class RoutingPool(Generic[ConnT]):
                 except _MemberFailed as failed:
                     self._quarantine(member, failed.error)
                 except Exception as exc:
-                    if pool._connector.is_disconnect(exc):
+                    if pool.connector.is_disconnect(exc):
                         self._quarantine(member, exc)
                     else:
                         logger.debug(
@@ -711,7 +710,7 @@ class RoutingPool(Generic[ConnT]):
 
 
 @contextlib.asynccontextmanager
-async def _entered(inner: _Acquire[Any]) -> AsyncIterator[None]:
+async def _entered(inner: Borrow[Any]) -> AsyncIterator[None]:
     """Release an already entered borrow on exit, passing on the error it met."""
     try:
         yield

@@ -24,7 +24,7 @@ from asyncpg.exceptions import InterfaceError
 from .._connector import ResetMode
 from .._errors import PoolClosed, PoolTimeout
 from .._lifecycle import CLOSED, CLOSING, NEW, OPEN, OPENING, Lifecycle
-from .._pool import Pool, PoolStats, _Acquire
+from .._pool import Borrow, Pool, PoolStats
 from .._settings import PoolSettings
 from .._validate import check_int_type, check_seconds_type
 from ..fleet import Membership
@@ -45,7 +45,7 @@ class _Lease:
 
     __slots__ = ("acquire", "conn")
 
-    def __init__(self, conn: asyncpg.Connection, acquire: _Acquire[asyncpg.Connection]) -> None:
+    def __init__(self, conn: asyncpg.Connection, acquire: Borrow[asyncpg.Connection]) -> None:
         self.conn = conn
         self.acquire = acquire
 
@@ -391,8 +391,7 @@ class AsyncpgPool:
                 f"release() received invalid connection: {connection!r} "
                 f"is not a member of pool {self.name!r}"
             )
-        slot = lease.acquire._slot
-        if slot is not None and self._pool._stale(slot):
+        if lease.acquire.is_stale():
             return  # this task's own borrow ended already: asyncpg ignores it too
         await self._release(lease, None)
 
@@ -401,9 +400,7 @@ class AsyncpgPool:
             return  # already released (then maybe lent again: that borrow is not ours)
         del self._leases[id(lease.conn)]
         conn = lease.conn
-        slot = lease.acquire._slot
-        if slot is not None:
-            self._pool._note_return(slot)
+        lease.acquire.note_return()
         impl = _impl(conn)
         if not conn.is_closed():
             self._warn_listeners(conn)
@@ -434,7 +431,7 @@ class AsyncpgPool:
         if lease is None or lease.conn is not conn:
             return  # idle, already given back, or closed by the pool
         del self._leases[id(conn)]
-        lease.acquire._end(None)  # closed: the pool discards it
+        lease.acquire.end(None)  # closed: the pool discards it
 
     def _warn_listeners(self, conn: asyncpg.Connection) -> None:
         """asyncpg's warning for a connection released with listeners still on it."""
@@ -604,10 +601,10 @@ class AsyncpgPool:
 class _PoolAcquireContext:
     """What :meth:`AsyncpgPool.acquire` returns: an async context manager, and awaitable."""
 
-    __slots__ = ("_done", "_lease", "_pool", "_timeout")
+    __slots__ = ("_done", "_face", "_lease", "_timeout")
 
     def __init__(self, pool: AsyncpgPool, timeout: float | None) -> None:
-        self._pool = pool
+        self._face = pool
         self._timeout = timeout
         self._lease: _Lease | None = None
         self._done = False
@@ -615,7 +612,7 @@ class _PoolAcquireContext:
     async def __aenter__(self) -> asyncpg.Connection:
         if self._lease is not None or self._done:
             raise InterfaceError("a connection is already acquired")
-        self._lease = await self._pool._acquire(self._timeout)
+        self._lease = await self._face._acquire(self._timeout)
         return self._lease.conn
 
     async def __aexit__(
@@ -627,11 +624,11 @@ class _PoolAcquireContext:
         self._done = True
         lease, self._lease = self._lease, None
         if lease is not None:
-            await self._pool._release(lease, exc)
+            await self._face._release(lease, exc)
 
     def __await__(self) -> Generator[Any, None, asyncpg.Connection]:
         self._done = True
-        return self._pool._acquire_conn(self._timeout).__await__()
+        return self._face._acquire_conn(self._timeout).__await__()
 
 
 def create_pool(

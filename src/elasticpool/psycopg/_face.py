@@ -436,7 +436,7 @@ class AsyncConnectionPool(Generic[ACT]):
         :func:`is_disconnect_error`) also closes it, so it is not reused.
         """
         conn = await self.getconn(timeout=timeout)
-        now = self.elastic._now  # the loop's clock, bound at open: anyio's costs ~1 us a call
+        now = self.elastic.clock  # the loop's clock, bound at open: anyio's costs ~1 us a call
         started = now()
         error: BaseException | None = None
         try:
@@ -464,7 +464,7 @@ class AsyncConnectionPool(Generic[ACT]):
         await self._start()
         if timeout <= 0:
             raise PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec")
-        now = self.elastic._now  # the loop's clock, bound at open: anyio's costs ~1 us a call
+        now = self.elastic.clock  # the loop's clock, bound at open: anyio's costs ~1 us a call
         started = now()
         try:
             conn = await self.elastic.acquire(timeout=_seconds(timeout))
@@ -512,7 +512,7 @@ class AsyncConnectionPool(Generic[ACT]):
             msg = f"it comes from pool {pool.name!r}" if pool else "it doesn't come from any pool"
             raise ValueError(f"can't return connection to pool {self.name!r}, {msg}: {conn}")
         try:
-            self.elastic._borrow_of(conn, "returned")
+            self.elastic.check_release(conn, what="returned")
         except RuntimeError as exc:  # a stale putconn (see Pool.release): that borrow stands
             raise ValueError(f"can't return connection to pool {self.name!r}; {exc}") from None
         cast(Any, conn)._pool = None
