@@ -51,6 +51,13 @@ instance out of the box.
 
 LimitMode = Literal["strict", "soft"]
 
+_SOURCE_NAMES = {
+    "total": "total_max_connections",
+    "max_connections": "max_connections",
+    "default total": "the default total",
+}
+"""How a min_connections error names the limit :meth:`PoolSettings.precedence` picked."""
+
 _RESET_MODES = ("none", "rollback", "session")
 _LIMIT_MODES = ("strict", "soft")
 _FLAGS = ("allow_small_total", "fail_fast")
@@ -199,15 +206,9 @@ class PoolSettings:
         check_seconds("saturation_warning", self.saturation_warning, optional=True)
         for flag in _FLAGS:
             check_bool(flag, getattr(self, flag))
-        limit = self.instance_limit()
+        source, limit = self.precedence()
         if self.total_percent is None and self.min_connections > limit:
-            which = (
-                "total_max_connections"
-                if self.total_max_connections is not None
-                else "max_connections"
-                if self.max_connections is not None
-                else "the default total"
-            )
+            which = _SOURCE_NAMES[source]
             raise ValueError(
                 f"min_connections must be <= {which} ({limit}) (got {self.min_connections})"
             )
@@ -229,19 +230,38 @@ class PoolSettings:
         """The percentage when ``total_max_connections`` is one (``"80%"``: 80.0), else None."""
         return parse_percent(self.total_max_connections)
 
-    def instance_limit(self) -> int:
-        """This instance's limit when it is a fleet of one (no membership).
+    def precedence(self, fleet_total: int | None = None) -> tuple[str, int]:
+        """Which limit setting applies, and its number: Hasura's precedence rule, in one place.
 
-        0 while ``total_max_connections`` is a percentage: the pool resolves it
-        against the server when it opens (see :meth:`with_server_limits`).
+        Returns ``(source, number)``:
+
+        * ``("total", n)`` when ``total_max_connections`` is set, or
+          ``fleet_total`` (a total set fleet-wide at run time, which
+          overrides it): the total wins over ``max_connections``. ``n`` is
+          the total to divide among the fleet; 0 while it is a percentage not
+          yet resolved (see :meth:`with_server_limits`);
+        * ``("max_connections", n)`` when only ``max_connections`` is set: a
+          fixed per-instance limit, and the fleet total is unbounded;
+        * ``("default total", DEFAULT_TOTAL_MAX_CONNECTIONS)`` when neither is.
+
+        It neither raises a small total to the minimum nor divides it among
+        a fleet: :func:`~elasticpool.resolve_limit` does both, on this answer.
         """
-        if isinstance(self.total_max_connections, str):
-            return 0
-        if self.total_max_connections is not None:
-            return self.total_max_connections
+        total = self.total_max_connections if fleet_total is None else fleet_total
+        if total is not None:
+            return "total", 0 if isinstance(total, str) else total
         if self.max_connections is not None:
-            return self.max_connections
-        return DEFAULT_TOTAL_MAX_CONNECTIONS
+            return "max_connections", self.max_connections
+        return "default total", DEFAULT_TOTAL_MAX_CONNECTIONS
+
+    def instance_limit(self) -> int:
+        """This instance's limit when it is a fleet of one (no membership), before any minimum.
+
+        The number :meth:`precedence` picks: 0 while ``total_max_connections``
+        is a percentage (the pool resolves it against the server when it
+        opens, see :meth:`with_server_limits`).
+        """
+        return self.precedence()[1]
 
     @classmethod
     def from_hasura(cls, pool_settings: Mapping[str, Any], **overrides: Any) -> PoolSettings:
