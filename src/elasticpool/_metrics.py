@@ -18,8 +18,9 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from ._pool import Pool, PoolStats
+from ._pool import Pool
 from ._state import TimingSink
+from ._stats import PoolStats
 
 __all__ = [
     "DEFAULT_BUCKETS",

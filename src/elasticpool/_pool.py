@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import logging
 import math
 import os
@@ -31,14 +30,16 @@ from ._errors import PoolClosed, PoolTimeout
 from ._fork import forked_error, inherit, watch
 from ._lifecycle import CLOSED, CLOSING, FORKED, NEW, OPEN, OPENING, Lifecycle
 from ._limits import resolve_limit
+from ._member import Coordination, Freeze
 from ._runner import Runner
 from ._settings import PoolSettings
 from ._state import CloseReason, Outcome, Planner, Slot, SlotState, TimingSink
+from ._stats import PoolStats
 from ._validate import check_name, check_seconds
 from .fleet._base import FleetStatus, Membership
 from .fleet._sql import SERVER_LIMITS_SQL, fetch
 
-__all__ = ["Borrow", "Pool", "PoolStats"]
+__all__ = ["Borrow", "Pool"]
 
 logger = logging.getLogger("elasticpool")
 
@@ -58,44 +59,6 @@ _CONNECTOR_METHODS = (
     "is_disconnect",
     "transaction",
 )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PoolStats:
-    """A snapshot of one pool, as :meth:`Pool.stats` returns it.
-
-    Gauges are counts at the moment of the call; counters only grow over the
-    pool's life. Times are in seconds. ``in_use`` includes connections already
-    handed to a waiter that has not resumed yet.
-    """
-
-    name: str
-    size: int
-    idle: int
-    in_use: int
-    connecting: int
-    resetting: int
-    closing: int
-    waiting: int
-    min: int
-    max: int
-    oldest_waiter_age: float
-    acquires: int
-    timeouts: int
-    connects: int
-    connect_errors: int
-    closed_idle: int
-    closed_lifetime: int
-    closed_broken: int
-    closed_resize: int
-    total_wait_time: float
-    total_usage_time: float
-    waits: int = 0
-    """Acquires that had to queue."""
-    returned_broken: int = 0
-    """Connections that came back dead (closed, or a connection-class error)."""
-    total_connect_time: float = 0.0
-    """Seconds spent in successful connects."""
 
 
 class Borrow(Generic[ConnT]):
@@ -1233,6 +1196,15 @@ class Pool(Generic[ConnT]):
                 else:
                     self._release_slot(slot, sys.exc_info()[1])
 
+    def _apply_grant(self, limit: int, adopt: Any) -> bool:
+        """:meth:`Freeze.apply`'s work: the heartbeat's grant as the limit now, no await."""
+        p = self._planner
+        if p.closed:
+            return False
+        slot = p.resize(limit, self._now(), adopt=adopt, jitter=random.random())
+        self._flush()
+        return slot is not None
+
     @contextlib.asynccontextmanager
     async def _frozen(self) -> AsyncIterator[Freeze]:
         """Hold the pool at its current size for a heartbeat; yield what it reports.
@@ -1260,7 +1232,7 @@ class Pool(Generic[ConnT]):
         asked = p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting
         asked = max(asked, p.min_connections)  # a warm floor asks for itself
         freeze = Freeze(
-            self,
+            self._apply_grant,
             demand=max(0, max(asked, int(average + 0.5)) - coordinating),
             holding=len(p.remaining()),
             before=p.limit,
@@ -1509,53 +1481,3 @@ class _Port:
 
     def __repr__(self) -> str:
         return f"<member port of {self._pool!r}>"
-
-
-class Coordination:
-    """The connection one coordination statement runs on (see ``Pool._coordination``)."""
-
-    __slots__ = ("conn", "extra", "kept")
-
-    def __init__(self, conn: Any, *, extra: bool) -> None:
-        self.conn = conn
-        self.extra = extra
-        """Opened (or kept) outside the pool, not one of its slots."""
-        self.kept = False
-
-    def keep(self) -> Any:
-        """Take the extra connection: it is not closed on exit, the caller owns it now."""
-        assert self.extra
-        self.kept = True
-        return self.conn
-
-
-class Freeze:
-    """A pool held at its size during one heartbeat (see ``Pool._frozen``)."""
-
-    __slots__ = ("applied", "before", "demand", "grant", "holding", "pool", "sent")
-
-    def __init__(self, pool: Pool[Any], *, demand: int, holding: int, before: int) -> None:
-        self.pool = pool
-        self.demand = demand
-        self.holding = holding
-        """Its slots when frozen: never above what its lease claims, committed or not."""
-        self.before = before
-        self.grant: int | None = None
-        self.applied = False
-        self.sent = False
-        """The heartbeat reached the server: its outcome may be committed."""
-
-    def apply(self, limit: int, adopt: Any = None) -> bool:
-        """Set the pool's limit now, with no await: the heartbeat's outcome is committed.
-
-        ``adopt``: the extra connection the heartbeat ran on, taken in as the
-        first unit of the new limit if it has room (see ``Planner.resize``).
-        Returns whether it was taken in.
-        """
-        p = self.pool._planner
-        slot = None
-        if not p.closed:
-            slot = p.resize(limit, self.pool._now(), adopt=adopt, jitter=random.random())
-            self.pool._flush()
-        self.applied = True
-        return slot is not None

@@ -37,8 +37,9 @@ import anyio.abc
 from ._errors import ElasticPoolError, PoolClosed, PoolTimeout, TooManyWaiters
 from ._fork import forked_error, watch
 from ._lifecycle import CLOSED, CLOSING, FORKED, NEW, OPEN, Lifecycle
-from ._pool import Borrow, Pool, PoolStats
+from ._pool import Borrow, Pool
 from ._runner import Runner
+from ._stats import PoolStats
 from ._validate import check_instance, check_name, check_seconds
 
 __all__ = [

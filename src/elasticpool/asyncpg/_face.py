@@ -24,8 +24,9 @@ from asyncpg.exceptions import InterfaceError
 from .._connector import ResetMode
 from .._errors import PoolClosed, PoolTimeout
 from .._lifecycle import CLOSED, CLOSING, NEW, OPEN, OPENING, Lifecycle
-from .._pool import Borrow, Pool, PoolStats
+from .._pool import Borrow, Pool
 from .._settings import PoolSettings
+from .._stats import PoolStats
 from .._validate import check_int_type, check_seconds_type
 from ..fleet import Membership
 from ._connector import AsyncpgConnector, ConnectionCallback
