@@ -3,7 +3,14 @@
 Everything that decides lives in ``_state.Planner``; this module only reads the
 clock, awaits, spawns background work and wakes waiters. Pool state is never
 held across an await: each event is one synchronous call into the planner,
-then the plan it left is carried out.
+then the plan it left is carried out (``Pool._flush``, the one place plans run).
+
+Around it: ``_runner.py`` hosts the background tasks, ``_lifecycle.py`` names
+the states, ``_fork.py`` handles ``os.fork()``, ``_member.py`` holds what a
+heartbeat sees, ``_stats.py`` the snapshot. Other modules use the pool only
+through its public methods and the hooks documented as for adapters
+(``connector``, ``limit``, ``in_use``, ``observe()``, ``Borrow``, ...), never
+its private state or its planner's.
 """
 
 from __future__ import annotations
@@ -203,6 +210,13 @@ class Pool(Generic[ConnT]):
     it shared across ``os.fork()``: in a child, every call raises
     :class:`RuntimeError` and :meth:`close` only marks it closed, leaving the
     parent's connections alone; open pools after the fork.
+
+    Adapters and integrations (drop-in faces, routers, metrics exporters)
+    have hooks of their own, listed last: cheap live readings
+    (:attr:`connector`, :attr:`limit`, :attr:`in_use`, :attr:`waiting`,
+    :attr:`connect_errors`, :attr:`last_connect_error`, :attr:`clock`),
+    timing sinks (:meth:`observe`), :meth:`check_release`, and the borrow
+    object :meth:`acquire` returns.
     """
 
     def __init__(
