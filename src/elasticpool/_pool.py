@@ -109,7 +109,7 @@ class Borrow(Generic[ConnT]):
                 timeout = await pool._wait_open(timeout)
             now = pool._now()
             found = planner.acquire(now)
-            if planner.pending is not None:  # the hot path: no call when there is nothing
+            if planner.pending is not None:  # no call when there is nothing (the hot path)
                 pool._flush()
             if (
                 found is None
@@ -552,7 +552,8 @@ class Pool(Generic[ConnT]):
         self._check_open()
         planner = self._planner
         slot = planner.acquire(self._now())
-        self._flush()
+        if planner.pending is not None:  # no call when there is nothing (a hot path)
+            self._flush()
         if slot is None:
             raise anyio.WouldBlock
         slot.owner = self._current_task()
@@ -655,7 +656,7 @@ class Pool(Generic[ConnT]):
         planner = self._planner
         now = self._now()
         slot = planner.acquire(now)
-        if planner.pending is not None:  # the hot path: no call when there is nothing
+        if planner.pending is not None:  # no call when there is nothing (the hot path)
             self._flush()
         if (
             slot is not None
@@ -672,7 +673,7 @@ class Pool(Generic[ConnT]):
         not open, or ``max_waiting`` would refuse the caller: those raise after
         the usual checkpoint.
         """
-        waiting = self._planner.n_waiting
+        waiting = len(self._planner.waiters)
         if not waiting or self._state is not OPEN:
             return False
         max_waiting = self.settings.max_waiting
@@ -702,7 +703,8 @@ class Pool(Generic[ConnT]):
             if now >= deadline:
                 self._raise_timeout(timeout)
             slot = planner.acquire(now)
-            self._flush()
+            if planner.pending is not None:  # no call when there is nothing (a hot path)
+                self._flush()
 
     async def _wait(
         self, now: float, timeout: float | None, priority: bool = False, whole: float | None = None
@@ -717,14 +719,16 @@ class Pool(Generic[ConnT]):
         ):
             self._fleet_demand.set()  # a caller queues at the limit: the fleet should know
         event = w.token = self._waker()
-        self._flush()
+        if planner.pending is not None:  # no call when there is nothing (a hot path)
+            self._flush()
         try:
             await event.wait()
         except BaseException:
             # Cancelled (or worse) while queued: leave the queue, and pass on a
             # slot that was already reserved for us. No await here.
             planner.cancel(w, self._now())
-            self._flush()
+            if planner.pending is not None:  # no call when there is nothing (a hot path)
+                self._flush()
             raise
         outcome = w.outcome
         if outcome is Outcome.HANDED:
@@ -864,7 +868,7 @@ class Pool(Generic[ConnT]):
         reset = not broken and connector.needs_reset(conn, self._reset_mode)
         planner = self._planner
         planner.release(slot, self._now(), broken, reset)
-        if planner.pending is not None:  # the hot path: no call when there is nothing
+        if planner.pending is not None:  # no call when there is nothing (the hot path)
             self._flush()
 
     # ------------------------------------------------------------------ plans
@@ -876,13 +880,15 @@ class Pool(Generic[ConnT]):
         workers), waiters and the ticker are woken; with the pool closed, the
         drained event is set once nothing is left. Every event into the
         planner is followed by a flush, with no await in between (the hot
-        paths skip the call when :attr:`Planner.pending` is ``None``).
+        paths skip the call when ``planner.pending`` is ``None``).
         """
-        plan = self._planner.take_plan()
-        if plan is None:
-            if self._planner.closed:
+        planner = self._planner
+        if planner.pending is None:
+            if planner.closed:
                 self._check_drained()
             return
+        plan = planner.take_plan()
+        assert plan is not None
         tg = self._runner.tg
         if tg is None:
             # No runner (never opened, or already stopped): nothing can run in the
