@@ -13,7 +13,7 @@ What is common to every kind lives here (:class:`Leases`, the wrapped pool,
 :func:`wrap`); each driver's leases live in its adapter
 (``elasticpool.asyncpg._leases``, ``elasticpool.psycopg._leases``), and
 :func:`wrap` asks the adapters which one the pool it is given belongs to
-(:func:`elasticpool._adapters.ask`). No driver is imported here.
+(``ask`` in ``_adapters.py``). No driver is imported here.
 
 ``docs/wrap.md`` lists exactly what is and is not governed for each kind.
 """
@@ -34,6 +34,7 @@ from ._connector import ResetMode
 from ._errors import ElasticPoolWarning
 from ._pool import Pool
 from ._settings import PoolSettings
+from ._validate import check_bool, check_int
 
 if TYPE_CHECKING:
     import asyncpg
@@ -201,9 +202,9 @@ class _WrappedPool(Pool[ConnT]):
         self._close_underlying = close_underlying
         self._finished = False
         self._resize_lock: anyio.Lock | None = None
-        self.requested_limit = self._planner.limit
+        self.requested_limit = self.limit
         limit = self._cap(self.requested_limit)
-        self._planner.limit = limit  # no slot exists yet: nothing else to adjust
+        self._set_limit_before_open(limit)  # no slot exists yet: nothing else to adjust
         leases.limit = limit
 
     def _cap(self, limit: int) -> int:
@@ -212,7 +213,7 @@ class _WrappedPool(Pool[ConnT]):
 
     async def open(self) -> None:
         if self._state == "new":
-            await self._leases.apply_limit(self._planner.limit)
+            await self._leases.apply_limit(self.limit)
         await super().open()
 
     async def resize(self, max_connections: int, min_connections: int | None = None) -> None:
@@ -224,12 +225,7 @@ class _WrappedPool(Pool[ConnT]):
         limit is capped at its ``max_size``, and leases given back while it
         holds more connections than the wrapper can use are closed for good.
         """
-        if (
-            not isinstance(max_connections, int)
-            or isinstance(max_connections, bool)
-            or max_connections < 0
-        ):
-            raise ValueError(f"max_connections must be an integer >= 0 (got {max_connections!r})")
+        check_int("max_connections", max_connections, low=0)
         limit = self._cap(max_connections)
         floor = min_connections
         if limit < max_connections and isinstance(floor, int) and floor > limit:
@@ -237,16 +233,16 @@ class _WrappedPool(Pool[ConnT]):
         if self._resize_lock is None:
             self._resize_lock = anyio.Lock()
         async with self._resize_lock:
-            old = self._planner.limit
+            old = self.limit
             if limit > old:
                 await self._leases.apply_limit(limit)  # room below first, or new leases wait there
             try:
                 self._leases.limit = limit
                 await super().resize(limit, floor)
             except BaseException:
-                self._leases.limit = self._planner.limit
+                self._leases.limit = self.limit
                 with anyio.CancelScope(shield=True):
-                    await self._leases.apply_limit(self._planner.limit)
+                    await self._leases.apply_limit(self.limit)
                 raise
             if limit < old:
                 await self._leases.apply_limit(limit)
@@ -361,8 +357,7 @@ def wrap(
     governs.
     """
     leases = _leases_for(existing)
-    if not isinstance(close_underlying, bool):
-        raise TypeError(f"close_underlying must be a bool (got {close_underlying!r})")
+    check_bool("close_underlying", close_underlying)
     if name is None:
         name = leases.default_name()
     if settings is None:
@@ -378,7 +373,7 @@ def wrap(
     pool = _WrappedPool(
         leases, settings, name=name, membership=membership, close_underlying=close_underlying
     )
-    limit = pool._planner.limit
+    limit = pool.limit
     if membership is None and pool.requested_limit > limit:
         warnings.warn(
             f"pool {name!r}: limit {pool.requested_limit} is above the {leases.kind} pool's "

@@ -608,7 +608,7 @@ async def test_parameter_mapping_and_elastic_keywords(pg_server: Any) -> None:
 
 
 def test_invalid_arguments_are_rejected_like_asyncpg() -> None:
-    """asyncpg's argument checks and messages; elastic names asyncpg has its own for are refused."""
+    """asyncpg's value checks and messages, elasticpool's type errors; elastic names refused."""
     for kwargs, error, message in [
         ({"max_size": 0}, ValueError, "max_size is expected to be greater than zero"),
         ({"min_size": -1}, ValueError, "min_size is expected to be greater or equal to zero"),
@@ -624,6 +624,11 @@ def test_invalid_arguments_are_rejected_like_asyncpg() -> None:
         ({"reset": "sometimes"}, ValueError, "reset must be"),
         ({"setup": 1}, TypeError, "setup must be"),
         ({"pool_timeout": -1}, ValueError, "pool_timeout"),
+        ({"max_size": "3"}, TypeError, r"^max_size must be an integer >= 1 \(got '3'\)"),
+        ({"max_size": 2.5}, TypeError, r"^max_size must be an integer >= 1 \(got 2\.5\)"),
+        ({"min_size": None}, TypeError, r"^min_size must be an integer >= 0 \(got None\)"),
+        ({"max_queries": "9"}, TypeError, r"^max_queries must be an integer >= 1"),
+        ({"max_inactive_connection_lifetime": "5"}, TypeError, r"^max_inactive_connection_life"),
     ]:
         with pytest.raises(error, match=message):
             create_pool("postgresql://127.0.0.1/x", **kwargs)

@@ -31,7 +31,7 @@ def _bad_values(annotation: object) -> tuple[list[object], list[object]]:
     args = set(get_args(annotation)) if get_origin(annotation) is not None else {annotation}
     args.discard(type(None))
     if get_origin(annotation) is Literal or any(get_origin(a) is Literal for a in args):
-        return [], ["no-such-choice", 1]
+        return [1], ["no-such-choice"]
     if args == {bool}:
         return ["yes", 1], []
     if args == {int}:
@@ -57,7 +57,7 @@ def test_every_setting_rejects_bad_values_by_name(field: str, value: object, kin
     """Each field of PoolSettings rejects a wrong type or an out-of-range value, naming itself."""
     with pytest.raises((TypeError, ValueError), match=rf"^{field} must be ") as info:
         PoolSettings(**{field: value})
-    assert isinstance(info.value, kind) or field in {"reset", "limit_mode"}  # choices: ValueError
+    assert isinstance(info.value, kind)
     assert repr(value) in str(info.value) or isinstance(value, list)
 
 
@@ -120,7 +120,9 @@ async def test_per_call_values_are_checked_and_harm_nothing() -> None:
         for bad, kind in (("1", TypeError), (True, TypeError), (-1, ValueError), (0, ValueError)):
             with pytest.raises(kind, match=r"^timeout must be "):
                 await pool.acquire(timeout=bad)  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match=r"^timeout must be > 0 seconds or None \(got nan\)"):
+        with pytest.raises(
+            ValueError, match=r"^timeout must be a number of seconds > 0 or None \(got nan\)"
+        ):
             async with pool.acquire(timeout=math.nan):
                 pass
         with pytest.raises(TypeError, match=r"^timeout must be a number of seconds >= 0"):

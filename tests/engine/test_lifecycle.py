@@ -6,7 +6,7 @@ the tests asserting exact times run on trio only.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -14,7 +14,7 @@ import anyio.abc
 import pytest
 import trio.testing
 
-import elasticpool._pool
+import elasticpool._runner
 from elasticpool import Pool, PoolClosed, PoolTimeout
 from elasticpool.fleet import FleetStatus
 from elasticpool.testing import FakeConnector
@@ -101,8 +101,8 @@ async def test_cancelled_open_is_undone_and_can_be_retried() -> None:
             await wait_until(lambda: pool.stats().idle == 2)  # the floor opened meanwhile
             scope.cancel()
     assert repr(pool).startswith("<Pool 'fleet' new ")
-    assert pool._runner_done is not None
-    assert pool._runner_done.is_set()
+    assert pool._runner.tg is None
+    assert pool._runner.stopped
     assert (membership.leaves, membership.runs) == (1, 0)
     assert connector.open == set()
     assert pool.stats().max == 0
@@ -163,16 +163,16 @@ async def test_acquire_while_the_runner_starts_waits_for_the_open(
 ) -> None:
     """An acquire racing open() before its background runner has started waits, then borrows."""
     let_run = anyio.Event()
-    spawn = elasticpool._pool._spawn_system_task
+    spawn = elasticpool._runner.spawn
 
-    def gated_spawn(fn: Callable[[anyio.Event], Awaitable[None]], started: anyio.Event) -> None:
-        async def gated(started: anyio.Event) -> None:
+    def gated_spawn(coro: Coroutine[Any, Any, Any], what: str) -> None:
+        async def gated() -> None:
             await let_run.wait()
-            await fn(started)
+            await coro
 
-        spawn(gated, started)
+        spawn(gated(), what)
 
-    monkeypatch.setattr(elasticpool._pool, "_spawn_system_task", gated_spawn)
+    monkeypatch.setattr(elasticpool._runner, "spawn", gated_spawn)
     connector = FakeConnector()
     pool = Pool(connector, max_connections=1)
     got: list[object] = []

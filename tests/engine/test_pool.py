@@ -196,7 +196,9 @@ async def test_per_call_timeout_overrides_pool_timeout() -> None:
         holder = await pool.acquire()
         with pytest.raises(PoolTimeout, match=r"within 0\.02s"):
             await pool.acquire(timeout=0.02)
-        with pytest.raises(ValueError, match=r"timeout must be > 0 seconds or None \(got -1\)"):
+        with pytest.raises(
+            ValueError, match=r"timeout must be a number of seconds > 0 or None \(got -1\)"
+        ):
             pool.acquire(timeout=-1)
         pool.release(holder)
 
@@ -496,7 +498,9 @@ async def test_concurrent_opens_start_one_pool() -> None:
         tg.start_soon(pool.open)
     await pool.wait()
     assert pool.stats().size == 1
-    with pytest.raises(ValueError, match=r"timeout must be >= 0 seconds or None \(got -1\)"):
+    with pytest.raises(
+        ValueError, match=r"timeout must be a number of seconds >= 0 or None \(got -1\)"
+    ):
         await pool.close(timeout=-1)
     await pool.close()
     assert connector.open == set()

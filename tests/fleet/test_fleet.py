@@ -181,17 +181,30 @@ async def test_static_small_total_is_raised_unless_allowed() -> None:
             await p.close()
 
 
-@pytest.mark.parametrize("instances", [0, -1, True, 2.0, "3", None])
-def test_static_instances_must_be_a_positive_integer(instances: Any) -> None:
-    """instances must be an integer >= 1 (not a bool, float or string)."""
-    with pytest.raises(ValueError, match=r"instances must be an integer >= 1 \(got "):
+@pytest.mark.parametrize(
+    ("instances", "kind"),
+    [
+        (0, ValueError),
+        (-1, ValueError),
+        (True, TypeError),
+        (2.0, TypeError),
+        ("3", TypeError),
+        (None, TypeError),
+    ],
+)
+def test_static_instances_must_be_a_positive_integer(instances: Any, kind: type) -> None:
+    """instances must be an integer >= 1: a bool, float or string is a TypeError, 0 a ValueError."""
+    with pytest.raises(kind, match=r"instances must be an integer >= 1 \(got "):
         StaticMembership(instances)
 
 
-@pytest.mark.parametrize("index", [-1, 3, True, 1.0, "0"])
-def test_static_index_must_be_in_range(index: Any) -> None:
-    """index must be an integer in [0, instances - 1]."""
-    with pytest.raises(ValueError, match=r"index must be an integer in \[0, 2\] \(got "):
+@pytest.mark.parametrize(
+    ("index", "kind"),
+    [(-1, ValueError), (3, ValueError), (True, TypeError), (1.0, TypeError), ("0", TypeError)],
+)
+def test_static_index_must_be_in_range(index: Any, kind: type) -> None:
+    """index must be an integer in [0, instances - 1]: a wrong type is a TypeError."""
+    with pytest.raises(kind, match=r"index must be an integer in \[0, 2\] or None \(got "):
         StaticMembership(3, index=index)
 
 
@@ -273,10 +286,14 @@ def test_postgres_membership_quotes_identifiers() -> None:
 
 
 @pytest.mark.parametrize("name", ["table", "schema", "instance_id"])
-@pytest.mark.parametrize("value", ["", "a\x00b", 5])
-def test_postgres_membership_names_must_be_non_empty_strings(name: str, value: Any) -> None:
-    """table, schema and instance_id must be non-empty strings without NUL."""
-    with pytest.raises(ValueError, match=rf"{name} must be a non-empty string \(got "):
+@pytest.mark.parametrize(
+    ("value", "kind"), [("", ValueError), ("a\x00b", ValueError), (5, TypeError)]
+)
+def test_postgres_membership_names_must_be_non_empty_strings(
+    name: str, value: Any, kind: type
+) -> None:
+    """table, schema and instance_id must be non-empty strings without NUL (else a TypeError)."""
+    with pytest.raises(kind, match=rf"{name} must be a non-empty string \(got "):
         PostgresMembership(**{name: value})
 
 

@@ -501,7 +501,7 @@ async def test_asyncpg_resize_closes_surplus_server_connections(
 @pytest.mark.anyio
 @pytest.mark.postgres
 async def test_asyncpg_limit_is_capped_at_its_max_size(pg_server: Any) -> None:
-    """An asyncpg pool cannot grow: a larger limit is capped at its max_size, with a warning."""
+    """An asyncpg pool cannot grow: a larger limit is capped at its max_size; bad limits refused."""
     driver = AsyncpgDriver(pg_server)
     try:
         existing = await driver.make(max_size=3)
@@ -512,6 +512,16 @@ async def test_asyncpg_limit_is_capped_at_its_max_size(pg_server: Any) -> None:
             await pool.resize(10)
             assert pool.stats().max == 3
             await pool.resize(2)
+            assert pool.stats().max == 2
+            # Bad values: the same errors as any pool's resize (a wrong type is a TypeError).
+            with pytest.raises(
+                TypeError, match=r"^max_connections must be an integer >= 0 \(got '3'\)"
+            ):
+                await pool.resize("3")  # type: ignore[arg-type]
+            with pytest.raises(
+                ValueError, match=r"^max_connections must be an integer >= 0 \(got -1\)"
+            ):
+                await pool.resize(-1)
             assert pool.stats().max == 2
         assert wrap(existing).stats().max == 3  # by default the limit is its max_size
     finally:

@@ -118,6 +118,23 @@ def test_precedence_only_max_is_per_instance_and_fleet_unbounded() -> None:
     assert (r.limit, r.fleet_total, r.source) == (7, None, "max_connections")
 
 
+def test_settings_precedence_is_the_rule_resolve_limit_applies() -> None:
+    """PoolSettings.precedence picks the source resolve_limit reports, and the same number."""
+    cases = [
+        (PoolSettings(max_connections=7), ("max_connections", 7)),
+        (PoolSettings(total_max_connections=30), ("total", 30)),
+        (PoolSettings(), ("default total", 50)),
+    ]
+    for settings, expected in cases:
+        assert settings.precedence() == expected
+        r = resolve_limit(settings)
+        assert (r.source, r.limit) == expected
+        assert settings.instance_limit() == expected[1]
+    live = PoolSettings(max_connections=7)
+    assert live.precedence(fleet_total=12) == ("total", 12)  # a live total wins over max
+    assert PoolSettings(total_max_connections="50%").precedence() == ("total", 0)
+
+
 def test_small_total_is_clamped_unless_allowed() -> None:
     """A total below 5 is raised to 5 with a warning, unless explicitly allowed."""
     s = PoolSettings(total_max_connections=2)

@@ -166,7 +166,7 @@ class PlannerMachine(RuleBasedStateMachine):
         self._collect()
 
     def _planned_now(self) -> list[Slot]:
-        plan = self.p._plan
+        plan = self.p.pending
         return [] if plan is None else plan.connect
 
     @precondition(lambda self: self.closing)

@@ -212,6 +212,20 @@ def test_parameters_map_to_elastic_settings() -> None:
         AsyncConnectionPool("dbname=x", open=False, reset_mode=cast(Any, "everything"))
 
 
+def test_wrong_argument_types_are_type_errors_naming_the_argument() -> None:
+    """A size, worker count or timeout of the wrong type is a TypeError naming the argument."""
+    for kwargs, message in [
+        ({"min_size": "2"}, r"^min_size must be an integer >= 0 \(got '2'\)"),
+        ({"max_size": 2.5}, r"^max_size must be an integer >= 0 or None \(got 2\.5\)"),
+        ({"num_workers": "3"}, r"^num_workers must be an integer >= 1 \(got '3'\)"),
+        ({"reconnect_timeout": "60"}, r"^reconnect_timeout must be a number of seconds >= 0"),
+    ]:
+        with pytest.raises(TypeError, match=message):
+            AsyncConnectionPool("dbname=x", open=False, **kwargs)
+    with pytest.raises(ValueError, match="min_size cannot be negative"):
+        AsyncConnectionPool("dbname=x", open=False, min_size=-1)
+
+
 def test_opening_without_a_running_loop_fails_as_psycopg_pool() -> None:
     """``open=None`` or ``open=True`` outside an event loop: the same warning and error."""
     transcript: dict[str, Any] = {}

@@ -383,7 +383,7 @@ def test_constructor_rejects_bad_arguments() -> None:
         RoutingPool(pool, [object()])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="quarantine_max must be >= quarantine_initial"):
         RoutingPool(pool, [other], quarantine_initial=5.0, quarantine_max=1.0)
-    with pytest.raises(ValueError, match="timeout must be > 0"):
+    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
         RoutingPool(pool, [other]).acquire(timeout=0)
 
 

@@ -344,7 +344,7 @@ def _describe_target(dsn: str | None, kwargs: dict[str, Any]) -> str:
     """Where connections go, as ``host:port/database``; never a user name or password.
 
     Only the host, port and database are ever shown: from a URI, its userinfo
-    (as :func:`elasticpool._redact.split_uri` finds it) and everything after
+    (as ``split_uri`` of ``_redact.py`` finds it) and everything after
     ``?`` or ``#`` are dropped. A DSN in any other form is not shown at all.
     """
     hosts = database = ""

@@ -38,6 +38,7 @@ from .._connector import fetch_of
 from .._limits import HYPERDRIVE_MINIMUM_TOTAL, resolve_limit
 from .._settings import check_connections
 from .._sql import quote_ident
+from .._validate import check_int, check_name
 from ._base import FleetStatus, MemberStatus
 from ._schema import Schema, beat_function, fill_function
 from ._tags import application_name as tagged_name
@@ -62,8 +63,7 @@ def _seconds(name: str, value: object, allowed: str) -> float:
 
 
 def _check_total(total: object) -> None:
-    if total is not None and (not isinstance(total, int) or isinstance(total, bool) or total < 1):
-        raise ValueError(f"total_max_connections must be an integer >= 1 (got {total!r})")
+    check_int("total_max_connections", total, low=1, optional=True)
 
 
 class PostgresMembership:
@@ -141,8 +141,10 @@ class PostgresMembership:
             ("instance_id", instance_id),
             ("application_name", application_name),
         ):
-            if value is not None and (not isinstance(value, str) or not value or "\x00" in value):
-                raise ValueError(f"{name} must be a non-empty string (got {value!r})")
+            if value is not None:
+                check_name(name, value)
+                if "\x00" in value:
+                    raise ValueError(f"{name} must be a non-empty string (got {value!r})")
         interval = _seconds("heartbeat_interval", heartbeat_interval, "in (0, 3600]")
         if not 0 < interval <= 3600:
             raise ValueError(f"heartbeat_interval must be in (0, 3600] seconds (got {interval!r})")
@@ -158,10 +160,7 @@ class PostgresMembership:
         )
         if not 0 < timeout < ttl:
             raise ValueError(f"heartbeat_timeout must be {timeout_range} seconds (got {timeout!r})")
-        if reserve is not None and (
-            not isinstance(reserve, int) or isinstance(reserve, bool) or reserve < 0
-        ):
-            raise ValueError(f"reserve must be an integer >= 0 or None (got {reserve!r})")
+        check_int("reserve", reserve, low=0, optional=True)
         lock_range = f"in (0, heartbeat_timeout={timeout:g})"
         lock = (
             min(interval / 10, timeout / 2)

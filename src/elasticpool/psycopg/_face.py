@@ -8,7 +8,7 @@ import itertools
 import logging
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from types import TracebackType
 from typing import Any, Final, Generic, TypeAlias, cast
@@ -21,7 +21,9 @@ from psycopg_pool.abc import ACT
 from .. import _errors
 from .._connector import ResetMode
 from .._pool import Pool
+from .._runner import spawn
 from .._settings import PoolSettings
+from .._validate import check_int_type, check_seconds_type
 from ._connector import (
     _ASYNC_CONNECTION,
     ConnectionCB,
@@ -92,7 +94,9 @@ _MS_EVENTS: Final = {
 
 
 def _check_size(min_size: int, max_size: int | None) -> tuple[int, int]:
-    """psycopg_pool's own size validation, with its messages."""
+    """psycopg_pool's own size validation, with its messages (wrong types: elasticpool's)."""
+    check_int_type("min_size", min_size, low=0)
+    check_int_type("max_size", max_size, low=0, optional=True)
     if max_size is None:
         max_size = min_size
     if min_size < 0:
@@ -199,6 +203,8 @@ class AsyncConnectionPool(Generic[ACT]):
         min_size, max_size = _check_size(min_size, max_size)
         if not name:
             name = f"pool-{next(_pool_numbers)}"
+        check_int_type("num_workers", num_workers, low=1)
+        check_seconds_type("reconnect_timeout", reconnect_timeout, strict=False, finite=False)
         if num_workers < 1:
             raise ValueError("num_workers must be at least 1")
         if close_returns and _PSYCOPG_VERSION < (3, 3):
@@ -264,7 +270,6 @@ class AsyncConnectionPool(Generic[ACT]):
         self._opened = False
         self._open_implicit = False
         self._core_started = False
-        self._tasks: set[asyncio.Task[Any]] = set()
 
         # statistics
         self._requests_num = 0
@@ -337,15 +342,8 @@ class AsyncConnectionPool(Generic[ACT]):
         if self._mark_open():
             self._spawn(self._start_in_background())
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            logger.warning("pool %r: background task failed: %r", self.name, exc)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        spawn(coro, f"pool {self.name!r}")  # kept referenced; a failure is logged
 
     async def _start(self) -> None:
         """Open the elastic pool once; concurrent callers wait for the same open."""
@@ -438,7 +436,7 @@ class AsyncConnectionPool(Generic[ACT]):
         :func:`is_disconnect_error`) also closes it, so it is not reused.
         """
         conn = await self.getconn(timeout=timeout)
-        now = self.elastic._now  # the loop's clock, bound at open: anyio's costs ~1 us a call
+        now = self.elastic.clock  # the loop's clock, bound at open: anyio's costs ~1 us a call
         started = now()
         error: BaseException | None = None
         try:
@@ -466,7 +464,7 @@ class AsyncConnectionPool(Generic[ACT]):
         await self._start()
         if timeout <= 0:
             raise PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec")
-        now = self.elastic._now  # the loop's clock, bound at open: anyio's costs ~1 us a call
+        now = self.elastic.clock  # the loop's clock, bound at open: anyio's costs ~1 us a call
         started = now()
         try:
             conn = await self.elastic.acquire(timeout=_seconds(timeout))
@@ -514,7 +512,7 @@ class AsyncConnectionPool(Generic[ACT]):
             msg = f"it comes from pool {pool.name!r}" if pool else "it doesn't come from any pool"
             raise ValueError(f"can't return connection to pool {self.name!r}, {msg}: {conn}")
         try:
-            self.elastic._borrow_of(conn, "returned")
+            self.elastic.check_release(conn, what="returned")
         except RuntimeError as exc:  # a stale putconn (see Pool.release): that borrow stands
             raise ValueError(f"can't return connection to pool {self.name!r}; {exc}") from None
         cast(Any, conn)._pool = None
