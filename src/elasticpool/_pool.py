@@ -1200,6 +1200,7 @@ class Pool(Generic[ConnT]):
             return
         slot.owner = None  # the pool's own borrow: no caller holds it
         lease = slot.lease
+        idle_since = max(slot.idle_since, slot.handed_at)  # unused since (when it was idle)
         self._coordinating = slot
         ok = False
         try:
@@ -1212,7 +1213,7 @@ class Pool(Generic[ConnT]):
                     conn = slot.conn
                     broken = self._is_closed(conn)
                     dirty = not broken and self._connector.needs_reset(conn, "rollback")
-                    planner.release(slot, self._now(), broken, dirty)
+                    planner.release(slot, self._now(), broken, dirty, idle_since)
                     self._flush()
                 else:
                     self._release_slot(slot, sys.exc_info()[1])

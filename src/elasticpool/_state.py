@@ -447,7 +447,14 @@ class Planner:
 
     # ------------------------------------------------------------------ release
 
-    def release(self, slot: Slot, now: float, broken: bool = False, reset: bool = False) -> None:
+    def release(
+        self,
+        slot: Slot,
+        now: float,
+        broken: bool = False,
+        reset: bool = False,
+        idle_since: float | None = None,
+    ) -> None:
         """A borrower gives ``slot`` back.
 
         ``broken``: the connection is dead (closed, or a connection-class error);
@@ -455,6 +462,12 @@ class Planner:
         reuse. ``reset``: the connection must be reset before reuse. Otherwise
         it goes to the oldest waiter or to the idle set — unless it is past its
         lifetime or the pool is over its limit, when it is closed instead.
+
+        ``idle_since``: the borrow was the pool's own bookkeeping (a fleet
+        heartbeat's statement), not a caller's: the connection goes back to the
+        idle set as idle since then, so ``idle_timeout`` still ends it (a
+        heartbeat each second would otherwise keep an unused connection, and
+        the member's lease, for ever).
         """
         if slot.state is not SlotState.IN_USE:
             raise RuntimeError(f"slot {slot.id} released while {slot.state.value}")
@@ -471,7 +484,7 @@ class Planner:
             self.n_resetting += 1
             self._out().reset.append(slot)
             return
-        self._settle(slot, now)
+        self._settle(slot, now, idle_since)
 
     def retire(self, slot: Slot) -> None:
         """Close a borrowed ``slot`` when it comes back, as at the end of its lifetime."""
@@ -489,8 +502,12 @@ class Planner:
             return
         self._settle(slot, now)
 
-    def _settle(self, slot: Slot, now: float) -> None:
-        """Put a usable, unowned slot where it belongs: closed, to a waiter, or idle."""
+    def _settle(self, slot: Slot, now: float, idle_since: float | None = None) -> None:
+        """Put a usable, unowned slot where it belongs: closed, to a waiter, or idle.
+
+        ``idle_since`` (earlier than ``now``): idle since then, in its place by
+        recency (see :meth:`release`).
+        """
         # Invariants: slot is counted in no state counter yet; it is in self._slots.
         if self.closed:
             self._close(slot, CloseReason.POOL_CLOSED)
@@ -515,8 +532,15 @@ class Planner:
             self._out().wake.append(w)
             return
         slot.state = SlotState.IDLE
-        slot.idle_since = now
-        self._idle.append(slot)
+        if idle_since is not None and idle_since < now:
+            slot.idle_since = idle_since
+            i = len(self._idle)  # the idle deque stays in recency order
+            while i and self._idle[i - 1].idle_since > idle_since:
+                i -= 1
+            self._idle.insert(i, slot)
+        else:
+            slot.idle_since = now
+            self._idle.append(slot)
         if slot.expires_at < self.next_wake:
             self._poke(slot.expires_at)
         self._poke_idle()
@@ -948,8 +972,15 @@ class _TimedPlanner(Planner):
                 sink.wait(now - w.enqueued_at)
         return slot
 
-    def release(self, slot: Slot, now: float, broken: bool = False, reset: bool = False) -> None:
+    def release(
+        self,
+        slot: Slot,
+        now: float,
+        broken: bool = False,
+        reset: bool = False,
+        idle_since: float | None = None,
+    ) -> None:
         borrowed_at = slot.borrowed_at
-        super().release(slot, now, broken, reset)
+        super().release(slot, now, broken, reset, idle_since)
         for sink in self.sinks:
             sink.use(now - borrowed_at)

@@ -1191,6 +1191,33 @@ async def test_idle_members_hold_no_lease_and_open_no_connection(fleet: Fleet) -
         assert created, "the lease tables were not created"
 
 
+async def test_a_member_gone_idle_closes_its_last_connection_and_leaves(fleet: Fleet) -> None:
+    """Heartbeats run on the member's idle connection without resetting its idle clock.
+
+    So ``idle_timeout`` still closes it in a fleet with room to spare (no
+    pressure to let go), and the member then leaves: no lease, no backend.
+    """
+    pool = fleet.pool(idle_timeout=4 * INTERVAL)
+    async with pool:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+        assert pool.fleet().active
+        await wait_for(
+            lambda: (pool.stats().size, pool.fleet().active),
+            lambda seen: seen == (0, False),
+            "the idle member kept its connection (each heartbeat made it look used)",
+        )
+        assert isinstance(pool.membership, PostgresMembership)
+        assert pool.membership.beats >= 3, "it heartbeat on that connection meanwhile"
+        await wait_for(fleet.backends, lambda pids: not pids, "its backend stayed")
+        live = await fleet.admin.fetchval(
+            f"SELECT count(*) FROM {fleet.qtable} WHERE pool_name = $1 AND expires_at >= now()"
+            " AND claim > 0",
+            fleet.name,
+        )
+        assert live == 0, "its lease still claims a connection"
+
+
 async def test_members_with_demand_split_the_total(fleet: Fleet) -> None:
     """Three members each asking for more than the total split 10 as 4/3/3 and see it all."""
     pools = [fleet.pool(membership={"instance_id": f"m{i}"}) for i in range(3)]

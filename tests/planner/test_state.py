@@ -91,6 +91,31 @@ def test_idle_shrink_happens_at_the_tick_after_idle_timeout() -> None:
     assert p.closed_for[CloseReason.IDLE] == 1
 
 
+def test_a_bookkeeping_borrow_keeps_the_idle_clock() -> None:
+    """Released with ``idle_since``, a slot stays idle since then and in recency order."""
+    p = planner(max_connections=3, idle_timeout=10.0, connection_lifetime=None)
+    waiters = [p.enqueue(0.0, None) for _ in range(2)]
+    slots = list(p.take_plan().connect)  # type: ignore[union-attr]
+    for slot, w in zip(slots, waiters, strict=True):
+        p.connected(slot, "c", 1.0, 0.0)
+        p.claim(w, 1.0)
+    p.take_plan()
+    old, new = slots
+    p.release(old, 2.0)
+    p.release(new, 5.0)
+    p.take_plan()
+    taken = p.acquire(6.0)  # the most recently used: ``new``, idle since 5
+    assert taken is new
+    p.release(new, 7.0, idle_since=5.0)  # a heartbeat's statement: still idle since 5
+    p.take_plan()
+    assert [s.idle_since for s in p.idle_slots()] == [2.0, 5.0]
+    p.tick(12.0)  # ``old`` times out at 12, ``new`` at 15 (not at 17)
+    assert p.take_plan().close == [old]  # type: ignore[union-attr]
+    p.tick(15.0)
+    assert p.take_plan().close == [new]  # type: ignore[union-attr]
+    p.check()
+
+
 def test_lifetime_jitter_only_shortens() -> None:
     """The jitter draw shortens the lifetime by up to lifetime_jitter, never lengthens it."""
     p = planner(

@@ -352,7 +352,10 @@ class PostgresMembership:
             wait = self.heartbeat_interval * random.uniform(0.9, 1.1)
             with anyio.move_on_after(wait):
                 await self._until_worth_a_beat(pool, demand)
-            await self._beat(pool)
+            # Nothing open and nothing asked (idle_timeout closed its last connection):
+            # report that on a connection outside the pool, which it leaves at once,
+            # rather than open one in the pool just to say it needs none.
+            await self._beat(pool, own=bool(pool.stats().size) or self._wants(pool))
 
     async def _until_worth_a_beat(self, pool: MemberPort, demand: anyio.Event) -> None:
         """Return when an early heartbeat can change something (the caller bounds the wait).
@@ -417,16 +420,16 @@ class PostgresMembership:
             return
         await self._beat(pool, leave=True)
 
-    async def _beat(self, pool: MemberPort, *, leave: bool = False) -> None:
+    async def _beat(self, pool: MemberPort, *, leave: bool = False, own: bool = True) -> None:
         async with self._beating:  # one heartbeat at a time per member (set_total runs one too)
-            await self._beat_once(pool, leave)
+            await self._beat_once(pool, leave, own and not leave)
 
-    async def _beat_once(self, pool: MemberPort, leave: bool) -> None:
+    async def _beat_once(self, pool: MemberPort, leave: bool, own: bool = True) -> None:
         started = pool.now()
         try:
             with anyio.fail_after(self.heartbeat_timeout):
                 async with (
-                    pool.coordination(wait_own=self.heartbeat_timeout / 2, own=not leave) as co,
+                    pool.coordination(wait_own=self.heartbeat_timeout / 2, own=own) as co,
                     pool.frozen() as freeze,
                 ):
                     if not self._tables_ready:
