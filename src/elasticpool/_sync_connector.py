@@ -53,7 +53,13 @@ class SyncConnector(Protocol[ConnT]):
       never calls it: a fleet membership, and a percentage
       ``total_max_connections``, do.
     * ``abandon(conn)`` and ``set_server_settings(settings)`` are optional,
-      with the meaning they have for :class:`~elasticpool.Connector`.
+      with the meaning they have for :class:`~elasticpool.Connector`; so is
+      ``is_broken(conn) -> bool``, a cheaper :meth:`is_closed` (no I/O at
+      all, e.g. no look at an idle socket) that the pool asks instead when a
+      connection comes back, when it goes straight from one borrower to
+      the next, and when it leaves the idle set after only a few
+      milliseconds there. :meth:`is_closed` is asked when a connection leaves
+      the idle set after longer.
 
     It may be called from several threads at once, never twice at once for
     one connection (except :meth:`terminate`, above). It is not a pool: it

@@ -295,7 +295,7 @@ class Freeze:
                 slot = planner.resize(
                     limit, time.monotonic(), adopt=raw_connection(adopt), jitter=random.random()
                 )
-            plan = planner.take_plan()
+            plan = pool._take()
         pool._execute(plan)
         self.applied = True
         return slot is not None
@@ -386,7 +386,7 @@ class SyncPort:
                 with pool._lock:
                     if slot.state is SlotState.IN_USE and slot.lease == lease:
                         pool._planner.release(slot, time.monotonic(), broken, dirty)
-                    plan = pool._planner.take_plan()
+                    plan = pool._take()
                 pool._execute(plan)
             else:
                 pool._release_slot(slot, sys.exc_info()[1], lease)
@@ -422,7 +422,7 @@ class SyncPort:
             )
             if p.size < p.limit:
                 p.resize(p.size, now)
-            plan = p.take_plan()
+            plan = pool._take()
         pool._execute(plan)
         try:
             yield freeze
@@ -437,7 +437,7 @@ class SyncPort:
                 with pool._lock:
                     if not p.closed and p.limit != back:
                         p.resize(back, time.monotonic())
-                    plan = p.take_plan()
+                    plan = pool._take()
                 pool._execute(plan)
             raise
 

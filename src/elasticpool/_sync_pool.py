@@ -40,11 +40,11 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ._errors import PoolClosed, PoolTimeout
+from ._errors import PoolClosed, PoolTimeout, TooManyWaiters
 from ._limits import resolve_limit
 from ._pool import PoolStats, _check_seconds
 from ._settings import PoolSettings
-from ._state import CloseReason, Outcome, Plan, Planner, Slot, SlotState
+from ._state import CloseReason, Outcome, Plan, Planner, Slot, SlotState, Waiter
 from ._sync_connector import SyncConnector
 from ._sync_fleet import FleetLoop, SyncPort
 from .fleet._base import FleetStatus, Membership
@@ -83,6 +83,9 @@ _CONNECTOR_METHODS = (
 _WORKER_KEEPALIVE = 5.0
 """Seconds a parked worker thread waits for another job before it exits."""
 
+_PROBE_AFTER = 0.01
+"""Seconds idle from which a connection leaving the idle set gets the full ``is_closed`` check."""
+
 _LONGEST_SLEEP = 3600.0
 """The ticker wakes at least this often, whatever the planner says."""
 
@@ -95,15 +98,21 @@ class _Waker:
     by the planner's wake list; a second call is ignored.
     """
 
-    __slots__ = ("_lock",)
+    __slots__ = ("_lock", "deadline", "slot")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
+        self.deadline = deadline
+        """When the waiting thread gives up (``inf``: never); it times itself out."""
+        self.slot: Slot | None = None
+        """The slot claimed for the waiting thread when it was handed one (see ``_take``)."""
 
     def set(self) -> None:
-        with contextlib.suppress(RuntimeError):  # already set
+        try:
             self._lock.release()
+        except RuntimeError:  # already set
+            pass
 
     def wait(self, timeout: float | None) -> bool:
         """Block until :meth:`set` (``True``) or ``timeout`` seconds (``None``: no bound)."""
@@ -165,7 +174,7 @@ class _Workers:
                     return
                 else:
                     job = None
-                    waker = _Waker()
+                    waker = _Waker(math.inf)
                     self._parked.append(waker)
             if job is not None:
                 _run_job(job)
@@ -325,6 +334,13 @@ class SyncPool(Generic[ConnT]):
         self.membership = membership
         self._connector = connector
         self._is_closed = connector.is_closed
+        # At a return, and for a connection handed straight to the next borrower: the
+        # connector's cheaper check if it has one (no look at an idle socket).
+        self._is_broken: Callable[[Any], bool] = getattr(
+            connector, "is_broken", connector.is_closed
+        )
+        self._is_disconnect = connector.is_disconnect
+        self._needs_reset = connector.needs_reset
         limit = 0  # with a percentage total the server has a say first (see open())
         if settings.total_percent is None:
             limit = resolve_limit(settings, allow_small_total=settings.allow_small_total).limit
@@ -422,7 +438,7 @@ class SyncPool(Generic[ConnT]):
                 limit = resolve_limit(self.settings, allow_small_total=True).limit
                 with self._lock:
                     slot = self._planner.resize(limit, _monotonic(), adopt=first)
-                    plan = self._planner.take_plan()
+                    plan = self._take()
                 if slot is None:
                     self._terminate(first)
                 self._execute(plan)
@@ -519,7 +535,7 @@ class SyncPool(Generic[ConnT]):
         try:
             with self._lock:
                 planner.close(_monotonic())
-                plan = planner.take_plan()
+                plan = self._take()
                 self._changed.notify_all()  # wait() returns
             self._execute(plan)
             with self._lock:
@@ -591,7 +607,7 @@ class SyncPool(Generic[ConnT]):
         with self._lock:
             planner = self._planner
             planner.close(_monotonic())
-            plan = planner.take_plan()
+            plan = self._take()
             left = planner.remaining()
             for slot in left:
                 planner.forget(slot)
@@ -745,11 +761,7 @@ class SyncPool(Generic[ConnT]):
             timeout = self.settings.pool_timeout
         elif timeout is not None:
             _check_seconds("timeout", timeout, zero_ok=False)
-        slot = self._acquire_slot(timeout)
-        slot.owner = _get_ident()
-        conn: ConnT = slot.conn
-        self._in_use[id(conn)] = slot
-        return conn
+        return self._lend(timeout)
 
     def release(self, conn: ConnT, *, exc: BaseException | None = None) -> None:
         """Give back a connection borrowed with :meth:`acquire`.
@@ -763,7 +775,18 @@ class SyncPool(Generic[ConnT]):
         holds the very next borrow of it is refused (:class:`RuntimeError`),
         and that borrow stands.
         """
-        slot = self._borrow_of(conn, "released")
+        self._end_borrow(self._borrow_of(conn, "released"), conn, exc)
+
+    def _lend(self, timeout: float | None) -> ConnT:
+        """:meth:`acquire` for a face whose own checks of ``timeout`` were done."""
+        slot = self._acquire_slot(timeout)
+        slot.owner = _get_ident()
+        conn: ConnT = slot.conn
+        self._in_use[id(conn)] = slot
+        return conn
+
+    def _end_borrow(self, slot: Slot, conn: ConnT, exc: BaseException | None) -> None:
+        """:meth:`release` once :meth:`_borrow_of` found ``slot`` (a face checks it first)."""
         self._in_use.pop(id(conn), None)
         me = _get_ident()
         slot.returned = (slot.lease, me) if slot.owner == me else None
@@ -811,91 +834,178 @@ class SyncPool(Generic[ConnT]):
                 yield conn
 
     def _acquire_slot(self, timeout: float | None, priority: bool = False) -> Slot:
-        # The hot path: one lock hold, one clock read, one planner call.
+        # The hot path: one lock hold, in which the caller takes an idle slot or queues;
+        # one clock read; then a health check, or the wait.
         if self._state is not _OPEN:
             timeout = self._wait_open(timeout)
         planner = self._planner
+        waiter: Waiter | None = None
+        refused: BaseException | None = None
+        demand = False
         with self._lock:
             now = _monotonic()
             slot = planner.acquire(now)
-            plan = planner.take_plan()
+            if slot is None:
+                try:
+                    # No deadline in the planner: a thread times itself out (see _wait).
+                    waiter = planner.enqueue(now, None, priority)
+                except (PoolClosed, TooManyWaiters) as exc:
+                    refused = exc  # raised once the plan the acquire left is carried out
+                else:
+                    waiter.token = _Waker(math.inf if timeout is None else now + timeout)
+                    demand = (
+                        self._fleet_demand is not None
+                        and not priority
+                        and planner.budget_used + planner.n_connecting >= planner.limit
+                    )
+            plan = self._take()
         if plan is not None:
             self._execute(plan)
-        if (
-            slot is not None
-            and not self._is_closed(slot.conn)
-            and (self._ping_after is None or not planner.should_ping(slot, now))
-        ):
+        if refused is not None:
+            raise refused
+        if waiter is not None:
+            if demand:
+                self._signal_demand()  # a caller queues at the limit: the fleet should know
+            return self._acquire_slow(None, now, timeout, priority, waiter)
+        assert slot is not None
+        if self._dead(slot, now):
+            self._evict(slot)
+            slot = None
+        elif self._ping_after is None or not planner.should_ping(slot, now):
             return slot
         return self._acquire_slow(slot, now, timeout, priority)
 
+    def _dead(self, slot: Slot, now: float) -> bool:
+        """Whether a connection taken from the idle set is known dead (no round trip).
+
+        One idle for :data:`_PROBE_AFTER` or longer gets the connector's full
+        check (``is_closed``: for psycopg, a look at the idle socket for a
+        session the server ended); one given back a moment ago, only the
+        cheap one (``is_broken``). In threads a look at a socket is a system
+        call, which hands the GIL over: under load it costs more than the
+        pool's own work, and a session the server ends in those few
+        milliseconds fails its borrower's first query with a connection
+        error, which evicts it, as for any connection dying in use.
+        """
+        if now - slot.idle_since >= _PROBE_AFTER:
+            return self._is_closed(slot.conn)
+        return self._is_broken(slot.conn)
+
     def _acquire_slow(
-        self, slot: Slot | None, now: float, timeout: float | None, priority: bool = False
+        self,
+        slot: Slot | None,
+        now: float,
+        timeout: float | None,
+        priority: bool = False,
+        waiter: Waiter | None = None,
     ) -> Slot:
-        """Wait for a slot and/or check it; loop until a healthy one or the deadline."""
+        """Wait for a slot and/or ping it; loop until a healthy one or the deadline.
+
+        ``waiter``, if given, is already queued; ``slot``, if given, passed
+        the closed check and is due for a ping. A connection the driver knows
+        is dead is evicted without a ping (no caller ever gets one): one
+        taken from the idle set is checked in full (``is_closed``) if it sat
+        there a while (see :meth:`_dead`), one handed straight from its last
+        borrower only as cheaply as at its return (``is_broken``, when the
+        connector has it).
+        """
         planner = self._planner
         deadline = math.inf if timeout is None else now + timeout
         while True:
             if slot is None:
-                left = None if timeout is None else deadline - now
-                slot = self._wait(now, left, priority, timeout)
+                if waiter is None:
+                    waiter = self._queue(now, None if timeout is None else deadline - now, priority)
+                slot = self._wait(waiter, timeout)
+                waiter = None
                 now = _monotonic()  # the ping decision is about now, not when we queued
-            if self._is_closed(slot.conn):
-                self._evict(slot)
-            elif not planner.should_ping(slot, now) or self._ping(slot, deadline):
+                if self._is_broken(slot.conn):
+                    self._evict(slot)
+                    slot = None
+            if slot is not None and (
+                not planner.should_ping(slot, now) or self._ping(slot, deadline)
+            ):
                 return slot
             now = _monotonic()
             if now >= deadline:
                 self._raise_timeout(timeout)
             with self._lock:
                 slot = planner.acquire(now)
-                plan = planner.take_plan()
+                plan = self._take()
             self._execute(plan)
+            if slot is not None and self._dead(slot, now):
+                self._evict(slot)
+                slot = None
 
-    def _wait(self, now: float, timeout: float | None, priority: bool, whole: float | None) -> Slot:
-        # ``whole``: the caller's own timeout, for the message (``timeout`` may be what is left).
+    def _queue(self, now: float, timeout: float | None, priority: bool) -> Waiter:
+        """Queue the caller (a second round: its first is in :meth:`_acquire_slot`)."""
         planner = self._planner
-        waker = _Waker()
         with self._lock:
-            w = planner.enqueue(now, timeout, priority)
-            w.token = waker
-            plan = planner.take_plan()
+            w = planner.enqueue(now, None, priority)  # no deadline there: see _wait
+            w.token = _Waker(math.inf if timeout is None else now + timeout)
             demand = (
-                not priority
-                and self._fleet_demand is not None
+                self._fleet_demand is not None
+                and not priority
                 and planner.budget_used + planner.n_connecting >= planner.limit
             )
+            plan = self._take()
         self._execute(plan)
         if demand:
-            self._signal_demand()  # a caller queues at the limit: the fleet should know
+            self._signal_demand()
+        return w
+
+    def _wait(self, w: Waiter, whole: float | None) -> Slot:
+        """Block until ``w`` is handed a slot (claimed for it), or raise what ended its wait.
+
+        The thread times itself out: its waiter is queued in the planner with
+        no deadline, and the blocking wait is bounded by the waker's. At the
+        deadline it leaves the queue (counted as a timeout) unless it was
+        handed a slot meanwhile. ``whole``: the caller's own timeout, for the
+        message.
+        """
+        planner = self._planner
+        waker: _Waker = w.token
+        deadline = waker.deadline
+        timed_out = False
         try:
-            while not waker.wait(None if w.deadline == math.inf else w.deadline - _monotonic()):
-                # Our deadline passed: time out now rather than wait for the ticker.
+            while not waker.wait(None if deadline == math.inf else deadline - _monotonic()):
+                if _monotonic() < deadline:
+                    continue  # woken a hair early
                 with self._lock:
                     if w.outcome is None:
-                        planner.tick(_monotonic())
-                    plan = planner.take_plan()
+                        planner.cancel(w, _monotonic())
+                        if not w.priority:
+                            planner.timeouts += 1
+                        timed_out = True
+                    plan = self._take()
                 self._execute(plan)
-                self._tick.set()  # the ticker recomputes its next wake
-                if w.outcome is not None:
-                    break
+                break
         except BaseException:
-            # Interrupted while queued: leave the queue, and pass on a slot that was
-            # already reserved for us.
-            with self._lock:
-                planner.cancel(w, _monotonic())
-                plan = planner.take_plan()
-            self._execute(plan)
+            self._abandon_wait(w, waker)
             raise
-        with self._lock:
-            outcome = w.outcome
-            if outcome is Outcome.HANDED:
+        if timed_out:
+            self._raise_timeout(whole)
+        outcome = w.outcome
+        if outcome is Outcome.HANDED:
+            slot = waker.slot
+            if slot is not None:  # claimed for us by the thread that handed it over
+                return slot
+            with self._lock:  # pragma: no cover - every hand-off is claimed in _take
                 return planner.claim(w, _monotonic())
-        if outcome is Outcome.TIMEOUT:
-            self._raise_timeout(timeout if whole is None else whole)
         if outcome is Outcome.CONNECT_FAILED and planner.last_connect_error is not None:
             raise planner.last_connect_error
         raise PoolClosed(f"pool {self.name!r} closed while waiting ({planner.describe()})")
+
+    def _abandon_wait(self, w: Waiter, waker: _Waker) -> None:
+        """A waiting thread was interrupted: leave the queue; pass on a slot handed to it."""
+        planner = self._planner
+        with self._lock:
+            slot, waker.slot = waker.slot, None
+            if slot is None:
+                planner.cancel(w, _monotonic())
+            elif slot.state is SlotState.IN_USE:  # claimed for it: give it back (to the next)
+                planner.release(slot, _monotonic())
+            plan = self._take()
+        self._execute(plan)
 
     def _signal_demand(self) -> None:
         signal, self._fleet_demand = self._fleet_demand, None
@@ -928,7 +1038,7 @@ class SyncPool(Generic[ConnT]):
         with self._lock:
             if slot.state is SlotState.IN_USE:
                 self._planner.pinged(slot, False, _monotonic())
-            plan = self._planner.take_plan()
+            plan = self._take()
         self._execute(plan)
 
     def _ping(self, slot: Slot, deadline: float = math.inf) -> bool:
@@ -957,18 +1067,16 @@ class SyncPool(Generic[ConnT]):
 
     def _release_slot(self, slot: Slot, exc: BaseException | None, lease: int) -> None:
         conn = slot.conn
-        connector = self._connector
-        broken = self._is_closed(conn) or (exc is not None and connector.is_disconnect(exc))
+        broken = self._is_broken(conn) or (exc is not None and self._is_disconnect(exc))
         # Asked in "none" mode too: a connector may know this connection must be
         # cleaned anyway.
-        reset = not broken and connector.needs_reset(conn, self._reset_mode)
-        planner = self._planner
+        reset = not broken and self._needs_reset(conn, self._reset_mode)
         with self._lock:
             # Not when a forced close took it meanwhile, nor for a stale borrow.
             if slot.state is not SlotState.IN_USE or slot.lease != lease:
                 return
-            planner.release(slot, _monotonic(), broken, reset)
-            plan = planner.take_plan()
+            self._planner.release(slot, _monotonic(), broken, reset)
+            plan = self._take()
         if plan is not None:
             self._execute(plan)
 
@@ -978,12 +1086,40 @@ class SyncPool(Generic[ConnT]):
         """Run one planner event under the lock, then carry out the plan it left."""
         with self._lock:
             result = event(*args)
-            plan = self._planner.take_plan()
+            plan = self._take()
         self._execute(plan)
         return result
 
+    def _take(self) -> Plan | None:
+        """The planner's plan, with its hand-offs claimed (call it with the lock held).
+
+        A waiter handed a slot has it claimed for it here, under the same
+        hold, so the woken thread returns its connection without taking the
+        lock again: one lock round less per hand-off, which under load is
+        most borrows. Invariants: a waker's ``slot`` is IN_USE and lent to
+        its waiter, which returns it to its caller or, interrupted, gives it
+        back (see :meth:`_abandon_wait`); a handed waiter's outcome stays
+        HANDED.
+        """
+        planner = self._planner
+        plan = planner.take_plan()
+        if plan is not None and plan.wake:
+            now = _monotonic()
+            for w in plan.wake:
+                if w.outcome is Outcome.HANDED and w.slot is not None:
+                    w.token.slot = planner.claim(w, now)
+        return plan
+
     def _execute(self, plan: Plan | None) -> None:
         """Carry out a plan: hand connects, closes and resets to the workers; wake waiters."""
+        if (
+            plan is not None
+            and not (plan.connect or plan.close or plan.reset or plan.wake_ticker)
+            and not plan.saturated_for
+        ):  # the common case under load: a hand-off
+            for w in plan.wake:
+                w.token.set()
+            return
         while plan is not None:
             follow: Plan | None = None
             if self._running:
@@ -1012,7 +1148,7 @@ class SyncPool(Generic[ConnT]):
                     for slot in plan.reset:
                         if slot.state is SlotState.RESETTING:
                             planner.reset_done(slot, False, now)
-                    follow = planner.take_plan()
+                    follow = self._take()
                     self._changed.notify_all()
             for w in plan.wake:
                 w.token.set()
@@ -1032,7 +1168,7 @@ class SyncPool(Generic[ConnT]):
             with self._lock:
                 now = _monotonic()
                 planner.tick(now)
-                plan = planner.take_plan()
+                plan = self._take()
                 wake = planner.next_wake
             if plan is not None:
                 plan.wake_ticker = False  # tick() has just set next_wake itself
@@ -1067,7 +1203,7 @@ class SyncPool(Generic[ConnT]):
             with self._lock:
                 if slot.state is SlotState.CONNECTING:
                     planner.connect_failed(slot, exc, _monotonic(), random.random())
-                plan = planner.take_plan()
+                plan = self._take()
                 failures = planner.failures
                 self._changed.notify_all()
             if failures <= 1:
@@ -1087,7 +1223,7 @@ class SyncPool(Generic[ConnT]):
                 for sink in planner.sinks:  # metrics attached (see Planner.observe)
                     sink.create(now - started)
                 planner.connected(slot, conn, now, random.random())
-                plan = planner.take_plan()
+                plan = self._take()
                 self._changed.notify_all()
         if forgotten:
             self._terminate(conn)
@@ -1101,7 +1237,7 @@ class SyncPool(Generic[ConnT]):
         with self._lock:
             if slot.state is SlotState.CLOSING:
                 self._planner.closed_conn(slot, _monotonic())
-            plan = self._planner.take_plan()
+            plan = self._take()
             self._changed.notify_all()
         self._execute(plan)
 
@@ -1130,7 +1266,7 @@ class SyncPool(Generic[ConnT]):
             with self._lock:
                 if slot.state is SlotState.RESETTING:
                     self._planner.reset_done(slot, ok, _monotonic())
-                plan = self._planner.take_plan()
+                plan = self._take()
                 self._changed.notify_all()
             self._execute(plan)
 

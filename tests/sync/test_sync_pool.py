@@ -690,13 +690,16 @@ def test_interrupted_waiter_leaves_the_queue_and_loses_nothing(
 def test_waiter_interrupted_after_the_hand_off_passes_the_connection_on(
     connector: SyncFakeConnector,
 ) -> None:
-    """A waiter that was handed a connection but leaves before taking it passes it on."""
+    """A waiter handed a connection but interrupted before it returns passes it to the next."""
+    from elasticpool._sync_pool import _Waker
+
     with SyncPool(connector, max_connections=1) as pool:
         held = pool.acquire()
         planner = pool._planner
-        with pool._lock:
+        waker = _Waker(float("inf"))
+        with pool._lock:  # the first waiter, as _wait queues one
             w = planner.enqueue(time.monotonic(), None)
-            w.token = threading.Event()
+            w.token = waker
         got: list[Any] = []
 
         def second_waiter() -> None:
@@ -705,14 +708,14 @@ def test_waiter_interrupted_after_the_hand_off_passes_the_connection_on(
 
         second = start(second_waiter)
         until(lambda: pool.stats().waiting == 2, "second waiter never queued")
-        pool.release(held)  # handed to the first waiter, which never claims it
-        assert w.token.is_set()
-        with pool._lock:
-            planner.cancel(w, time.monotonic())
-            plan = planner.take_plan()
-        pool._execute(plan)
+        pool.release(held)  # handed to the first waiter, and claimed for it
+        assert waker.wait(0)
+        assert waker.slot is not None
+        assert waker.slot.conn is held
+        pool._abandon_wait(w, waker)  # what an interrupt in the first waiter's wait does
         join(second)
         assert got == [held]
+        assert_consistent(pool, connector)
 
 
 # ----------------------------------------------------------------------------- threads

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from typing import Any, Final
 
 import psycopg
@@ -83,7 +84,7 @@ def psycopg_wording(message: str) -> str:
 
 def seconds(value: float) -> float | None:
     """psycopg_pool takes ``inf`` for "no limit"; elasticpool spells it ``None``."""
-    return None if value == float("inf") else value
+    return None if value == math.inf else value
 
 
 def face_settings(
@@ -154,11 +155,14 @@ def face_settings(
 
 def log_returned_state(conn: Any) -> None:
     """psycopg_pool's warnings for a connection given back in a bad state (same texts)."""
-    if conn.closed or conn.pgconn.transaction_status == _UNKNOWN:
+    status = conn.pgconn.transaction_status
+    if status == _IDLE:  # a closed connection is UNKNOWN
+        return
+    if status == _UNKNOWN or conn.closed:
         logger.warning("discarding closed connection: %s", conn)
-    elif conn.pgconn.transaction_status == _ACTIVE:
+    elif status == _ACTIVE:
         logger.warning("closing returned connection: %s", conn)
-    elif conn.pgconn.transaction_status != _IDLE:
+    else:
         logger.warning("rolling back returned connection: %s", conn)
 
 

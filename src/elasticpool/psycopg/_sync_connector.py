@@ -274,6 +274,14 @@ class SyncPsycopgConnector(Generic[CT]):
             return True
         return not _socket_alive(conn)
 
+    def is_broken(self, conn: CT) -> bool:
+        """:meth:`is_closed` without the look at the socket: psycopg's flags and status only.
+
+        What the pool asks when a connection comes back, or goes straight to
+        the next borrower: it was in use a moment ago, so psycopg would know.
+        """
+        return conn.closed or conn.pgconn.transaction_status in (_ACTIVE, _UNKNOWN)
+
     def ping(self, conn: CT, timeout: float) -> None:
         """Run ``check(conn)`` if given, else an empty query bounded by ``timeout``.
 

@@ -9,7 +9,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Generic, TypeAlias, cast
+from typing import Any, Generic, TypeAlias
 
 from psycopg_pool.abc import CT
 
@@ -39,6 +39,7 @@ from ._sync_connector import (
 logger = logging.getLogger("elasticpool")
 
 _monotonic = time.monotonic
+_INF = float("inf")
 
 SyncReconnectFailedCB: TypeAlias = Callable[["ConnectionPool[Any]"], None]
 """``reconnect_failed(pool)``."""
@@ -371,12 +372,13 @@ class ConnectionPool(FaceStats, Generic[CT]):
         if timeout is None:
             timeout = self.timeout
         self._requests_num += 1
-        self._check_open_getconn()
+        if self._closed or self._open_implicit:
+            self._check_open_getconn()
         if timeout <= 0:
             raise PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec")
         started = _monotonic()
         try:
-            conn = self.elastic.acquire(timeout=seconds(timeout))
+            conn = self.elastic._lend(None if timeout == _INF else timeout)
         except _errors.PoolTimeout as exc:
             self._requests_errors += 1
             raise PoolTimeout(
@@ -399,7 +401,7 @@ class ConnectionPool(FaceStats, Generic[CT]):
             self._wait_ms += int(1000.0 * (_monotonic() - started))
         # As psycopg_pool: ``with conn`` then does not close it, and ``conn.close()``
         # returns it when ``close_returns`` is set.
-        cast(Any, conn)._pool = self
+        conn._pool = self  # type: ignore[assignment]  # psycopg types it as its own pools
         return conn
 
     def putconn(self, conn: CT) -> None:
@@ -418,13 +420,14 @@ class ConnectionPool(FaceStats, Generic[CT]):
         if pool is not self:
             msg = f"it comes from pool {pool.name!r}" if pool else "it doesn't come from any pool"
             raise ValueError(f"can't return connection to pool {self.name!r}, {msg}: {conn}")
+        elastic = self.elastic
         try:
-            self.elastic._borrow_of(conn, "returned")
+            slot = elastic._borrow_of(conn, "returned")
         except RuntimeError as exc:  # a stale putconn: that borrow stands
             raise ValueError(f"can't return connection to pool {self.name!r}; {exc}") from None
-        cast(Any, conn)._pool = None
+        conn._pool = None
         log_returned_state(conn)
-        self.elastic.release(conn, exc=error)
+        elastic._end_borrow(slot, conn, error)
 
     # ------------------------------------------------------------------ maintenance
 
