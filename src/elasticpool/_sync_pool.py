@@ -433,24 +433,23 @@ class SyncPool(Generic[ConnT]):
             target=self._run_ticker, name=f"elasticpool-{self.name}-ticker", daemon=True
         )
         self._ticker.start()
-        if first is not None:  # the connection that asked the server: the pool's first
-            if self.membership is None:
-                limit = resolve_limit(self.settings, allow_small_total=True).limit
-                with self._lock:
-                    slot = self._planner.resize(limit, _monotonic(), adopt=first)
-                    plan = self._take()
-                if slot is None:
-                    self._terminate(first)
-                self._execute(plan)
-            else:  # the fleet has a say first: its join opens what it needs
-                self._close_conn(first)
-        if self.membership is None or self._port is None:
-            return
         try:
-            self._port.opened()
-            self._fleet = FleetLoop(f"elasticpool-{self.name}-fleet")
-            self._fleet.call(self.membership.join, self._port)
-            self._fleet.start_membership(self.membership, self._port)
+            if first is not None:  # the connection that asked the server: the pool's first
+                if self.membership is None:
+                    limit = resolve_limit(self.settings, allow_small_total=True).limit
+                    with self._lock:
+                        slot = self._planner.resize(limit, _monotonic(), adopt=first)
+                        plan = self._take()
+                    if slot is None:
+                        self._terminate(first)
+                    self._execute(plan)
+                else:  # the fleet has a say first: its join opens what it needs
+                    self._close_conn(first)
+            if self.membership is not None and self._port is not None:
+                self._port.opened()
+                self._fleet = FleetLoop(f"elasticpool-{self.name}-fleet")
+                self._fleet.call(self.membership.join, self._port)
+                self._fleet.start_membership(self.membership, self._port)
         except BaseException:
             self._undo_open()
             raise

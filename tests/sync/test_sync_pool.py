@@ -880,3 +880,40 @@ def test_the_fleets_statements_reach_the_sync_connection_either_way() -> None:
 
     assert anyio.run(main) == [[(1,)], [(1,)], [(1,)]]
     assert connector.statements == [("SELECT $1", (1,))] * 3
+
+
+def test_open_whose_join_fails_is_undone_and_can_be_retried(connector: SyncFakeConnector) -> None:
+    """A membership whose join raises: open() raises, nothing is left running, a retry opens."""
+    from elasticpool import FleetStatus
+
+    class Flaky:
+        joins = 0
+
+        async def join(self, pool: Any) -> None:
+            self.joins += 1
+            await pool.resize(2)
+            if self.joins == 1:
+                raise ConnectionRefusedError("coordinator unreachable")
+
+        async def run(self, pool: Any) -> None:
+            return None
+
+        async def leave(self, pool: Any) -> None:
+            return None
+
+        def status(self, pool: Any) -> FleetStatus:
+            return FleetStatus(pool.name, "", "flaky", pool.stats().max, 2, None, "total")
+
+    pool = SyncPool(connector, membership=Flaky(), name="flaky", min_connections=1)
+    with pytest.raises(ConnectionRefusedError, match="coordinator unreachable"):
+        pool.open()
+    assert pool._state == "new"
+    until(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("elasticpool-flaky")],
+        "the undone open left threads behind",
+    )
+    until(lambda: connector.open == set(), "the undone open left connections open")
+    with pool:  # the retry joins and opens
+        pool.wait(timeout=BOUND)
+        assert pool.stats().max == 2
+        assert pool.fleet().membership == "flaky"
