@@ -30,13 +30,11 @@ def tests_core(session: nox.Session) -> None:
         "python",
         "-m",
         "pytest",
-        "tests/test_state.py",
-        "tests/test_state_machine.py",
-        "tests/test_settings.py",
-        "tests/test_pool.py",
-        "tests/test_timing.py",
-        "tests/test_cancellation.py",
-        "tests/test_cancellation_phases.py",
+        "tests/planner",
+        "tests/engine/test_pool.py",
+        "tests/engine/test_timing.py",
+        "tests/engine/test_cancellation.py",
+        "tests/engine/test_cancellation_phases.py",
         *session.posargs,
     )
 

@@ -2,7 +2,7 @@
 
 Run:  python benchmarks/fault_table.py [--runs 1] [--json faults.json]
 
-It runs ``tests/test_faults.py`` (which starts its own throwaway PostgreSQL on
+It runs ``tests/faults/test_faults.py`` (which starts its own throwaway PostgreSQL on
 127.0.0.1) with ``ELASTICPOOL_FAULT_REPORT`` set, so every fault test appends
 one row: the fault, the driver, what its waiters got, the slowest answer next
 to ``pool_timeout``, and how long the first acquire after the fault cleared
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITE = ROOT / "tests" / "test_faults.py"
+SUITE = ROOT / "tests" / "faults" / "test_faults.py"
 
 
 def run_suite(report: Path) -> int:

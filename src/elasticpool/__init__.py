@@ -17,8 +17,9 @@ from ._errors import (
     TooManyWaiters,
 )
 from ._limits import Member, Resolution, resolve_limit
-from ._pool import Pool, PoolStats
+from ._pool import Pool
 from ._settings import DEFAULT_TOTAL_MAX_CONNECTIONS, LimitMode, PoolSettings
+from ._stats import PoolStats
 from ._sync_connector import SyncConnector
 from ._sync_pool import SyncPool
 from ._wrap import wrap

@@ -8,10 +8,12 @@ this protocol, and so can you.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Connector", "ResetMode"]
+__all__ = ["Connector", "Fetch", "ResetMode", "fetch_of"]
 
 ConnT = TypeVar("ConnT")
 
@@ -26,6 +28,38 @@ def ends_session(sqlstate: str) -> bool:
     classification; not a judgement on errors without a SQLSTATE.
     """
     return sqlstate.startswith("08") or sqlstate in _SESSION_ENDING
+
+
+def refused_settings(exc: BaseException, settings: Mapping[str, str]) -> dict[str, str] | None:
+    """``settings`` less those a pooler refused at startup; ``None`` when ``exc`` is not that.
+
+    A connection pooler in front of the server (PgBouncer) refuses a startup
+    parameter it does not know ("unsupported startup parameter: NAME", or
+    "... in options" for ``-c`` settings) and so every connect that sends
+    one. The settings a fleet membership adds (see ``set_server_settings``
+    below) are then sent without all but ``application_name``, which every
+    pooler passes on: the fleet still counts its backends, and only the
+    server's polling for killed members' sockets
+    (``client_connection_check_interval``) is lost. Shared by the adapters.
+    """
+    if "unsupported startup parameter" not in str(exc):
+        return None
+    kept = {name: value for name, value in settings.items() if name == "application_name"}
+    return kept if len(kept) < len(settings) else None
+
+
+def log_refused(connector: object, before: Mapping[str, str], exc: BaseException) -> None:
+    """Say once per connector which settings a pooler refused, and that they are dropped."""
+    dropped = sorted(set(before) - {"application_name"})
+    logging.getLogger("elasticpool").warning(
+        "%s: the server refused the startup parameters %s (%s): likely a pooler such as "
+        "PgBouncer in front of it; connecting without them (a fleet member killed "
+        "mid-query is counted until its queries end; PostgresMembership("
+        "client_connection_check_interval=None) says so up front)",
+        type(connector).__name__,
+        ", ".join(dropped),
+        exc,
+    )
 
 
 ResetMode = Literal["none", "rollback", "session"]
@@ -88,6 +122,22 @@ class Connector(Protocol[ConnT]):
     is never called without a membership. A connector without it still works,
     untagged.
 
+    ``fetch(conn, sql, *args) -> list[tuple]``, async: run one statement on
+    ``conn`` and return its rows as tuples (``[]`` for a statement without a
+    result). ``sql`` uses PostgreSQL's ``$1..$n`` placeholders, in order, once
+    each (anything else is a :class:`ValueError`); ``args`` are always sent as
+    parameters, never formatted into the text. On a connection in no
+    transaction the statement is a transaction of its own, committed when
+    ``fetch`` returns, whatever the driver's autocommit setting; inside a
+    transaction (:meth:`transaction`) it runs in it. It is how everything
+    outside the adapter talks to the database, so that nothing else needs to
+    know the driver: :class:`~elasticpool.fleet.PostgresMembership` (every
+    heartbeat), :class:`~elasticpool.replicas.RoutingPool`'s default lag check
+    (``max_lag``), ``total_max_connections="N%"`` (the server's limits, once at
+    open) and the command line. The pool alone never calls it: a connector
+    written before it existed still serves a pool, and those callers raise a
+    :class:`TypeError` naming the missing method.
+
     It is not a pool: it keeps no connections of its own.
     """
 
@@ -128,3 +178,24 @@ class Connector(Protocol[ConnT]):
     ) -> AbstractAsyncContextManager[Any]:
         """A transaction on ``conn``: BEGIN (READ ONLY), then COMMIT or ROLLBACK on exit."""
         ...
+
+
+class Fetch(Protocol):
+    """A connector's ``fetch``: ``await fetch(conn, sql, *args)``, the rows as tuples."""
+
+    async def __call__(self, conn: Any, sql: str, /, *args: Any) -> list[tuple[Any, ...]]: ...
+
+
+def fetch_of(connector: object, needed_by: str) -> Fetch:
+    """``connector.fetch``, or a :class:`TypeError` naming the missing method and who needs it.
+
+    ``needed_by`` completes "... needs the connector's fetch(conn, sql, *args)":
+    the caller that cannot work without it.
+    """
+    fetch: Fetch | None = getattr(connector, "fetch", None)
+    if not callable(fetch):
+        raise TypeError(
+            f"{needed_by} needs the connector's fetch(conn, sql, *args) method, which "
+            f"{type(connector).__qualname__} does not have (see elasticpool.Connector)"
+        )
+    return fetch

@@ -1,6 +1,8 @@
 """The limit resolver: settings and a fleet view in, this instance's limit out. Pure.
 
-Precedence (Hasura's rules):
+Precedence (Hasura's rules; :meth:`PoolSettings.precedence
+<elasticpool.PoolSettings.precedence>` implements them, :func:`resolve_limit`
+applies them):
 
 * ``total_max_connections`` and ``max_connections`` both set: the total wins
   (a warning says once that ``max_connections`` is ignored);
@@ -38,7 +40,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 from ._errors import ElasticPoolWarning
-from ._settings import DEFAULT_TOTAL_MAX_CONNECTIONS, PoolSettings
+from ._settings import PoolSettings
 
 __all__ = [
     "HYPERDRIVE_MINIMUM_TOTAL",
@@ -239,14 +241,22 @@ def resolve_limit(
     :data:`HYPERDRIVE_MINIMUM_TOTAL` are raised to it with an
     :class:`~elasticpool.ElasticPoolWarning` unless ``allow_small_total``.
     """
-    total = fleet_total if fleet_total is not None else settings.total_max_connections
-    if isinstance(total, str):
+    if fleet_total is None and isinstance(settings.total_max_connections, str):
         raise ValueError(
-            f"total_max_connections {total!r} is a percentage of the server's max_connections: "
-            "resolve it first (PoolSettings.with_server_limits; a pool does when it opens)"
+            f"total_max_connections {settings.total_max_connections!r} is a percentage of the "
+            "server's max_connections: resolve it first (PoolSettings.with_server_limits; a "
+            "pool does when it opens)"
         )
-    source = "total"
-    if total is not None and settings.max_connections is not None:
+    source, total = settings.precedence(fleet_total)
+    if source == "max_connections":
+        return Resolution(
+            limit=total,
+            share=total,
+            fleet_total=None,
+            members=1 if not members else len(members),
+            source=source,
+        )
+    if source == "total" and settings.max_connections is not None:
         key = (total, settings.max_connections)
         if key not in _warned_max_ignored:
             _warned_max_ignored.add(key)
@@ -257,17 +267,6 @@ def resolve_limit(
                 ElasticPoolWarning,
                 stacklevel=2,
             )
-    if total is None:
-        if settings.max_connections is not None:
-            return Resolution(
-                limit=settings.max_connections,
-                share=settings.max_connections,
-                fleet_total=None,
-                members=1 if not members else len(members),
-                source="max_connections",
-            )
-        total = DEFAULT_TOTAL_MAX_CONNECTIONS
-        source = "default total"
     if total < HYPERDRIVE_MINIMUM_TOTAL and not allow_small_total:
         warnings.warn(
             f"total_max_connections {total} is below the minimum of "

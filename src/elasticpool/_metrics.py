@@ -4,9 +4,9 @@ The exporters (:mod:`elasticpool.otel`, :mod:`elasticpool.prometheus`) read
 gauges and counters from :meth:`Pool.stats() <elasticpool.Pool.stats>` and
 :meth:`Pool.fleet() <elasticpool.Pool.fleet>` when they are collected, so an
 attached exporter costs nothing between collections. Only the three timing
-histograms need a report per event; they attach a
-:class:`~elasticpool._state.TimingSink` to the pool's planner, which does no
-timing work at all while none is attached.
+histograms need a report per event; they attach a ``TimingSink`` (see
+``_state.py``) with :meth:`Pool.observe() <elasticpool.Pool.observe>`, and the
+pool does no timing work at all while none is attached.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from ._pool import Pool, PoolStats
+from ._pool import Pool
 from ._state import TimingSink
+from ._stats import PoolStats
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -73,10 +74,9 @@ def engine(pool: Any) -> Pool[Any]:
     """
     if isinstance(pool, Pool):
         return pool
-    for attr in ("elastic", "_pool"):  # the psycopg face, the asyncpg face
-        inner = getattr(pool, attr, None)
-        if isinstance(inner, Pool):
-            return inner
+    inner = getattr(pool, "elastic", None)  # both faces name their engine so
+    if isinstance(inner, Pool):
+        return inner
     raise TypeError(f"expected an elasticpool Pool or a drop-in face (got {type(pool).__name__})")
 
 
@@ -94,7 +94,7 @@ class Reported(Generic[SinkT]):
         self._entries: dict[str, tuple[weakref.ref[Pool[Any]], SinkT]] = {}
 
     def add(self, obj: Any, sink: Callable[[Pool[Any]], SinkT]) -> None:
-        """Report ``obj`` (a Pool or a drop-in face), attaching ``sink(pool)`` to its planner."""
+        """Report ``obj`` (a Pool or a drop-in face), attaching ``sink(pool)`` to it."""
         pool = engine(obj)
         entry = self._entries.get(pool.name)
         if entry is not None:
@@ -104,7 +104,7 @@ class Reported(Generic[SinkT]):
                 raise ValueError(f"a pool named {pool.name!r} is already {self._where}")
         timings = sink(pool)
         self._entries[pool.name] = (weakref.ref(pool), timings)
-        pool._planner.observe(timings)
+        pool.observe(timings)
 
     def remove(self, obj: Any) -> None:
         """Stop reporting ``obj`` and detach its sink (no-op if it is not here)."""
@@ -112,14 +112,14 @@ class Reported(Generic[SinkT]):
         entry = self._entries.get(pool.name)
         if entry is not None and entry[0]() is pool:
             del self._entries[pool.name]
-            pool._planner.unobserve(entry[1])
+            pool.unobserve(entry[1])
 
     def clear(self) -> None:
         """Forget every pool, detaching each live one's sink."""
         for ref, timings in list(self._entries.values()):
             pool = ref()
             if pool is not None:
-                pool._planner.unobserve(timings)
+                pool.unobserve(timings)
         self._entries.clear()
 
     def live(self) -> list[tuple[Pool[Any], SinkT]]:

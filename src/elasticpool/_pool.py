@@ -3,22 +3,26 @@
 Everything that decides lives in ``_state.Planner``; this module only reads the
 clock, awaits, spawns background work and wakes waiters. Pool state is never
 held across an await: each event is one synchronous call into the planner,
-then the plan it left is carried out.
+then the plan it left is carried out (``Pool._flush``, the one place plans run).
+
+Around it: ``_runner.py`` hosts the background tasks, ``_lifecycle.py`` names
+the states, ``_fork.py`` handles ``os.fork()``, ``_member.py`` holds what a
+heartbeat sees, ``_stats.py`` the snapshot. Other modules use the pool only
+through its public methods and the hooks documented as for adapters
+(``connector``, ``limit``, ``in_use``, ``observe()``, ``Borrow``, ...), never
+its private state or its planner's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
-import dataclasses
 import logging
 import math
 import os
 import random
 import sys
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -28,15 +32,21 @@ import anyio.abc
 from anyio.lowlevel import checkpoint
 
 from ._backend import Waker, current_backend
-from ._connector import Connector
+from ._connector import Connector, fetch_of
 from ._errors import PoolClosed, PoolTimeout
+from ._fork import forked_error, inherit, watch
+from ._lifecycle import CLOSED, CLOSING, FORKED, NEW, OPEN, OPENING, Lifecycle
 from ._limits import resolve_limit
+from ._member import Coordination, Freeze
+from ._runner import Runner
 from ._settings import PoolSettings
-from ._state import CloseReason, Outcome, Plan, Planner, Slot, SlotState
+from ._sql import SERVER_LIMITS_SQL
+from ._state import CloseReason, Outcome, Planner, Slot, SlotState, TimingSink
+from ._stats import PoolStats
+from ._validate import check_name, check_seconds
 from .fleet._base import FleetStatus, Membership
-from .fleet._sql import SERVER_LIMITS_SQL, fetch
 
-__all__ = ["Pool", "PoolStats"]
+__all__ = ["Borrow", "Pool"]
 
 logger = logging.getLogger("elasticpool")
 
@@ -58,57 +68,18 @@ _CONNECTOR_METHODS = (
 )
 
 
-def _check_seconds(name: str, value: object, *, zero_ok: bool) -> None:
-    """Reject a per-call timeout that is not a number in range (``None`` allowed)."""
-    if value is None:
-        return
-    bound = ">= 0" if zero_ok else "> 0"
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number of seconds {bound} or None (got {value!r})")
-    if not (value >= 0 if zero_ok else value > 0):  # also rejects nan
-        raise ValueError(f"{name} must be {bound} seconds or None (got {value!r})")
+class Borrow(Generic[ConnT]):
+    """What :meth:`Pool.acquire` returns: one borrow, as an async context manager or awaitable.
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PoolStats:
-    """A snapshot of one pool, as :meth:`Pool.stats` returns it.
-
-    Gauges are counts at the moment of the call; counters only grow over the
-    pool's life. Times are in seconds. ``in_use`` includes connections already
-    handed to a waiter that has not resumed yet.
-    """
-
-    name: str
-    size: int
-    idle: int
-    in_use: int
-    connecting: int
-    resetting: int
-    closing: int
-    waiting: int
-    min: int
-    max: int
-    oldest_waiter_age: float
-    acquires: int
-    timeouts: int
-    connects: int
-    connect_errors: int
-    closed_idle: int
-    closed_lifetime: int
-    closed_broken: int
-    closed_resize: int
-    total_wait_time: float
-    total_usage_time: float
-    waits: int = 0
-    """Acquires that had to queue."""
-    returned_broken: int = 0
-    """Connections that came back dead (closed, or a connection-class error)."""
-    total_connect_time: float = 0.0
-    """Seconds spent in successful connects."""
-
-
-class _Acquire(Generic[ConnT]):
-    """What :meth:`Pool.acquire` returns: an async context manager, and awaitable.
+    ``async with pool.acquire() as conn`` borrows on entry and gives back on
+    exit; ``conn = await pool.acquire()`` borrows a connection to give back
+    with :meth:`Pool.release`. Besides that, adapters that keep a borrow
+    open across calls (the drop-in faces, :class:`~elasticpool.replicas.RoutingPool`)
+    use it directly: they enter it with ``await borrow.__aenter__()`` and end
+    it with :meth:`end` (or ``__aexit__``), and may :meth:`retire` the
+    connection; :meth:`is_stale` and :meth:`note_return` let one that looks
+    borrows up by connection recognise a stale give-back (see
+    :meth:`Pool.release`). Enter it at most once.
 
     As a context manager it holds the slot itself (no lookup on release); the
     lease number tells this borrow from a later one of the same slot.
@@ -127,19 +98,19 @@ class _Acquire(Generic[ConnT]):
         # read, one planner call.
         pool = self._pool
         planner = pool._planner
-        if planner._waiters and pool._queues_anyway():
+        if planner.waiters and pool._queues_anyway():
             # Callers already queue, so this one will too (no barging): its wait
             # is its checkpoint, and a sleep(0) before it would be a second one.
             slot = await pool._acquire_slow(None, pool._now(), self._timeout)
         else:
             await pool._sleep(0)  # cancel point and schedule point, before any state change
             timeout = self._timeout
-            if pool._state != "open":
+            if pool._state is not OPEN:
                 timeout = await pool._wait_open(timeout)
             now = pool._now()
             found = planner.acquire(now)
-            if planner._plan is not None:
-                pool._execute(planner.take_plan())
+            if planner.pending is not None:  # no call when there is nothing (the hot path)
+                pool._flush()
             if (
                 found is None
                 or pool._is_closed(found.conn)
@@ -167,8 +138,13 @@ class _Acquire(Generic[ConnT]):
     def __await__(self) -> Generator[Any, None, ConnT]:
         return self._pool._acquire_registered(self._timeout).__await__()
 
-    def _end(self, exc: BaseException | None) -> None:
-        """End this borrow now, as ``__aexit__`` does, without awaiting (for the faces)."""
+    def end(self, exc: BaseException | None = None) -> None:
+        """End this borrow now, as ``__aexit__`` does, without awaiting.
+
+        ``exc`` is the error the borrower met, if any (a connection-class
+        error evicts the connection). Ending a borrow that has ended, or was
+        never entered, does nothing.
+        """
         slot, self._slot = self._slot, None
         if slot is not None and slot.lease == self._lease and slot.state is SlotState.IN_USE:
             self._pool._release_slot(slot, exc)
@@ -178,6 +154,28 @@ class _Acquire(Generic[ConnT]):
         slot = self._slot
         if slot is not None and slot.lease == self._lease:
             self._pool._planner.retire(slot)
+
+    def is_stale(self) -> bool:
+        """Whether the running task, giving a borrow of this connection back now, is stale.
+
+        That is: the running task borrowed this connection before this
+        borrow, gave that borrow back itself (see :meth:`note_return`), and
+        another task holds this one (see :meth:`Pool.release`). An adapter
+        that finds the borrow by its connection then ignores or refuses the
+        give-back; this borrow stands. ``False`` when it holds nothing.
+        """
+        slot = self._slot
+        return slot is not None and self._pool._stale(slot)
+
+    def note_return(self) -> None:
+        """Note that the running task gives this borrow back now (as :meth:`Pool.release` does).
+
+        Call it just before ending the borrow, so that :meth:`is_stale` can
+        tell a later give-back of it from a hand-off.
+        """
+        slot = self._slot
+        if slot is not None:
+            self._pool._note_return(slot)
 
 
 class Pool(Generic[ConnT]):
@@ -212,6 +210,13 @@ class Pool(Generic[ConnT]):
     it shared across ``os.fork()``: in a child, every call raises
     :class:`RuntimeError` and :meth:`close` only marks it closed, leaving the
     parent's connections alone; open pools after the fork.
+
+    Adapters and integrations (drop-in faces, routers, metrics exporters)
+    have hooks of their own, listed last: cheap live readings
+    (:attr:`connector`, :attr:`limit`, :attr:`in_use`, :attr:`waiting`,
+    :attr:`connect_errors`, :attr:`last_connect_error`, :attr:`clock`),
+    timing sinks (:meth:`observe`), :meth:`check_release`, and the borrow
+    object :meth:`acquire` returns.
     """
 
     def __init__(
@@ -238,8 +243,7 @@ class Pool(Generic[ConnT]):
             )
         elif overrides:
             settings = settings.replace(**overrides)
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string (got {name!r})")
+        check_name("name", name)
         self.name = name
         self.settings = settings
         self.membership = membership
@@ -263,17 +267,15 @@ class Pool(Generic[ConnT]):
         self._fleet_busy = 0.0
         self._in_use: dict[int, Slot] = {}
         self._connect_time = 0.0
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._runner = Runner(f"pool {name!r}")  # the background tasks, while open
         # Resets run in worker tasks, not one new task each (see _reset_worker).
         self._reset_queue: collections.deque[Slot] = collections.deque()
         self._reset_parked: list[Waker] = []
         self._tick_event: anyio.Event | None = None
         self._drained: anyio.Event | None = None
         self._ready: anyio.Event | None = None
-        self._stop: anyio.Event | None = None
-        self._runner_done: anyio.Event | None = None
         self._opened: anyio.Event | None = None
-        self._state = "new"  # new → opening → open → closing → closed; or forked (see _forked)
+        self._state: Lifecycle = NEW  # see _lifecycle.py; forked: see _forked
         self._pid = 0  # the process that opened it
         self._reset_mode = settings.reset
         self._ping_after = settings.ping_after
@@ -310,27 +312,27 @@ class Pool(Generic[ConnT]):
         (``total_max_connections="80%"``) is resolved first, on one
         connection: an open that cannot reach the server raises, and is undone.
         """
-        if self._state == "forked":
+        if self._state is FORKED:
             raise self._forked_error()
-        while self._state == "opening":  # another task is opening it: wait for that
+        while self._state is OPENING:  # another task is opening it: wait for that
             assert self._opened is not None
             await self._opened.wait()
-        if self._state == "open":
+        if self._state is OPEN:
             return
-        if self._state != "new":
+        if self._state is not NEW:
             raise PoolClosed(f"pool {self.name!r} is closed and cannot be opened again")
-        self._state = "opening"
+        self._state = OPENING
         self._opened = opened = anyio.Event()
         first = None
         if self.settings.total_percent is not None:
             try:
                 first = await self._resolve_percentage()
             except BaseException:
-                self._state = "new"
+                self._state = NEW
                 opened.set()
                 raise
         self._pid = os.getpid()
-        _opened_here.add(self)
+        watch(self, type(self)._forked)
         backend = current_backend()
         self._now = backend.now
         self._sleep = backend.sleep
@@ -338,19 +340,15 @@ class Pool(Generic[ConnT]):
         self._current_task = backend.current_task
         self._clock_offset = backend.now() - time.monotonic()
         self._fleet_since = backend.now()
-        started = anyio.Event()
-        self._stop = anyio.Event()
-        self._runner_done = anyio.Event()
         self._drained = anyio.Event()
-        _spawn_system_task(self._run, started)
-        with anyio.CancelScope(shield=True):  # the runner is started: finish the job
-            await started.wait()
+        self._runner = Runner(f"pool {self.name!r}")
+        await self._runner.start(self._ticker)  # shielded: once started, the open goes on
         if first is not None:  # the connection that asked the server: the pool's first
             if self.membership is None:
                 limit = resolve_limit(self.settings, allow_small_total=True).limit
                 if self._planner.resize(limit, self._now(), adopt=first) is None:
                     self._terminate(first)
-                self._execute(self._planner.take_plan())
+                self._flush()
             else:  # the fleet has a say first: its join opens what it needs
                 with anyio.CancelScope(shield=True):
                     await self._close_conn(first)
@@ -359,19 +357,18 @@ class Pool(Generic[ConnT]):
                 # The first limit comes from the fleet, before anyone borrows.
                 await self.membership.join(self._port)
         except BaseException:
-            if self._state == "opening":
+            if self._state is OPENING:
                 await self._undo_open()
             raise
         finally:
             opened.set()  # openers and acquires waiting for this open look again
-        if self._state != "opening":  # terminated while joining
+        if self._state is not OPENING:  # terminated while joining
             raise PoolClosed(f"pool {self.name!r} was terminated while opening")
-        self._state = "open"
+        self._state = OPEN
         if self.membership is not None:
-            assert self._tg is not None
-            self._tg.start_soon(self._run_membership, self.membership)
+            self._runner.start_soon(self._run_membership, self.membership)
         self._planner.tick(self._now())
-        self._execute(self._planner.take_plan())
+        self._flush()
 
     async def _undo_open(self) -> None:
         """Take back an open whose join was cancelled or failed: the pool is new again.
@@ -381,24 +378,21 @@ class Pool(Generic[ConnT]):
         abandons connects in flight) and leaving the fleet (a lease may have
         been committed) leaves nothing behind. Shielded; ``leave`` is bounded.
         """
-        assert self._stop is not None
-        assert self._runner_done is not None
         planner = self._planner
         with anyio.CancelScope(shield=True):
             planner.resize(0, self._now())  # the join's limit, if any: nothing opens any more
-            self._execute(planner.take_plan())
+            self._flush()
             assert self.membership is not None
             try:
                 await self.membership.leave(self._port)
             except Exception:  # pragma: no cover - a bug in a membership
                 logger.exception("pool %r: fleet membership failed to leave", self.name)
-            self._stop.set()
-            await self._runner_done.wait()
+            await self._runner.stop()
             for slot in planner.remaining():  # normally none: closes finish in the runner
                 if slot.conn is not None:
                     self._terminate(slot.conn)
                 planner.forget(slot)
-        self._state = "new"
+        self._state = NEW
 
     async def _resolve_percentage(self) -> Any:
         """Resolve ``total_max_connections="N%"`` against the server; return the connection used.
@@ -409,6 +403,7 @@ class Pool(Generic[ConnT]):
         the number. The caller keeps that connection as the pool's first.
         """
         percent = self.settings.total_percent
+        fetch = fetch_of(self._connector, "total_max_connections as a percentage")
         with anyio.fail_after(self.settings.connect_timeout):
             conn = await self._connector.connect()
         try:
@@ -451,22 +446,6 @@ class Pool(Generic[ConnT]):
                 await self._membership_done.wait()
             await membership.leave(self._port)
 
-    async def _run(self, started: anyio.Event) -> None:
-        assert self._stop is not None
-        assert self._runner_done is not None
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                tg.start_soon(self._ticker)
-                started.set()
-                await self._stop.wait()
-                tg.cancel_scope.cancel()
-        except Exception:  # pragma: no cover - a bug in our own background code
-            logger.exception("pool %r: background runner failed", self.name)
-        finally:
-            self._tg = None
-            self._runner_done.set()
-
     async def close(self, timeout: float | None = 10.0) -> None:
         """Close the pool; bounded.
 
@@ -475,29 +454,26 @@ class Pool(Generic[ConnT]):
         after ``timeout`` seconds (``None``: no bound) whatever is left is
         terminated. Calling it again is harmless; it cannot be reopened.
         """
-        _check_seconds("timeout", timeout, zero_ok=True)
-        if self._state == "forked":  # the parent's: nothing to wait for, nothing to close here
-            self._state = "closed"
+        check_seconds("timeout", timeout, strict=False, optional=True, finite=False)
+        if self._state is FORKED:  # the parent's: nothing to wait for, nothing to close here
+            self._state = CLOSED
             return
-        while self._state == "opening":  # let the open finish, or be undone, first
+        while self._state is OPENING:  # let the open finish, or be undone, first
             assert self._opened is not None
             await self._opened.wait()
-        if self._state in ("closing", "closed"):
-            if self._runner_done is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._runner_done.wait()
+        if self._state in (CLOSING, CLOSED):
+            with anyio.CancelScope(shield=True):
+                await self._runner.wait_stopped()
             return
-        if self._state == "new":
-            self._state = "closed"
+        if self._state is NEW:
+            self._state = CLOSED
             self._planner.close(self._now())
             return
-        self._state = "closing"
+        self._state = CLOSING
         planner = self._planner
         planner.close(self._now())
-        self._execute(planner.take_plan())
+        self._flush()
         assert self._drained is not None
-        assert self._stop is not None
-        assert self._runner_done is not None
         try:
             if planner.remaining():
                 with anyio.move_on_after(math.inf if timeout is None else timeout):
@@ -518,9 +494,8 @@ class Pool(Generic[ConnT]):
                 # Only now that nothing is held: heartbeats kept the lease while
                 # borrowed connections were still out.
                 await self._stop_membership()
-                self._stop.set()
-                await self._runner_done.wait()
-                self._state = "closed"
+                await self._runner.stop()
+                self._state = CLOSED
 
     async def wait(self, timeout: float | None = 30.0) -> None:
         """Wait until ``min_connections`` connections are open (the warm floor is full).
@@ -528,7 +503,7 @@ class Pool(Generic[ConnT]):
         Raises :class:`~elasticpool.PoolTimeout` after ``timeout`` seconds
         (``None``: no bound), with the last connect error as its cause.
         """
-        _check_seconds("timeout", timeout, zero_ok=True)
+        check_seconds("timeout", timeout, strict=False, optional=True, finite=False)
         self._check_open()
         planner = self._planner
         with anyio.move_on_after(math.inf if timeout is None else timeout):
@@ -553,7 +528,7 @@ class Pool(Generic[ConnT]):
 
     # ------------------------------------------------------------------ acquire
 
-    def acquire(self, *, timeout: float | None = _DEFAULT) -> _Acquire[ConnT]:
+    def acquire(self, *, timeout: float | None = _DEFAULT) -> Borrow[ConnT]:
         """Borrow a connection: ``async with pool.acquire() as conn``.
 
         ``conn = await pool.acquire()`` works too; give it back with :meth:`release`.
@@ -565,8 +540,8 @@ class Pool(Generic[ConnT]):
         if timeout is _DEFAULT:
             timeout = self.settings.pool_timeout
         elif timeout is not None:
-            _check_seconds("timeout", timeout, zero_ok=False)
-        return _Acquire(self, timeout)
+            check_seconds("timeout", timeout, optional=True, finite=False)
+        return Borrow(self, timeout)
 
     def acquire_nowait(self) -> ConnT:
         """Borrow an idle connection without waiting, or raise :class:`anyio.WouldBlock`.
@@ -578,8 +553,8 @@ class Pool(Generic[ConnT]):
         self._check_open()
         planner = self._planner
         slot = planner.acquire(self._now())
-        if planner._plan is not None:
-            self._execute(planner.take_plan())
+        if planner.pending is not None:  # no call when there is nothing (a hot path)
+            self._flush()
         if slot is None:
             raise anyio.WouldBlock
         slot.owner = self._current_task()
@@ -588,14 +563,14 @@ class Pool(Generic[ConnT]):
         return conn
 
     def _check_open(self) -> None:
-        if self._state != "open":
-            if self._state == "forked":
+        if self._state is not OPEN:
+            if self._state is FORKED:
                 raise self._forked_error()
-            if self._state == "new":
+            if self._state is NEW:
                 raise RuntimeError(
                     f"pool {self.name!r} is not open: use 'async with pool' or 'await pool.open()'"
                 )
-            if self._state == "opening":
+            if self._state is OPENING:
                 raise RuntimeError(f"pool {self.name!r} is still opening: await pool.open() first")
             raise PoolClosed(f"pool {self.name!r} is closed ({self._planner.describe()})")
 
@@ -606,18 +581,18 @@ class Pool(Generic[ConnT]):
         ``timeout``, :class:`RuntimeError` if the open is undone (cancelled,
         or its join failed), and what :meth:`_check_open` raises otherwise.
         """
-        if self._state == "opening":
+        if self._state is OPENING:
             started = self._now()
             with anyio.move_on_after(math.inf if timeout is None else timeout):
-                while self._state == "opening":
+                while self._state is OPENING:
                     assert self._opened is not None
                     await self._opened.wait()
-            if self._state == "opening":
+            if self._state is OPENING:
                 raise PoolTimeout(
                     f"pool {self.name!r}: no connection within {timeout:g}s "
                     f"(the pool is still opening; {self._planner.describe()})"
                 )
-            if self._state == "new":
+            if self._state is NEW:
                 raise RuntimeError(
                     f"pool {self.name!r} did not open: its open() was cancelled or failed "
                     "while this acquire waited for it"
@@ -628,15 +603,16 @@ class Pool(Generic[ConnT]):
         return timeout
 
     def _forked_error(self) -> RuntimeError:
-        return RuntimeError(
-            f"pool {self.name!r} was opened in process {self._pid} and cannot be used in "
-            f"forked process {os.getpid()}: open the pool after the fork (e.g. in a gunicorn "
-            "post_fork hook or at worker startup); in this process only close() or "
-            "terminate() it, which leaves the parent's connections alone"
+        return forked_error(
+            f"pool {self.name!r}",
+            self._pid,
+            "open the pool after the fork (e.g. in a gunicorn post_fork hook or at worker "
+            "startup); in this process only close() or terminate() it, which leaves the "
+            "parent's connections alone",
         )
 
     def _forked(self) -> None:
-        """In a forked child (see ``_after_fork_in_child``): give up everything, with no I/O.
+        """In a forked child (see ``_fork.py``): give up everything, with no I/O.
 
         The connections, the fleet lease and the background tasks are the
         parent's: the sockets are shared with it, and so is the epoll set of
@@ -647,9 +623,9 @@ class Pool(Generic[ConnT]):
         no driver cleanup-on-collect runs on it; the pool then refuses every
         use, and :meth:`close` / :meth:`terminate` only mark it closed.
         """
-        if self._state in ("new", "closed", "forked"):
+        if self._state in (NEW, CLOSED, FORKED):
             return
-        self._state = "forked"
+        self._state = FORKED
         planner = self._planner
         abandon = getattr(self._connector, "abandon", None)
         if not planner.closed:
@@ -657,7 +633,7 @@ class Pool(Generic[ConnT]):
         planner.take_plan()  # wakes and closes for the parent's tasks: nothing runs them here
         for slot in planner.remaining():
             if slot.conn is not None:
-                _inherited.append(slot.conn)
+                inherit(slot.conn)
                 if abandon is not None:
                     abandon(slot.conn)
             planner.forget(slot)
@@ -672,17 +648,17 @@ class Pool(Generic[ConnT]):
 
     async def _acquire_slot(self, timeout: float | None, priority: bool = False) -> Slot:
         # The hot path: a checkpoint, one planner call, one clock read.
-        # (_Acquire.__aenter__ inlines this same step, to save a coroutine layer.)
-        if self._planner._waiters and not priority and self._queues_anyway():
+        # (Borrow.__aenter__ inlines this same step, to save a coroutine layer.)
+        if self._planner.waiters and not priority and self._queues_anyway():
             return await self._acquire_slow(None, self._now(), timeout)  # the wait: a checkpoint
         await self._sleep(0)  # cancel point and schedule point, before any state change
-        if self._state != "open":
+        if self._state is not OPEN:
             timeout = await self._wait_open(timeout)
         planner = self._planner
         now = self._now()
         slot = planner.acquire(now)
-        if planner._plan is not None:
-            self._execute(planner.take_plan())
+        if planner.pending is not None:  # no call when there is nothing (the hot path)
+            self._flush()
         if (
             slot is not None
             and not self._is_closed(slot.conn)
@@ -698,8 +674,8 @@ class Pool(Generic[ConnT]):
         not open, or ``max_waiting`` would refuse the caller: those raise after
         the usual checkpoint.
         """
-        waiting = len(self._planner._waiters)
-        if not waiting or self._state != "open":
+        waiting = len(self._planner.waiters)
+        if not waiting or self._state is not OPEN:
             return False
         max_waiting = self.settings.max_waiting
         return max_waiting is None or waiting < max_waiting
@@ -721,15 +697,15 @@ class Pool(Generic[ConnT]):
                 now = self._now()  # the ping decision is about now, not when we queued
             if self._is_closed(slot.conn):
                 planner.pinged(slot, False, self._now())
-                self._execute(planner.take_plan())
+                self._flush()
             elif not planner.should_ping(slot, now) or await self._ping(slot, deadline):
                 return slot
             now = self._now()
             if now >= deadline:
                 self._raise_timeout(timeout)
             slot = planner.acquire(now)
-            if planner._plan is not None:
-                self._execute(planner.take_plan())
+            if planner.pending is not None:  # no call when there is nothing (a hot path)
+                self._flush()
 
     async def _wait(
         self, now: float, timeout: float | None, priority: bool = False, whole: float | None = None
@@ -744,16 +720,16 @@ class Pool(Generic[ConnT]):
         ):
             self._fleet_demand.set()  # a caller queues at the limit: the fleet should know
         event = w.token = self._waker()
-        if planner._plan is not None:
-            self._execute(planner.take_plan())
+        if planner.pending is not None:  # no call when there is nothing (a hot path)
+            self._flush()
         try:
             await event.wait()
         except BaseException:
             # Cancelled (or worse) while queued: leave the queue, and pass on a
             # slot that was already reserved for us. No await here.
             planner.cancel(w, self._now())
-            if planner._plan is not None:
-                self._execute(planner.take_plan())
+            if planner.pending is not None:  # no call when there is nothing (a hot path)
+                self._flush()
             raise
         outcome = w.outcome
         if outcome is Outcome.HANDED:
@@ -782,7 +758,7 @@ class Pool(Generic[ConnT]):
     def _held_by_current_task(self) -> int:
         """How many connections of this pool the running task has borrowed (slow path only)."""
         me = self._current_task()
-        return sum(1 for s in self._planner._slots if s.state is SlotState.IN_USE and s.owner == me)
+        return self._planner.borrowed_by(me)
 
     async def _ping(self, slot: Slot, deadline: float = math.inf) -> bool:
         """Ping a freshly borrowed slot; on failure it is evicted and ``False`` returned.
@@ -801,12 +777,12 @@ class Pool(Generic[ConnT]):
         except Exception as exc:
             logger.info("pool %r: connection failed its health check: %r", self.name, exc)
             planner.pinged(slot, False, self._now())
-            self._execute(planner.take_plan())
+            self._flush()
             return False
         except BaseException:
             # Cancelled mid-ping: the connection's state is unknown, so evict it.
             planner.release(slot, self._now(), broken=True)
-            self._execute(planner.take_plan())
+            self._flush()
             raise
         planner.pinged(slot, True, self._now())
         return True
@@ -893,18 +869,28 @@ class Pool(Generic[ConnT]):
         reset = not broken and connector.needs_reset(conn, self._reset_mode)
         planner = self._planner
         planner.release(slot, self._now(), broken, reset)
-        if planner._plan is not None:
-            self._execute(planner.take_plan())
+        if planner.pending is not None:  # no call when there is nothing (the hot path)
+            self._flush()
 
     # ------------------------------------------------------------------ plans
 
-    def _execute(self, plan: Plan | None) -> None:
-        """Carry out a plan: spawn connects, closes and resets; wake waiters and the ticker."""
-        if plan is None:
-            if self._planner.closed:
+    def _flush(self) -> None:
+        """Carry out what the planner decided since the last flush: the one place plans run.
+
+        Connects, closes and resets are spawned (resets go to the reset
+        workers), waiters and the ticker are woken; with the pool closed, the
+        drained event is set once nothing is left. Every event into the
+        planner is followed by a flush, with no await in between (the hot
+        paths skip the call when ``planner.pending`` is ``None``).
+        """
+        planner = self._planner
+        if planner.pending is None:
+            if planner.closed:
                 self._check_drained()
             return
-        tg = self._tg
+        plan = planner.take_plan()
+        assert plan is not None
+        tg = self._runner.tg
         if tg is None:
             # No runner (never opened, or already stopped): nothing can run in the
             # background, so close what must be closed right away.
@@ -942,12 +928,12 @@ class Pool(Generic[ConnT]):
             self._tick_event = event = anyio.Event()
             now = self._now()
             planner.tick(now)
-            plan = planner.take_plan()
+            plan = planner.pending
             if plan is not None:
                 plan.wake_ticker = False  # tick() has just set next_wake itself
                 if plan.saturated_for:
                     self._warn_saturated(plan.saturated_for, now)
-                self._execute(plan)
+            self._flush()
             with anyio.CancelScope(deadline=planner.next_wake):
                 await event.wait()
 
@@ -1001,8 +987,8 @@ class Pool(Generic[ConnT]):
             if self._ready is not None:
                 self._ready.set()
         # Even with nothing to do: a connect ending after close() may be the last
-        # thing close() waits for (_execute then sets the drained event).
-        self._execute(planner.take_plan())
+        # thing close() waits for (_flush then sets the drained event).
+        self._flush()
 
     async def _close_slot(self, slot: Slot) -> None:
         conn = slot.conn
@@ -1011,7 +997,7 @@ class Pool(Generic[ConnT]):
                 await self._close_conn(conn)
             if slot.state is SlotState.CLOSING:
                 self._planner.closed_conn(slot, self._now())
-                self._execute(self._planner.take_plan())
+                self._flush()
 
     async def _close_conn(self, conn: ConnT) -> None:
         """Close gracefully within ``close_timeout``, else terminate. Never raises."""
@@ -1073,7 +1059,7 @@ class Pool(Generic[ConnT]):
         finally:
             if slot.state is SlotState.RESETTING:
                 planner.reset_done(slot, ok, self._now())
-                self._execute(planner.take_plan())
+                self._flush()
 
     @contextlib.asynccontextmanager
     async def transaction(
@@ -1102,11 +1088,11 @@ class Pool(Generic[ConnT]):
         Queued callers get :class:`~elasticpool.PoolClosed`. Use :meth:`close`
         for a graceful shutdown.
         """
-        if self._state == "forked":  # the parent's: nothing to terminate here
-            self._state = "closed"
+        if self._state is FORKED:  # the parent's: nothing to terminate here
+            self._state = CLOSED
             return
-        if self._state in ("new", "closed"):
-            self._state = "closed"
+        if self._state in (NEW, CLOSED):
+            self._state = CLOSED
             self._planner.close(self._now())
             return
         planner = self._planner
@@ -1119,11 +1105,10 @@ class Pool(Generic[ConnT]):
             if slot.conn is not None:
                 self._terminate(slot.conn)
             planner.forget(slot)
-        self._state = "closed"
+        self._state = CLOSED
         if self._membership_scope is not None:  # its lease expires after its ttl
             self._membership_scope.cancel()
-        if self._stop is not None:
-            self._stop.set()
+        self._runner.stop_nowait()
 
     async def check(self) -> None:
         """Ping every idle connection now and close those that fail.
@@ -1138,7 +1123,7 @@ class Pool(Generic[ConnT]):
                 continue  # borrowed meanwhile, or callers are waiting: they come first
             if self._is_closed(slot.conn):
                 planner.pinged(slot, False, self._now())
-                self._execute(planner.take_plan())
+                self._flush()
             elif await self._ping(slot):
                 self._release_slot(slot, None)
 
@@ -1193,7 +1178,7 @@ class Pool(Generic[ConnT]):
         """
         planner = self._planner
         slot: Slot | None = None
-        if own and self._state == "open" and planner.limit > 0:
+        if own and self._state is OPEN and planner.limit > 0:
             try:
                 slot = await self._acquire_slot(wait_own, priority=True)
             except (PoolTimeout, PoolClosed):  # all stay borrowed, or closing
@@ -1228,10 +1213,18 @@ class Pool(Generic[ConnT]):
                     broken = self._is_closed(conn)
                     dirty = not broken and self._connector.needs_reset(conn, "rollback")
                     planner.release(slot, self._now(), broken, dirty)
-                    if planner._plan is not None:
-                        self._execute(planner.take_plan())
+                    self._flush()
                 else:
                     self._release_slot(slot, sys.exc_info()[1])
+
+    def _apply_grant(self, limit: int, adopt: Any) -> bool:
+        """:meth:`Freeze.apply`'s work: the heartbeat's grant as the limit now, no await."""
+        p = self._planner
+        if p.closed:
+            return False
+        slot = p.resize(limit, self._now(), adopt=adopt, jitter=random.random())
+        self._flush()
+        return slot is not None
 
     @contextlib.asynccontextmanager
     async def _frozen(self) -> AsyncIterator[Freeze]:
@@ -1260,14 +1253,14 @@ class Pool(Generic[ConnT]):
         asked = p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting
         asked = max(asked, p.min_connections)  # a warm floor asks for itself
         freeze = Freeze(
-            self,
+            self._apply_grant,
             demand=max(0, max(asked, int(average + 0.5)) - coordinating),
             holding=len(p.remaining()),
             before=p.limit,
         )
         if p.size < p.limit:
             p.resize(p.size, self._now())
-            self._execute(p.take_plan())
+            self._flush()
         try:
             yield freeze
         except BaseException:
@@ -1280,7 +1273,7 @@ class Pool(Generic[ConnT]):
                     back = freeze.before
                 if p.limit != back:
                     p.resize(back, self._now())
-                    self._execute(p.take_plan())
+                    self._flush()
             raise
 
     # ------------------------------------------------------------------ limits
@@ -1299,20 +1292,20 @@ class Pool(Generic[ConnT]):
         On a closed pool it checks its arguments and changes nothing that
         matters: no connection opens again.
         """
-        if self._state == "forked":
+        if self._state is FORKED:
             raise self._forked_error()
         planner = self._planner
         planner.resize(max_connections, self._now(), min_connections)
-        self._execute(planner.take_plan())
+        self._flush()
         await checkpoint()
 
     async def expire_connections(self) -> None:
         """Retire every current connection: idle ones now, borrowed ones as they come back."""
-        if self._state == "forked":
+        if self._state is FORKED:
             raise self._forked_error()
         planner = self._planner
         planner.expire_all(self._now())
-        self._execute(planner.take_plan())
+        self._flush()
         await checkpoint()
 
     # ------------------------------------------------------------------ inspection
@@ -1362,9 +1355,95 @@ class Pool(Generic[ConnT]):
             total_connect_time=self._connect_time,
         )
 
+    # ------------------------------------------------------------------ hooks
+    #
+    # For adapters and integrations (the drop-in faces, wrap(), RoutingPool, the
+    # metrics exporters): cheap live readings and the few levers they need, so
+    # that nothing outside this module reaches into the pool or its planner.
+
+    @property
+    def connector(self) -> Connector[ConnT]:
+        """The :class:`~elasticpool.Connector` this pool opens its connections with."""
+        return self._connector
+
+    @property
+    def limit(self) -> int:
+        """The limit now: what :meth:`resize` (or the fleet) set last; ``stats().max``."""
+        return self._planner.limit
+
+    @property
+    def in_use(self) -> int:
+        """Connections borrowed now (handed to a waiter included): ``stats().in_use``, cheaply.
+
+        Like ``CapacityLimiter.borrowed_tokens``: read it on a hot path where
+        building a :meth:`stats` snapshot would cost more than the decision.
+        """
+        p = self._planner
+        return p.n_in_use + p.n_reserved
+
+    @property
+    def waiting(self) -> int:
+        """Callers queued now: ``stats().waiting``, cheaply."""
+        return self._planner.n_waiting
+
+    @property
+    def connect_errors(self) -> int:
+        """Connects that failed so far: ``stats().connect_errors``, cheaply."""
+        return self._planner.connect_errors
+
+    @property
+    def last_connect_error(self) -> BaseException | None:
+        """The error of the last connect that failed, or ``None`` if none has."""
+        return self._planner.last_connect_error
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock the pool reads, in seconds: the event loop's, bound when it opened.
+
+        Cheaper to call than ``anyio.current_time()``, with the same answer
+        on the pool's event loop; before :meth:`open` it is
+        ``anyio.current_time`` itself.
+        """
+        return self._now
+
+    def observe(self, sink: TimingSink) -> None:
+        """Report every borrow's wait and use time, and every connect's, to ``sink`` from now on.
+
+        ``sink`` has ``wait(seconds)``, ``use(seconds)`` and
+        ``create(seconds)`` methods (a ``TimingSink``), called synchronously
+        on the pool's event loop: they must be quick and must not raise.
+        Until one is attached the pool does no timing work at all. Observing
+        with the same sink twice is a no-op. The metrics exporters use it.
+        """
+        self._planner.observe(sink)
+
+    def unobserve(self, sink: TimingSink) -> None:
+        """Stop reporting to ``sink`` (no-op if it is not attached)."""
+        self._planner.unobserve(sink)
+
+    def check_release(self, conn: ConnT, *, what: str = "released") -> None:
+        """Raise :class:`RuntimeError` unless :meth:`release` would take ``conn`` back now.
+
+        For adapters that must refuse a give-back before they touch the
+        connection; ``what`` is the word the message uses for the give-back.
+        The checks and messages are :meth:`release`'s (not borrowed with
+        ``await pool.acquire()`` from this pool, or a stale release).
+        """
+        self._borrow_of(conn, what)
+
+    def _set_limit_before_open(self, limit: int) -> None:
+        """Set the limit of a pool that was never opened, planning nothing (for subclasses).
+
+        Used by a subclass's constructor that must cap the limit computed
+        from the settings (the wrapped pool: an asyncpg pool cannot grow).
+        """
+        assert self._state is NEW, "only before open()"
+        assert not self._planner.remaining(), "only while no slot exists"
+        self._planner.limit = limit
+
     def __repr__(self) -> str:
         p = self._planner
-        state = "" if self._state == "open" else f" {self._state}"
+        state = "" if self._state is OPEN else f" {self._state.value}"
         resetting = f", resetting {p.n_resetting}" if p.n_resetting else ""
         return (
             f"<Pool {self.name!r}{state} [in use {p.n_in_use + p.n_reserved}, idle {p.n_idle}, "
@@ -1423,110 +1502,3 @@ class _Port:
 
     def __repr__(self) -> str:
         return f"<member port of {self._pool!r}>"
-
-
-class Coordination:
-    """The connection one coordination statement runs on (see ``Pool._coordination``)."""
-
-    __slots__ = ("conn", "extra", "kept")
-
-    def __init__(self, conn: Any, *, extra: bool) -> None:
-        self.conn = conn
-        self.extra = extra
-        """Opened (or kept) outside the pool, not one of its slots."""
-        self.kept = False
-
-    def keep(self) -> Any:
-        """Take the extra connection: it is not closed on exit, the caller owns it now."""
-        assert self.extra
-        self.kept = True
-        return self.conn
-
-
-class Freeze:
-    """A pool held at its size during one heartbeat (see ``Pool._frozen``)."""
-
-    __slots__ = ("applied", "before", "demand", "grant", "holding", "pool", "sent")
-
-    def __init__(self, pool: Pool[Any], *, demand: int, holding: int, before: int) -> None:
-        self.pool = pool
-        self.demand = demand
-        self.holding = holding
-        """Its slots when frozen: never above what its lease claims, committed or not."""
-        self.before = before
-        self.grant: int | None = None
-        self.applied = False
-        self.sent = False
-        """The heartbeat reached the server: its outcome may be committed."""
-
-    def apply(self, limit: int, adopt: Any = None) -> bool:
-        """Set the pool's limit now, with no await: the heartbeat's outcome is committed.
-
-        ``adopt``: the extra connection the heartbeat ran on, taken in as the
-        first unit of the new limit if it has room (see ``Planner.resize``).
-        Returns whether it was taken in.
-        """
-        p = self.pool._planner
-        slot = None
-        if not p.closed:
-            slot = p.resize(limit, self.pool._now(), adopt=adopt, jitter=random.random())
-            self.pool._execute(p.take_plan())
-        self.applied = True
-        return slot is not None
-
-
-def _spawn_system_task(fn: Callable[[anyio.Event], Awaitable[None]], started: anyio.Event) -> None:
-    """Run ``fn(started)`` in the background, outside the caller's task tree.
-
-    A pool outlives the call that opens it (``await pool.open()``), so its
-    background work cannot live in a task group of the caller's. On asyncio it
-    is a plain task (kept referenced); on trio a system task.
-    """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        import trio  # noqa: PLC0415 - only ever needed on trio
-
-        async def _trio_runner() -> None:
-            await fn(started)
-
-        trio.lowlevel.spawn_system_task(_trio_runner)
-        return
-    task: asyncio.Task[None] = loop.create_task(_as_coroutine(fn, started))
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-async def _as_coroutine(fn: Callable[[anyio.Event], Awaitable[None]], started: anyio.Event) -> None:
-    await fn(started)
-
-
-_background: set[asyncio.Task[None]] = set()
-
-# Every pool (and routing pool) opened in this process, held weakly, for the at-fork hook:
-# each has a ``_forked()`` method.
-_opened_here: weakref.WeakSet[Any] = weakref.WeakSet()
-# In a forked child: the parent's connections, never to be collected here.
-_inherited: list[object] = []
-
-
-def _after_fork_in_child() -> None:
-    """``os.fork()`` child: every pool opened in the parent gives its connections up (no I/O).
-
-    Using them from here would write on the parent's sockets (and register
-    them in the parent's epoll set); closing them would end the parent's
-    sessions. A pool opened in the parent therefore refuses every use in the
-    child with a :class:`RuntimeError` saying to open the pool after the fork.
-    It costs nothing on the acquire path: the pool's state is no longer
-    ``"open"``, which the acquire path checks anyway.
-    """
-    for pool in list(_opened_here):
-        try:
-            pool._forked()
-        except Exception:  # pragma: no cover - a connector's abandon; never fail a fork
-            logger.exception("pool %r: giving up the parent's connections failed", pool.name)
-    _opened_here.clear()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -97,10 +97,8 @@ def dsn_passwords(dsn: str | None) -> list[str]:
     return sorted(spellings, key=len, reverse=True)
 
 
-def scrub(
-    text: str, dsn: str | None = None, *, secrets: Iterable[str | None] = (), mask: str = MASK
-) -> str:
-    """``text`` with the passwords of ``dsn`` and each of ``secrets`` replaced by ``mask``.
+def scrub(text: str, dsn: str | None = None, *, secrets: Iterable[str | None] = ()) -> str:
+    """``text`` with the passwords of ``dsn`` and each of ``secrets`` replaced by ``***``.
 
     A secret is replaced as written and percent-encoded. It is plain text
     replacement: a driver's message that quotes a *piece* of a password (as
@@ -109,7 +107,7 @@ def scrub(
     found = set(dsn_passwords(dsn))
     found.update(s for secret in secrets if secret for s in (secret, quote(secret, safe="")))
     for secret in sorted(found, key=len, reverse=True):
-        text = text.replace(secret, mask)
+        text = text.replace(secret, MASK)
     return text
 
 

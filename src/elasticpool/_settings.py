@@ -5,15 +5,30 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from ._connector import ResetMode
 from ._errors import ElasticPoolWarning
+from ._validate import (
+    check_bool,
+    check_choice,
+    check_connections,
+    check_int,
+    check_number,
+    check_seconds,
+    parse_percent,
+)
 
-__all__ = ["DEFAULT_TOTAL_MAX_CONNECTIONS", "HASURA_NAMES", "LimitMode", "PoolSettings"]
+__all__ = [
+    "DEFAULT_TOTAL_MAX_CONNECTIONS",
+    "HASURA_NAMES",
+    "LimitMode",
+    "PoolSettings",
+    "check_connections",
+    "parse_percent",
+]
 
 HASURA_NAMES = (
     "max_connections",
@@ -36,78 +51,18 @@ instance out of the box.
 
 LimitMode = Literal["strict", "soft"]
 
+_SOURCE_NAMES = {
+    "total": "total_max_connections",
+    "max_connections": "max_connections",
+    "default total": "the default total",
+}
+"""How a min_connections error names the limit :meth:`PoolSettings.precedence` picked."""
+
 _RESET_MODES = ("none", "rollback", "session")
 _LIMIT_MODES = ("strict", "soft")
 _FLAGS = ("allow_small_total", "fail_fast")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-_PERCENT = re.compile(r"\s*(\d+(?:\.\d*)?)\s*%\s*")
-
-
-def parse_percent(value: object) -> float | None:
-    """``80.0`` for ``"80%"``; ``None`` for anything that is not a percentage string."""
-    if not isinstance(value, str):
-        return None
-    m = _PERCENT.fullmatch(value)
-    return float(m.group(1)) if m else None
-
-
-def check_connections(name: str, value: object) -> tuple[int | None, float | None]:
-    """A count of connections or a percentage of the server's: ``(count, percent)``, checked.
-
-    ``None`` is allowed (both ``None``); a wrong type is a :class:`TypeError`, a
-    wrong value a :class:`ValueError`, each naming ``name`` and what is allowed.
-    """
-    allowed = (
-        "an integer >= 1, a percentage of the server's usable max_connections such as "
-        "'80%' (in (0%, 100%]), or None"
-    )
-    if value is None:
-        return None, None
-    if isinstance(value, str):
-        percent = parse_percent(value)
-        if percent is None or not 0 < percent <= 100:
-            raise ValueError(f"{name} must be {allowed} (got {value!r})")
-        return None, percent
-    if not _is_int(value):
-        raise TypeError(f"{name} must be {allowed} (got {value!r})")
-    assert isinstance(value, int)
-    if value < 1:
-        raise ValueError(f"{name} must be {allowed} (got {value!r})")
-    return value, None
-
-
-def _check_int(name: str, value: object, low: int, *, optional: bool) -> None:
-    allowed = f"an integer >= {low}" + (" or None" if optional else "")
-    if value is None and optional:
-        return
-    if not _is_int(value):
-        raise TypeError(f"{name} must be {allowed} (got {value!r})")
-    assert isinstance(value, int)
-    if value < low:
-        raise ValueError(f"{name} must be {allowed} (got {value})")
-
-
-def _check_seconds(name: str, value: object, *, low: float, strict: bool, optional: bool) -> None:
-    op = ">" if strict else ">="
-    allowed = f"a finite number of seconds {op} {low:g}" + (" or None" if optional else "")
-    if value is None and optional:
-        return
-    if not _is_number(value):
-        raise TypeError(f"{name} must be {allowed} (got {value!r})")
-    assert isinstance(value, (int, float))
-    if math.isnan(value) or math.isinf(value) or value < low or (strict and value == low):
-        raise ValueError(f"{name} must be {allowed} (got {value!r})")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -226,54 +181,34 @@ class PoolSettings:
     saturation_warning: float | None = 10.0
 
     def __post_init__(self) -> None:
-        _check_int("max_connections", self.max_connections, 1, optional=True)
+        check_int("max_connections", self.max_connections, low=1, optional=True)
         check_connections("total_max_connections", self.total_max_connections)
-        _check_int("min_connections", self.min_connections, 0, optional=False)
-        _check_seconds("idle_timeout", self.idle_timeout, low=0, strict=True, optional=True)
-        _check_seconds(
-            "connection_lifetime", self.connection_lifetime, low=0, strict=True, optional=True
-        )
-        if not _is_number(self.lifetime_jitter):
-            raise TypeError(
-                f"lifetime_jitter must be a number in [0, 0.5] (got {self.lifetime_jitter!r})"
-            )
-        if not 0 <= self.lifetime_jitter <= 0.5:
-            raise ValueError(
-                f"lifetime_jitter must be a number in [0, 0.5] (got {self.lifetime_jitter!r})"
-            )
-        _check_seconds("pool_timeout", self.pool_timeout, low=0, strict=True, optional=True)
-        _check_int("max_waiting", self.max_waiting, 1, optional=True)
-        _check_seconds("connect_timeout", self.connect_timeout, low=0, strict=True, optional=False)
-        _check_int("max_connecting", self.max_connecting, 1, optional=False)
-        _check_seconds("ping_after", self.ping_after, low=0, strict=False, optional=True)
-        _check_seconds("close_timeout", self.close_timeout, low=0, strict=False, optional=False)
-        _check_seconds("backoff_initial", self.backoff_initial, low=0, strict=True, optional=False)
-        _check_seconds("backoff_max", self.backoff_max, low=0, strict=True, optional=False)
+        check_int("min_connections", self.min_connections, low=0)
+        check_seconds("idle_timeout", self.idle_timeout, optional=True)
+        check_seconds("connection_lifetime", self.connection_lifetime, optional=True)
+        check_number("lifetime_jitter", self.lifetime_jitter, low=0, high=0.5)
+        check_seconds("pool_timeout", self.pool_timeout, optional=True)
+        check_int("max_waiting", self.max_waiting, low=1, optional=True)
+        check_seconds("connect_timeout", self.connect_timeout)
+        check_int("max_connecting", self.max_connecting, low=1)
+        check_seconds("ping_after", self.ping_after, strict=False, optional=True)
+        check_seconds("close_timeout", self.close_timeout, strict=False)
+        check_seconds("backoff_initial", self.backoff_initial)
+        check_seconds("backoff_max", self.backoff_max)
         if self.backoff_max < self.backoff_initial:
             raise ValueError(
                 f"backoff_max must be >= backoff_initial "
                 f"(got backoff_max={self.backoff_max!r}, backoff_initial={self.backoff_initial!r})"
             )
-        if self.reset not in _RESET_MODES:
-            raise ValueError(f"reset must be one of {_RESET_MODES} (got {self.reset!r})")
-        if self.limit_mode not in _LIMIT_MODES:
-            raise ValueError(f"limit_mode must be one of {_LIMIT_MODES} (got {self.limit_mode!r})")
-        _check_int("soft_overflow", self.soft_overflow, 0, optional=False)
-        _check_seconds(
-            "saturation_warning", self.saturation_warning, low=0, strict=True, optional=True
-        )
+        check_choice("reset", self.reset, _RESET_MODES)
+        check_choice("limit_mode", self.limit_mode, _LIMIT_MODES)
+        check_int("soft_overflow", self.soft_overflow, low=0)
+        check_seconds("saturation_warning", self.saturation_warning, optional=True)
         for flag in _FLAGS:
-            if not isinstance(getattr(self, flag), bool):
-                raise TypeError(f"{flag} must be a bool (got {getattr(self, flag)!r})")
-        limit = self.instance_limit()
+            check_bool(flag, getattr(self, flag))
+        source, limit = self.precedence()
         if self.total_percent is None and self.min_connections > limit:
-            which = (
-                "total_max_connections"
-                if self.total_max_connections is not None
-                else "max_connections"
-                if self.max_connections is not None
-                else "the default total"
-            )
+            which = _SOURCE_NAMES[source]
             raise ValueError(
                 f"min_connections must be <= {which} ({limit}) (got {self.min_connections})"
             )
@@ -295,19 +230,38 @@ class PoolSettings:
         """The percentage when ``total_max_connections`` is one (``"80%"``: 80.0), else None."""
         return parse_percent(self.total_max_connections)
 
-    def instance_limit(self) -> int:
-        """This instance's limit when it is a fleet of one (no membership).
+    def precedence(self, fleet_total: int | None = None) -> tuple[str, int]:
+        """Which limit setting applies, and its number: Hasura's precedence rule, in one place.
 
-        0 while ``total_max_connections`` is a percentage: the pool resolves it
-        against the server when it opens (see :meth:`with_server_limits`).
+        Returns ``(source, number)``:
+
+        * ``("total", n)`` when ``total_max_connections`` is set, or
+          ``fleet_total`` (a total set fleet-wide at run time, which
+          overrides it): the total wins over ``max_connections``. ``n`` is
+          the total to divide among the fleet; 0 while it is a percentage not
+          yet resolved (see :meth:`with_server_limits`);
+        * ``("max_connections", n)`` when only ``max_connections`` is set: a
+          fixed per-instance limit, and the fleet total is unbounded;
+        * ``("default total", DEFAULT_TOTAL_MAX_CONNECTIONS)`` when neither is.
+
+        It neither raises a small total to the minimum nor divides it among
+        a fleet: :func:`~elasticpool.resolve_limit` does both, on this answer.
         """
-        if isinstance(self.total_max_connections, str):
-            return 0
-        if self.total_max_connections is not None:
-            return self.total_max_connections
+        total = self.total_max_connections if fleet_total is None else fleet_total
+        if total is not None:
+            return "total", 0 if isinstance(total, str) else total
         if self.max_connections is not None:
-            return self.max_connections
-        return DEFAULT_TOTAL_MAX_CONNECTIONS
+            return "max_connections", self.max_connections
+        return "default total", DEFAULT_TOTAL_MAX_CONNECTIONS
+
+    def instance_limit(self) -> int:
+        """This instance's limit when it is a fleet of one (no membership), before any minimum.
+
+        The number :meth:`precedence` picks: 0 while ``total_max_connections``
+        is a percentage (the pool resolves it against the server when it
+        opens, see :meth:`with_server_limits`).
+        """
+        return self.precedence()[1]
 
     @classmethod
     def from_hasura(cls, pool_settings: Mapping[str, Any], **overrides: Any) -> PoolSettings:

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from ._errors import PoolClosed, TooManyWaiters
 from ._settings import PoolSettings
+from ._validate import check_int
 
 __all__ = [
     "CloseReason",
@@ -192,7 +193,15 @@ class Planner:
     deterministic.
 
     It is not thread-safe and not async: the shell calls it from one event loop
-    and never awaits while in the middle of an event.
+    (or under one lock) and never awaits while in the middle of an event.
+
+    What a shell reads, besides the events' results: the counts (``size``,
+    ``n_idle``, ``n_in_use``, …, ``budget_used``, ``floor``, ``limit``) and
+    counters, ``closed``, ``failures`` and ``last_connect_error``,
+    ``next_wake`` (when to call :meth:`tick`), :attr:`waiters` (whether
+    callers queue), :attr:`pending` (whether a flush has anything to do),
+    :meth:`borrowed_by`, :meth:`remaining`, :meth:`idle_slots` and ``sinks``.
+    Everything else is the planner's own.
     """
 
     def __init__(self, settings: PoolSettings, limit: int | None = None) -> None:
@@ -205,7 +214,8 @@ class Planner:
         self._ids = itertools.count(1)
         self._slots: set[Slot] = set()
         self._idle: deque[Slot] = deque()
-        self._waiters: OrderedDict[Waiter, None] = OrderedDict()
+        self.waiters: OrderedDict[Waiter, None] = OrderedDict()
+        """The queue, oldest first (priority waiters ahead). Read-only for callers."""
         self._deadlines: list[tuple[float, Waiter]] = []
         self.n_connecting = 0
         self.n_reserved = 0
@@ -217,7 +227,10 @@ class Planner:
         self.last_connect_error: BaseException | None = None
         self.next_wake = _INF
         self._lowered_from = 0  # budget when the limit was last lowered, while surplus remains
-        self._plan: Plan | None = None
+        self.pending: Plan | None = None
+        """The outbox: what events decided since the last :meth:`take_plan` (``None``: nothing).
+
+        Read-only for callers: a shell tests it to skip a flush with nothing in it."""
         # counters
         self.acquires = 0
         self.timeouts = 0
@@ -245,7 +258,7 @@ class Planner:
 
     @property
     def n_waiting(self) -> int:
-        return len(self._waiters)
+        return len(self.waiters)
 
     @property
     def budget_used(self) -> int:
@@ -260,9 +273,13 @@ class Planner:
     def floor(self) -> int:
         return min(self.min_connections, self.limit)
 
+    def borrowed_by(self, owner: object) -> int:
+        """How many slots are IN_USE with ``owner`` as their :attr:`Slot.owner` (O(size))."""
+        return sum(1 for s in self._slots if s.state is SlotState.IN_USE and s.owner == owner)
+
     def oldest_waiter_age(self, now: float) -> float:
         try:  # one step of iteration: safe when read from an exporter's thread
-            w = next(iter(self._waiters), None)
+            w = next(iter(self.waiters), None)
         except RuntimeError:  # the queue changed under a reader in another thread
             return 0.0
         return 0.0 if w is None else now - w.enqueued_at
@@ -270,14 +287,14 @@ class Planner:
     # ------------------------------------------------------------------ outbox
 
     def _out(self) -> Plan:
-        plan = self._plan
+        plan = self.pending
         if plan is None:
-            plan = self._plan = Plan()
+            plan = self.pending = Plan()
         return plan
 
     def take_plan(self) -> Plan | None:
         """The actions accumulated since the last call, or ``None`` if there are none."""
-        plan, self._plan = self._plan, None
+        plan, self.pending = self.pending, None
         return plan
 
     def _poke(self, deadline: float) -> None:
@@ -296,7 +313,7 @@ class Planner:
         """
         if self.closed:
             raise PoolClosed(f"pool is closed ({self.describe()})")
-        if self._waiters:
+        if self.waiters:
             return None
         idle = self._idle
         while idle:
@@ -313,10 +330,10 @@ class Planner:
             slot.lease += 1
             self.n_in_use += 1
             self.acquires += 1
-            if self._plan is not None:  # something was closed on the way: refill the floor
+            if self.pending is not None:  # something was closed on the way: refill the floor
                 self._grow(now)
             return slot
-        if self._plan is not None:
+        if self.pending is not None:
             self._grow(now)
         return None
 
@@ -330,7 +347,7 @@ class Planner:
         Returns ``False`` if it is no longer idle. Give it back with
         :meth:`release` (or :meth:`pinged` with ``ok=False`` to evict it).
         """
-        if slot.state is not SlotState.IDLE or self._waiters:
+        if slot.state is not SlotState.IDLE or self.waiters:
             return False
         self._idle.remove(slot)
         slot.state = SlotState.IN_USE
@@ -349,30 +366,30 @@ class Planner:
         if self.closed:
             raise PoolClosed(f"pool is closed ({self.describe()})")
         max_waiting = self.settings.max_waiting
-        if max_waiting is not None and len(self._waiters) >= max_waiting:
+        if max_waiting is not None and len(self.waiters) >= max_waiting:
             raise TooManyWaiters(
-                f"too many waiters: {len(self._waiters)} already queued, "
+                f"too many waiters: {len(self.waiters)} already queued, "
                 f"max_waiting is {max_waiting} ({self.describe()})"
             )
         deadline = _INF if timeout is None else now + timeout
-        if not self._waiters:  # callers start queuing: look for saturation a window later
+        if not self.waiters:  # callers start queuing: look for saturation a window later
             window = self.settings.saturation_warning
             if window is not None:
                 check = self._saturation_check  # one still due stands (rate limit, flapping)
                 self._saturation_check = now + window if check <= now else min(check, now + window)
                 self._poke(self._saturation_check)
         w = Waiter(next(self._ids), now, deadline, priority)
-        self._waiters[w] = None
+        self.waiters[w] = None
         if priority:
-            ahead = [q for q in self._waiters if q.priority and q is not w]
-            self._waiters.move_to_end(w, last=False)
+            ahead = [q for q in self.waiters if q.priority and q is not w]
+            self.waiters.move_to_end(w, last=False)
             for q in reversed(ahead):  # earlier priority waiters stay in front of it
-                self._waiters.move_to_end(q, last=False)
+                self.waiters.move_to_end(q, last=False)
         if not priority:  # the fleet heartbeat's own waits are not the callers'
             self.queued += 1
         if deadline < _INF:
             heapq.heappush(self._deadlines, (deadline, w))
-            if len(self._deadlines) > 2 * len(self._waiters) + 64:
+            if len(self._deadlines) > 2 * len(self.waiters) + 64:
                 self._compact_deadlines()
             self._poke(deadline)
         self._grow(now)
@@ -398,8 +415,8 @@ class Planner:
     def cancel(self, w: Waiter, now: float) -> None:
         """The waiter gave up (cancelled). A slot already reserved for it is passed on."""
         if w.outcome is None:
-            if w in self._waiters:
-                del self._waiters[w]
+            if w in self.waiters:
+                del self.waiters[w]
             w.outcome = Outcome.CANCELLED
             return
         if w.outcome is Outcome.HANDED and w.slot is not None:
@@ -487,8 +504,8 @@ class Planner:
         if len(self._slots) - self.n_closing > self.limit:  # size; the slot still counts
             self._close(slot, CloseReason.RESIZE)
             return
-        if self._waiters:
-            w, _ = self._waiters.popitem(last=False)
+        if self.waiters:
+            w, _ = self.waiters.popitem(last=False)
             slot.state = SlotState.RESERVED
             slot.waiter = w
             slot.handed_at = now  # in use until now: not idle, whatever idle_since says
@@ -576,13 +593,13 @@ class Planner:
             return
         keep = self.n_connecting
         out = self._out()
-        for w in list(self._waiters)[keep:]:
-            del self._waiters[w]
+        for w in list(self.waiters)[keep:]:
+            del self.waiters[w]
             w.outcome = Outcome.CONNECT_FAILED
             out.wake.append(w)
 
     def _wanted(self) -> int:
-        uncovered = len(self._waiters) - self.n_connecting - self.n_resetting
+        uncovered = len(self.waiters) - self.n_connecting - self.n_resetting
         return max(uncovered, self.floor - self.size)
 
     def _grow(self, now: float) -> None:
@@ -636,7 +653,7 @@ class Planner:
         while dl and dl[0][0] <= now:
             _, w = heapq.heappop(dl)
             if w.outcome is None:
-                del self._waiters[w]
+                del self.waiters[w]
                 w.outcome = Outcome.TIMEOUT
                 if not w.priority:
                     self.timeouts += 1
@@ -677,11 +694,11 @@ class Planner:
         next. Reported in the plan at most once per window.
         """
         window = self.settings.saturation_warning
-        if window is None or not self._waiters:
+        if window is None or not self.waiters:
             self._saturation_check = _INF
             return
         # With no connection at all (a limit of 0), since the oldest caller queued.
-        oldest = next(iter(self._waiters)).enqueued_at
+        oldest = next(iter(self.waiters)).enqueued_at
         last_free = max((s.idle_since for s in self._slots if s.idle_since < _INF), default=oldest)
         if now - last_free < window:
             self._saturation_check = last_free + window
@@ -704,7 +721,7 @@ class Planner:
             timeout = self.settings.idle_timeout
             if timeout is not None and self.size > self.floor:
                 t = min(t, idle[0].idle_since + timeout)
-        if self._waiters:  # a check is only due while callers queue
+        if self.waiters:  # a check is only due while callers queue
             t = min(t, self._saturation_check)
         if self.backoff_until > now and self._wanted() > 0:
             t = min(t, self.backoff_until)
@@ -740,19 +757,9 @@ class Planner:
         Returns its slot, or ``None`` when the limit leaves no room (or the
         pool is closed): the caller then closes it.
         """
-        if not isinstance(limit, int) or isinstance(limit, bool):
-            raise TypeError(f"max_connections must be an integer >= 0 (got {limit!r})")
-        if limit < 0:
-            raise ValueError(f"max_connections must be an integer >= 0 (got {limit!r})")
+        check_int("max_connections", limit, low=0)
         if floor is not None:
-            if not isinstance(floor, int) or isinstance(floor, bool):
-                raise TypeError(
-                    f"min_connections must be an integer in [0, {limit}] (got {floor!r})"
-                )
-            if not 0 <= floor <= limit:
-                raise ValueError(
-                    f"min_connections must be an integer in [0, {limit}] (got {floor!r})"
-                )
+            check_int("min_connections", floor, low=0, high=limit)
             self.min_connections = floor
         old = self.limit
         self.limit = limit
@@ -788,10 +795,10 @@ class Planner:
             return
         self.closed = True
         out = self._out()
-        for w in self._waiters:
+        for w in self.waiters:
             w.outcome = Outcome.CLOSED
             out.wake.append(w)
-        self._waiters.clear()
+        self.waiters.clear()
         self._deadlines.clear()
         while self._idle:
             self._close(self._idle.popleft(), CloseReason.POOL_CLOSED)
@@ -852,7 +859,7 @@ class Planner:
         """Counts for messages: ``size 3 (in use 2, idle 1, connecting 0), waiting 4, limit 10``."""
         return (
             f"size {self.size} (in use {self.n_in_use + self.n_reserved}, idle {len(self._idle)}, "
-            f"connecting {self.n_connecting}), waiting {len(self._waiters)}, limit {self.limit}"
+            f"connecting {self.n_connecting}), waiting {len(self.waiters)}, limit {self.limit}"
         )
 
     def check(self) -> None:
@@ -884,20 +891,20 @@ class Planner:
                 assert w is not None
                 assert w.slot is slot
                 assert w.outcome is Outcome.HANDED
-                assert w not in self._waiters
+                assert w not in self.waiters
             else:
                 assert slot.waiter is None, slot
-        for w in self._waiters:
+        for w in self.waiters:
             assert w.slot is None, w
             assert w.outcome is None, w
-        flags = [w.priority for w in self._waiters]
+        flags = [w.priority for w in self.waiters]
         assert flags == sorted(flags, reverse=True), "a priority waiter behind an ordinary one"
-        ids = [w.id for w in self._waiters if not w.priority]
+        ids = [w.id for w in self.waiters if not w.priority]
         assert ids == sorted(ids), "waiters out of FIFO order"
-        prio = [w.id for w in self._waiters if w.priority]
+        prio = [w.id for w in self.waiters if w.priority]
         assert prio == sorted(prio), "priority waiters out of order"
         if self._idle:
-            assert not self._waiters, "a slot sits idle while callers wait"
+            assert not self.waiters, "a slot sits idle while callers wait"
             assert self.size <= self.limit, "idle surplus above the limit"
         if self.budget_used > self.limit:
             assert self._lowered_from >= self.budget_used, (
@@ -911,7 +918,7 @@ class Planner:
         )
         assert self.n_connecting <= self.settings.max_connecting
         if self.closed:
-            assert not self._waiters
+            assert not self.waiters
             assert not self._idle
 
 

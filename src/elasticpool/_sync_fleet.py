@@ -8,8 +8,8 @@ runs it unchanged on a private asyncio event loop in a daemon thread
 whatever would block (borrowing the coordination connection, a statement on
 it, opening or closing one) runs on a worker thread of that loop
 (``anyio.to_thread``). The membership sees an async connector
-(:class:`AsyncConnectorFacade`) whose connections are :class:`LoopConnection`
-wrappers around the driver's sync connections.
+(:class:`AsyncConnectorFacade`) over the driver's sync connections; every
+statement it runs goes through that connector's ``fetch``.
 
 Sync and async members of one pool name are members of one fleet: they write
 the same lease rows through the same heartbeat function.
@@ -36,16 +36,17 @@ from anyio.from_thread import BlockingPortal
 
 from ._connector import ResetMode
 from ._errors import PoolClosed, PoolTimeout
+from ._member import Coordination, Freeze
 from ._state import SlotState
 
 if TYPE_CHECKING:
-    from ._pool import PoolStats
     from ._settings import PoolSettings
+    from ._stats import PoolStats
     from ._sync_connector import SyncConnector
     from ._sync_pool import SyncPool
     from .fleet._base import Membership
 
-__all__ = ["AsyncConnectorFacade", "FleetLoop", "LoopConnection", "SyncPort"]
+__all__ = ["AsyncConnectorFacade", "FleetLoop", "SyncPort"]
 
 logger = logging.getLogger("elasticpool")
 
@@ -137,45 +138,17 @@ class FleetLoop:
             self._thread.join(timeout)
 
 
-# ----------------------------------------------------------------------------- connections
-
-
-class LoopConnection:
-    """A driver's sync connection as the fleet's event loop sees it.
-
-    Statements on it run on a worker thread (:meth:`fleet_fetch`, which the
-    fleet's statement runner calls for connections it does not know); a
-    statement abandoned by a timeout keeps running on its thread until the
-    pool closes the connection, which makes it return.
-    """
-
-    __slots__ = ("_connector", "raw")
-
-    def __init__(self, raw: Any, connector: SyncConnector[Any]) -> None:
-        self.raw = raw
-        self._connector = connector
-
-    async def fleet_fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        """Run one statement (``$n`` placeholders) on a worker thread; the rows as tuples."""
-        call = functools.partial(self._connector.fetch, self.raw, sql, *args)
-        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
-
-    def __repr__(self) -> str:
-        return f"<LoopConnection {self.raw!r}>"
-
-
-def raw_connection(conn: Any) -> Any:
-    """The driver's connection behind ``conn`` (a :class:`LoopConnection` or not)."""
-    return conn.raw if isinstance(conn, LoopConnection) else conn
+# ----------------------------------------------------------------------------- the connector
 
 
 class AsyncConnectorFacade:
     """A :class:`~elasticpool.SyncConnector` as an async :class:`~elasticpool.Connector`.
 
     What the membership of a sync pool sees as ``port.connector``: blocking
-    calls run on worker threads of the fleet's loop, local checks run as
-    they are, connections are :class:`LoopConnection` wrappers (the driver's
-    own connection is accepted too). ``set_server_settings`` is there when
+    calls run on worker threads of the fleet's loop (a statement abandoned
+    by a timeout keeps running on its thread until the pool closes the
+    connection, which makes it return), local checks run as they are, and
+    connections are the driver's own. ``set_server_settings`` is there when
     the sync connector has it.
     """
 
@@ -186,47 +159,39 @@ class AsyncConnectorFacade:
         if set_settings is not None:
             self.set_server_settings = set_settings
 
-    async def connect(self) -> LoopConnection:
+    async def connect(self) -> Any:
         call = functools.partial(self.sync.connect, self._settings.connect_timeout)
-        return LoopConnection(await anyio.to_thread.run_sync(call), self.sync)
+        return await anyio.to_thread.run_sync(call)
 
     async def close(self, conn: Any) -> None:
-        await anyio.to_thread.run_sync(self.sync.close, raw_connection(conn))
+        await anyio.to_thread.run_sync(self.sync.close, conn)
 
     def terminate(self, conn: Any) -> None:
-        self.sync.terminate(raw_connection(conn))
+        self.sync.terminate(conn)
 
     def is_closed(self, conn: Any) -> bool:
-        return self.sync.is_closed(raw_connection(conn))
+        return self.sync.is_closed(conn)
 
     async def ping(self, conn: Any) -> None:
-        call = functools.partial(
-            self.sync.ping, raw_connection(conn), self._settings.connect_timeout
-        )
+        call = functools.partial(self.sync.ping, conn, self._settings.connect_timeout)
         await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
     def needs_reset(self, conn: Any, mode: ResetMode) -> bool:
-        return self.sync.needs_reset(raw_connection(conn), mode)
+        return self.sync.needs_reset(conn, mode)
 
     async def reset(self, conn: Any, mode: ResetMode) -> None:
-        call = functools.partial(self.sync.reset, raw_connection(conn), mode)
+        call = functools.partial(self.sync.reset, conn, mode)
         await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
     def is_disconnect(self, exc: BaseException) -> bool:
         return self.sync.is_disconnect(exc)
 
     def transaction(self, conn: Any, *, readonly: bool = False) -> AbstractAsyncContextManager[Any]:
-        return _transaction(self.sync, raw_connection(conn), readonly)
+        return _transaction(self.sync, conn, readonly)
 
-    async def fetch(
-        self, conn: Any, sql: str, *args: Any, own: bool = False
-    ) -> list[tuple[Any, ...]]:
-        """The sync connector's ``fetch`` on a worker thread.
-
-        A statement outside a transaction is a transaction of its own there,
-        so ``own`` changes nothing.
-        """
-        call = functools.partial(self.sync.fetch, raw_connection(conn), sql, *args)
+    async def fetch(self, conn: Any, sql: str, /, *args: Any) -> list[tuple[Any, ...]]:
+        """The sync connector's ``fetch`` on a worker thread (``Connector.fetch``'s contract)."""
+        call = functools.partial(self.sync.fetch, conn, sql, *args)
         return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
     def __repr__(self) -> str:
@@ -249,56 +214,6 @@ async def _transaction(
 
 
 # ----------------------------------------------------------------------------- the port
-
-
-class Coordination:
-    """The connection one coordination statement runs on (see :meth:`SyncPort.coordination`)."""
-
-    __slots__ = ("conn", "extra", "kept")
-
-    def __init__(self, conn: LoopConnection, *, extra: bool) -> None:
-        self.conn = conn
-        self.extra = extra
-        """Opened outside the pool, not one of its slots."""
-        self.kept = False
-
-    def keep(self) -> Any:
-        """Take the extra connection: it is not closed on exit, the caller owns it now."""
-        assert self.extra
-        self.kept = True
-        return self.conn
-
-
-class Freeze:
-    """A sync pool held at its size during one heartbeat (see :meth:`SyncPort.frozen`)."""
-
-    __slots__ = ("applied", "before", "demand", "grant", "holding", "pool", "sent")
-
-    def __init__(self, pool: SyncPool[Any], *, demand: int, holding: int, before: int) -> None:
-        self.pool = pool
-        self.demand = demand
-        self.holding = holding
-        """Its slots when frozen: never above what its lease claims, committed or not."""
-        self.before = before
-        self.grant: int | None = None
-        self.applied = False
-        self.sent = False
-        """The heartbeat reached the server: its outcome may be committed."""
-
-    def apply(self, limit: int, adopt: Any = None) -> bool:
-        """Set the pool's limit now, with no await; take ``adopt`` in if the grant has room."""
-        pool = self.pool
-        planner = pool._planner
-        with pool._lock:
-            slot = None
-            if not planner.closed:
-                slot = planner.resize(
-                    limit, time.monotonic(), adopt=raw_connection(adopt), jitter=random.random()
-                )
-            plan = pool._take()
-        pool._execute(plan)
-        self.applied = True
-        return slot is not None
 
 
 class SyncPort:
@@ -361,7 +276,7 @@ class SyncPort:
         if slot is None:
             conn = await anyio.to_thread.run_sync(sync.connect, pool.settings.connect_timeout)
             pool._extras[conn] = None
-            co = Coordination(LoopConnection(conn, sync), extra=True)
+            co = Coordination(conn, extra=True)
             try:
                 yield co
             finally:
@@ -375,7 +290,7 @@ class SyncPort:
         pool._coordinating = slot
         ok = False
         try:
-            yield Coordination(LoopConnection(slot.conn, sync), extra=False)
+            yield Coordination(slot.conn, extra=False)
             ok = True
         finally:
             pool._coordinating = None
@@ -415,7 +330,7 @@ class SyncPort:
             asked = p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting
             asked = max(asked, p.min_connections)  # a warm floor asks for itself
             freeze = Freeze(
-                pool,
+                self._apply_limit,
                 demand=max(0, max(asked, int(average + 0.5)) - coordinating),
                 holding=len(p.remaining()),
                 before=p.limit,
@@ -441,6 +356,18 @@ class SyncPort:
                 pool._execute(plan)
             raise
 
+    def _apply_limit(self, limit: int, adopt: Any) -> bool:
+        """Set the pool's limit now (no await); take ``adopt`` in if it has room: whether it did."""
+        pool = self._pool
+        planner = pool._planner
+        with pool._lock:
+            slot = None
+            if not planner.closed:
+                slot = planner.resize(limit, time.monotonic(), adopt=adopt, jitter=random.random())
+            plan = pool._take()
+        pool._execute(plan)
+        return slot is not None
+
     def demand_signal(self) -> anyio.Event:
         event = anyio.Event()
         self._pool._fleet_demand = (asyncio.get_running_loop(), event)
@@ -448,7 +375,7 @@ class SyncPort:
 
     async def close_connection(self, conn: Any) -> None:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._pool._close_conn, raw_connection(conn))
+            await anyio.to_thread.run_sync(self._pool._close_conn, conn)
 
     def __repr__(self) -> str:
         return f"<member port of {self._pool!r}>"

@@ -41,12 +41,22 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._errors import PoolClosed, PoolTimeout, TooManyWaiters
+from ._fork import forked_error, inherit, watch
+from ._lifecycle import CLOSED as _CLOSED
+from ._lifecycle import CLOSING as _CLOSING
+from ._lifecycle import FORKED as _FORKED
+from ._lifecycle import NEW as _NEW
+from ._lifecycle import OPEN as _OPEN
+from ._lifecycle import OPENING as _OPENING
+from ._lifecycle import Lifecycle
 from ._limits import resolve_limit
-from ._pool import PoolStats, _check_seconds
 from ._settings import PoolSettings
+from ._sql import SERVER_LIMITS_SQL
 from ._state import CloseReason, Outcome, Plan, Planner, Slot, SlotState, Waiter
+from ._stats import PoolStats
 from ._sync_connector import SyncConnector
 from ._sync_fleet import FleetLoop, SyncPort
+from ._validate import check_name, check_seconds
 from .fleet._base import FleetStatus, Membership
 
 __all__ = ["SyncPool"]
@@ -60,13 +70,6 @@ _DEFAULT: Any = object()
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
 
-# Lifecycle: new → opening → open → closing → closed; or forked (see _forked).
-_NEW = "new"
-_OPENING = "opening"
-_OPEN = "open"
-_CLOSING = "closing"
-_CLOSED = "closed"
-_FORKED = "forked"
 
 _CONNECTOR_METHODS = (
     "connect",
@@ -322,8 +325,7 @@ class SyncPool(Generic[ConnT]):
             )
         elif overrides:
             settings = settings.replace(**overrides)
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string (got {name!r})")
+        check_name("name", name)
         if membership is not None and not isinstance(membership, Membership):
             raise TypeError(
                 "membership must be an elasticpool Membership (PostgresMembership, "
@@ -354,7 +356,7 @@ class SyncPool(Generic[ConnT]):
         self._changed = threading.Condition(self._lock)
         # The lifecycle: state changes under _life; open() and acquires wait on it.
         self._life = threading.Condition()
-        self._state = _NEW
+        self._state: Lifecycle = _NEW
         self._pid = 0
         self._running = False  # the ticker and the workers are there to carry out plans
         self._workers = _Workers(f"elasticpool-{name}-worker")
@@ -426,6 +428,7 @@ class SyncPool(Generic[ConnT]):
             first = self._resolve_percentage()
         self._pid = os.getpid()
         _opened_here.add(self)
+        watch(self, type(self)._forked)
         self._workers = _Workers(f"elasticpool-{self.name}-worker")
         self._running = True
         self._tick.clear()
@@ -477,8 +480,6 @@ class SyncPool(Generic[ConnT]):
 
     def _resolve_percentage(self) -> Any:
         """Resolve ``total_max_connections="N%"`` against the server; return the connection used."""
-        from .fleet._sql import SERVER_LIMITS_SQL  # noqa: PLC0415 - only for a percentage
-
         fetch = getattr(self._connector, "fetch", None)
         if fetch is None:
             raise TypeError(
@@ -514,7 +515,7 @@ class SyncPool(Generic[ConnT]):
         stop. Calling it again (from any thread) waits for the first call to
         finish; a closed pool cannot be reopened.
         """
-        _check_seconds("timeout", timeout, zero_ok=True)
+        check_seconds("timeout", timeout, strict=False, optional=True, finite=False)
         with self._life:
             if self._state is _FORKED:  # the parent's: nothing to wait for, nothing to close
                 self._state = _CLOSED
@@ -630,7 +631,7 @@ class SyncPool(Generic[ConnT]):
         Raises :class:`~elasticpool.PoolTimeout` after ``timeout`` seconds
         (``None``: no bound), with the last connect error as its cause.
         """
-        _check_seconds("timeout", timeout, zero_ok=True)
+        check_seconds("timeout", timeout, strict=False, optional=True, finite=False)
         self._check_open()
         planner = self._planner
         deadline = math.inf if timeout is None else _monotonic() + timeout
@@ -692,15 +693,16 @@ class SyncPool(Generic[ConnT]):
         return timeout
 
     def _forked_error(self) -> RuntimeError:
-        return RuntimeError(
-            f"pool {self.name!r} was opened in process {self._pid} and cannot be used in "
-            f"forked process {os.getpid()}: open the pool after the fork (e.g. in a gunicorn "
-            "post_fork hook or at worker startup); in this process only close() or "
-            "terminate() it, which leaves the parent's connections alone"
+        return forked_error(
+            f"pool {self.name!r}",
+            self._pid,
+            "open the pool after the fork (e.g. in a gunicorn post_fork hook or at worker "
+            "startup); in this process only close() or terminate() it, which leaves the "
+            "parent's connections alone",
         )
 
     def _forked(self) -> None:
-        """In a forked child (see ``_after_fork_in_child``): give up everything, with no I/O.
+        """In a forked child (see ``_fork.py``): give up everything, with no I/O.
 
         The parent's threads do not exist here; the connections and the fleet
         lease are the parent's (the sockets are shared with it). The planner
@@ -729,7 +731,7 @@ class SyncPool(Generic[ConnT]):
         for slot in planner.remaining():
             planner.forget(slot)
         for conn in conns:
-            _inherited.append(conn)
+            inherit(conn)
             if abandon is not None:
                 abandon(conn)
 
@@ -747,7 +749,7 @@ class SyncPool(Generic[ConnT]):
         if timeout is _DEFAULT:
             timeout = self.settings.pool_timeout
         elif timeout is not None:
-            _check_seconds("timeout", timeout, zero_ok=False)
+            check_seconds("timeout", timeout, optional=True, finite=False)
         return _Connection(self, timeout)
 
     def acquire(self, *, timeout: float | None = _DEFAULT) -> ConnT:
@@ -759,7 +761,7 @@ class SyncPool(Generic[ConnT]):
         if timeout is _DEFAULT:
             timeout = self.settings.pool_timeout
         elif timeout is not None:
-            _check_seconds("timeout", timeout, zero_ok=False)
+            check_seconds("timeout", timeout, optional=True, finite=False)
         return self._lend(timeout)
 
     def release(self, conn: ConnT, *, exc: BaseException | None = None) -> None:
@@ -1016,11 +1018,8 @@ class SyncPool(Generic[ConnT]):
     def _raise_timeout(self, timeout: float | None) -> None:
         planner = self._planner
         msg = f"pool {self.name!r}: no connection within {timeout:g}s ({planner.describe()})"
-        me = _get_ident()
         with self._lock:
-            held = sum(
-                1 for s in planner.remaining() if s.state is SlotState.IN_USE and s.owner == me
-            )
+            held = planner.borrowed_by(_get_ident())
         if held:
             msg += (
                 f"; this thread already holds {held} connection{'s' if held > 1 else ''} "
@@ -1384,7 +1383,7 @@ class SyncPool(Generic[ConnT]):
 
     def __repr__(self) -> str:
         p = self._planner
-        state = "" if self._state is _OPEN else f" {self._state}"
+        state = "" if self._state is _OPEN else f" {self._state.value}"
         resetting = f", resetting {p.n_resetting}" if p.n_resetting else ""
         return (
             f"<SyncPool {self.name!r}{state} [in use {p.n_in_use + p.n_reserved}, "
@@ -1394,10 +1393,9 @@ class SyncPool(Generic[ConnT]):
 
 # ----------------------------------------------------------------------------- fork
 
-# Every sync pool opened in this process, held weakly, for the at-fork hooks.
+# Every sync pool opened in this process, held weakly, for the at-fork hooks below (what
+# a child does with them is _fork.py's: see SyncPool._forked).
 _opened_here: weakref.WeakSet[SyncPool[Any]] = weakref.WeakSet()
-# In a forked child: the parent's connections, never to be collected here.
-_inherited: list[object] = []
 _held_over_fork: list[SyncPool[Any]] = []
 
 
@@ -1410,32 +1408,18 @@ def _before_fork() -> None:
     it), the child gets each planner in a consistent state and each lock
     held by its only thread, which releases it.
     """
-    pools = list(_opened_here)
-    for pool in pools:
+    for pool in list(_opened_here):
         pool._lock.acquire()
         _held_over_fork.append(pool)
 
 
-def _after_fork_in_parent() -> None:
+def _after_fork() -> None:
     while _held_over_fork:
         _held_over_fork.pop()._lock.release()
-
-
-def _after_fork_in_child() -> None:
-    """``os.fork()`` child: every pool opened in the parent gives its connections up (no I/O)."""
-    while _held_over_fork:
-        pool = _held_over_fork.pop()
-        pool._lock.release()
-        try:
-            pool._forked()
-        except Exception:  # pragma: no cover - a connector's abandon; never fail a fork
-            logger.exception("pool %r: giving up the parent's connections failed", pool.name)
-    _opened_here.clear()
+    # In a child, _fork.py's hook (registered before this one) has run SyncPool._forked.
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows
     os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
+        before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork
     )

@@ -9,8 +9,11 @@ many leases are out at once, who waits (FIFO, ``pool_timeout``), and what the
 stats say; the underlying pool keeps doing what it alone can do (open server
 connections, its own reset on give-back, its own idle and lifetime policy).
 
-Neither driver is imported here unless the object handed to :func:`wrap` is
-one of its pools (its module is then already imported).
+What is common to every kind lives here (:class:`Leases`, the wrapped pool,
+:func:`wrap`); each driver's leases live in its adapter
+(``elasticpool.asyncpg._leases``, ``elasticpool.psycopg._leases``), and
+:func:`wrap` asks the adapters which one the pool it is given belongs to
+(``ask`` in ``_adapters.py``). No driver is imported here.
 
 ``docs/wrap.md`` lists exactly what is and is not governed for each kind.
 """
@@ -19,18 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import warnings
 from collections.abc import Coroutine
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
 import anyio
 
+from ._adapters import ask
 from ._connector import ResetMode
 from ._errors import ElasticPoolWarning
 from ._pool import Pool
 from ._settings import PoolSettings
+from ._validate import check_bool, check_int
 
 if TYPE_CHECKING:
     import asyncpg
@@ -41,7 +45,7 @@ if TYPE_CHECKING:
     from ._sync_pool import SyncPool
     from .fleet._base import Membership
 
-__all__ = ["wrap"]
+__all__ = ["Leases", "ThreadedLeases", "spawn", "wrap"]
 
 logger = logging.getLogger("elasticpool")
 
@@ -50,13 +54,14 @@ RecordT = TypeVar("RecordT", bound="asyncpg.Record")
 ACT = TypeVar("ACT", bound="AsyncConnection[Any]")
 CT = TypeVar("CT", bound="Connection[Any]")
 
-_ACCEPTS = "an asyncpg.Pool, a psycopg_pool.AsyncConnectionPool or a psycopg_pool.ConnectionPool"
+ACCEPTS = "an asyncpg.Pool, a psycopg_pool.AsyncConnectionPool or a psycopg_pool.ConnectionPool"
+"""What :func:`wrap` takes, for its errors."""
 
 # Give-backs and terminations that outlive the call that started them (kept referenced).
 _background: set[asyncio.Task[Any]] = set()
 
 
-def _spawn(coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any] | None:
+def spawn(coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any] | None:
     """Run ``coro`` as a task of its own on the running loop; log (never raise) its failure."""
     try:
         loop = asyncio.get_running_loop()
@@ -76,7 +81,25 @@ def _spawn(coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any] | Non
     return task
 
 
-class _Leases(Generic[ConnT]):
+class ThreadedLeases(Protocol):
+    """What an adapter answers for a threaded pool (``psycopg_pool.ConnectionPool``).
+
+    Its wrapper is a :class:`~elasticpool.SyncPool`, not a :class:`Pool`:
+    the adapter builds it, with :func:`wrap`'s arguments.
+    """
+
+    def wrap(
+        self,
+        settings: PoolSettings | None,
+        *,
+        name: str | None,
+        membership: Membership | None,
+        close_underlying: bool,
+        elastic_settings: dict[str, Any],
+    ) -> SyncPool[Any]: ...
+
+
+class Leases(Generic[ConnT]):
     """A :class:`~elasticpool.Connector` whose connections are leases from an existing pool.
 
     It remembers which leases are out, so a lease is given back at most once:
@@ -84,6 +107,9 @@ class _Leases(Generic[ConnT]):
     The give-back runs in a task of its own and :meth:`close` waits for it
     shielded: if the pool's ``close_timeout`` cuts the wait short, the lease
     still reaches the underlying pool instead of being lost half-way.
+
+    An adapter subclasses it for each kind of pool it can wrap (the methods
+    marked "per kind"), and returns one from its ``_leases.leases_for``.
     """
 
     kind = ""
@@ -125,6 +151,13 @@ class _Leases(Generic[ConnT]):
     ) -> AbstractAsyncContextManager[Any]:
         raise NotImplementedError
 
+    async def fetch(self, conn: ConnT, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def default_name(self) -> str:
+        """The wrapped pool's name when :func:`wrap` is given none."""
+        return self.kind
+
     def ceiling(self) -> int | None:
         """The most leases the underlying pool can ever lend at once, if it cannot grow."""
         return None
@@ -153,7 +186,7 @@ class _Leases(Generic[ConnT]):
     async def close(self, conn: ConnT) -> None:
         if self._out.pop(id(conn), None) is None:
             return  # already given back or terminated
-        task = _spawn(self._give_back(conn), "give a connection back to the underlying pool")
+        task = spawn(self._give_back(conn), "give a connection back to the underlying pool")
         if task is not None:
             self._returning.add(task)
             task.add_done_callback(self._returning.discard)
@@ -172,228 +205,12 @@ class _Leases(Generic[ConnT]):
         return f"<{type(self).__name__} {self.describe()}>"
 
 
-class _AsyncpgLeases(_Leases["asyncpg.pool.PoolConnectionProxy[Any]"]):
-    """Leases from an :class:`asyncpg.Pool` (each one an asyncpg ``PoolConnectionProxy``)."""
-
-    kind = "asyncpg"
-    default_reset: ResetMode = "session"  # asyncpg resets on every release: so do we
-
-    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
-        super().__init__()
-        import asyncpg.exceptions  # noqa: PLC0415 - only with an asyncpg pool in hand
-
-        from .asyncpg import is_disconnect_error  # noqa: PLC0415
-
-        self._pool = pool
-        self._interface_error = asyncpg.exceptions.InterfaceError
-        self._is_disconnect = is_disconnect_error
-        # Leases whose server connection is being closed for good.
-        self._closing: set[asyncpg.pool.PoolConnectionProxy[Any]] = set()
-
-    def ceiling(self) -> int:
-        return self._pool.get_max_size()
-
-    def max_size(self) -> int:
-        return self._pool.get_max_size()
-
-    async def _borrow(self) -> asyncpg.pool.PoolConnectionProxy[Any]:
-        return await self._pool.acquire()
-
-    def _surplus(self) -> bool:
-        """Whether the asyncpg pool holds more open connections than the wrapper can use.
-
-        It may keep ``max(min_size, limit + connections other code borrowed)``;
-        a lease given back while it holds more is closed for good instead.
-        """
-        pool = self._pool
-        if pool.is_closing():
-            return False
-        # A connection being closed for good may still count in get_size() for a
-        # while, or not at all any more (asyncpg decides): count it only if it does.
-        closing = sum(1 for c in self._closing if not self.is_closed(c))
-        ours = len(self._out) + len(self._returning) - (len(self._closing) - closing)
-        size = pool.get_size()
-        others = max(0, size - pool.get_idle_size() - ours)
-        keep = max(pool.get_min_size(), self.limit + others)
-        return size - closing > keep
-
-    async def _give_back(self, conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
-        if not self._surplus():
-            await self._pool.release(conn)
-            return
-        self._closing.add(conn)
-        try:
-            await conn.close()  # asyncpg returns the emptied holder to its queue itself
-        except self._interface_error:
-            pass  # asyncpg took it back already (it found the connection dead)
-        finally:
-            self._closing.discard(conn)
-
-    def _kill(self, conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
-        try:
-            conn.terminate()  # asyncpg returns the emptied holder to its queue itself
-        except self._interface_error:
-            pass  # asyncpg took it back already
-
-    def is_closed(self, conn: asyncpg.pool.PoolConnectionProxy[Any]) -> bool:
-        try:
-            return conn.is_closed()
-        except self._interface_error:
-            return True  # asyncpg took it back: it found the connection dead
-
-    async def ping(self, conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
-        await conn.execute("SELECT 1")
-
-    def needs_reset(self, conn: asyncpg.pool.PoolConnectionProxy[Any], mode: ResetMode) -> bool:
-        if mode == "none":
-            return False
-        if mode == "rollback":
-            return conn.is_in_transaction()
-        return True
-
-    async def reset(self, conn: asyncpg.pool.PoolConnectionProxy[Any], mode: ResetMode) -> None:
-        if conn.is_in_transaction():
-            await conn.execute("ROLLBACK")
-        if mode == "session":
-            await conn.reset()  # what asyncpg's own release runs (its reset query)
-
-    def is_disconnect(self, exc: BaseException) -> bool:
-        return self._is_disconnect(exc)
-
-    def transaction(
-        self, conn: asyncpg.pool.PoolConnectionProxy[Any], *, readonly: bool = False
-    ) -> AbstractAsyncContextManager[Any]:
-        tx: AbstractAsyncContextManager[Any] = conn.transaction(readonly=readonly)
-        return tx
-
-    async def finish(self, *, close: bool, timeout: float | None) -> None:
-        await self.wait_returned(timeout)
-        if not close or self._pool.is_closing():
-            return
-        with anyio.move_on_after(5.0 if timeout is None else timeout) as scope:
-            await self._pool.close()  # on cancellation it terminates itself
-        if scope.cancelled_caught:
-            self._pool.terminate()
-
-    def finish_now(self, *, close: bool) -> None:
-        if close:
-            self._pool.terminate()
-
-    def describe(self) -> str:
-        p = self._pool
-        return f"asyncpg.Pool (size {p.get_size()}, max {p.get_max_size()})"
-
-
-class _PsycopgLeases(_Leases[ACT]):
-    """Leases from a :class:`psycopg_pool.AsyncConnectionPool` (each one its own connection)."""
-
-    kind = "psycopg"
-    default_reset: ResetMode = "rollback"  # psycopg_pool rolls back on every putconn: so do we
-
-    def __init__(self, pool: AsyncConnectionPool[ACT]) -> None:
-        super().__init__()
-        from psycopg.pq import TransactionStatus  # noqa: PLC0415 - only with a psycopg pool
-
-        self._pool = pool
-        self._idle_status = TransactionStatus.IDLE
-        self._open_statuses = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
-        self._active_status = TransactionStatus.ACTIVE
-        self._original_max = pool.max_size
-        self._applied_max: int | None = None
-
-    def max_size(self) -> int:
-        return self._pool.max_size
-
-    async def _borrow(self) -> ACT:
-        return await self._pool.getconn()
-
-    async def _give_back(self, conn: ACT) -> None:
-        await self._pool.putconn(conn)
-
-    def _kill(self, conn: ACT) -> None:
-        conn.pgconn.finish()  # the socket closes now; psycopg_pool discards and replaces it
-        _spawn(self._pool.putconn(conn), "give a terminated connection back to psycopg_pool")
-
-    async def apply_limit(self, limit: int) -> None:
-        pool = self._pool
-        if pool.closed:
-            return
-        # psycopg_pool.resize() only sets numbers: it never revokes or closes a
-        # connection that is checked out, and never goes below its min_size.
-        new_max = max(limit, pool.min_size, 1)
-        if new_max != pool.max_size:
-            await pool.resize(pool.min_size, new_max)
-        self._applied_max = new_max
-
-    def is_closed(self, conn: ACT) -> bool:
-        # ACTIVE: given back mid-query (a cancelled borrower); psycopg_pool would close it too.
-        return conn.closed or conn.broken or conn.info.transaction_status == self._active_status
-
-    async def ping(self, conn: ACT) -> None:
-        if conn.info.transaction_status == self._idle_status:
-            await type(self._pool).check_connection(conn)  # no transaction left behind
-        else:
-            await conn.execute("")
-
-    def needs_reset(self, conn: ACT, mode: ResetMode) -> bool:
-        if mode == "none":
-            return False
-        if mode == "rollback":
-            return conn.info.transaction_status != self._idle_status
-        return True
-
-    async def reset(self, conn: ACT, mode: ResetMode) -> None:
-        status = conn.info.transaction_status
-        if status in self._open_statuses:
-            await conn.rollback()
-        elif status != self._idle_status:
-            raise RuntimeError(f"connection is {status.name}, cannot be reset")
-        if mode == "session":
-            if conn.autocommit:
-                await conn.execute("DISCARD ALL")
-            else:
-                await conn.set_autocommit(True)
-                try:
-                    await conn.execute("DISCARD ALL")
-                finally:
-                    await conn.set_autocommit(False)
-
-    def is_disconnect(self, exc: BaseException) -> bool:
-        from .psycopg import is_disconnect_error  # noqa: PLC0415 - only with a psycopg pool
-
-        return is_disconnect_error(exc)
-
-    def transaction(self, conn: ACT, *, readonly: bool = False) -> AbstractAsyncContextManager[Any]:
-        from .psycopg import _transaction  # noqa: PLC0415 - only with a psycopg pool in hand
-
-        return _transaction(conn, readonly)
-
-    async def finish(self, *, close: bool, timeout: float | None) -> None:
-        await self.wait_returned(timeout)
-        pool = self._pool
-        if pool.closed:
-            return
-        if close:
-            await pool.close(timeout=5.0 if timeout is None else timeout)
-        elif self._applied_max is not None and pool.max_size == self._applied_max:
-            # Still our doing (nobody resized it since): give it its own size back.
-            await pool.resize(pool.min_size, max(self._original_max, pool.min_size))
-
-    def finish_now(self, *, close: bool) -> None:
-        if close and not self._pool.closed:
-            _spawn(self._pool.close(), "close the psycopg pool")
-
-    def describe(self) -> str:
-        p = self._pool
-        return f"psycopg_pool.AsyncConnectionPool {p.name!r} (max {p.max_size})"
-
-
 class _WrappedPool(Pool[ConnT]):
     """A :class:`~elasticpool.Pool` of leases from an existing pool (see :func:`wrap`)."""
 
     def __init__(
         self,
-        leases: _Leases[ConnT],
+        leases: Leases[ConnT],
         settings: PoolSettings,
         *,
         name: str,
@@ -405,9 +222,9 @@ class _WrappedPool(Pool[ConnT]):
         self._close_underlying = close_underlying
         self._finished = False
         self._resize_lock: anyio.Lock | None = None
-        self.requested_limit = self._planner.limit
+        self.requested_limit = self.limit
         limit = self._cap(self.requested_limit)
-        self._planner.limit = limit  # no slot exists yet: nothing else to adjust
+        self._set_limit_before_open(limit)  # no slot exists yet: nothing else to adjust
         leases.limit = limit
 
     def _cap(self, limit: int) -> int:
@@ -416,7 +233,7 @@ class _WrappedPool(Pool[ConnT]):
 
     async def open(self) -> None:
         if self._state == "new":
-            await self._leases.apply_limit(self._planner.limit)
+            await self._leases.apply_limit(self.limit)
         await super().open()
 
     async def resize(self, max_connections: int, min_connections: int | None = None) -> None:
@@ -428,12 +245,7 @@ class _WrappedPool(Pool[ConnT]):
         limit is capped at its ``max_size``, and leases given back while it
         holds more connections than the wrapper can use are closed for good.
         """
-        if (
-            not isinstance(max_connections, int)
-            or isinstance(max_connections, bool)
-            or max_connections < 0
-        ):
-            raise ValueError(f"max_connections must be an integer >= 0 (got {max_connections!r})")
+        check_int("max_connections", max_connections, low=0)
         limit = self._cap(max_connections)
         floor = min_connections
         if limit < max_connections and isinstance(floor, int) and floor > limit:
@@ -441,16 +253,16 @@ class _WrappedPool(Pool[ConnT]):
         if self._resize_lock is None:
             self._resize_lock = anyio.Lock()
         async with self._resize_lock:
-            old = self._planner.limit
+            old = self.limit
             if limit > old:
                 await self._leases.apply_limit(limit)  # room below first, or new leases wait there
             try:
                 self._leases.limit = limit
                 await super().resize(limit, floor)
             except BaseException:
-                self._leases.limit = self._planner.limit
+                self._leases.limit = self.limit
                 with anyio.CancelScope(shield=True):
-                    await self._leases.apply_limit(self._planner.limit)
+                    await self._leases.apply_limit(self.limit)
                 raise
             if limit < old:
                 await self._leases.apply_limit(limit)
@@ -486,27 +298,14 @@ class _WrappedPool(Pool[ConnT]):
         return f"{super().__repr__()[:-1]} over {self._leases.describe()}>"
 
 
-def _leases_for(existing: object) -> _Leases[Any]:
-    apg = sys.modules.get("asyncpg.pool")
-    if apg is not None and isinstance(existing, apg.Pool):
-        if not getattr(existing, "_initialized", True):
-            raise ValueError(
-                "the asyncpg pool is not initialized: wrap 'await asyncpg.create_pool(...)'"
-            )
-        if existing.is_closing():
-            raise ValueError("the asyncpg pool is closed")
-        return _AsyncpgLeases(existing)
-    ppool = sys.modules.get("psycopg_pool")
-    if ppool is not None and isinstance(existing, ppool.AsyncConnectionPool):
-        if existing.closed:
-            raise ValueError(
-                f"psycopg_pool.AsyncConnectionPool {existing.name!r} is not open "
-                "(create it with open=False, then 'await pool.open()' before wrap())"
-            )
-        return _PsycopgLeases(existing)
+def _leases_for(existing: object) -> Leases[Any] | ThreadedLeases:
+    """The leases of the adapter whose driver ``existing`` is a pool of; else a TypeError."""
+    leases: Leases[Any] | ThreadedLeases | None = ask("_leases", "leases_for", existing)
+    if leases is not None:
+        return leases
     # Never repr() the argument: it may be a connection string with a password in it.
     kind = type(existing)
-    raise TypeError(f"wrap() takes {_ACCEPTS} (got {kind.__module__}.{kind.__qualname__})")
+    raise TypeError(f"wrap() takes {ACCEPTS} (got {kind.__module__}.{kind.__qualname__})")
 
 
 @overload
@@ -593,24 +392,18 @@ def wrap(
     retires server connections; ``docs/wrap.md`` says exactly what each side
     governs.
     """
-    ppool = sys.modules.get("psycopg_pool")
-    if ppool is not None and isinstance(existing, ppool.ConnectionPool):
-        from .psycopg._sync_wrap import wrap_sync  # noqa: PLC0415 - only with one in hand
-
-        return wrap_sync(
-            existing,
+    leases = _leases_for(existing)
+    if not isinstance(leases, Leases):  # a threaded pool's: it builds its own wrapper
+        return leases.wrap(
             settings,
             name=name,
             membership=membership,
             close_underlying=close_underlying,
             elastic_settings=elastic_settings,
         )
-    leases = _leases_for(existing)
-    if not isinstance(close_underlying, bool):
-        raise TypeError(f"close_underlying must be a bool (got {close_underlying!r})")
+    check_bool("close_underlying", close_underlying)
     if name is None:
-        name = getattr(existing, "name", None) if leases.kind == "psycopg" else None
-        name = name if isinstance(name, str) and name else leases.kind
+        name = leases.default_name()
     if settings is None:
         fields: dict[str, Any] = {"reset": leases.default_reset, **elastic_settings}
         if fields.get("max_connections") is None and fields.get("total_max_connections") is None:
@@ -624,7 +417,7 @@ def wrap(
     pool = _WrappedPool(
         leases, settings, name=name, membership=membership, close_underlying=close_underlying
     )
-    limit = pool._planner.limit
+    limit = pool.limit
     if membership is None and pool.requested_limit > limit:
         warnings.warn(
             f"pool {name!r}: limit {pool.requested_limit} is above the {leases.kind} pool's "

@@ -832,7 +832,7 @@ class EmbeddedPostgres:
     # ------------------------------------------------------------------ internals
 
     def _redact(self, text: str) -> str:
-        return scrub(text, secrets=[self._password], mask="********")
+        return scrub(text, secrets=[self._password])  # shown as _redact.MASK, as everywhere
 
     def _init_cluster(self) -> _Cluster:
         bin_dir = self._bin_dir or _find_bin_dir()

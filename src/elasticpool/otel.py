@@ -46,7 +46,7 @@ _by_meter: weakref.WeakKeyDictionary[Any, PoolInstruments] = weakref.WeakKeyDict
 
 
 class _Timings:
-    """One pool's histogram records; a :class:`~elasticpool._state.TimingSink`."""
+    """One pool's histogram records; a ``TimingSink`` (see :meth:`elasticpool.Pool.observe`)."""
 
     __slots__ = ("_attrs", "_create", "_use", "_wait")
 

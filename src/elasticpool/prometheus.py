@@ -39,7 +39,7 @@ __all__ = ["PoolCollector", "register"]
 
 
 class _Timings:
-    """The histograms of one pool; a :class:`~elasticpool._state.TimingSink`."""
+    """The histograms of one pool; a ``TimingSink`` (see :meth:`elasticpool.Pool.observe`)."""
 
     __slots__ = ("connects", "uses", "waits")
 

@@ -34,8 +34,15 @@ from typing import Any, Generic, Literal, TypeVar
 import anyio
 import anyio.abc
 
+from ._adapters import fetch_for
+from ._connector import Connector, fetch_of
 from ._errors import ElasticPoolError, PoolClosed, PoolTimeout, TooManyWaiters
-from ._pool import Pool, PoolStats, _Acquire, _opened_here, _spawn_system_task
+from ._fork import forked_error, watch
+from ._lifecycle import CLOSED, CLOSING, FORKED, NEW, OPEN, Lifecycle
+from ._pool import Borrow, Pool
+from ._runner import Runner
+from ._stats import PoolStats
+from ._validate import check_instance, check_name, check_seconds
 
 __all__ = [
     "REPLAY_LAG_SQL",
@@ -70,19 +77,21 @@ infinity when it is behind and has replayed none since it started."""
 _LAG_REASON = "replication lag"
 
 
-async def replay_lag(conn: Any) -> float | None:
-    """Run :data:`REPLAY_LAG_SQL` on an asyncpg or psycopg connection; ``None`` when unknown.
+async def replay_lag(conn: Any, *, connector: Connector[Any] | None = None) -> float | None:
+    """Run :data:`REPLAY_LAG_SQL` on ``conn``; ``None`` when unknown.
 
-    The default ``lag`` function of :class:`RoutingPool`. For any other kind of
-    connection, pass your own.
+    It runs through ``connector``'s ``fetch(conn, sql, *args)`` (see
+    :class:`~elasticpool.Connector`), or without one on an asyncpg or psycopg
+    connection; any other raises :class:`TypeError`. The default ``lag``
+    function of :class:`RoutingPool`, which passes each replica pool's own
+    connector.
     """
-    fetchval = getattr(conn, "fetchval", None)
-    if fetchval is not None:  # asyncpg
-        value = await fetchval(REPLAY_LAG_SQL)
-    else:  # psycopg
-        cursor = await conn.execute(REPLAY_LAG_SQL, prepare=False)
-        row = await cursor.fetchone()
-        value = None if row is None else row[0]
+    if connector is not None:
+        fetch = fetch_of(connector, "replay_lag()")
+    else:
+        fetch = fetch_for(conn, "replay_lag()")
+    rows = await fetch(conn, REPLAY_LAG_SQL)
+    value = rows[0][0] if rows else None
     return None if value is None else float(value)
 
 
@@ -159,9 +168,9 @@ class _Member(Generic[ConnT]):
 
     def load(self) -> float:
         """Borrowed + queued, relative to the member's limit (a paused member is full)."""
-        p = self.pool._planner
-        busy = p.n_in_use + p.n_reserved + p.n_waiting
-        return busy / p.limit if p.limit > 0 else math.inf
+        pool = self.pool
+        limit = pool.limit
+        return (pool.in_use + pool.waiting) / limit if limit > 0 else math.inf
 
 
 class _MemberFailed(Exception):
@@ -185,7 +194,7 @@ class _RoutedAcquire(Generic[ConnT]):
         self._readonly = readonly
         self._timeout = timeout
         self._member: _Member[ConnT] | None = None
-        self._inner: _Acquire[ConnT] | None = None
+        self._inner: Borrow[ConnT] | None = None
 
     @property
     def pool(self) -> Pool[ConnT]:
@@ -214,7 +223,7 @@ class _RoutedAcquire(Generic[ConnT]):
         if member is None or inner is None:
             return
         if member.role == "replica" and exc is not None:
-            connector = member.pool._connector
+            connector = member.pool.connector
             if isinstance(exc, Exception) and connector.is_disconnect(exc):
                 self._router._quarantine(member, exc)
         await inner.__aexit__(exc_type, exc, tb)
@@ -250,8 +259,10 @@ class RoutingPool(Generic[ConnT]):
 
     ``max_lag`` (seconds, default ``None``: not checked): every
     ``lag_check_interval`` seconds each replica in rotation lends one
-    connection to ``lag(conn)`` (default :func:`replay_lag`); a lag above
-    ``max_lag`` quarantines it. ``None`` from ``lag`` means unknown and passes.
+    connection to ``lag(conn)`` (default :func:`replay_lag`, which needs the
+    replicas' connectors to have ``fetch``: without it, :class:`TypeError`
+    here); a lag above ``max_lag`` quarantines it. ``None`` from ``lag``
+    means unknown and passes.
 
     It does not re-implement a pool: limits, waiting, resets, lifetimes and
     fleet budgets are each member's own. It is not thread-safe, and a plain
@@ -274,34 +285,27 @@ class RoutingPool(Generic[ConnT]):
         lag_check_interval: float = 5.0,
         name: str = "routing",
     ) -> None:
-        if not isinstance(primary, Pool):
-            raise TypeError(f"primary must be an elasticpool.Pool (got {type(primary).__name__})")
+        check_instance("primary", primary, Pool, "an elasticpool.Pool")
         replicas = tuple(replicas)
         for r in replicas:
-            if not isinstance(r, Pool):
-                raise TypeError(
-                    f"replicas must be elasticpool.Pool objects (got {type(r).__name__})"
-                )
+            check_instance("replicas", r, Pool, "elasticpool.Pool objects")
         members = (primary, *replicas)
         if len({id(p) for p in members}) != len(members):
             raise ValueError("each member pool can be given only once (primary and replicas)")
-        for label, value in (
-            ("quarantine_initial", quarantine_initial),
-            ("quarantine_max", quarantine_max),
-            ("lag_check_interval", lag_check_interval),
-            *((("max_lag", max_lag),) if max_lag is not None else ()),
-        ):
-            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-                raise ValueError(f"{label} must be a finite number of seconds > 0 (got {value!r})")
+        check_seconds("quarantine_initial", quarantine_initial)
+        check_seconds("quarantine_max", quarantine_max)
+        check_seconds("lag_check_interval", lag_check_interval)
+        check_seconds("max_lag", max_lag, optional=True)
         if quarantine_max < quarantine_initial:
             raise ValueError(
                 f"quarantine_max must be >= quarantine_initial (got quarantine_max="
                 f"{quarantine_max!r}, quarantine_initial={quarantine_initial!r})"
             )
-        if probe_timeout is not None and not probe_timeout > 0:
-            raise ValueError(f"probe_timeout must be > 0 seconds or None (got {probe_timeout!r})")
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string (got {name!r})")
+        check_seconds("probe_timeout", probe_timeout, optional=True, finite=False)
+        check_name("name", name)
+        if max_lag is not None and lag is None:
+            for r in replicas:  # replay_lag runs through each replica's connector
+                fetch_of(r.connector, "RoutingPool(max_lag=...) without lag=")
         self.name = name
         self.fallback_to_primary = fallback_to_primary
         self.quarantine_initial = float(quarantine_initial)
@@ -309,18 +313,16 @@ class RoutingPool(Generic[ConnT]):
         self.probe_timeout = probe_timeout
         self.max_lag = max_lag
         self.lag_check_interval = float(lag_check_interval)
-        self._lag: Callable[[ConnT], Awaitable[float | None]] = lag or replay_lag
+        self._lag: Callable[[ConnT], Awaitable[float | None]] | None = lag
         self._primary = _Member(primary, "primary")
         self._replicas = tuple(_Member(r, "replica") for r in replicas)
         self._rr = 0
         self._reads = 0
         self._writes = 0
         self._fallbacks = 0
-        self._state = "new"  # new → open → closing → closed; or forked (see _forked)
+        self._state: Lifecycle = NEW  # new → open → closing → closed; or forked (see _forked)
         self._pid = 0  # the process that opened it
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._stop: anyio.Event | None = None
-        self._runner_done: anyio.Event | None = None
+        self._runner = Runner(f"routing pool {name!r}")  # the prober and lag checks, while open
 
     # ------------------------------------------------------------------ members
 
@@ -350,9 +352,9 @@ class RoutingPool(Generic[ConnT]):
 
     async def open(self) -> None:
         """Open every member pool and start the prober (idempotent)."""
-        if self._state == "open":
+        if self._state is OPEN:
             return
-        if self._state != "new":
+        if self._state is not NEW:
             raise PoolClosed(f"routing pool {self.name!r} is closed and cannot be opened again")
         opened: list[Pool[ConnT]] = []
         try:
@@ -363,76 +365,54 @@ class RoutingPool(Generic[ConnT]):
             with anyio.CancelScope(shield=True):
                 for pool in opened:
                     await pool.close()
-            self._state = "closed"
+            self._state = CLOSED
             raise
-        started = anyio.Event()
-        self._stop = anyio.Event()
-        self._runner_done = anyio.Event()
         self._pid = os.getpid()
-        _opened_here.add(self)
-        _spawn_system_task(self._run, started)
-        with anyio.CancelScope(shield=True):
-            await started.wait()
-        self._state = "open"
-        if self.max_lag is not None and self._tg is not None:
+        watch(self, type(self)._forked)
+        await self._runner.start()
+        self._state = OPEN
+        if self.max_lag is not None:
             for m in self._replicas:
-                self._tg.start_soon(self._lag_loop, m)
-
-    async def _run(self, started: anyio.Event) -> None:
-        assert self._stop is not None
-        assert self._runner_done is not None
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                started.set()
-                await self._stop.wait()
-                tg.cancel_scope.cancel()
-        except Exception:  # pragma: no cover - a bug in our own background code
-            logger.exception("routing pool %r: prober failed", self.name)
-        finally:
-            self._tg = None
-            self._runner_done.set()
+                self._runner.start_soon(self._lag_loop, m)
 
     async def close(self, timeout: float | None = 10.0) -> None:
         """Stop probing and close every member pool, concurrently, each bounded by ``timeout``.
 
         Calling it again is harmless; it cannot be reopened.
         """
-        if self._state == "forked":  # the parent's prober and members: only mark them closed
-            self._state = "closed"
+        if self._state is FORKED:  # the parent's prober and members: only mark them closed
+            self._state = CLOSED
             for m in (self._primary, *self._replicas):
                 m.pool.terminate()
             return
-        if self._state in ("closing", "closed"):
+        if self._state in (CLOSING, CLOSED):
             return
-        was_open = self._state == "open"
-        self._state = "closing"
+        was_open = self._state is OPEN
+        self._state = CLOSING
         with anyio.CancelScope(shield=True):
             if was_open:
-                assert self._stop is not None
-                assert self._runner_done is not None
-                self._stop.set()
-                await self._runner_done.wait()
+                await self._runner.stop()
             async with anyio.create_task_group() as tg:
                 for m in (self._primary, *self._replicas):
                     tg.start_soon(_close_pool, m.pool, timeout)
-            self._state = "closed"
+            self._state = CLOSED
 
     def _forked(self) -> None:
         """In a forked child: refuse every use (the member pools give up their own connections)."""
-        if self._state in ("open", "closing"):
-            self._state = "forked"
+        if self._state in (OPEN, CLOSING):
+            self._state = FORKED
 
     def _check_open(self) -> None:
-        if self._state != "open":
-            if self._state == "forked":
-                raise RuntimeError(
-                    f"routing pool {self.name!r} was opened in process {self._pid} and cannot "
-                    f"be used in forked process {os.getpid()}: open it after the fork (e.g. in "
-                    "a gunicorn post_fork hook or at worker startup); in this process only "
-                    "close() it, which leaves the parent's connections alone"
+        if self._state is not OPEN:
+            if self._state is FORKED:
+                raise forked_error(
+                    f"routing pool {self.name!r}",
+                    self._pid,
+                    "open it after the fork (e.g. in a gunicorn post_fork hook or at worker "
+                    "startup); in this process only close() it, which leaves the parent's "
+                    "connections alone",
                 )
-            if self._state == "new":
+            if self._state is NEW:
                 raise RuntimeError(
                     f"routing pool {self.name!r} is not open: use 'async with' or 'await open()'"
                 )
@@ -452,8 +432,8 @@ class RoutingPool(Generic[ConnT]):
         first chosen member's ``pool_timeout``). Context manager only: there
         is no ``await db.acquire()``.
         """
-        if timeout is not _DEFAULT and timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds or None (got {timeout!r})")
+        if timeout is not _DEFAULT:
+            check_seconds("timeout", timeout, optional=True, finite=False)
         return _RoutedAcquire(self, readonly, timeout)
 
     @contextlib.asynccontextmanager
@@ -468,7 +448,7 @@ class RoutingPool(Generic[ConnT]):
         """
         lease = self.acquire(readonly=readonly, timeout=timeout)
         async with lease as conn:
-            connector = lease.pool._connector
+            connector = lease.pool.connector
             tx = (
                 connector.transaction(conn, readonly=True)
                 if readonly
@@ -479,7 +459,7 @@ class RoutingPool(Generic[ConnT]):
 
     async def _borrow_write(
         self, timeout: float | None
-    ) -> tuple[_Member[ConnT], _Acquire[ConnT], ConnT]:
+    ) -> tuple[_Member[ConnT], Borrow[ConnT], ConnT]:
         self._check_open()
         member = self._primary
         if timeout is _DEFAULT:
@@ -492,7 +472,7 @@ class RoutingPool(Generic[ConnT]):
 
     async def _borrow_read(
         self, timeout: float | None
-    ) -> tuple[_Member[ConnT], _Acquire[ConnT], ConnT]:
+    ) -> tuple[_Member[ConnT], Borrow[ConnT], ConnT]:
         self._check_open()
         start = anyio.current_time()
         tried: set[_Member[ConnT]] = set()
@@ -555,7 +535,7 @@ class RoutingPool(Generic[ConnT]):
 
     async def _borrow_watched(
         self, member: _Member[ConnT], timeout: float | None
-    ) -> tuple[_Acquire[ConnT], ConnT]:
+    ) -> tuple[Borrow[ConnT], ConnT]:
         """Borrow from ``member``; raise :class:`_MemberFailed` if its connects fail meanwhile.
 
         A waiting read leaves the member's queue at once then (a cancelled
@@ -563,8 +543,7 @@ class RoutingPool(Generic[ConnT]):
         timeout on a replica that is down.
         """
         pool = member.pool
-        planner = pool._planner
-        errors = planner.connect_errors
+        errors = pool.connect_errors
         inner = pool.acquire(timeout=timeout)
         got: list[ConnT] = []
         failed = False
@@ -572,7 +551,7 @@ class RoutingPool(Generic[ConnT]):
 
         async def watch(scope: anyio.CancelScope) -> None:
             nonlocal failed
-            while planner.connect_errors == errors:  # noqa: ASYNC110 - the pool has no event for it
+            while pool.connect_errors == errors:  # noqa: ASYNC110 - the pool has no event for it
                 await anyio.sleep(_WATCH_INTERVAL)
             failed = True
             scope.cancel()
@@ -592,7 +571,7 @@ class RoutingPool(Generic[ConnT]):
         if error is not None:  # fail_fast: the connect error itself
             raise _MemberFailed(error) from error
         assert failed
-        raise _MemberFailed(planner.last_connect_error)
+        raise _MemberFailed(pool.last_connect_error)
 
     # ------------------------------------------------------------------ health
 
@@ -616,9 +595,9 @@ class RoutingPool(Generic[ConnT]):
             member.backoff,
             repr(error) if error is not None else reason,
         )
-        if self._tg is not None and not member.probing:
+        if self._runner.tg is not None and not member.probing:
             member.probing = True
-            self._tg.start_soon(self._probe_loop, member)
+            self._runner.start_soon(self._probe_loop, member)
 
     async def _probe_loop(self, member: _Member[ConnT]) -> None:
         try:
@@ -651,8 +630,8 @@ class RoutingPool(Generic[ConnT]):
                 await pool.check()
                 inner, conn = await self._borrow_watched(member, bound)
                 async with _entered(inner):
-                    await pool._connector.ping(conn)
-                    lag = None if self.max_lag is None else await self._lag(conn)
+                    await pool.connector.ping(conn)
+                    lag = None if self.max_lag is None else await self._lag_of(member, conn)
             except Exception as exc:
                 logger.debug(
                     "routing pool %r: probe of replica %r failed: %r", self.name, pool.name, exc
@@ -665,6 +644,12 @@ class RoutingPool(Generic[ConnT]):
                 return False
             return True
         return False
+
+    async def _lag_of(self, member: _Member[ConnT], conn: ConnT) -> float | None:
+        """``member``'s replay lag on ``conn``: the ``lag`` function, or :func:`replay_lag`."""
+        if self._lag is not None:
+            return await self._lag(conn)
+        return await replay_lag(conn, connector=member.pool.connector)
 
     async def _lag_loop(self, member: _Member[ConnT]) -> None:
         """Every ``lag_check_interval``: quarantine ``member`` if it lags more than ``max_lag``."""
@@ -680,11 +665,11 @@ class RoutingPool(Generic[ConnT]):
                 try:
                     inner, conn = await self._borrow_watched(member, bound)
                     async with _entered(inner):
-                        lag = await self._lag(conn)
+                        lag = await self._lag_of(member, conn)
                 except _MemberFailed as failed:
                     self._quarantine(member, failed.error)
                 except Exception as exc:
-                    if pool._connector.is_disconnect(exc):
+                    if pool.connector.is_disconnect(exc):
                         self._quarantine(member, exc)
                     else:
                         logger.debug(
@@ -700,7 +685,7 @@ class RoutingPool(Generic[ConnT]):
 
     def stats(self) -> RoutingStats:
         """A frozen snapshot: each member's routing state and pool stats, and routing counters."""
-        now = anyio.current_time() if self._state == "open" else -math.inf
+        now = anyio.current_time() if self._state is OPEN else -math.inf
         replicas = tuple(self._member_stats(m, now) for m in self._replicas)
         return RoutingStats(
             name=self.name,
@@ -732,7 +717,7 @@ class RoutingPool(Generic[ConnT]):
         return f"{healthy} of {len(self._replicas)} healthy"
 
     def __repr__(self) -> str:
-        state = "" if self._state == "open" else f" {self._state}"
+        state = "" if self._state is OPEN else f" {self._state.value}"
         return (
             f"<RoutingPool {self.name!r}{state} [primary {self._primary.pool.name!r} | "
             f"replicas {self._describe_replicas()} | reads {self._reads}, "
@@ -741,7 +726,7 @@ class RoutingPool(Generic[ConnT]):
 
 
 @contextlib.asynccontextmanager
-async def _entered(inner: _Acquire[Any]) -> AsyncIterator[None]:
+async def _entered(inner: Borrow[Any]) -> AsyncIterator[None]:
     """Release an already entered borrow on exit, passing on the error it met."""
     try:
         yield

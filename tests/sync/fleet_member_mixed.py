@@ -87,7 +87,7 @@ def track_sync_extras(pool: SyncPool[Any], tally: Tally) -> None:
         try:
             async with original(wait_own, own) as co:
                 if co.extra:
-                    pid = co.conn.raw.info.backend_pid
+                    pid = co.conn.info.backend_pid
                 yield co
         finally:
             if pid is not None:

@@ -459,7 +459,7 @@ def test_percentage_total_is_resolved_on_the_pools_first_connection(
     connector: SyncFakeConnector,
 ) -> None:
     """total_max_connections="50%" asks the server once, then the connection is the pool's."""
-    from elasticpool.fleet._sql import SERVER_LIMITS_SQL
+    from elasticpool._sql import SERVER_LIMITS_SQL
 
     connector.rows[SERVER_LIMITS_SQL] = [(103, 3)]
     with SyncPool(connector, total_max_connections="50%") as pool:
@@ -630,7 +630,7 @@ def test_bad_arguments_are_clear_errors(connector: SyncFakeConnector) -> None:
         assert pool.settings.pool_timeout == 1.0
         with pytest.raises(TypeError, match="timeout must be a number of seconds"):
             pool.acquire(timeout="1")  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="timeout must be > 0 seconds"):
+        with pytest.raises(ValueError, match=r"timeout must be a number of seconds > 0 or None"):
             pool.connection(timeout=0)
         with pytest.raises(TypeError, match="max_connections must be an integer"):
             pool.resize("3")  # type: ignore[arg-type]
@@ -858,28 +858,33 @@ def _no_thread_left_behind() -> Iterator[None]:
     )
 
 
-def test_the_fleets_statements_reach_the_sync_connection_either_way() -> None:
-    """Today's fleet statement runner and the port's connector.fetch both run on the sync conn."""
+def test_the_fleets_statements_run_on_the_sync_connection_through_the_facade() -> None:
+    """The membership's fetch (port.connector.fetch) runs on the sync connector, in a thread."""
     import anyio
 
-    from elasticpool._sync_fleet import AsyncConnectorFacade, LoopConnection
-    from elasticpool.fleet._sql import fetch
+    from elasticpool._connector import fetch_of
+    from elasticpool._sync_fleet import AsyncConnectorFacade
 
     connector = SyncFakeConnector()
     connector.rows["SELECT $1"] = [(1,)]
     facade = AsyncConnectorFacade(connector, PoolSettings())
-    raw = connector.connect(1.0)
-    wrapped = LoopConnection(raw, connector)
+    conn = connector.connect(1.0)
+    fetch = fetch_of(facade, "PostgresMembership")  # what the membership takes
+    callers: list[int] = []
+    original = connector.fetch
 
-    async def main() -> list[Any]:
-        return [
-            await fetch(wrapped, "SELECT $1", 1, own=True),  # the membership's runner today
-            await facade.fetch(wrapped, "SELECT $1", 1),  # port.connector.fetch, next
-            await facade.fetch(raw, "SELECT $1", 1),
-        ]
+    def recording(*args: Any) -> list[tuple[Any, ...]]:
+        callers.append(threading.get_ident())
+        return original(*args)
 
-    assert anyio.run(main) == [[(1,)], [(1,)], [(1,)]]
-    assert connector.statements == [("SELECT $1", (1,))] * 3
+    connector.fetch = recording  # type: ignore[method-assign]
+
+    async def main() -> list[tuple[Any, ...]]:
+        return await fetch(conn, "SELECT $1", 1)
+
+    assert anyio.run(main) == [(1,)]
+    assert connector.statements == [("SELECT $1", (1,))]
+    assert callers != [threading.get_ident()]  # a worker thread, not the event loop's
 
 
 def test_open_whose_join_fails_is_undone_and_can_be_retried(connector: SyncFakeConnector) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import weakref
 from collections.abc import (
@@ -14,11 +15,13 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
+import asyncpg.pool
 from asyncpg.exceptions import InterfaceError
 
-from .._connector import ResetMode
+from .._connector import Fetch, ResetMode, log_refused, refused_settings
 from .._redact import dsn_passwords, dsn_problem, redact_dsn, split_uri, unshown
-from ._errors import is_disconnect_error
+from .._sql import check_placeholders
+from ._errors import is_disconnect_error, pooler_hint
 from ._reset import _impl, _is_cancelling, _send_session_reset
 
 ConnectionCallback = Callable[[asyncpg.Connection], Awaitable[object]]
@@ -122,6 +125,7 @@ class AsyncpgConnector:
         self._fixed_kwargs: dict[str, Any] = {}
         self._made: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
         self._server_settings: dict[str, str] = {}
+        self._pooler_hinted = False
 
     def set_server_settings(self, settings: Mapping[str, str]) -> None:
         """Send ``settings`` at every later connect, over ``server_settings`` of the same names."""
@@ -145,7 +149,17 @@ class AsyncpgConnector:
             }
         unparsed: ValueError | None = None
         try:
-            conn: asyncpg.Connection = await fn(self._dsn, **kwargs)
+            try:
+                conn: asyncpg.Connection = await fn(self._dsn, **kwargs)
+            except Exception as exc:
+                kept = refused_settings(exc, self._server_settings)
+                if kept is None:
+                    raise
+                log_refused(self, self._server_settings, exc)
+                self._server_settings = kept
+                given = {**self._kwargs, **self._fixed_kwargs}.get("server_settings") or {}
+                kwargs["server_settings"] = {**given, **kept}
+                conn = await fn(self._dsn, **kwargs)
         except ValueError as exc:  # a DSN parse error may quote a piece of the password
             if not dsn_passwords(self._dsn):
                 raise
@@ -246,7 +260,11 @@ class AsyncpgConnector:
                 await conn.execute("ROLLBACK")
             await self._reset_fn(conn)
             return
-        await _send_session_reset(conn)
+        try:
+            await _send_session_reset(conn)
+        except Exception as exc:
+            self._hint_pooler(exc)
+            raise
 
     def _forget_borrow(self, conn: asyncpg.Connection) -> None:
         """Drop the Python-side traces of a borrow: listeners, loggers, statements and cursors."""
@@ -265,7 +283,29 @@ class AsyncpgConnector:
                 current.update(kept)
 
     def is_disconnect(self, exc: BaseException) -> bool:
+        self._hint_pooler(exc)
         return is_disconnect_error(exc)
+
+    def _hint_pooler(self, exc: BaseException) -> None:
+        """Log, once per connector, what to change when ``exc`` looks like a pooler's doing.
+
+        Behind PgBouncer in transaction mode every borrow with a cached
+        statement can fail and every session reset discards the connection;
+        one line naming the cause and the setting says more than hundreds of
+        discards (see :func:`pooler_hint`).
+        """
+        if self._pooler_hinted:
+            return
+        hint = pooler_hint(exc)
+        if hint is not None:
+            self._pooler_hinted = True
+            logging.getLogger("elasticpool").warning(
+                "asyncpg connections to %s: %s: %s; %s (logged once)",
+                _describe_target(self._dsn, self._kwargs),
+                type(exc).__name__,
+                exc,
+                hint,
+            )
 
     def transaction(
         self, conn: asyncpg.Connection, *, readonly: bool = False
@@ -273,15 +313,38 @@ class AsyncpgConnector:
         tx: AbstractAsyncContextManager[Any] = conn.transaction(readonly=readonly)
         return tx
 
+    async def fetch(self, conn: asyncpg.Connection, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Run ``sql`` with ``args`` on ``conn``; its rows as tuples (see :func:`fetch`)."""
+        return await fetch(conn, sql, *args)
+
     def __repr__(self) -> str:
         return f"<AsyncpgConnector {_describe_target(self._dsn, self._kwargs)}>"
+
+
+async def fetch(conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """``conn.fetch(sql, *args)``, the rows as tuples (see :class:`~elasticpool.Connector`).
+
+    ``conn`` is an :class:`asyncpg.Connection` or a ``PoolConnectionProxy``.
+    asyncpg sends every statement outside a transaction on its own, so it is
+    committed when it returns. The placeholders are checked as for every
+    driver (``$1..$n`` in order, once each), although asyncpg would take more.
+    """
+    check_placeholders(sql, len(args))
+    return [tuple(row) for row in await conn.fetch(sql, *args)]
+
+
+def fetch_for(conn: object) -> Fetch | None:
+    """:func:`fetch` if ``conn`` is an asyncpg connection (or a pool proxy of one), or None."""
+    if isinstance(conn, (asyncpg.Connection, asyncpg.pool.PoolConnectionProxy)):
+        return fetch
+    return None
 
 
 def _describe_target(dsn: str | None, kwargs: dict[str, Any]) -> str:
     """Where connections go, as ``host:port/database``; never a user name or password.
 
     Only the host, port and database are ever shown: from a URI, its userinfo
-    (as :func:`elasticpool._redact.split_uri` finds it) and everything after
+    (as ``split_uri`` of ``_redact.py`` finds it) and everything after
     ``?`` or ``#`` are dropped. A DSN in any other form is not shown at all.
     """
     hosts = database = ""

@@ -58,6 +58,40 @@ def is_disconnect_error(exc: BaseException) -> bool:
     return False
 
 
+POOLER_HINT = (
+    "asyncpg's statement cache does not work through a connection pooler in transaction "
+    "mode (PgBouncer, for one): each statement may reach another server "
+    "connection; pass statement_cache_size=0 to AsyncpgConnector or create_pool "
+    '(see "Behind PgBouncer" in the docs)'
+)
+"""What the connector logs, once, when a prepared statement went missing or was duplicated."""
+
+
+def pooler_hint(exc: BaseException) -> str | None:
+    """:data:`POOLER_HINT` when ``exc`` looks like a transaction-mode pooler's doing, else ``None``.
+
+    That is "prepared statement ... does not exist" (26000), "prepared
+    statement ... already exists" (42P05), and the session reset's own
+    "asyncpg's own prepared statements were deallocated" (its cached
+    statements are not on the server connection the reset reached). A
+    program's own ``PREPARE`` / ``DEALLOCATE`` mistakes raise the same
+    errors, which is why the hint says "pooler" as a likely cause, not a
+    certain one.
+    """
+    if isinstance(exc, _EXCEPTION_GROUP):
+        return next((h for h in map(pooler_hint, exc.exceptions) if h), None)
+    lost = (
+        asyncpg.exceptions.InvalidSQLStatementNameError,
+        asyncpg.exceptions.DuplicatePreparedStatementError,
+    )
+    if isinstance(exc, lost) or (
+        isinstance(exc, asyncpg.PostgresError)
+        and "own prepared statements were deallocated" in str(exc)
+    ):
+        return POOLER_HINT
+    return None
+
+
 class AsyncpgPoolClosed(PoolClosed, InterfaceError):
     """The :class:`AsyncpgPool` is closed (or closing, or failed to open).
 

@@ -23,8 +23,11 @@ from asyncpg.exceptions import InterfaceError
 
 from .._connector import ResetMode
 from .._errors import PoolClosed, PoolTimeout
-from .._pool import Pool, PoolStats, _Acquire
+from .._lifecycle import CLOSED, CLOSING, NEW, OPEN, OPENING, Lifecycle
+from .._pool import Borrow, Pool
 from .._settings import PoolSettings
+from .._stats import PoolStats
+from .._validate import check_int_type, check_seconds_type
 from ..fleet import Membership
 from ._connector import AsyncpgConnector, ConnectionCallback
 from ._errors import AsyncpgPoolClosed, _AcquireTimeout
@@ -43,7 +46,7 @@ class _Lease:
 
     __slots__ = ("acquire", "conn")
 
-    def __init__(self, conn: asyncpg.Connection, acquire: _Acquire[asyncpg.Connection]) -> None:
+    def __init__(self, conn: asyncpg.Connection, acquire: Borrow[asyncpg.Connection]) -> None:
         self.conn = conn
         self.acquire = acquire
 
@@ -110,7 +113,18 @@ class AsyncpgPool:
         membership: Membership | None = None,
         **kwargs: Any,
     ) -> None:
-        # asyncpg's own checks, with asyncpg's messages.
+        # Wrong types: elasticpool's rule (TypeError naming the argument and its range).
+        check_int_type("max_size", max_size, low=1)
+        check_int_type("min_size", min_size, low=0)
+        check_int_type("init_size", init_size, low=0, optional=True)
+        check_int_type("max_queries", max_queries, low=1)
+        check_seconds_type(
+            "max_inactive_connection_lifetime",
+            max_inactive_connection_lifetime,
+            strict=False,
+            finite=False,
+        )
+        # Wrong values: asyncpg's own checks, with asyncpg's messages.
         if max_size <= 0:
             raise ValueError("max_size is expected to be greater than zero")
         if min_size < 0:
@@ -194,7 +208,7 @@ class AsyncpgPool:
         self._max_queries = max_queries
         self._setup = setup
         self._leases: dict[int, _Lease] = {}
-        self._state = "new"  # new → opening → open → closing → closed
+        self._state: Lifecycle = NEW  # new → opening → open → closing → closed
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -214,13 +228,13 @@ class AsyncpgPool:
 
     async def _async_init(self) -> AsyncpgPool:
         """Open the pool and wait for ``init_size`` connections; a failed connect fails it."""
-        if self._state == "open":
+        if self._state is OPEN:
             return self
-        if self._state == "opening":
+        if self._state is OPENING:
             raise InterfaceError("pool is being initialized in another task")  # asyncpg's text
-        if self._state != "new":
+        if self._state is not NEW:
             raise self._closed_error()
-        self._state = "opening"
+        self._state = OPENING
         pool = self._pool
         try:
             await pool.open()
@@ -233,10 +247,10 @@ class AsyncpgPool:
                 if extra:
                     await pool.resize(pool.stats().max, min_connections=self._min_size)
         except BaseException:
-            self._state = "closed"
+            self._state = CLOSED
             pool.terminate()
             raise
-        self._state = "open"
+        self._state = OPEN
         return self
 
     async def close(self) -> None:
@@ -246,26 +260,26 @@ class AsyncpgPool:
         ``anyio.fail_after``); if it fails or is cancelled, the pool is
         terminated. Waiting acquires get :class:`AsyncpgPoolClosed`.
         """
-        if self._state == "closed":
+        if self._state is CLOSED:
             return
-        if self._state != "closing":  # a second close() waits for the first one
+        if self._state is not CLOSING:  # a second close() waits for the first one
             self._check_init()
-        self._state = "closing"
+        self._state = CLOSING
         try:
             await self._pool.close(timeout=None)
         except BaseException:
             self._pool.terminate()
             raise
         finally:
-            self._state = "closed"
+            self._state = CLOSED
 
     def terminate(self) -> None:
         """Close every connection at once, borrowed or not."""
-        if self._state == "closed":
+        if self._state is CLOSED:
             return
-        if self._state != "closing":
+        if self._state is not CLOSING:
             self._check_init()
-        self._state = "closed"
+        self._state = CLOSED
         self._pool.terminate()
 
     async def expire_connections(self) -> None:
@@ -282,16 +296,16 @@ class AsyncpgPool:
 
     def is_closing(self) -> bool:
         """Whether the pool is closing or closed."""
-        return self._state in ("closing", "closed")
+        return self._state in (CLOSING, CLOSED)
 
     def _check_init(self) -> None:
-        if self._state == "open":
+        if self._state is OPEN:
             return
-        if self._state == "new":
+        if self._state is NEW:
             raise InterfaceError(
                 f"pool {self.name!r} is not initialized: 'await' it or use 'async with'"
             )
-        if self._state == "opening":
+        if self._state is OPENING:
             raise InterfaceError(
                 f"pool {self.name!r} is being initialized, but not yet ready: likely there is "
                 "a race between creating a pool and using it"
@@ -300,7 +314,7 @@ class AsyncpgPool:
 
     def _closed_error(self) -> AsyncpgPoolClosed:
         s = self._pool.stats()
-        state = "closing" if self._state == "closing" else "closed"
+        state = "closing" if self._state is CLOSING else "closed"
         return AsyncpgPoolClosed(
             f"pool {self.name!r} is {state} (in use {s.in_use}, idle {s.idle}, waiting {s.waiting})"
         )
@@ -324,7 +338,7 @@ class AsyncpgPool:
         return lease.conn
 
     async def _acquire(self, timeout: float | None) -> _Lease:
-        if self._state != "open":
+        if self._state is not OPEN:
             self._check_init()
         started = 0.0
         if timeout is None:
@@ -378,8 +392,7 @@ class AsyncpgPool:
                 f"release() received invalid connection: {connection!r} "
                 f"is not a member of pool {self.name!r}"
             )
-        slot = lease.acquire._slot
-        if slot is not None and self._pool._stale(slot):
+        if lease.acquire.is_stale():
             return  # this task's own borrow ended already: asyncpg ignores it too
         await self._release(lease, None)
 
@@ -388,9 +401,7 @@ class AsyncpgPool:
             return  # already released (then maybe lent again: that borrow is not ours)
         del self._leases[id(lease.conn)]
         conn = lease.conn
-        slot = lease.acquire._slot
-        if slot is not None:
-            self._pool._note_return(slot)
+        lease.acquire.note_return()
         impl = _impl(conn)
         if not conn.is_closed():
             self._warn_listeners(conn)
@@ -421,7 +432,7 @@ class AsyncpgPool:
         if lease is None or lease.conn is not conn:
             return  # idle, already given back, or closed by the pool
         del self._leases[id(conn)]
-        lease.acquire._end(None)  # closed: the pool discards it
+        lease.acquire.end(None)  # closed: the pool discards it
 
     def _warn_listeners(self, conn: asyncpg.Connection) -> None:
         """asyncpg's warning for a connection released with listeners still on it."""
@@ -591,10 +602,10 @@ class AsyncpgPool:
 class _PoolAcquireContext:
     """What :meth:`AsyncpgPool.acquire` returns: an async context manager, and awaitable."""
 
-    __slots__ = ("_done", "_lease", "_pool", "_timeout")
+    __slots__ = ("_done", "_face", "_lease", "_timeout")
 
     def __init__(self, pool: AsyncpgPool, timeout: float | None) -> None:
-        self._pool = pool
+        self._face = pool
         self._timeout = timeout
         self._lease: _Lease | None = None
         self._done = False
@@ -602,7 +613,7 @@ class _PoolAcquireContext:
     async def __aenter__(self) -> asyncpg.Connection:
         if self._lease is not None or self._done:
             raise InterfaceError("a connection is already acquired")
-        self._lease = await self._pool._acquire(self._timeout)
+        self._lease = await self._face._acquire(self._timeout)
         return self._lease.conn
 
     async def __aexit__(
@@ -614,11 +625,11 @@ class _PoolAcquireContext:
         self._done = True
         lease, self._lease = self._lease, None
         if lease is not None:
-            await self._pool._release(lease, exc)
+            await self._face._release(lease, exc)
 
     def __await__(self) -> Generator[Any, None, asyncpg.Connection]:
         self._done = True
-        return self._pool._acquire_conn(self._timeout).__await__()
+        return self._face._acquire_conn(self._timeout).__await__()
 
 
 def create_pool(

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 from asyncpg.exceptions import InterfaceError
 
-from ..fleet._sql import quote_literal
+from .._sql import quote_literal
 
 
 def _impl(conn: asyncpg.Connection) -> Any:

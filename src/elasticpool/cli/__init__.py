@@ -1,12 +1,14 @@
-"""The ``elasticpool`` command: ``demo``, ``status`` and ``set-total``.
+"""The ``elasticpool`` command: ``demo``, ``status``, ``set-total`` and ``forget``.
 
 ``elasticpool demo`` runs several simulated application instances sharing
 one ``total_max_connections`` on an embedded (or given) PostgreSQL, shows
 them live and writes a chart. ``elasticpool status`` shows the fleets in a
 lease table and the server's connection headroom; ``elasticpool set-total``
-changes a fleet's total live. The ``cli`` extra installs what the output
-needs (rich, matplotlib); the commands say which extra to install when
-something is missing. No command ever prints a password.
+changes a fleet's total live; ``elasticpool forget`` removes a pool name
+nobody runs any more from the lease table. ``elasticpool --version`` prints
+the version. The ``cli`` extra installs what the output needs (rich,
+matplotlib); the commands say which extra to install when something is
+missing. No command ever prints a password.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .. import __version__
 from ._common import CliError, scrub
 
 __all__ = ["main"]
@@ -53,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="elasticpool",
         description="An elastic PostgreSQL connection pool with a fleet-wide connection budget.",
     )
+    parser.add_argument("--version", action="version", version=f"elasticpool {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = commands.add_parser(
@@ -145,11 +149,35 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to wait for the live members to adopt it (default: 5; 0: do not wait)",
     )
     set_total.add_argument(
+        "--force",
+        action="store_true",
+        help="store it even for a pool name that has never had a member (a typo creates a "
+        "phantom fleet: without --force the command refuses)",
+    )
+    set_total.add_argument(
         "total",
         help=(
             "the new total: an integer >= 1, a percentage of the server's usable "
             "max_connections (80%%), or 'none'"
         ),
+    )
+
+    forget = commands.add_parser(
+        "forget",
+        help="remove a pool name nobody runs any more from the lease table",
+        description=(
+            "Delete the pool's row in the config table (its live total) and its departed "
+            "members' leases, so 'status' no longer shows it. Refuses while the pool has live "
+            "members or departed members' connections are still open, unless --force."
+        ),
+    )
+    fleet_table(forget)
+    forget.add_argument("--pool", required=True, help="the pool name to forget")
+    forget.add_argument(
+        "--force",
+        action="store_true",
+        help="forget it even with live members (their leases go too: each rejoins at its "
+        "next heartbeat) or departed members' connections still open",
     )
     return parser
 
@@ -178,9 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.dsn is None:
             parser.error(f"{args.command} needs --dsn (or ${DSN_ENV})")
-        from ._admin import set_total, status  # noqa: PLC0415 - each command its imports
+        from ._admin import forget, set_total, status  # noqa: PLC0415 - each command its imports
 
-        return status(args) if args.command == "status" else set_total(args)
+        command = {"status": status, "set-total": set_total, "forget": forget}[args.command]
+        return command(args)
     except CliError as exc:
         print(f"elasticpool {args.command}: {scrub(str(exc), dsn)}", file=sys.stderr)
         return 1

@@ -1,10 +1,11 @@
-"""``elasticpool status`` and ``elasticpool set-total``: a fleet seen and steered from outside.
+"""``elasticpool status``, ``set-total`` and ``forget``: a fleet seen and steered from outside.
 
-Neither joins the fleet: they read and write the lease and config tables
+None joins the fleet: they read and write the lease and config tables
 through :meth:`PostgresMembership.read_fleets
 <elasticpool.PostgresMembership.read_fleets>` and :meth:`PostgresMembership.store_total
-<elasticpool.PostgresMembership.store_total>` on a connection of their own,
-and count backends in ``pg_stat_activity``.
+<elasticpool.PostgresMembership.store_total>` (``forget`` with its own two
+``DELETE`` statements) on a connection of their own, and count backends in
+``pg_stat_activity``.
 """
 
 from __future__ import annotations
@@ -18,12 +19,21 @@ from typing import Any
 import anyio
 
 from .._settings import PoolSettings, parse_percent
+from .._sql import SERVER_LIMITS_SQL, quote_ident
 from ..fleet import MemberStatus, PostgresMembership
-from ..fleet._sql import SERVER_LIMITS_SQL, fetch
 from ..fleet._tags import fleet_backends
-from ._common import CliError, admin_connection, redact, require
+from ._common import Admin, CliError, admin_connection, count, redact, require
 
-__all__ = ["FleetView", "ServerView", "read_status", "set_total", "status"]
+__all__ = [
+    "FleetView",
+    "PoolHistory",
+    "ServerView",
+    "forget",
+    "read_history",
+    "read_status",
+    "set_total",
+    "status",
+]
 
 APPLICATION_NAME = "elasticpool-cli"
 """The ``application_name`` of the commands' own connection (never counted as a member's)."""
@@ -76,6 +86,69 @@ class FleetView:
     """What the members hold or may grow to, added up (the bound's left side)."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class PoolHistory:
+    """What the lease and config tables hold of one pool name (``set-total`` and ``forget``)."""
+
+    live: int
+    """Members whose lease has not expired."""
+    departed: int
+    """Leases past their expiry: members that left, stopped or were killed."""
+    departed_backends: int
+    """Backends ``pg_stat_activity`` still shows under departed members' tags."""
+    configured: bool
+    """The config table has a row for the name (a total set, or a member coordinated)."""
+    coordinated: bool
+    """A member has run a heartbeat under this name (the config row records its total)."""
+
+    @property
+    def ever_had_a_member(self) -> bool:
+        """Whether any instance ever ran a pool of this name against the table."""
+        return bool(self.live or self.departed or self.coordinated)
+
+
+def _quoted(table: str, schema: str | None) -> str:
+    """``table`` (in ``schema``) as a quoted SQL name, as ``PostgresMembership`` names it."""
+    return ("" if schema is None else quote_ident(schema) + ".") + quote_ident(table)
+
+
+async def _tables_exist(admin: Admin, lease: str, config: str) -> bool:
+    rows = await admin.fetch(
+        "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL", lease, config
+    )
+    return bool(rows[0][0])
+
+
+async def read_history(admin: Admin, table: str, schema: str | None, pool: str) -> PoolHistory:
+    """Pool name ``pool``'s rows in lease table ``table`` (all zero when the tables are missing).
+
+    Inside a transaction, the pool's config row stays locked (``FOR UPDATE``)
+    until it ends, which holds off the members' heartbeats meanwhile.
+    """
+    lease = _quoted(table, schema)
+    config = _quoted(table + "_config", schema)
+    if not await _tables_exist(admin, lease, config):
+        return PoolHistory(0, 0, 0, configured=False, coordinated=False)
+    row = await admin.fetch(f"SELECT total FROM {config} WHERE pool_name = $1 FOR UPDATE", pool)
+    rows = await admin.fetch(
+        f"WITH l AS (SELECT expires_at, tag FROM {lease} WHERE pool_name = $1)"
+        " SELECT count(*) FILTER (WHERE expires_at >= now())::int,"
+        " count(*) FILTER (WHERE expires_at < now())::int,"
+        " (SELECT count(*) FROM pg_stat_activity a WHERE a.application_name IN"
+        "   (SELECT tag FROM l WHERE expires_at < now()))::int"
+        " FROM l",
+        pool,
+    )
+    live, departed, backends = (int(v) for v in rows[0])
+    return PoolHistory(
+        live,
+        departed,
+        backends,
+        configured=bool(row),
+        coordinated=bool(row) and row[0][0] is not None,
+    )
+
+
 def _membership(table: str, schema: str | None, *, create: bool = False) -> PostgresMembership:
     try:
         return PostgresMembership(table=table, schema=schema, create_tables=create)
@@ -83,9 +156,8 @@ def _membership(table: str, schema: str | None, *, create: bool = False) -> Post
         raise CliError(str(exc)) from None
 
 
-async def _server_view(conn: Any, dsn: str) -> ServerView:
-    rows = await fetch(
-        conn,
+async def _server_view(admin: Admin, dsn: str) -> ServerView:
+    rows = await admin.fetch(
         "SELECT current_setting('server_version'),"
         " current_setting('max_connections')::int,"
         " current_setting('superuser_reserved_connections')::int,"
@@ -119,12 +191,11 @@ async def read_status(
     ``application_name`` is ``app``, or by default the pool's name.
     """
     membership = _membership(table, schema)
-    async with admin_connection(dsn, APPLICATION_NAME) as conn:
-        server = await _server_view(conn, dsn)
-        fleets = await membership.read_fleets(conn, pool)
-        budgets = await membership.read_budgets(conn)
-        rows = await fetch(
-            conn,
+    async with admin_connection(dsn, APPLICATION_NAME) as admin:
+        server = await _server_view(admin, dsn)
+        fleets = await membership.read_fleets(admin.conn, pool, connector=admin.connector)
+        budgets = await membership.read_budgets(admin.conn, connector=admin.connector)
+        rows = await admin.fetch(
             "SELECT application_name, count(*)::int FROM pg_stat_activity"
             " WHERE backend_type = 'client backend' GROUP BY application_name",
         )
@@ -175,7 +246,8 @@ def _print_status(server: ServerView, fleets: list[FleetView], table: str) -> No
         reserve += f", {server.reserved_connections} reserved"
     console.print(
         f"max_connections {server.max_connections} ({reserve}), "
-        f"{server.client_backends} client backends now: [bold]headroom {server.headroom}[/]"
+        f"{count(server.client_backends, 'client backend')} now: "
+        f"[bold]headroom {server.headroom}[/]"
     )
     if server.database_total is not None:
         console.print(
@@ -191,9 +263,9 @@ def _print_status(server: ServerView, fleets: list[FleetView], table: str) -> No
             total = f"{f.resolved_total} (members' settings)"
         grid = rich_table.Table(
             title=(
-                f"pool {f.pool!r}: total {total}, {len(f.members)} members, "
+                f"pool {f.pool!r}: total {total}, {count(len(f.members), 'member')}, "
                 f"holding {f.holding}, granted {f.granted}, claimed {f.claimed}, "
-                f"{f.observed_backends} backends "
+                f"{count(f.observed_backends, 'backend')} "
                 f"(application_name {f.application_name!r})"
             ),
             title_justify="left",
@@ -229,23 +301,34 @@ def status(args: Any) -> int:
 
 async def _set_total(args: Any, total: int | None, percent: float | None) -> dict[str, Any]:
     membership = _membership(args.table, args.schema, create=True)
-    async with admin_connection(args.dsn, APPLICATION_NAME) as conn:
+    async with admin_connection(args.dsn, APPLICATION_NAME) as admin:
+        conn, connector = admin.conn, admin.connector
         usable = None
         if percent is not None:  # resolved against this server now, as a member does
-            rows = await fetch(conn, SERVER_LIMITS_SQL)
+            rows = await admin.fetch(SERVER_LIMITS_SQL)
             usable = int(rows[0][0]) - int(rows[0][1])
             resolved = PoolSettings(total_max_connections=f"{percent:g}%").with_server_limits(
                 int(rows[0][0]), int(rows[0][1])
             )
             assert isinstance(resolved.total_max_connections, int)
             total = resolved.total_max_connections
-        before = (await membership.read_fleets(conn, args.pool)).get(args.pool, (None, ()))[0]
-        async with conn.transaction():
-            await membership.store_total(conn, args.pool, total)
+        fleets = await membership.read_fleets(conn, args.pool, connector=connector)
+        before = fleets.get(args.pool, (None, ()))[0]
+        async with admin.transaction():
+            if args.pool and not args.force:  # a pool name, not the database budget
+                history = await read_history(admin, args.table, args.schema, args.pool)
+                if not history.ever_had_a_member:
+                    raise CliError(
+                        f"pool {args.pool!r} has never had a member in lease table "
+                        f"{args.table!r} (a typo?); pass --force to set its total before "
+                        "its first member starts"
+                    )
+            await membership.store_total(conn, args.pool, total, connector=connector)
         stored = time.monotonic()
 
         async def look() -> tuple[tuple[MemberStatus, ...], list[str]]:
-            members = (await membership.read_fleets(conn, args.pool)).get(args.pool, (None, ()))[1]
+            fleets = await membership.read_fleets(conn, args.pool, connector=connector)
+            members = fleets.get(args.pool, (None, ()))[1]
             since = time.monotonic() - stored
             return members, [m.id for m in members if m.heartbeat_age < since]
 
@@ -302,10 +385,66 @@ def set_total(args: Any) -> int:
     if not members:
         print("no live members: each adopts it when it joins")
     else:
-        print(f"adopted by {len(adopted)} of {len(members)} live members")
+        print(f"adopted by {len(adopted)} of {count(len(members), 'live member')}")
     if total is not None and total < 5:
         print(
             "note: members raise a total below 5 to 5 unless they set allow_small_total=True",
+            file=sys.stderr,
+        )
+    return 0
+
+
+async def _forget(args: Any) -> dict[str, Any]:
+    lease = _quoted(args.table, args.schema)
+    config = _quoted(args.table + "_config", args.schema)
+    async with admin_connection(args.dsn, APPLICATION_NAME) as admin, admin.transaction():
+        history = await read_history(admin, args.table, args.schema, args.pool)
+        if not (history.configured or history.live or history.departed):
+            raise CliError(f"pool {args.pool!r} is not in lease table {args.table!r}")
+        if not args.force and history.live:
+            raise CliError(
+                f"pool {args.pool!r} has {count(history.live, 'live member')}: stop "
+                "them first, or pass --force (their leases go too and each rejoins at its "
+                "next heartbeat; until all have, the fleet may exceed its total by what "
+                "they hold)"
+            )
+        if not args.force and history.departed_backends:
+            raise CliError(
+                f"pool {args.pool!r}: departed members still have "
+                f"{count(history.departed_backends, 'connection')} open, which count "
+                "against its total until they end; wait, or pass --force"
+            )
+        # Every lease of the name goes with --force; without it there is no live one.
+        leases = await admin.fetch(
+            f"WITH gone AS (DELETE FROM {lease} WHERE pool_name = $1 RETURNING 1)"
+            " SELECT count(*)::int FROM gone",
+            args.pool,
+        )
+        await admin.fetch(f"DELETE FROM {config} WHERE pool_name = $1", args.pool)
+    return {
+        "pool": args.pool,
+        "leases_removed": int(leases[0][0]),
+        "live_members_removed": history.live,
+        "config_removed": history.configured,
+    }
+
+
+def forget(args: Any) -> int:
+    """``elasticpool forget``: remove a pool name from the lease and config tables."""
+    if not args.pool:
+        raise CliError("--pool must name a pool (the database budget is set with set-total)")
+    result = anyio.run(_forget, args, backend="asyncio")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    what = [count(result["leases_removed"], "lease")]
+    if result["config_removed"]:
+        what.append("its config row")
+    print(f"pool {args.pool!r} forgotten: removed {' and '.join(what)}")
+    if result["live_members_removed"]:
+        print(
+            f"{count(result['live_members_removed'], 'live member')} will rejoin at the "
+            "next heartbeat",
             file=sys.stderr,
         )
     return 0

@@ -29,15 +29,24 @@ from typing import IO, Any
 
 import anyio
 
+from .._adapters import ASYNCPG
 from .._errors import PoolClosed, PoolTimeout
 from .._pool import Pool
 from ..embedded import dsn_or_embedded
 from ..fleet import PostgresMembership
-from ..fleet._sql import fetch
 from ..fleet._tags import pool_tag
 from ._admin import _server_view
 from ._chart import Sample, write_chart
-from ._common import CliError, admin_connection, redact, require, scrub
+from ._common import (
+    Admin,
+    CliError,
+    admin_connection,
+    count,
+    redact,
+    require,
+    require_adapter,
+    scrub,
+)
 
 __all__ = ["DemoOptions", "Sample", "demo", "schedule"]
 
@@ -192,9 +201,9 @@ class _Run:
             need = opts.total + opts.instances + 2
             if server.headroom < need:
                 raise CliError(
-                    f"the server has room for {server.headroom} more connections and the demo "
-                    f"may need {need} (total, one heartbeat connection per instance, 2 of its "
-                    "own): lower --total or --instances"
+                    f"the server has room for {count(server.headroom, 'more connection')} "
+                    f"and the demo may need {need} (total, one heartbeat connection per "
+                    "instance, 2 of its own): lower --total or --instances"
                 )
             self.headroom, self.max_connections = server.headroom, server.max_connections
             with _tally_warnings() as tally:
@@ -252,10 +261,9 @@ class _Run:
 
     # ------------------------------------------------------------------ sampling and view
 
-    async def _sampler(self, admin: Any) -> None:
+    async def _sampler(self, admin: Admin) -> None:
         while True:
-            rows = await fetch(  # members tag their connections <app>|<pool>|<instance>
-                admin,
+            rows = await admin.fetch(  # members tag their connections <app>|<pool>|<instance>
                 "SELECT count(*) FROM pg_stat_activity WHERE strpos(application_name, $1) > 0",
                 pool_tag(self.app),
             )
@@ -281,7 +289,7 @@ class _Run:
         most = max((s.backends for s in self.samples), default=0)
         table = rich_table.Table(
             title=(
-                f"elasticpool demo: {opts.instances} instances share "
+                f"elasticpool demo: {count(opts.instances, 'instance')} share "
                 f"total_max_connections={opts.total}   "
                 + ("stopping" if self.stopping else f"{t:4.1f} / {opts.duration:g} s")
             ),
@@ -360,7 +368,7 @@ class _Run:
 
     # ------------------------------------------------------------------ the run
 
-    async def _drive(self, admin: Any) -> None:
+    async def _drive(self, admin: Admin) -> None:
         opts = self.opts
         self.started = anyio.current_time()
         async with anyio.create_task_group() as tg:
@@ -385,7 +393,7 @@ class _Run:
         opts = self.opts
         names = [i.name for i in self.instances]
         title = (
-            f"elasticpool demo: {opts.instances} instances sharing "
+            f"elasticpool demo: {count(opts.instances, 'instance')} sharing "
             f"total_max_connections={opts.total}"
         )
         chart = write_chart(
@@ -429,16 +437,18 @@ class _Run:
 def _print_summary(result: dict[str, Any], out: IO[str]) -> None:
     per = ", ".join(f"{k} {v['queries']}" for k, v in result["per_instance"].items())
     lines = [
-        f"done: {result['queries']} queries ({per}), {result['timeouts']} timeouts, "
-        f"{result['errors']} errors, longest wait for a connection {result['max_wait_s']:.2f} s",
-        f"fleet: at most {result['max_pool_sum']} connections held together "
+        f"done: {count(result['queries'], 'query', 'queries')} ({per}), "
+        f"{count(result['timeouts'], 'timeout')}, {count(result['errors'], 'error')}, "
+        f"longest wait for a connection {result['max_wait_s']:.2f} s",
+        f"fleet: at most {count(result['max_pool_sum'], 'connection')} held together "
         f"(total_max_connections {result['total_max_connections']}); at most "
-        f"{result['max_backends']} backends seen (heartbeats of members at limit 0 may add one "
-        f"short-lived connection each: bound {result['backend_bound']})",
+        f"{count(result['max_backends'], 'backend')} seen (heartbeats of members at limit 0 "
+        f"may add one short-lived connection each: bound {result['backend_bound']})",
     ]
     if result["warnings"]:
         lines.append(
-            f"{result['warnings']} warnings from the pools, the last: {result['last_warning']}"
+            f"{count(result['warnings'], 'warning')} from the pools, "
+            f"the last: {result['last_warning']}"
         )
     lines.append(f"chart: {result['chart']}")
     print("\n".join(lines), file=out, flush=True)
@@ -446,7 +456,7 @@ def _print_summary(result: dict[str, Any], out: IO[str]) -> None:
 
 def demo(opts: DemoOptions) -> int:
     """``elasticpool demo``: run the fleet, show it, chart it, summarise it."""
-    require("asyncpg", "asyncpg", "the demo")
+    require_adapter(ASYNCPG, "the demo")
     require("matplotlib", "cli", "the demo chart")
     if opts.live:
         require("rich", "cli", "the live view")

@@ -33,15 +33,19 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._adapters import fetch_for as adapter_fetch
+from .._connector import fetch_of
 from .._limits import HYPERDRIVE_MINIMUM_TOTAL, resolve_limit
 from .._settings import check_connections
+from .._sql import quote_ident
+from .._validate import check_int, check_name
 from ._base import FleetStatus, MemberStatus
 from ._schema import Schema, beat_function, fill_function
-from ._sql import fetch, quote_ident
 from ._tags import application_name as tagged_name
 from ._tags import pool_tag
 
 if TYPE_CHECKING:
+    from .._connector import Connector, Fetch
     from ._base import MemberPort
 
 __all__ = ["PostgresMembership"]
@@ -59,8 +63,7 @@ def _seconds(name: str, value: object, allowed: str) -> float:
 
 
 def _check_total(total: object) -> None:
-    if total is not None and (not isinstance(total, int) or isinstance(total, bool) or total < 1):
-        raise ValueError(f"total_max_connections must be an integer >= 1 (got {total!r})")
+    check_int("total_max_connections", total, low=1, optional=True)
 
 
 class PostgresMembership:
@@ -138,8 +141,10 @@ class PostgresMembership:
             ("instance_id", instance_id),
             ("application_name", application_name),
         ):
-            if value is not None and (not isinstance(value, str) or not value or "\x00" in value):
-                raise ValueError(f"{name} must be a non-empty string (got {value!r})")
+            if value is not None:
+                check_name(name, value)
+                if "\x00" in value:
+                    raise ValueError(f"{name} must be a non-empty string (got {value!r})")
         interval = _seconds("heartbeat_interval", heartbeat_interval, "in (0, 3600]")
         if not 0 < interval <= 3600:
             raise ValueError(f"heartbeat_interval must be in (0, 3600] seconds (got {interval!r})")
@@ -155,10 +160,7 @@ class PostgresMembership:
         )
         if not 0 < timeout < ttl:
             raise ValueError(f"heartbeat_timeout must be {timeout_range} seconds (got {timeout!r})")
-        if reserve is not None and (
-            not isinstance(reserve, int) or isinstance(reserve, bool) or reserve < 0
-        ):
-            raise ValueError(f"reserve must be an integer >= 0 or None (got {reserve!r})")
+        check_int("reserve", reserve, low=0, optional=True)
         lock_range = f"in (0, heartbeat_timeout={timeout:g})"
         lock = (
             min(interval / 10, timeout / 2)
@@ -233,7 +235,7 @@ class PostgresMembership:
         """The DDL for the lease and config tables and the heartbeat function (run once)."""
         return self._schema.ddl()
 
-    async def _ensure_tables(self, conn: Any, transaction: Any = None) -> None:
+    async def _ensure_tables(self, fetch: Fetch, conn: Any, transaction: Any = None) -> None:
         """Create what is missing; in a transaction of its own, or the caller's (``None``)."""
         if self._tables_ready:
             return
@@ -245,7 +247,7 @@ class PostgresMembership:
                 "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
                 f"elasticpool:create:{self._table_name}",
             )
-            if not await self._ready(conn):
+            if not await self._ready(fetch, conn):
                 if not self.create_tables:
                     raise RuntimeError(
                         f"lease table {self._table_name!r} (or its heartbeat function) is "
@@ -256,7 +258,7 @@ class PostgresMembership:
                     await fetch(conn, statement)
         self._tables_ready = True
 
-    async def _ready(self, conn: Any) -> bool:
+    async def _ready(self, fetch: Fetch, conn: Any) -> bool:
         """Whether the tables and this version's heartbeat function exist (one query)."""
         rows = await fetch(
             conn,
@@ -267,6 +269,11 @@ class PostgresMembership:
             self._beat_fn,
         )
         return bool(rows[0][0])
+
+    @staticmethod
+    def _fetch(pool: MemberPort) -> Fetch:
+        """The member's connector's ``fetch``: every statement of a heartbeat runs through it."""
+        return fetch_of(pool.connector, "PostgresMembership")
 
     def _tag_connections(self, pool: MemberPort) -> None:
         """Tell the connector the settings every connection of this member opens with."""
@@ -294,6 +301,7 @@ class PostgresMembership:
         """
         assert self.client_connection_check_interval is not None
         ms = max(1, round(self.client_connection_check_interval * 1000))
+        fetch = self._fetch(pool)
         try:
             async with pool.connector.transaction(conn):
                 # for the session: this connection, which may join the pool, keeps it too
@@ -324,6 +332,7 @@ class PostgresMembership:
         A pool with a warm floor (``min_connections``) joins at once: it
         holds connections, so it is a member from the start.
         """
+        self._fetch(pool)  # a connector without fetch fails here, at open
         self._tag_connections(pool)  # before the first connection: it is the fleet's too
         await pool.resize(0)  # nothing opens before the fleet has a say
         if pool.settings.min_connections > 0:
@@ -421,7 +430,9 @@ class PostgresMembership:
                     pool.frozen() as freeze,
                 ):
                     if not self._tables_ready:
-                        await self._ensure_tables(co.conn, pool.connector.transaction)
+                        await self._ensure_tables(
+                            self._fetch(pool), co.conn, pool.connector.transaction
+                        )
                     if self._check_ok is None and self._tag is not None:
                         await self._probe_check_interval(pool, co.conn)
                     freeze.sent = True
@@ -478,7 +489,8 @@ class PostgresMembership:
         if reserve is None:
             reserve = 0 if total is None else min(2, total // 20)
         self._reserve = reserve
-        rows = await fetch(
+        fetch = self._fetch(pool)
+        rows = await fetch(  # a transaction of its own: committed when it returns
             conn,
             f"SELECT * FROM {self._beat_fn}"
             "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
@@ -497,7 +509,6 @@ class PostgresMembership:
             pool_tag(pool.name) if self._tag is not None else None,
             self._db_total,
             self._db_percent,
-            own=True,
         )
         return tuple(rows[0])
 
@@ -560,19 +571,29 @@ class PostgresMembership:
                 allow_small_total=pool.settings.allow_small_total,
             )
         async with pool.coordination() as co, pool.connector.transaction(co.conn):
-            await self.store_total(co.conn, pool.name, total)
+            await self.store_total(co.conn, pool.name, total, connector=pool.connector)
         await self._beat(pool)
 
-    async def store_total(self, conn: Any, pool_name: str, total: int | None) -> None:
+    async def store_total(
+        self,
+        conn: Any,
+        pool_name: str,
+        total: int | None,
+        *,
+        connector: Connector[Any] | None = None,
+    ) -> None:
         """Write the live fleet total of pool ``pool_name`` on ``conn``, without joining the fleet.
 
         What :meth:`set_total` writes, for tools that are not members
         (``elasticpool set-total``): every member adopts it at its next
-        heartbeat. Run it inside a transaction on ``conn`` (an asyncpg or
-        psycopg connection); the tables are created if missing and allowed.
+        heartbeat. Run it inside a transaction on ``conn``; the tables are
+        created if missing and allowed. ``conn`` is an asyncpg or psycopg
+        connection, or any connection of ``connector``, whose
+        ``fetch(conn, sql, *args)`` then runs the statements.
         """
         _check_total(total)
-        await self._ensure_tables(conn)
+        fetch = _fetch_for(conn, connector, "store_total")
+        await self._ensure_tables(fetch, conn)
         await fetch(
             conn,
             f"INSERT INTO {self._config} (pool_name, total_max_connections, updated_at)"
@@ -583,7 +604,7 @@ class PostgresMembership:
         )
 
     async def read_fleets(
-        self, conn: Any, pool_name: str | None = None
+        self, conn: Any, pool_name: str | None = None, *, connector: Connector[Any] | None = None
     ) -> dict[str, tuple[int | None, tuple[MemberStatus, ...]]]:
         """The fleets in the lease table as the database has them now, without joining any.
 
@@ -592,9 +613,11 @@ class PostgresMembership:
         whose lease has not expired, each with what it last reported (its
         ``share`` is the one it computed at its own last heartbeat). Read-only;
         empty when the tables do not exist. For tools that are not members
-        (``elasticpool status``).
+        (``elasticpool status``). ``conn`` and ``connector`` as for
+        :meth:`store_total`.
         """
-        if not await self._ready(conn):
+        fetch = _fetch_for(conn, connector, "read_fleets")
+        if not await self._ready(fetch, conn):
             return {}
         where, args = ("", ()) if pool_name is None else (" AND pool_name = $1", (pool_name,))
         leases = await fetch(
@@ -620,14 +643,18 @@ class PostgresMembership:
             for name in sorted(totals.keys() | members.keys())
         }
 
-    async def read_budgets(self, conn: Any) -> dict[str, tuple[int | None, int]]:
+    async def read_budgets(
+        self, conn: Any, *, connector: Connector[Any] | None = None
+    ) -> dict[str, tuple[int | None, int]]:
         """The total each pool name's members last used, and its claims added up, by name.
 
         The name ``""`` is the database budget over every name (when one was
         ever set), with every name's claims added up. Read-only; empty when
-        the tables do not exist. For ``elasticpool status``.
+        the tables do not exist. For ``elasticpool status``. ``conn`` and
+        ``connector`` as for :meth:`store_total`.
         """
-        if not await self._ready(conn):
+        fetch = _fetch_for(conn, connector, "read_budgets")
+        if not await self._ready(fetch, conn):
             return {}
         rows = await fetch(
             conn,
@@ -667,3 +694,11 @@ class PostgresMembership:
             f"PostgresMembership(table={self._table_name!r}, instance_id={self.instance_id!r}, "
             f"heartbeat_interval={self.heartbeat_interval:g}, lease_ttl={self.lease_ttl:g})"
         )
+
+
+def _fetch_for(conn: Any, connector: Connector[Any] | None, method: str) -> Fetch:
+    """``connector``'s fetch, or without one, the fetch of the adapter ``conn`` belongs to."""
+    needed_by = f"PostgresMembership.{method}()"
+    if connector is not None:
+        return fetch_of(connector, needed_by)
+    return adapter_fetch(conn, needed_by)

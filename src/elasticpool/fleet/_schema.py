@@ -15,7 +15,7 @@ trip), and does, in order:
    ``pg_stat_activity`` still shows under its tag (its ``application_name``),
    and its row goes once the server shows none;
 3. *share*: max-min fair water-filling of ``total - reserve`` over the live
-   members' demand (:func:`elasticpool._limits.fleet_shares` is the same
+   members' demand (``fleet_shares`` of ``_limits.py`` is the same
    rule in Python, and the tests hold the two to each other); the
    leftover lets members keep connections they hold anyway, and what is
    still left is headroom for the members asking;
@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import hashlib
 
-from ._sql import quote_ident
+from .._sql import quote_ident
 
 __all__ = ["Schema", "beat_function", "fill_function"]
 
@@ -130,7 +130,7 @@ LANGUAGE plpgsql IMMUTABLE
 AS $fn$
 -- Max-min fair split of p_units over p_wants (water-filling): an equal level over
 -- the unmet, raised until the units run out or every want is met; with fewer
--- units than unmet wants, one each in p_order. elasticpool._limits._water_fill.
+-- units than unmet wants, one each in p_order. Python: _water_fill in _limits.py.
 DECLARE
     v_n integer := coalesce(cardinality(p_wants), 0);
     v_alloc integer[];

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from .._errors import ElasticPoolWarning
 from .._limits import Member, divide, resolve_limit
+from .._validate import check_int
 from ._base import FleetStatus
 
 if TYPE_CHECKING:
@@ -32,12 +33,8 @@ class StaticMembership:
     """
 
     def __init__(self, instances: int, *, index: int | None = None) -> None:
-        if not isinstance(instances, int) or isinstance(instances, bool) or instances < 1:
-            raise ValueError(f"instances must be an integer >= 1 (got {instances!r})")
-        if index is not None and (
-            not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < instances
-        ):
-            raise ValueError(f"index must be an integer in [0, {instances - 1}] (got {index!r})")
+        check_int("instances", instances, low=1)
+        check_int("index", index, low=0, high=instances - 1, optional=True)
         self.instances = instances
         self.index = index
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final, Generic, TypeAlias
 
+import anyio
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import tuple_row
 from psycopg_pool.abc import ACT
 
-from .._connector import ResetMode
+from .._connector import Fetch, ResetMode, log_refused, refused_settings
 from .._redact import dsn_passwords, dsn_problem, redact_dsn, unshown
-from ._errors import is_disconnect_error
+from .._sql import PLACEHOLDER, check_placeholders
+from ._errors import is_disconnect_error, pooler_hint
 from ._reset import (
     _DISCARD_ALL,
     _ROLLBACK_AND_DISCARD,
@@ -176,6 +180,7 @@ class PsycopgConnector(Generic[ACT]):
         self.check = check
         self.reset_callback = reset
         self._snapshots: weakref.WeakKeyDictionary[ACT, _Snapshot] = weakref.WeakKeyDictionary()
+        self._pooler_hinted = False
         self._server_settings: dict[str, str] = {}
 
     def set_server_settings(self, settings: Mapping[str, str]) -> None:
@@ -191,9 +196,19 @@ class PsycopgConnector(Generic[ACT]):
         unparsable = _check_conninfo(type(self).__name__, conninfo)
         if unparsable is not None:
             raise unparsable
+        plain = dict(kwargs)
         if self._server_settings:
             _add_settings(conninfo, kwargs, self._server_settings)
-        conn = await self.connection_class.connect(conninfo, **kwargs)
+        try:
+            conn = await self.connection_class.connect(conninfo, **kwargs)
+        except Exception as exc:
+            kept = refused_settings(exc, self._server_settings)
+            if kept is None:
+                raise
+            log_refused(self, self._server_settings, exc)
+            self._server_settings = kept
+            _add_settings(conninfo, plain, kept)
+            conn = await self.connection_class.connect(conninfo, **plain)
         try:
             # Pooled: psycopg does not warn "deleted while still open" about it,
             # and ``async with conn`` does not close it (as with psycopg_pool).
@@ -267,7 +282,27 @@ class PsycopgConnector(Generic[ACT]):
 
     def is_disconnect(self, exc: BaseException) -> bool:
         """See :func:`is_disconnect_error`."""
+        self._hint_pooler(exc)
         return is_disconnect_error(exc)
+
+    def _hint_pooler(self, exc: BaseException) -> None:
+        """Log, once per connector, what to change when ``exc`` looks like a pooler's doing.
+
+        See :func:`pooler_hint`: behind PgBouncer in transaction mode, psycopg's
+        server-side prepared statements fail borrow after borrow.
+        """
+        if self._pooler_hinted:
+            return
+        hint = pooler_hint(exc)
+        if hint is not None:
+            self._pooler_hinted = True
+            logging.getLogger("elasticpool").warning(
+                "psycopg connections to %s: %s: %s; %s (logged once)",
+                _describe_target(self.conninfo, self.kwargs),
+                type(exc).__name__,
+                exc,
+                hint,
+            )
 
     # ------------------------------------------------------------------ reset
 
@@ -337,10 +372,48 @@ class PsycopgConnector(Generic[ACT]):
         """
         return _transaction(conn, readonly)
 
+    async def fetch(self, conn: ACT, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Run ``sql`` with ``args`` on ``conn``; its rows as tuples (see :func:`fetch`)."""
+        return await fetch(conn, sql, *args)
+
     # ------------------------------------------------------------------ repr
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {_describe_target(self.conninfo, self.kwargs)}>"
+
+
+async def fetch(conn: psycopg.AsyncConnection[Any], sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Run ``sql`` with ``args`` on ``conn`` (``fetch`` of :class:`~elasticpool.Connector`).
+
+    ``$n`` placeholders become psycopg's ``%s`` (after a literal ``%`` is
+    doubled); rows come as tuples whatever the connection's ``row_factory``.
+    On a connection that is not in autocommit mode and in no transaction the
+    statement is still a transaction of its own, as it is with asyncpg: the
+    connection is switched to autocommit for it (no round trip), so no
+    BEGIN/COMMIT pair is added and no transaction is left open.
+    """
+    check_placeholders(sql, len(args))
+    query = PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
+    switch = not conn.autocommit and conn.pgconn.transaction_status == _IDLE
+    if switch:
+        await conn.set_autocommit(True)
+    try:
+        async with conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(query, args)
+            if cur.description is None:
+                return []
+            return await cur.fetchall()
+    finally:
+        # Only from idle: a statement cut off mid-query leaves the connection
+        # ACTIVE, where psycopg refuses the change (and the pool discards it).
+        if switch and not conn.closed and conn.pgconn.transaction_status == _IDLE:
+            with anyio.CancelScope(shield=True):  # no I/O: psycopg's lock, then a flag
+                await conn.set_autocommit(False)
+
+
+def fetch_for(conn: object) -> Fetch | None:
+    """:func:`fetch` if ``conn`` is a :class:`psycopg.AsyncConnection`, else ``None``."""
+    return fetch if isinstance(conn, psycopg.AsyncConnection) else None
 
 
 def _transaction(conn: ACT, readonly: bool) -> AbstractAsyncContextManager[Any]:

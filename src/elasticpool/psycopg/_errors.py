@@ -47,6 +47,29 @@ def is_disconnect_error(exc: BaseException) -> bool:
     return ends_session(state)
 
 
+POOLER_HINT = (
+    "psycopg's prepared statements do not work through a connection pooler in transaction "
+    "mode (PgBouncer, for one): each statement may reach another server "
+    "connection; pass prepare_threshold=None in the connection kwargs "
+    '(see "Behind PgBouncer" in the docs)'
+)
+"""What the connector logs, once, when a prepared statement went missing or was duplicated."""
+
+
+def pooler_hint(exc: BaseException) -> str | None:
+    """:data:`POOLER_HINT` when ``exc`` looks like a transaction-mode pooler's doing, else ``None``.
+
+    That is "prepared statement ... does not exist" (26000) and "prepared
+    statement ... already exists" (42P05): psycopg prepares a query on the
+    server after ``prepare_threshold`` runs of it, and behind such a pooler
+    the next run may reach a server connection that lacks it, or the next
+    prepare one that has it. A program's own ``PREPARE`` mistakes raise the
+    same errors, which is why the hint says "pooler" as a likely cause.
+    """
+    lost = (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement)
+    return POOLER_HINT if isinstance(exc, lost) else None
+
+
 # =============================================================================
 # psycopg_pool's errors
 # =============================================================================

@@ -7,7 +7,7 @@ import inspect
 import logging
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from types import TracebackType
 from typing import Any, Generic, TypeAlias, cast
@@ -18,7 +18,10 @@ from psycopg_pool.abc import ACT
 
 from .. import _errors
 from .._connector import ResetMode
-from .._pool import Pool, PoolStats
+from .._pool import Pool
+from .._runner import spawn
+from .._stats import PoolStats
+from .._validate import check_seconds_type
 from ._connector import (
     _ASYNC_CONNECTION,
     ConnectionCB,
@@ -132,6 +135,7 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
         min_size, max_size = check_size(min_size, max_size)
         if not name:
             name = f"pool-{next(pool_numbers)}"
+        check_seconds_type("reconnect_timeout", reconnect_timeout, strict=False, finite=False)
         pool_settings = face_settings(
             min_size=min_size,
             max_size=max_size,
@@ -179,7 +183,6 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
         self._opened = False
         self._open_implicit = False
         self._core_started = False
-        self._tasks: set[asyncio.Task[Any]] = set()
 
         self._init_stats()
 
@@ -245,15 +248,8 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
         if self._mark_open():
             self._spawn(self._start_in_background())
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            logger.warning("pool %r: background task failed: %r", self.name, exc)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        spawn(coro, f"pool {self.name!r}")  # kept referenced; a failure is logged
 
     async def _start(self) -> None:
         """Open the elastic pool once; concurrent callers wait for the same open."""
@@ -346,7 +342,7 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
         :func:`is_disconnect_error`) also closes it, so it is not reused.
         """
         conn = await self.getconn(timeout=timeout)
-        now = self.elastic._now  # the loop's clock, bound at open: anyio's costs ~1 us a call
+        now = self.elastic.clock  # the loop's clock, bound at open: anyio's costs ~1 us a call
         started = now()
         error: BaseException | None = None
         try:
@@ -374,7 +370,7 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
         await self._start()
         if timeout <= 0:
             raise PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec")
-        now = self.elastic._now  # the loop's clock, bound at open: anyio's costs ~1 us a call
+        now = self.elastic.clock  # the loop's clock, bound at open: anyio's costs ~1 us a call
         started = now()
         try:
             conn = await self.elastic.acquire(timeout=seconds(timeout))
@@ -422,7 +418,7 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
             msg = f"it comes from pool {pool.name!r}" if pool else "it doesn't come from any pool"
             raise ValueError(f"can't return connection to pool {self.name!r}, {msg}: {conn}")
         try:
-            self.elastic._borrow_of(conn, "returned")
+            self.elastic.check_release(conn, what="returned")
         except RuntimeError as exc:  # a stale putconn (see Pool.release): that borrow stands
             raise ValueError(f"can't return connection to pool {self.name!r}; {exc}") from None
         cast(Any, conn)._pool = None

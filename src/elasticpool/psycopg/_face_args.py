@@ -17,8 +17,9 @@ from typing import Any, Final
 
 import psycopg
 
-from .._pool import PoolStats
 from .._settings import PoolSettings
+from .._stats import PoolStats
+from .._validate import check_int_type
 from ._wire import _ACTIVE, _IDLE, _UNKNOWN
 
 logger = logging.getLogger("elasticpool")
@@ -62,7 +63,9 @@ MS_EVENTS: Final = {
 
 
 def check_size(min_size: int, max_size: int | None) -> tuple[int, int]:
-    """psycopg_pool's own size validation, with its messages."""
+    """psycopg_pool's own size validation, with its messages (wrong types: elasticpool's)."""
+    check_int_type("min_size", min_size, low=0)
+    check_int_type("max_size", max_size, low=0, optional=True)
     if max_size is None:
         max_size = min_size
     if min_size < 0:
@@ -117,6 +120,7 @@ def face_settings(
     :class:`~elasticpool.PoolSettings` field. A mapped field passed as an
     elastic setting is a :class:`TypeError` naming psycopg_pool's parameter.
     """
+    check_int_type("num_workers", num_workers, low=1)
     if num_workers < 1:
         raise ValueError("num_workers must be at least 1")
     if close_returns and PSYCOPG_VERSION < (3, 3):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import selectors
 import socket
 import time
@@ -24,10 +23,12 @@ from typing import Any, Generic, TypeAlias, cast
 import psycopg
 from psycopg import errors, pq
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import tuple_row
 from psycopg_pool.abc import CT
 
 from .._connector import ResetMode
 from .._redact import dsn_problem
+from .._sql import PLACEHOLDER, check_placeholders
 from ._connector import _add_settings, _check_conninfo, _describe_target, _unparsable
 from ._errors import is_disconnect_error
 from ._reset import _DISCARD_ALL, _ROLLBACK_AND_DISCARD, _forget_prepared, _Snapshot
@@ -55,7 +56,6 @@ SyncConnectionCB: TypeAlias = Callable[[CT], None]
 _CONNECTION: Any = psycopg.Connection
 """The default ``connection_class`` (typed ``Any`` so it fits any ``CT``)."""
 
-_PLACEHOLDER = re.compile(r"\$(\d+)")
 
 _LIBPQ_MIN_CONNECT_TIMEOUT = 2
 """libpq's ``connect_timeout`` is whole seconds, and at least 2."""
@@ -398,29 +398,30 @@ class SyncPsycopgConnector(Generic[CT]):
 
 
 def fetch_rows(conn: psycopg.Connection[Any], sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Run ``sql`` (``$1..$n`` placeholders, in order, once each) with ``args``; rows as tuples.
+    """Run ``sql`` with ``args`` on ``conn``: the sync twin of the async adapter's ``fetch``.
 
-    On a connection in no transaction (and not in autocommit) the statement
-    runs in autocommit, so it commits when it returns and no transaction is
-    left open; inside a transaction it runs there.
+    ``$n`` placeholders (``$1..$n`` in order, once each) become psycopg's
+    ``%s`` (after a literal ``%`` is doubled); rows come as tuples whatever
+    the connection's ``row_factory``. On a connection that is not in
+    autocommit mode and in no transaction the statement is a transaction of
+    its own: the connection is switched to autocommit for it (no round
+    trip), so no transaction is left open; inside a transaction it runs
+    there.
     """
-    order = [int(n) for n in _PLACEHOLDER.findall(sql)]
-    if order != list(range(1, len(order) + 1)) or len(order) != len(args):
-        raise ValueError(f"placeholders must be $1..$n in order, once each: {sql!r}")
+    check_placeholders(sql, len(args))
+    query = PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
     switch = not conn.autocommit and conn.pgconn.transaction_status == _IDLE
     if switch:
         conn.autocommit = True
     try:
-        with conn.cursor() as cur:
-            if args:
-                cur.execute(_PLACEHOLDER.sub("%s", sql), list(args))
-            else:
-                cur.execute(sql)
+        with conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(query, args)
             if cur.description is None:
                 return []
-            return [tuple(r) for r in cur.fetchall()]
+            return cur.fetchall()
     finally:
-        if switch and not conn.closed:
+        # Only from idle: a statement cut off mid-query leaves the connection ACTIVE.
+        if switch and not conn.closed and conn.pgconn.transaction_status == _IDLE:
             conn.autocommit = False
 
 

@@ -15,8 +15,9 @@ from psycopg_pool.abc import CT
 
 from .. import _errors
 from .._connector import ResetMode
-from .._pool import PoolStats
+from .._stats import PoolStats
 from .._sync_pool import SyncPool
+from .._validate import check_seconds_type
 from ..fleet._base import Membership
 from ._errors import PoolClosed, PoolTimeout, TooManyRequests
 from ._face_args import (
@@ -179,6 +180,7 @@ class ConnectionPool(FaceStats, Generic[CT]):
         min_size, max_size = check_size(min_size, max_size)
         if not name:
             name = f"pool-{next(pool_numbers)}"
+        check_seconds_type("reconnect_timeout", reconnect_timeout, strict=False, finite=False)
         pool_settings = face_settings(
             min_size=min_size,
             max_size=max_size,

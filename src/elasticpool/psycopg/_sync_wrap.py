@@ -21,18 +21,19 @@ from psycopg_pool.abc import CT
 from .._connector import ResetMode
 from .._settings import PoolSettings
 from .._sync_pool import SyncPool
+from .._validate import check_bool
 from ..fleet._base import Membership
 from ._errors import is_disconnect_error
 from ._sync_connector import _readonly_transaction, fetch_rows
 
-__all__ = ["wrap_sync"]
+__all__ = ["SyncPsycopgLeases", "sync_leases_for"]
 
 _IDLE = TransactionStatus.IDLE
 _ACTIVE = TransactionStatus.ACTIVE
 _OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
 
-class _SyncPsycopgLeases(Generic[CT]):
+class SyncPsycopgLeases(Generic[CT]):
     """A :class:`~elasticpool.SyncConnector` whose connections are leases from a ConnectionPool.
 
     It remembers which leases are out, so one is given back at most once
@@ -75,6 +76,37 @@ class _SyncPsycopgLeases(Generic[CT]):
     def describe(self) -> str:
         p = self._pool
         return f"psycopg_pool.ConnectionPool {p.name!r} (max {p.max_size})"
+
+    def wrap(
+        self,
+        settings: PoolSettings | None,
+        *,
+        name: str | None,
+        membership: Membership | None,
+        close_underlying: bool,
+        elastic_settings: dict[str, Any],
+    ) -> SyncPool[CT]:
+        """:func:`elasticpool.wrap` for this pool: a :class:`~elasticpool.SyncPool` of leases."""
+        check_bool("close_underlying", close_underlying)
+        pool = self._pool
+        if name is None:
+            name = pool.name if isinstance(pool.name, str) and pool.name else "psycopg"
+        if settings is None:
+            fields: dict[str, Any] = {"reset": self.default_reset, **elastic_settings}
+            if (
+                fields.get("max_connections") is None
+                and fields.get("total_max_connections") is None
+            ):
+                fields["max_connections"] = self.max_size()
+            settings = PoolSettings(**fields)
+        else:
+            if elastic_settings:
+                settings = settings.replace(**elastic_settings)
+            if settings.max_connections is None and settings.total_max_connections is None:
+                settings = settings.replace(max_connections=self.max_size())
+        return _WrappedSyncPool(
+            self, settings, name=name, membership=membership, close_underlying=close_underlying
+        )
 
     # -- SyncConnector
 
@@ -149,7 +181,7 @@ class _WrappedSyncPool(SyncPool[CT]):
 
     def __init__(
         self,
-        leases: _SyncPsycopgLeases[CT],
+        leases: SyncPsycopgLeases[CT],
         settings: PoolSettings,
         *,
         name: str,
@@ -208,36 +240,11 @@ class _WrappedSyncPool(SyncPool[CT]):
         return f"{super().__repr__()[:-1]} over {self._leases.describe()}>"
 
 
-def wrap_sync(
-    existing: psycopg_pool.ConnectionPool[CT],
-    settings: PoolSettings | None,
-    *,
-    name: str | None,
-    membership: Membership | None,
-    close_underlying: bool,
-    elastic_settings: dict[str, Any],
-) -> SyncPool[CT]:
-    """:func:`elasticpool.wrap` for a sync ``psycopg_pool.ConnectionPool`` (see there)."""
+def sync_leases_for(existing: psycopg_pool.ConnectionPool[CT]) -> SyncPsycopgLeases[CT]:
+    """Leases from an open sync ``psycopg_pool.ConnectionPool`` (a :class:`ValueError` if not)."""
     if existing.closed:
         raise ValueError(
             f"psycopg_pool.ConnectionPool {existing.name!r} is not open "
             "(create it with open=False, then 'pool.open()' before wrap())"
         )
-    if not isinstance(close_underlying, bool):
-        raise TypeError(f"close_underlying must be a bool (got {close_underlying!r})")
-    leases: _SyncPsycopgLeases[CT] = _SyncPsycopgLeases(existing)
-    if name is None:
-        name = existing.name if isinstance(existing.name, str) and existing.name else "psycopg"
-    if settings is None:
-        fields: dict[str, Any] = {"reset": leases.default_reset, **elastic_settings}
-        if fields.get("max_connections") is None and fields.get("total_max_connections") is None:
-            fields["max_connections"] = leases.max_size()
-        settings = PoolSettings(**fields)
-    else:
-        if elastic_settings:
-            settings = settings.replace(**elastic_settings)
-        if settings.max_connections is None and settings.total_max_connections is None:
-            settings = settings.replace(max_connections=leases.max_size())
-    return _WrappedSyncPool(
-        leases, settings, name=name, membership=membership, close_underlying=close_underlying
-    )
+    return SyncPsycopgLeases(existing)

@@ -16,7 +16,8 @@ Example::
             await conn.execute(0.002)           # 2 ms of "work"
 
 It is not a database: a :class:`FakeConnection` has no queries, only the state
-a pool cares about (open, dead, in a transaction, session state changed).
+a pool cares about (open, dead, in a transaction, session state changed), and
+``FakeConnector.fetch`` answers statements with the rows you script.
 
 :class:`FaultProxy` is the other half, for tests against a real server: a
 loopback TCP proxy whose faults (latency, blackhole, reset, close after N

@@ -6,12 +6,14 @@ Re-exported from :mod:`elasticpool.testing`, which documents them.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import anyio
 
 from .._connector import ResetMode
+from .._sql import check_placeholders
 
 __all__ = ["FakeConnection", "FakeConnector", "FakeDisconnect", "FakeReadOnlyError"]
 
@@ -112,6 +114,13 @@ class FakeConnector:
     :meth:`FakeConnection.kill` and :meth:`FakeConnection.drop`.
     ``hang_closes`` makes every graceful close hang (the pool must terminate).
 
+    ``rows(sql, args)`` is what :meth:`fetch` returns for a statement: an
+    iterable of tuples (default: no rows). :meth:`fetch` checks the
+    placeholders as every connector does, runs as one use of the connection
+    (raising :class:`FakeDisconnect` if it is dead) and records each statement
+    in :attr:`statements`, so code built on ``Connector.fetch`` can be tested
+    without a server.
+
     Counters (``connects_started``, ``connects_ok``, ``connects_failed``,
     ``closes``, ``terminates``, ``pings``, ``resets``) and :attr:`open` (the
     connections neither closed nor terminated) let tests check that nothing
@@ -126,12 +135,16 @@ class FakeConnector:
         reset_delay: float = 0.0,
         ping_delay: float = 0.0,
         hang_closes: bool = False,
+        rows: Callable[[str, tuple[Any, ...]], Iterable[tuple[Any, ...]]] | None = None,
     ) -> None:
         self.connect_delay = connect_delay
         self.close_delay = close_delay
         self.reset_delay = reset_delay
         self.ping_delay = ping_delay
         self.hang_closes = hang_closes
+        self.rows = rows
+        self.statements: list[tuple[str, tuple[Any, ...]]] = []
+        """Every statement :meth:`fetch` ran, with its arguments, oldest first."""
         self.connections: list[FakeConnection] = []
         self.open: set[FakeConnection] = set()
         self.connects_started = 0
@@ -252,6 +265,13 @@ class FakeConnector:
         self, conn: FakeConnection, *, readonly: bool = False
     ) -> AbstractAsyncContextManager[None]:
         return _fake_transaction(conn, readonly)
+
+    async def fetch(self, conn: FakeConnection, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Pretend to run ``sql``: one use of ``conn``; the rows ``rows(sql, args)`` gives."""
+        check_placeholders(sql, len(args))
+        await conn.execute()
+        self.statements.append((sql, args))
+        return [] if self.rows is None else [tuple(r) for r in self.rows(sql, args)]
 
 
 @asynccontextmanager

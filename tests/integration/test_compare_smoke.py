@@ -1,0 +1,90 @@
+"""benchmarks/compare.py runs end to end: every scenario, every candidate, JSON and plot.
+
+Tiny counts and quick mode: this checks the script works, never how fast
+anything is (speed belongs in the benchmark's own output).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+pytest.importorskip("asyncpg")
+pytest.importorskip("psycopg_pool")
+
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "compare.py"
+
+
+def load_compare() -> ModuleType:
+    """benchmarks/compare.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("elasticpool_bench_compare", BENCHMARK)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
+@pytest.mark.postgres
+def test_quick_run_reports_every_row(pg_server: Any, tmp_path: Path) -> None:
+    """A quick run writes JSON with every candidate of every scenario, the targets and a plot."""
+    pytest.importorskip("matplotlib")
+    compare = load_compare()
+    dsn = pg_server.dsn()
+    if "://" not in dsn:
+        pytest.skip("compare.py needs a postgresql:// uri")
+    out, png = tmp_path / "compare.json", tmp_path / "compare.png"
+    returned = compare.main(
+        [
+            "--quick",
+            "--dsn",
+            dsn,
+            "--connections",
+            "2",
+            "--duration",
+            "0.05",
+            "--burst-tasks",
+            "6",
+            "--burst-max",
+            "3",
+            "--burst-idle",
+            "0.05",
+            "--spike-tasks",
+            "4",
+            "--spike-connect-delay",
+            "0.01",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        ]
+    )
+    written = json.loads(out.read_text())
+    assert written.keys() == returned.keys()
+    keys = compare.key
+    throughput = {keys(c) for c in compare.THROUGHPUT}
+    assert set(written["uncontended"]) == throughput
+    assert set(written["contended"]) == throughput
+    assert set(written["burst"]) == {keys(c) for c in compare.burst_candidates(0.3)}
+    assert set(written["spike"]) == {keys(c) for c in compare.SPIKE}
+    for scenario in ("uncontended", "contended"):
+        for row in written[scenario].values():
+            assert row["ops"] > 0
+            assert {"ops_per_s", "cpu_us_per_op", "x_floor", "x_peer"} <= row.keys()
+    for row in written["spike"].values():
+        assert row["opened"] >= 0
+    assert len(written["targets"]) > 0
+    assert all(isinstance(t["met"], bool) for t in written["targets"])
+    assert png.stat().st_size > 0
+    password = getattr(pg_server, "password", "")
+    assert not password or password not in out.read_text()
