@@ -2,7 +2,8 @@
 
 The pool starts empty, grows only for callers it cannot serve, shrinks when
 connections sit idle, retires them at a lifetime, and holds a per-instance or
-fleet-wide connection budget. See :class:`Pool` and :class:`PoolSettings`.
+fleet-wide connection budget. See :class:`Pool` and :class:`PoolSettings`;
+for threads, :class:`SyncPool`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from ._limits import Member, Resolution, resolve_limit
 from ._pool import Pool
 from ._settings import DEFAULT_TOTAL_MAX_CONNECTIONS, LimitMode, PoolSettings
 from ._stats import PoolStats
+from ._sync_connector import SyncConnector
+from ._sync_pool import SyncPool
 from ._wrap import wrap
 from .fleet import FleetStatus, Membership, MemberStatus, PostgresMembership, StaticMembership
 from .replicas import NoReplicaAvailable, RoutingMemberStats, RoutingPool, RoutingStats
@@ -46,6 +49,8 @@ __all__ = [
     "RoutingPool",
     "RoutingStats",
     "StaticMembership",
+    "SyncConnector",
+    "SyncPool",
     "TooManyWaiters",
     "resolve_limit",
     "wrap",

@@ -630,17 +630,16 @@ class Planner:
         """Plan connects for uncovered waiters and the floor, within limit, concurrency, backoff."""
         if self.closed:
             return
+        room = self.limit - self.budget_used
+        if room <= 0:  # at the limit (the common case under load): nothing to plan
+            return
         want = self._wanted()
         if want <= 0:
             return
         if now < self.backoff_until:
             self._poke(self.backoff_until)
             return
-        n = min(
-            want,
-            self.limit - self.budget_used,
-            self.settings.max_connecting - self.n_connecting,
-        )
+        n = min(want, room, self.settings.max_connecting - self.n_connecting)
         if n <= 0:
             return
         out = self._out()

@@ -25,7 +25,7 @@ import logging
 import warnings
 from collections.abc import Coroutine
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
 import anyio
 
@@ -39,20 +39,22 @@ from ._validate import check_bool, check_int
 if TYPE_CHECKING:
     import asyncpg
     import asyncpg.pool
-    from psycopg import AsyncConnection
-    from psycopg_pool import AsyncConnectionPool
+    from psycopg import AsyncConnection, Connection
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+    from ._sync_pool import SyncPool
     from .fleet._base import Membership
 
-__all__ = ["Leases", "spawn", "wrap"]
+__all__ = ["Leases", "ThreadedLeases", "spawn", "wrap"]
 
 logger = logging.getLogger("elasticpool")
 
 ConnT = TypeVar("ConnT")
 RecordT = TypeVar("RecordT", bound="asyncpg.Record")
 ACT = TypeVar("ACT", bound="AsyncConnection[Any]")
+CT = TypeVar("CT", bound="Connection[Any]")
 
-ACCEPTS = "an asyncpg.Pool or a psycopg_pool.AsyncConnectionPool"
+ACCEPTS = "an asyncpg.Pool, a psycopg_pool.AsyncConnectionPool or a psycopg_pool.ConnectionPool"
 """What :func:`wrap` takes, for its errors."""
 
 # Give-backs and terminations that outlive the call that started them (kept referenced).
@@ -77,6 +79,24 @@ def spawn(coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any] | None
 
     task.add_done_callback(done)
     return task
+
+
+class ThreadedLeases(Protocol):
+    """What an adapter answers for a threaded pool (``psycopg_pool.ConnectionPool``).
+
+    Its wrapper is a :class:`~elasticpool.SyncPool`, not a :class:`Pool`:
+    the adapter builds it, with :func:`wrap`'s arguments.
+    """
+
+    def wrap(
+        self,
+        settings: PoolSettings | None,
+        *,
+        name: str | None,
+        membership: Membership | None,
+        close_underlying: bool,
+        elastic_settings: dict[str, Any],
+    ) -> SyncPool[Any]: ...
 
 
 class Leases(Generic[ConnT]):
@@ -278,9 +298,9 @@ class _WrappedPool(Pool[ConnT]):
         return f"{super().__repr__()[:-1]} over {self._leases.describe()}>"
 
 
-def _leases_for(existing: object) -> Leases[Any]:
+def _leases_for(existing: object) -> Leases[Any] | ThreadedLeases:
     """The leases of the adapter whose driver ``existing`` is a pool of; else a TypeError."""
-    leases: Leases[Any] | None = ask("_leases", "leases_for", existing)
+    leases: Leases[Any] | ThreadedLeases | None = ask("_leases", "leases_for", existing)
     if leases is not None:
         return leases
     # Never repr() the argument: it may be a connection string with a password in it.
@@ -312,6 +332,18 @@ def wrap(
 ) -> Pool[ACT]: ...
 
 
+@overload
+def wrap(
+    existing: ConnectionPool[CT],
+    settings: PoolSettings | None = None,
+    *,
+    name: str | None = None,
+    membership: Membership | None = None,
+    close_underlying: bool = False,
+    **elastic_settings: Any,
+) -> SyncPool[CT]: ...
+
+
 def wrap(
     existing: object,
     settings: PoolSettings | None = None,
@@ -320,7 +352,7 @@ def wrap(
     membership: Membership | None = None,
     close_underlying: bool = False,
     **elastic_settings: Any,
-) -> Pool[Any]:
+) -> Pool[Any] | SyncPool[Any]:
     """Put elasticpool's limits, timeouts and stats on top of an existing pool.
 
     ``existing`` is a live :class:`asyncpg.Pool` (``await
@@ -352,11 +384,23 @@ def wrap(
     ``close_underlying=True`` to close it as well. ``name`` defaults to the
     psycopg pool's name, or ``"asyncpg"``.
 
+    A sync :class:`psycopg_pool.ConnectionPool` (open) gives a
+    :class:`~elasticpool.SyncPool` of leases instead, with the same defaults
+    (``with wrap(existing) as pool``, ``pool.connection()``).
+
     It does not change how the underlying pool opens, checks, resets or
     retires server connections; ``docs/wrap.md`` says exactly what each side
     governs.
     """
     leases = _leases_for(existing)
+    if not isinstance(leases, Leases):  # a threaded pool's: it builds its own wrapper
+        return leases.wrap(
+            settings,
+            name=name,
+            membership=membership,
+            close_underlying=close_underlying,
+            elastic_settings=elastic_settings,
+        )
     check_bool("close_underlying", close_underlying)
     if name is None:
         name = leases.default_name()

@@ -98,10 +98,13 @@ async def test_each_adapter_answers_for_its_own_pools_only(existing: Any) -> Non
     assert ask("_leases", "leases_for", "postgresql://app:secret@db/app") is None
 
 
-def test_a_synchronous_psycopg_pool_is_refused_by_its_adapter() -> None:
-    """psycopg's adapter knows psycopg_pool's sync pool and says it is synchronous."""
-    sync = psycopg_pool.ConnectionPool("", open=False)
-    with pytest.raises(TypeError, match=r"psycopg_pool\.ConnectionPool is synchronous"):
+def test_a_synchronous_psycopg_pool_is_answered_by_its_adapter() -> None:
+    """psycopg's adapter knows psycopg_pool's sync pool: it must be open, then wraps as a SyncPool.
+
+    (tests/psycopg/test_sync_wrap.py wraps an open one against the server.)
+    """
+    sync = psycopg_pool.ConnectionPool("", open=False, name="sync-shut")
+    with pytest.raises(ValueError, match=r"ConnectionPool 'sync-shut' is not open"):
         wrap(sync)
 
 
@@ -145,8 +148,8 @@ def test_wrap_without_one_driver_still_wraps_the_others_pools(pg_dsn: str) -> No
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
-        "refused: wrap() takes an asyncpg.Pool or a psycopg_pool.AsyncConnectionPool "
-        "(got builtins.object)",
+        "refused: wrap() takes an asyncpg.Pool, a psycopg_pool.AsyncConnectionPool or a "
+        "psycopg_pool.ConnectionPool (got builtins.object)",
         "False",
     ]
 

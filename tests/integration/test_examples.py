@@ -32,7 +32,13 @@ def run_example(name: str, dsn: str, *args: str, timeout: float = 90) -> str:
 
 def test_every_example_is_covered() -> None:
     """Each examples/*.py has a test here, so a new example cannot skip CI."""
-    tested = {"quickstart.py", "starlette_app.py", "workers.py", "trio_program.py"}
+    tested = {
+        "quickstart.py",
+        "starlette_app.py",
+        "workers.py",
+        "trio_program.py",
+        "threads_app.py",
+    }
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -59,5 +65,13 @@ def test_workers_share_one_total(pg_server: Any) -> None:
 def test_trio_program(pg_server: Any) -> None:
     """The trio program drives the pool with a threaded psycopg connector, cancellation included."""
     out = run_example("trio_program.py", pg_server.dsn())
+    assert "after idling" in out
+    assert out.rstrip().endswith("ok")
+
+
+def test_threads_app(pg_server: Any) -> None:
+    """A threaded WSGI app on the sync psycopg face serves a burst, then shrinks back."""
+    out = run_example("threads_app.py", pg_server.dsn(), "--requests", "60")
+    assert "60 requests served" in out
     assert "after idling" in out
     assert out.rstrip().endswith("ok")

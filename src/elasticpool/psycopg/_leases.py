@@ -1,4 +1,8 @@
-"""psycopg's side of :func:`elasticpool.wrap`: leases from psycopg_pool's async pool."""
+"""psycopg's side of :func:`elasticpool.wrap`: leases from psycopg_pool's pools.
+
+The async pool's here; the sync ``ConnectionPool``'s in ``_sync_wrap`` (its
+wrapper is a :class:`~elasticpool.SyncPool`).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool.abc import ACT
 
 from .._connector import ResetMode
-from .._wrap import ACCEPTS, Leases, spawn
+from .._wrap import Leases, spawn
 from ._connector import _transaction, fetch
 from ._errors import is_disconnect_error
+from ._sync_wrap import SyncPsycopgLeases, sync_leases_for
 
 __all__ = ["PsycopgLeases", "leases_for"]
 
@@ -21,11 +26,10 @@ _ACTIVE: Final = TransactionStatus.ACTIVE
 _OPEN: Final = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
 
-def leases_for(existing: object) -> PsycopgLeases[Any] | None:
-    """Leases from ``existing`` if it is a :class:`psycopg_pool.AsyncConnectionPool`, else ``None``.
+def leases_for(existing: object) -> PsycopgLeases[Any] | SyncPsycopgLeases[Any] | None:
+    """Leases from ``existing`` if it is one of psycopg_pool's pools, else ``None``.
 
-    Raises :class:`ValueError` for a pool that is not open, and
-    :class:`TypeError` for psycopg_pool's synchronous ``ConnectionPool``.
+    Raises :class:`ValueError` for a pool that is not open.
     """
     if isinstance(existing, psycopg_pool.AsyncConnectionPool):
         if existing.closed:
@@ -35,7 +39,7 @@ def leases_for(existing: object) -> PsycopgLeases[Any] | None:
             )
         return PsycopgLeases(existing)
     if isinstance(existing, psycopg_pool.ConnectionPool):
-        raise TypeError(f"wrap() takes {ACCEPTS}; psycopg_pool.ConnectionPool is synchronous")
+        return sync_leases_for(existing)
     return None
 
 
