@@ -287,6 +287,7 @@ class SyncPort:
             return
         slot.owner = None  # the pool's own borrow: no caller holds it
         lease = slot.lease
+        idle_since = max(slot.idle_since, slot.handed_at)  # unused since (when it was idle)
         pool._coordinating = slot
         ok = False
         try:
@@ -300,7 +301,7 @@ class SyncPort:
                 dirty = not broken and sync.needs_reset(conn, "rollback")
                 with pool._lock:
                     if slot.state is SlotState.IN_USE and slot.lease == lease:
-                        pool._planner.release(slot, time.monotonic(), broken, dirty)
+                        pool._planner.release(slot, time.monotonic(), broken, dirty, idle_since)
                     plan = pool._take()
                 pool._execute(plan)
             else:

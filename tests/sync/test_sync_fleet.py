@@ -329,3 +329,18 @@ def test_idle_sync_member_holds_no_lease_and_opens_nothing_until_a_caller_comes(
             assert pool.stats().connects == 1, "the join's connection is the one lent"
             assert fleet.leases() == 1
         assert pool.fleet().active
+
+
+def test_a_sync_member_gone_idle_closes_its_last_connection_and_leaves(fleet: Fleet) -> None:
+    """Heartbeats on its idle connection do not reset its idle clock: idle_timeout ends it."""
+    with fleet.member(total_max_connections=6, idle_timeout=4 * INTERVAL) as pool:
+        with pool.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            conn.rollback()
+        assert pool.fleet().active
+        until(
+            lambda: (pool.stats().size, pool.fleet().active) == (0, False),
+            "the idle member kept its connection (each heartbeat made it look used)",
+        )
+        until(lambda: not fleet.backends(), "its backend stayed")
+        assert fleet.leases() == 0
