@@ -29,6 +29,8 @@ from .._settings import PoolSettings
 
 __all__ = ["ELASTIC_NAMES", "UNSET", "elastic_settings"]
 
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PoolSettings)}
+
 UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<unset>"})()
 """An argument not given (so a default or a mapping may fill it)."""
 
@@ -122,6 +124,17 @@ def elastic_settings(
                     f"(got {recycle!r})"
                 )
             fields["connection_lifetime"] = recycle
+            default_idle = _DEFAULTS["idle_timeout"]
+            if (
+                settings is None
+                and "idle_timeout" not in fields
+                and isinstance(recycle, (int, float))
+                and default_idle is not None
+                and recycle <= default_idle
+            ):
+                # The default idle timeout could never fire first; it was not the user's
+                # choice, so it goes quietly (an idle_timeout given still warns).
+                fields["idle_timeout"] = None
     if settings is not None:
         return settings.replace(reset="none", **fields)
     fields.setdefault("ping_after", None)  # SQLAlchemy's ping is pool_pre_ping
