@@ -246,7 +246,7 @@ def test_async_engine_takes_the_same_arguments() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("driver", ASYNC_DRIVERS)
 async def test_async_core_connects_once_per_server_connection(pg_server: Any, driver: str) -> None:
-    """Connect-time setup (connect, first_connect) runs once per server connection, not per checkout."""
+    """Connect-time setup (connect, first_connect) runs once per server connection, not checkout."""
     engine = create_async_engine(url(pg_server, driver), pool_size=2, max_overflow=1)
     seen = Counted(engine)
     pids: set[int] = set()
