@@ -538,3 +538,289 @@ async def test_async_engine_on_a_new_event_loop_needs_dispose(pg_server: Any) ->
         assert await asyncio.to_thread(asyncio.run, query_then_dispose()) == 7
     finally:
         await engine.dispose()
+
+
+# ============================================================================ sync engines
+
+
+def sync_backends(server: Any, app: str) -> int:
+    """How many backends the server shows named ``app`` (a short psycopg connection)."""
+    import psycopg
+
+    with psycopg.connect(server.dsn(application_name="ep-sqla-admin"), autocommit=True) as c:
+        row = c.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def sync_until(check: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
+    """Poll a server-side ``check`` until true, bounded."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds}s: {what}")
+        time.sleep(0.02)
+
+
+def run_threads(n: int, fn: Callable[[int], None]) -> None:
+    """Run ``fn(i)`` in ``n`` threads at once; re-raise the first failure."""
+    import threading
+
+    errors: list[BaseException] = []
+    go = threading.Barrier(n)
+
+    def body(i: int) -> None:
+        try:
+            go.wait()
+            fn(i)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a thread did not finish"
+    if errors:
+        raise errors[0]
+
+
+def test_sync_core_connects_once_per_server_connection(pg_server: Any) -> None:
+    """Threads of a sync engine: connect-time setup once per server connection, events per checkout."""
+    engine = create_engine(url(pg_server, "psycopg"), pool_size=2, max_overflow=2)
+    seen = Counted(engine)
+    pids: set[int] = set()
+
+    def work(i: int) -> None:
+        for _ in range(25):
+            with engine.connect() as conn:
+                pids.add(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+    try:
+        run_threads(8, work)
+        c = seen.counts
+        assert c["checkout"] == c["checkin"] == c["reset"] == 200
+        assert c["connect"] == len(pids) <= 4
+        assert c["first_connect"] <= 1
+        assert c["close"] == 0
+        assert engine.pool.checkedout() == 0
+        assert engine.pool.checkedin() == len(pids)
+    finally:
+        engine.dispose()
+    assert seen.counts["close"] == seen.counts["connect"]
+
+
+def test_sync_orm_sessions_in_threads(pg_server: Any) -> None:
+    """ORM Sessions in threads write and read mapped objects through the pool."""
+    from sqlalchemy.orm import Session
+
+    engine = sqlalchemy.create_engine(
+        url(pg_server, "psycopg"), poolclass=ElasticPool, max_connections=3
+    )
+    try:
+        Base.metadata.drop_all(engine)
+        Base.metadata.create_all(engine)
+
+        def write(i: int) -> None:
+            for j in range(5):
+                with Session(engine) as session, session.begin():
+                    session.add(Item(id=i * 10 + j, name=f"item {i}.{j}"))
+
+        run_threads(6, write)
+        with Session(engine) as session:
+            assert session.query(Item).count() == 30
+            item = session.get(Item, 42)
+            assert item is not None
+            assert item.name == "item 4.2"
+        Base.metadata.drop_all(engine)
+        stats = engine.pool.stats()  # type: ignore[attr-defined]
+        assert stats.max == 3
+        assert stats.size <= 3
+    finally:
+        engine.dispose()
+
+
+def test_sync_dispose_closes_server_side(pg_server: Any) -> None:
+    """After dispose() the server shows none of the engine's backends; the engine works again."""
+    app = f"ep-sqla-sync-dispose-{uuid.uuid4().hex[:8]}"
+    engine = create_engine(
+        url(pg_server, "psycopg"),
+        pool_size=3,
+        max_overflow=0,
+        connect_args={"application_name": app},
+    )
+    seen = Counted(engine)
+    try:
+        with engine.connect() as a, engine.connect() as b, engine.connect() as c:
+            for conn in (a, b, c):
+                conn.execute(text("SELECT 1"))
+        assert sync_backends(pg_server, app) == 3
+        engine.dispose()
+        assert seen.counts["close"] == 3
+        sync_until(lambda: sync_backends(pg_server, app) == 0, "the backends gone")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
+        assert seen.counts["connect"] == 4
+    finally:
+        engine.dispose()
+    sync_until(lambda: sync_backends(pg_server, app) == 0, "the backends gone")
+
+
+def test_sync_killed_backend_is_invalidated_and_evicted(pg_server: Any) -> None:
+    """A backend killed under a borrowed sync connection: invalidated, its slot freed."""
+    import psycopg
+
+    engine = create_engine(url(pg_server, "psycopg"), pool_size=1, max_overflow=0)
+    seen = Counted(engine)
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            with pytest.raises(exc.OperationalError) as caught:
+                conn.execute(text("SELECT 1"))
+            assert caught.value.connection_invalidated
+        assert seen.counts["invalidate"] == 1
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+        stats = engine.pool.stats()  # type: ignore[attr-defined]
+        assert stats.returned_broken == 1
+        assert stats.size == 1
+    finally:
+        engine.dispose()
+
+
+def test_sync_killed_idle_backend_is_not_lent(pg_server: Any) -> None:
+    """An idle sync connection whose backend was killed is closed at checkout, not lent."""
+    import psycopg
+
+    engine = create_engine(url(pg_server, "psycopg"), pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+        assert engine.pool.stats().closed_broken == 1  # type: ignore[attr-defined]
+    finally:
+        engine.dispose()
+
+
+def test_sync_pool_timeout(pg_server: Any) -> None:
+    """A sync checkout waiting past pool_timeout raises SQLAlchemy's TimeoutError, nothing lost."""
+    engine = create_engine(url(pg_server, "psycopg"), pool_size=1, max_overflow=0, pool_timeout=0.2)
+    try:
+        with engine.connect():
+            with pytest.raises(exc.TimeoutError, match=r"no connection within 0.2s") as caught:
+                engine.connect()
+            assert isinstance(caught.value, elasticpool.PoolTimeout)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+def test_sync_connect_error_reaches_the_caller(pg_server: Any) -> None:
+    """A connect that fails raises the driver's error (wrapped by SQLAlchemy) at once, as QueuePool."""
+    bad = url(pg_server, "psycopg").set(password="not-the-password")
+    engine = create_engine(bad, pool_timeout=20)
+    try:
+        with pytest.raises(exc.OperationalError, match="password authentication failed"):
+            engine.connect()
+        assert "not-the-password" not in engine.pool.status()
+    finally:
+        engine.dispose()
+
+
+def test_recreate_keeps_arguments_and_events(pg_server: Any) -> None:
+    """recreate() gives a new ElasticPool with the same settings, name and listeners."""
+    engine = create_engine(
+        url(pg_server, "psycopg"), pool_size=2, max_overflow=1, idle_timeout=30, name="api"
+    )
+    seen = Counted(engine)
+    pool = engine.pool
+    assert isinstance(pool, ElasticPool)
+    new = pool.recreate()
+    assert isinstance(new, ElasticPool)
+    assert new is not pool
+    assert (new.settings, new.name) == (pool.settings, "api")
+    try:
+        conn = new.connect()
+        conn.close()
+        assert seen.counts["connect"] == 1
+        assert seen.counts["checkout"] == 1
+        assert new.status().startswith("ElasticPool 'api': limit 3, size 1")
+    finally:
+        new.dispose()
+        pool.dispose()
+
+
+def test_membership_instance_serves_one_pool_at_a_time(pg_server: Any) -> None:
+    """A membership instance still used by a closing pool is refused by name; a factory is not."""
+    from elasticpool import StaticMembership
+
+    membership = StaticMembership(1)
+    engine = create_engine(
+        url(pg_server, "psycopg"), total_max_connections=5, membership=membership
+    )
+    try:
+        held = engine.connect()  # borrowed across dispose(): the old pool closes in the background
+        engine.dispose()
+        with pytest.raises(
+            RuntimeError, match=r"membership is still in use by a pool still closing"
+        ):
+            engine.connect()
+        held.close()
+    finally:
+        engine.dispose()
+    made: list[StaticMembership] = []
+
+    def factory() -> StaticMembership:
+        made.append(StaticMembership(1))
+        return made[-1]
+
+    engine = create_engine(url(pg_server, "psycopg"), total_max_connections=5, membership=factory)
+    try:
+        held = engine.connect()
+        engine.dispose()
+        with engine.connect() as conn:  # a new pool, a new membership
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
+        held.close()
+        assert len(made) == 2
+    finally:
+        engine.dispose()
+
+
+def test_forked_child_opens_a_pool_of_its_own(pg_server: Any) -> None:
+    """After os.fork() the child's checkouts open a new pool; the parent's connection is untouched."""
+    import os
+    import warnings
+
+    engine = create_engine(url(pg_server, "psycopg"), pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            parent_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with warnings.catch_warnings():  # 3.12+: fork() with the pool's threads running
+            warnings.simplefilter("ignore", DeprecationWarning)
+            child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports through its exit code
+            code = 1
+            try:
+                with engine.connect() as conn:
+                    mine = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+                engine.dispose()
+                code = 0 if mine != parent_pid else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        with engine.connect() as conn:  # the parent's connection still serves it
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() == parent_pid
+    finally:
+        engine.dispose()

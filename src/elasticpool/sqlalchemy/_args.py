@@ -29,7 +29,7 @@ from .._settings import PoolSettings
 
 __all__ = ["ELASTIC_NAMES", "UNSET", "elastic_settings"]
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PoolSettings)}
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(PoolSettings)}
 
 UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<unset>"})()
 """An argument not given (so a default or a mapping may fill it)."""

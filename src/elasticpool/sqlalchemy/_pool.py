@@ -65,6 +65,19 @@ _MEMBERSHIP_USERS: weakref.WeakKeyDictionary[Any, _Shell] = weakref.WeakKeyDicti
 _CLOSING: set[asyncio.Task[None]] = set()
 
 
+_pid = os.getpid()
+"""This process's id (kept current by the at-fork hook: cheaper than asking on each checkout)."""
+
+
+def _after_fork_in_child() -> None:
+    global _pid  # noqa: PLW0603 - the one module state a fork changes
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _Shell(Protocol):
     """What ElasticPool needs of the elasticpool pool behind it (one per event loop or process)."""
 
@@ -128,7 +141,11 @@ class _AsyncShell:
             raise PoolTimeout(str(e)) from e.__cause__
 
     def put(self, rec: ElasticRecord) -> None:
-        self.pool.release(rec)
+        rec.returning = True
+        try:
+            self.pool.release(rec)
+        finally:
+            rec.returning = False
 
     def dispose(self) -> None:
         pool = self.pool
@@ -194,7 +211,11 @@ class _SyncShell:
             raise PoolTimeout(str(e)) from e.__cause__
 
     def put(self, rec: ElasticRecord) -> None:
-        self.pool.release(rec)
+        rec.returning = True
+        try:
+            self.pool.release(rec)
+        finally:
+            rec.returning = False
 
     def dispose(self) -> None:
         pool = self.pool
@@ -439,7 +460,7 @@ class ElasticPool(SAPool):
 
     def _do_get(self) -> ConnectionPoolEntry:
         shell = self._shell
-        if shell is None or shell.pid != os.getpid():
+        if shell is None or shell.pid != _pid:
             shell = self._new_shell()  # first checkout, or a forked child: a pool of its own
         while True:
             try:

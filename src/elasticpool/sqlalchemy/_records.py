@@ -107,9 +107,17 @@ class ElasticRecord(_ConnectionRecord):
 
     shell: _Shell
     """The elasticpool shell holding it: a checkin gives it back there."""
+    returning: bool
+    """Set while it is being given back (its liveness check is then a shallow one)."""
+    checked_for: Any
+    """The DBAPI connection :attr:`dead` checks (SQLAlchemy may reconnect a record in place)."""
+    dead: Callable[[bool], bool]
+    """The driver's local check: whether the connection is dead (``deep``: look at the socket)."""
 
     def __init__(self, pool: SAPool, shell: _Shell) -> None:
         self.shell = shell
+        self.returning = False
+        self.checked_for = None
         super().__init__(pool)
 
     async def fleet_fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -152,6 +160,28 @@ def _terminate_driver(record: _ConnectionRecord, dbapi: Any) -> None:
         dbapi.close()
 
 
+def _dead_check(driver: Any) -> Callable[[bool], bool]:
+    """A cheap local check of ``driver`` (``deep``: also look at an idle socket), by its kind."""
+    kind = _driver_kind(driver)
+    if kind == "asyncpg":
+        return lambda deep: bool(driver.is_closed())
+    if kind == "psycopg":
+        from psycopg import pq  # noqa: PLC0415 - only with psycopg
+
+        from ..psycopg._wire import _socket_alive  # noqa: PLC0415 - only with psycopg
+
+        pgconn = driver.pgconn
+        busy = (pq.TransactionStatus.ACTIVE, pq.TransactionStatus.UNKNOWN)
+
+        def psycopg_dead(deep: bool) -> bool:
+            if driver.closed or driver.broken or pgconn.transaction_status in busy:
+                return True
+            return deep and not _socket_alive(driver)
+
+        return psycopg_dead
+    return lambda deep: bool(getattr(driver, "closed", False))
+
+
 class _RecordJobs:
     """What both record connectors do without I/O: checks, termination, tagging, errors."""
 
@@ -192,15 +222,18 @@ class _RecordJobs:
 
     # ------------------------------------------------------------------ checks
 
-    def is_closed(self, rec: _ConnectionRecord) -> bool:
+    def is_closed(self, rec: ElasticRecord) -> bool:
         """Whether ``rec`` cannot be lent as it is: closed, invalidated, or its driver says dead.
 
         Invalidated covers SQLAlchemy's own marks: the record was invalidated
         (no DBAPI connection), soft-invalidated, or is older than the pool's
         last invalidation (a disconnect seen on another connection). No
         round trip: asyncpg's ``is_closed()``; for psycopg its flags, its
-        transaction status and a non-blocking look at the socket (a backend
-        that was terminated is noticed before the record is lent).
+        transaction status and, when the record is about to be lent, a
+        non-blocking look at the socket (a backend that was terminated while
+        the record sat idle is noticed before it is lent). On the way back
+        from a borrower that look is skipped: SQLAlchemy's reset has just
+        talked to the server.
         """
         dbapi = rec.dbapi_connection
         if dbapi is None:
@@ -208,22 +241,10 @@ class _RecordJobs:
         start = rec.starttime
         if self.sa_pool._invalidate_time > start or rec._soft_invalidate_time > start:
             return True
-        driver: Any = rec.driver_connection
-        kind = _driver_kind(driver)
-        if kind == "asyncpg":
-            return bool(driver.is_closed())
-        if kind == "psycopg":
-            if driver.closed or driver.broken:
-                return True
-            from psycopg import pq  # noqa: PLC0415 - only with psycopg
-
-            from ..psycopg._wire import _socket_alive  # noqa: PLC0415 - only with psycopg
-
-            status = driver.pgconn.transaction_status
-            if status in (pq.TransactionStatus.ACTIVE, pq.TransactionStatus.UNKNOWN):
-                return True
-            return not _socket_alive(driver)
-        return bool(getattr(driver, "closed", False))
+        if rec.checked_for is not dbapi:  # a new DBAPI connection: its driver's check, once
+            rec.dead = _dead_check(rec.driver_connection)
+            rec.checked_for = dbapi
+        return rec.dead(not rec.returning)
 
     def needs_reset(self, rec: _ConnectionRecord, mode: ResetMode) -> bool:
         """Never: SQLAlchemy resets on return itself (``pool_reset_on_return``, ``reset`` event)."""
