@@ -146,7 +146,10 @@ def main() -> None:
         try:
             for engine in engines.values():
                 sync_round(engine, args.threads, 200, query=True)  # warm
-            for label, query in (("sync (psycopg), SELECT 1", True), ("sync, checkout only", False)):
+            for label, query in (
+                ("sync (psycopg), SELECT 1", True),
+                ("sync, checkout only", False),
+            ):
                 results[label] = compare(
                     label,
                     args.rounds,
@@ -159,10 +162,14 @@ def main() -> None:
             for engine in engines.values():
                 engine.dispose()
         results["async (asyncpg), SELECT 1"] = asyncio.run(
-            async_compare(async_url.render_as_string(hide_password=False), args.rounds, args.checkouts)
+            async_compare(
+                async_url.render_as_string(hide_password=False), args.rounds, args.checkouts
+            )
         )
     ratio = results["sync (psycopg), SELECT 1"]["ratio"]
-    print(f"\ntarget: an engine on ElasticPool within 1.1x SQLAlchemy's per checkout -> {ratio:.3f}x")
+    print(
+        f"\ntarget: an engine on ElasticPool within 1.1x SQLAlchemy's per checkout -> {ratio:.3f}x"
+    )
     if args.json:
         args.json.write_text(json.dumps({"python": sys.version.split()[0], **results}, indent=2))
 

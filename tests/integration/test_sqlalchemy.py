@@ -591,7 +591,7 @@ def run_threads(n: int, fn: Callable[[int], None]) -> None:
 
 
 def test_sync_core_connects_once_per_server_connection(pg_server: Any) -> None:
-    """Threads of a sync engine: connect-time setup once per server connection, events per checkout."""
+    """Sync engine in threads: connect-time setup once per server connection, events per checkout."""
     engine = create_engine(url(pg_server, "psycopg"), pool_size=2, max_overflow=2)
     seen = Counted(engine)
     pids: set[int] = set()
@@ -727,7 +727,7 @@ def test_sync_pool_timeout(pg_server: Any) -> None:
 
 
 def test_sync_connect_error_reaches_the_caller(pg_server: Any) -> None:
-    """A connect that fails raises the driver's error (wrapped by SQLAlchemy) at once, as QueuePool."""
+    """A failing connect raises the driver's error at once, as in QueuePool."""
     bad = url(pg_server, "psycopg").set(password="not-the-password")
     engine = create_engine(bad, pool_timeout=20)
     try:
@@ -798,7 +798,7 @@ def test_membership_instance_serves_one_pool_at_a_time(pg_server: Any) -> None:
 
 
 def test_forked_child_opens_a_pool_of_its_own(pg_server: Any) -> None:
-    """After os.fork() the child's checkouts open a new pool; the parent's connection is untouched."""
+    """After os.fork() the child opens a pool of its own; the parent's connection is untouched."""
     import os
     import warnings
 
