@@ -84,8 +84,8 @@ def compare(
 ) -> dict[str, float]:
     times: dict[str, list[float]] = {"sqlalchemy": [], "elasticpool": []}
     for _ in range(rounds):
-        for which in times:  # alternate: both see the same machine
-            times[which].append(run(which) / checkouts * 1e6)
+        for which, series in times.items():  # alternate: both see the same machine
+            series.append(run(which) / checkouts * 1e6)
     result = {which: statistics.median(t) for which, t in times.items()}
     result["ratio"] = result["elasticpool"] / result["sqlalchemy"]
     print(

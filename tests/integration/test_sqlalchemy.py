@@ -591,7 +591,7 @@ def run_threads(n: int, fn: Callable[[int], None]) -> None:
 
 
 def test_sync_core_connects_once_per_server_connection(pg_server: Any) -> None:
-    """Sync engine in threads: connect-time setup once per server connection, events per checkout."""
+    """Sync engine, threads: connect-time setup once per server connection, events per checkout."""
     engine = create_engine(url(pg_server, "psycopg"), pool_size=2, max_overflow=2)
     seen = Counted(engine)
     pids: set[int] = set()
