@@ -33,6 +33,7 @@ def run_example(name: str, dsn: str, *args: str, timeout: float = 90) -> str:
 def test_every_example_is_covered() -> None:
     """Each examples/*.py has a test here, so a new example cannot skip CI."""
     tested = {"quickstart.py", "starlette_app.py", "workers.py", "trio_program.py"}
+    tested |= {"sqlalchemy_app.py"}  # run in tests/integration/test_sqlalchemy.py
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -824,3 +825,103 @@ def test_forked_child_opens_a_pool_of_its_own(pg_server: Any) -> None:
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() == parent_pid
     finally:
         engine.dispose()
+
+
+# ============================================================================ a fleet of processes
+
+MEMBER = Path(__file__).resolve().parent / "sqlalchemy_member.py"
+
+
+@pytest.mark.parametrize(
+    "modes",
+    [("sync", "sync", "sync"), ("async", "async", "async"), ("sync", "async", "sync")],
+    ids=["sync", "async", "mixed"],
+)
+def test_three_processes_share_one_total(pg_server: Any, modes: tuple[str, ...]) -> None:
+    """Three engine processes share total_max_connections: backends stay within total + members."""
+    import json
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import psycopg
+
+    total, uid = 6, uuid.uuid4().hex[:8]
+    name, table = f"ep-sqla-{uid}", f"ep_sqla_fleet_{uid}"
+    tag = f"%|{name}|%"  # <membership prefix>|<pool>|<instance>: every member's connections
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+            while not stop.is_set():
+                row = admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
+                    (tag,),
+                ).fetchone()
+                assert row is not None
+                samples.append(int(row[0]))
+                time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    procs = [
+        subprocess.Popen(
+            [
+                *(sys.executable, str(MEMBER), "--url", pg_server.dsn(), "--mode", mode),
+                *("--table", table, "--name", name, "--total", str(total), "--workers", "4"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for mode in modes
+    ]
+    try:
+        outs = [p.communicate(timeout=90) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        stop.set()
+        sampler.join(30)
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+            admin.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_config"')
+            for fn in admin.execute(
+                "SELECT oid::regprocedure::text FROM pg_proc WHERE proname LIKE %s",
+                (f"{table}%",),
+            ).fetchall():
+                admin.execute(f"DROP FUNCTION IF EXISTS {fn[0]}")
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+        result = json.loads(out.strip().splitlines()[-1])
+        assert result["errors"] == [], result
+        assert result["queries"] > 0, result
+        assert 1 <= result["peak_limit"] <= total, result
+    peak = max(samples)
+    assert 0 < peak <= total + len(modes), (peak, samples[-20:])
+
+
+def test_example_app(pg_server: Any) -> None:
+    """examples/sqlalchemy_app.py runs its sync and async engines to a good end."""
+    import os
+    import subprocess
+    import sys
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "sqlalchemy_app.py"
+    proc = subprocess.run(
+        [sys.executable, str(example), "--dsn", pg_server.dsn()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        check=False,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    out = proc.stdout
+    assert "sync: 120 visits" in out
+    assert "async: 50 requests over" in out
+    assert "after idling, ElasticPool 'default': limit 10, size 0" in out
+    assert out.rstrip().endswith("ok")
