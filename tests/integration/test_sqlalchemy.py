@@ -174,6 +174,21 @@ def test_elastic_settings_as_keywords() -> None:
     assert (pool.settings.idle_timeout, pool.settings.max_waiting) == (30, 8)
 
 
+def test_every_elastic_setting_is_a_pool_argument() -> None:
+    """Each PoolSettings field but pool_timeout and reset reaches ElasticPool by keyword."""
+    import dataclasses
+
+    from sqlalchemy.util import get_cls_kwargs
+
+    names = {f.name for f in dataclasses.fields(PoolSettings)} - {"pool_timeout"}
+    assert names <= get_cls_kwargs(ElasticPool)
+    pool = create_engine(
+        "postgresql+psycopg://u@h/db", min_connections=1, saturation_warning=None
+    ).pool
+    assert isinstance(pool, ElasticPool)
+    assert (pool.settings.min_connections, pool.settings.saturation_warning) == (1, None)
+
+
 def test_whole_settings_record() -> None:
     """A PoolSettings record is taken as it is, SQLAlchemy's mapped arguments over it."""
     pool = create_engine(
@@ -706,6 +721,14 @@ def test_sync_killed_idle_backend_is_not_lent(pg_server: Any) -> None:
             pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
         with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+            def gone() -> bool:
+                row = admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
+                ).fetchone()
+                return row is not None and row[0] == 0
+
+            sync_until(gone, "the backend gone")  # it has said goodbye on the socket by then
         with engine.connect() as conn:
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
         assert engine.pool.stats().closed_broken == 1  # type: ignore[attr-defined]

@@ -155,7 +155,22 @@ def _terminate_driver(record: _ConnectionRecord, dbapi: Any) -> None:
     if kind == "asyncpg":
         driver.terminate()
     elif kind == "psycopg":
-        driver.pgconn.finish()  # closes the socket; psycopg then reports it closed
+        import psycopg  # noqa: PLC0415 - only with psycopg
+
+        if isinstance(driver, psycopg.Connection):
+            # From any thread: free nothing under a call blocked on it, wake it instead
+            # (the threaded pool's contract; as the sync psycopg connector does it).
+            from ..psycopg._sync_connector import _shutdown_socket  # noqa: PLC0415
+
+            if driver.lock.acquire(blocking=False):
+                try:
+                    driver.pgconn.finish()
+                finally:
+                    driver.lock.release()
+            else:
+                _shutdown_socket(driver)
+        else:
+            driver.pgconn.finish()  # closes the socket; psycopg then reports it closed
     else:
         dbapi.close()
 
@@ -373,6 +388,23 @@ class SyncRecordConnector(_RecordJobs):
 
     def reset(self, rec: ElasticRecord, mode: ResetMode) -> None:
         """Nothing: see :meth:`needs_reset`."""
+
+    def abandon(self, rec: ElasticRecord) -> None:
+        """In a forked child: make ``rec`` unusable here without touching the parent's session."""
+        driver: Any = rec.driver_connection
+        if driver is None or _driver_kind(driver) != "psycopg":
+            return
+        import os  # noqa: PLC0415
+
+        try:
+            fd = driver.pgconn.socket
+        except Exception:
+            return
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, fd)  # the parent's socket stays open in the parent only
+        finally:
+            os.close(null)
 
     def transaction(
         self, rec: ElasticRecord, *, readonly: bool = False
