@@ -39,6 +39,7 @@ def test_every_example_is_covered() -> None:
         "trio_program.py",
         "threads_app.py",
     }
+    tested |= {"sqlalchemy_app.py"}  # run in tests/integration/test_sqlalchemy.py
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
