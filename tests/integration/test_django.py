@@ -328,6 +328,48 @@ def test_bad_options_fail_the_connection_with_improperly_configured(
     assert outcomes["persistent"]["message"] == "Pooling doesn't support persistent connections."
 
 
+@pytest.mark.postgres
+def test_forked_child_makes_its_own_pool(django_db: dict[str, Any]) -> None:
+    """After a real ``os.fork()`` the child queries on its own pool; the parent's still works."""
+    result = run_django("fork", django_db, {"min_size": 0, "max_size": 2})
+    child = result["child"]
+    assert child["error"] is None
+    assert child["new_pool"] is True
+    assert child["backend"] != result["parent_backend"]  # not the parent's idle connection
+    assert result["parent_same_pool"] is True
+    assert result["parent_after"] == result["parent_backend"]  # its idle one, reused
+
+
+@pytest.mark.postgres
+def test_example_site(pg_server: Any) -> None:
+    """examples/django_app migrates, serves a burst of requests and gives every connection back."""
+    name = f"ep_django_example_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(**admin_conninfo(pg_server), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "examples" / "django_app" / "demo.py"),
+                "--dsn",
+                pg_server.dsn(database=name),
+                "--requests",
+                "40",
+            ],
+            env={**os.environ, "PYTHONPATH": str(SRC), "PYTHONUNBUFFERED": "1"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        with psycopg.connect(**admin_conninfo(pg_server), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "40 requests served" in proc.stdout
+    assert proc.stdout.rstrip().endswith("ok")
+
+
 # ---------------------------------------------------------------------------- fleet
 
 

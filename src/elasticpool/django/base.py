@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 from django.core.exceptions import ImproperlyConfigured
@@ -24,8 +25,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     the connection parameters Django computes from the settings, in
     autocommit, with Django's ``configure`` callback (time zone,
     ``assume_role``), and with ``check`` when ``CONN_HEALTH_CHECKS`` is set.
-    It opens then, not at start-up, so a process that forks workers before
-    its first query gives each its own pool.
+    It opens then, not at start-up, so workers forked before their first
+    query each open their own; and a forked child forgets the pools its
+    parent made (they are the parent's: unusable in the child, left to it),
+    so its first query makes one of its own there too.
 
     As with Django's pool, ``CONN_MAX_AGE`` must be 0 (an
     :class:`~django.core.exceptions.ImproperlyConfigured` otherwise): each
@@ -75,3 +78,12 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             # yet, and the first one stored wins.
             self._connection_pools.setdefault(self.alias, pool)
         return self._connection_pools[self.alias]
+
+
+def _forget_pools_in_child() -> None:
+    """After ``os.fork()``: the parent's pools stay the parent's; the child makes its own."""
+    DatabaseWrapper._connection_pools.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_forget_pools_in_child)

@@ -21,6 +21,8 @@ Scenarios (each prints ``{"event": "result", ...}`` last):
   counts this pool's backends (by ``application_name``) until they are gone.
 * ``bad``: makes a connection on each alias of ``EP_DJANGO_DATABASES`` and
   reports the error each raises.
+* ``fork``: opens the pool, forks, and queries in the child and then in
+  the parent again.
 * ``fleet``: a fleet member: prints ``ready`` after its first query, waits
   for ``go`` on stdin, then ``--threads`` threads run ``pg_sleep`` queries
   of ``--sleep-ms`` for ``--seconds``.
@@ -340,6 +342,51 @@ def fleet(args: argparse.Namespace) -> None:
     emit("result", errors=errors, ops=sum(ops), **report)
 
 
+def fork(args: argparse.Namespace) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (parent_backend,) = cursor.fetchone()
+    connection.close()  # back to the pool: it stays open, one idle connection
+    parent_pool = connection.pool
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, exit without cleanup
+        os.close(read)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                (child_backend,) = cursor.fetchone()
+            report: dict[str, Any] = {
+                "error": None,
+                "backend": child_backend,
+                "new_pool": connection.pool is not parent_pool,
+            }
+            connection.close()
+            connection.close_pool()
+        except BaseException as exc:
+            report = {"error": f"{type(exc).__name__}: {exc}"}
+        os.write(write, json.dumps(report).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = json.loads(pipe.read() or b"{}")
+    os.waitpid(pid, 0)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (parent_after,) = cursor.fetchone()
+    emit(
+        "result",
+        child=child,
+        parent_backend=parent_backend,
+        parent_after=parent_after,
+        parent_same_pool=connection.pool is parent_pool,
+    )
+    connection.close()
+    connection.close_pool()
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {
     "migrate": migrate,
     "threads": threads,
@@ -347,6 +394,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {
     "close_pool": close_pool,
     "bad": bad,
     "fleet": fleet,
+    "fork": fork,
 }
 
 
