@@ -32,7 +32,7 @@ def run_example(name: str, dsn: str, *args: str, timeout: float = 90) -> str:
 
 def test_every_example_is_covered() -> None:
     """Each examples/*.py has a test here, so a new example cannot skip CI."""
-    tested = {"quickstart.py", "starlette_app.py", "workers.py", "trio_program.py"}
+    tested = {"quickstart.py", "starlette_app.py", "workers.py", "trio_program.py", "flask_app.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -60,4 +60,12 @@ def test_trio_program(pg_server: Any) -> None:
     """The trio program drives the pool with a threaded psycopg connector, cancellation included."""
     out = run_example("trio_program.py", pg_server.dsn())
     assert "after idling" in out
+    assert out.rstrip().endswith("ok")
+
+
+def test_flask_app(pg_server: Any) -> None:
+    """The Flask app serves a threaded burst from the sync drop-in pool, all connections returned."""
+    pytest.importorskip("flask")
+    out = run_example("flask_app.py", pg_server.dsn(), "--requests", "40")
+    assert "40 requests served" in out
     assert out.rstrip().endswith("ok")
