@@ -64,7 +64,7 @@ def test_trio_program(pg_server: Any) -> None:
 
 
 def test_flask_app(pg_server: Any) -> None:
-    """The Flask app serves a threaded burst from the sync drop-in pool, all connections returned."""
+    """The Flask app serves a threaded burst from the sync drop-in pool; none is left borrowed."""
     pytest.importorskip("flask")
     out = run_example("flask_app.py", pg_server.dsn(), "--requests", "40")
     assert "40 requests served" in out
