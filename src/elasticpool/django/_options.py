@@ -104,7 +104,7 @@ def _where(alias: str) -> str:
 
 def _keywords(cls: type) -> list[str]:
     """The parameters of ``cls``'s constructor (what a membership dict may hold)."""
-    return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+    return list(inspect.signature(cls).parameters)
 
 
 def make_membership(alias: str, spec: object) -> Membership | None:
