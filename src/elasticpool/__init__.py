@@ -2,7 +2,8 @@
 
 The pool starts empty, grows only for callers it cannot serve, shrinks when
 connections sit idle, retires them at a lifetime, and holds a per-instance or
-fleet-wide connection budget. See :class:`Pool` and :class:`PoolSettings`.
+fleet-wide connection budget. See :class:`Pool` and :class:`PoolSettings`;
+for threads, :class:`SyncPool`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from ._errors import (
 from ._limits import Member, Resolution, resolve_limit
 from ._pool import Pool, PoolStats
 from ._settings import DEFAULT_TOTAL_MAX_CONNECTIONS, LimitMode, PoolSettings
+from ._sync_connector import SyncConnector
+from ._sync_pool import SyncPool
 from ._wrap import wrap
 from .fleet import FleetStatus, Membership, MemberStatus, PostgresMembership, StaticMembership
 from .replicas import NoReplicaAvailable, RoutingMemberStats, RoutingPool, RoutingStats
@@ -45,6 +48,8 @@ __all__ = [
     "RoutingPool",
     "RoutingStats",
     "StaticMembership",
+    "SyncConnector",
+    "SyncPool",
     "TooManyWaiters",
     "resolve_limit",
     "wrap",

@@ -4,24 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
 import logging
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from types import TracebackType
-from typing import Any, Final, Generic, TypeAlias, cast
+from typing import Any, Generic, TypeAlias, cast
 
 import anyio
 import anyio.lowlevel
-import psycopg
 from psycopg_pool.abc import ACT
 
 from .. import _errors
 from .._connector import ResetMode
-from .._pool import Pool
-from .._settings import PoolSettings
+from .._pool import Pool, PoolStats
 from ._connector import (
     _ASYNC_CONNECTION,
     ConnectionCB,
@@ -30,8 +27,15 @@ from ._connector import (
     PsycopgConnector,
 )
 from ._errors import PoolClosed, PoolTimeout, TooManyRequests
+from ._face_args import (
+    FaceStats,
+    check_size,
+    face_settings,
+    log_returned_state,
+    pool_numbers,
+    seconds,
+)
 from ._reset import check_connection
-from ._wire import _ACTIVE, _IDLE, _UNKNOWN
 
 logger = logging.getLogger("elasticpool")
 
@@ -40,81 +44,9 @@ ReconnectFailedCB: TypeAlias = Callable[["AsyncConnectionPool[Any]"], Awaitable[
 """``reconnect_failed(pool)``, sync or async."""
 
 
-def _log_returned_state(conn: Any) -> None:
-    """psycopg_pool's warnings for a connection given back in a bad state (same texts)."""
-    if conn.closed or conn.pgconn.transaction_status == _UNKNOWN:
-        logger.warning("discarding closed connection: %s", conn)
-    elif conn.pgconn.transaction_status == _ACTIVE:
-        logger.warning("closing returned connection: %s", conn)
-    elif conn.pgconn.transaction_status != _IDLE:
-        logger.warning("rolling back returned connection: %s", conn)
-
-
 # =============================================================================
 # the psycopg_pool look-alike
 # =============================================================================
-
-_pool_numbers = itertools.count(1)
-
-_PSYCOPG_VERSION: Final = tuple(int(part) for part in psycopg.__version__.split(".")[:2])
-
-_PSYCOPG_NAMES: Final = {
-    "min_connections": "min_size",
-    "max_connections": "max_size",
-    "pool_timeout": "timeout",
-    "max_waiting": "max_waiting",
-    "connection_lifetime": "max_lifetime",
-    "idle_timeout": "max_idle",
-    "max_connecting": "num_workers",
-    "reset": "reset_mode",
-}
-"""elasticpool settings the face sets from psycopg_pool's parameters: not accepted as extras."""
-
-_COUNTERS: Final = (
-    "requests_num",
-    "requests_queued",
-    "requests_wait_ms",
-    "requests_errors",
-    "usage_ms",
-    "returns_bad",
-    "connections_num",
-    "connections_ms",
-    "connections_errors",
-    "connections_lost",
-)
-
-_MS_EVENTS: Final = {
-    "requests_wait_ms": "requests_queued",
-    "usage_ms": "_usages",
-    "connections_ms": "_connects_ok",
-}
-"""psycopg_pool reports a time counter once its event happened, even at 0 ms."""
-
-
-def _check_size(min_size: int, max_size: int | None) -> tuple[int, int]:
-    """psycopg_pool's own size validation, with its messages."""
-    if max_size is None:
-        max_size = min_size
-    if min_size < 0:
-        raise ValueError("min_size cannot be negative")
-    if max_size < min_size:
-        raise ValueError("max_size must be greater or equal than min_size")
-    if min_size == max_size == 0:
-        raise ValueError("if min_size is 0 max_size must be greater than 0")
-    return min_size, max_size
-
-
-def _psycopg_wording(message: str) -> str:
-    """A settings error about a mapped field, named the psycopg_pool way first."""
-    for field, psycopg_name in _PSYCOPG_NAMES.items():
-        if message.startswith(f"{field} ") and psycopg_name != field:
-            return f"{psycopg_name} ({field}){message[len(field) :]}"
-    return message
-
-
-def _seconds(value: float) -> float | None:
-    """psycopg_pool takes ``inf`` for "no limit"; elasticpool spells it ``None``."""
-    return None if value == float("inf") else value
 
 
 class _FaceConnector(PsycopgConnector[ACT]):
@@ -138,7 +70,7 @@ class _FaceConnector(PsycopgConnector[ACT]):
         return conn
 
 
-class AsyncConnectionPool(Generic[ACT]):
+class AsyncConnectionPool(FaceStats, Generic[ACT]):
     """A drop-in for :class:`psycopg_pool.AsyncConnectionPool` (3.3) on an elastic pool.
 
     Same constructor, attributes, methods, errors and statistics as
@@ -196,23 +128,24 @@ class AsyncConnectionPool(Generic[ACT]):
         reset_mode: ResetMode = "rollback",
         **elastic_settings: Any,
     ) -> None:
-        min_size, max_size = _check_size(min_size, max_size)
+        max_size_given = max_size is not None
+        min_size, max_size = check_size(min_size, max_size)
         if not name:
-            name = f"pool-{next(_pool_numbers)}"
-        if num_workers < 1:
-            raise ValueError("num_workers must be at least 1")
-        if close_returns and _PSYCOPG_VERSION < (3, 3):
-            raise TypeError(
-                "close_returns=True needs psycopg 3.3 or newer, whose connection close() "
-                f"hands a pooled connection back (psycopg {psycopg.__version__} is installed)"
-            )
-        clash = sorted(elastic_settings.keys() & _PSYCOPG_NAMES.keys())
-        if clash:
-            key = clash[0]
-            raise TypeError(
-                f"{key!r} is set from psycopg_pool's {_PSYCOPG_NAMES[key]!r}: "
-                f"pass {_PSYCOPG_NAMES[key]}= instead"
-            )
+            name = f"pool-{next(pool_numbers)}"
+        pool_settings = face_settings(
+            min_size=min_size,
+            max_size=max_size,
+            max_size_given=max_size_given,
+            timeout=timeout,
+            max_waiting=max_waiting,
+            max_lifetime=max_lifetime,
+            max_idle=max_idle,
+            num_workers=num_workers,
+            reset_mode=reset_mode,
+            check_given=check is not None,
+            close_returns=close_returns,
+            elastic_settings=elastic_settings,
+        )
         self.conninfo = conninfo
         self.kwargs = kwargs
         self.connection_class = connection_class
@@ -228,24 +161,6 @@ class AsyncConnectionPool(Generic[ACT]):
         self._max_size = max_size
         self._reconnect_failed = reconnect_failed
 
-        settings: dict[str, Any] = {
-            "min_connections": min_size,
-            "max_connections": max_size,
-            "pool_timeout": _seconds(timeout),
-            "max_waiting": max_waiting or None,
-            "connection_lifetime": _seconds(max_lifetime),
-            "idle_timeout": _seconds(max_idle),
-            "lifetime_jitter": 0.05,
-            "max_connecting": num_workers,
-            "reset": reset_mode,
-        }
-        if check is not None:
-            settings["ping_after"] = 0.0
-        settings.update(elastic_settings)
-        try:
-            pool_settings = PoolSettings(**settings)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(_psycopg_wording(str(exc))) from None
         connector: _FaceConnector[ACT] = _FaceConnector(
             self,
             conninfo=conninfo,
@@ -266,14 +181,7 @@ class AsyncConnectionPool(Generic[ACT]):
         self._core_started = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
-        # statistics
-        self._requests_num = 0
-        self._requests_errors = 0
-        self._wait_ms = 0
-        self._usage_ms = 0
-        self._usages = 0
-        self._baseline: dict[str, float] = dict.fromkeys(_COUNTERS, 0)
-        self._baseline_events: dict[str, int] = dict.fromkeys(_MS_EVENTS.values(), 0)
+        self._init_stats()
 
         # reconnect_failed: the current streak of failing connects
         self._failing_since: float | None = None
@@ -377,7 +285,7 @@ class AsyncConnectionPool(Generic[ACT]):
         self._check_open_getconn()
         await self._start()
         try:
-            await self.elastic.wait(timeout=_seconds(timeout))
+            await self.elastic.wait(timeout=seconds(timeout))
         except _errors.PoolTimeout as exc:
             await self.close()
             raise PoolTimeout(
@@ -397,7 +305,7 @@ class AsyncConnectionPool(Generic[ACT]):
         self._closed = True
         await self._start()
         if self.elastic.stats().in_use == 0:
-            await self.elastic.close(timeout=_seconds(timeout))
+            await self.elastic.close(timeout=seconds(timeout))
             return
         # Borrowed connections must not be cut off under their holders: the
         # elastic pool's close waits for them, in the background.
@@ -469,7 +377,7 @@ class AsyncConnectionPool(Generic[ACT]):
         now = self.elastic._now  # the loop's clock, bound at open: anyio's costs ~1 us a call
         started = now()
         try:
-            conn = await self.elastic.acquire(timeout=_seconds(timeout))
+            conn = await self.elastic.acquire(timeout=seconds(timeout))
         except _errors.PoolTimeout as exc:
             self._requests_errors += 1
             raise PoolTimeout(
@@ -518,7 +426,7 @@ class AsyncConnectionPool(Generic[ACT]):
         except RuntimeError as exc:  # a stale putconn (see Pool.release): that borrow stands
             raise ValueError(f"can't return connection to pool {self.name!r}; {exc}") from None
         cast(Any, conn)._pool = None
-        _log_returned_state(conn)
+        log_returned_state(conn)
         self.elastic.release(conn, exc=error)
 
     # ------------------------------------------------------------------ maintenance
@@ -529,7 +437,7 @@ class AsyncConnectionPool(Generic[ACT]):
         A raised limit serves waiters at once; a lowered one closes idle
         surplus now and borrowed surplus as it comes back.
         """
-        min_size, max_size = _check_size(min_size, max_size)
+        min_size, max_size = check_size(min_size, max_size)
         logger.info("resizing %r to min_size=%s max_size=%s", self.name, min_size, max_size)
         await self.elastic.resize(max_size, min_connections=min_size)
         self._min_size = min_size
@@ -593,56 +501,5 @@ class AsyncConnectionPool(Generic[ACT]):
 
     # ------------------------------------------------------------------ statistics
 
-    def _counters(self) -> tuple[dict[str, float], dict[str, int]]:
-        s = self.elastic.stats()
-        counters: dict[str, float] = {
-            "requests_num": self._requests_num,
-            "requests_queued": s.waits,
-            "requests_wait_ms": self._wait_ms / 1000.0,
-            "requests_errors": self._requests_errors,
-            "usage_ms": self._usage_ms / 1000.0,
-            "returns_bad": s.returned_broken,
-            "connections_num": s.connects + s.connect_errors,
-            "connections_ms": s.total_connect_time,
-            "connections_errors": s.connect_errors,
-            "connections_lost": s.closed_broken - s.returned_broken,
-        }
-        events = {"requests_queued": s.waits, "_usages": self._usages, "_connects_ok": s.connects}
-        return counters, events
-
-    def _measures(self) -> dict[str, int]:
-        s = self.elastic.stats()
-        return {
-            "pool_min": self._min_size,
-            "pool_max": self._max_size,
-            "pool_size": s.size,
-            "pool_available": s.idle,
-            "requests_waiting": s.waiting,
-        }
-
-    def _stats_since_baseline(self) -> dict[str, int]:
-        counters, events = self._counters()
-        out: dict[str, int] = {}
-        for key in _COUNTERS:
-            delta = counters[key] - self._baseline[key]
-            value = round(1000.0 * delta) if key.endswith("_ms") else int(delta)
-            event = _MS_EVENTS.get(key)
-            happened = event is not None and events[event] > self._baseline_events[event]
-            if value or happened:
-                out[key] = value
-        out.update(self._measures())
-        return out
-
-    def get_stats(self) -> dict[str, int]:
-        """psycopg_pool's statistics: counters since the last :meth:`pop_stats`, and gauges.
-
-        Keys are exactly psycopg_pool's; as there, a counter appears once
-        something counted (times in whole milliseconds).
-        """
-        return self._stats_since_baseline()
-
-    def pop_stats(self) -> dict[str, int]:
-        """Like :meth:`get_stats`, then start the counters again from zero."""
-        stats = self._stats_since_baseline()
-        self._baseline, self._baseline_events = self._counters()
-        return stats
+    def _elastic_stats(self) -> PoolStats:
+        return self.elastic.stats()

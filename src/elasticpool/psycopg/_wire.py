@@ -26,7 +26,7 @@ _UNKNOWN: Final = pq.TransactionStatus.UNKNOWN
 _OK: Final = pq.ConnStatus.OK
 
 
-_ENDING: Final[weakref.WeakSet[psycopg.AsyncConnection[Any]]] = weakref.WeakSet()
+_ENDING: Final[weakref.WeakSet[psycopg.BaseConnection[Any]]] = weakref.WeakSet()
 """Connections whose server announced the end of the session, found by :func:`_socket_alive`.
 
 Once read, that message is gone from the socket, and until the end-of-file
@@ -40,7 +40,7 @@ _CANCEL_TIMEOUT: Final = 5.0
 """Seconds a background cancel request may take before it is abandoned (libpq >= 17)."""
 
 
-def _status_name(conn: psycopg.AsyncConnection[Any]) -> str:
+def _status_name(conn: psycopg.BaseConnection[Any]) -> str:
     return pq.TransactionStatus(conn.pgconn.transaction_status).name
 
 
@@ -54,7 +54,7 @@ def _socket_readable(fd: int) -> bool:
     return bool(readable)
 
 
-def _socket_alive(conn: psycopg.AsyncConnection[Any]) -> bool:
+def _socket_alive(conn: psycopg.BaseConnection[Any]) -> bool:
     """Whether an idle connection's socket still looks alive, without a round trip.
 
     An idle connection has nothing to read unless the server said something
@@ -111,7 +111,7 @@ def _ends_session(result: pq.abc.PGresult) -> bool:
     return severity in (b"FATAL", b"PANIC") or ends_session(sqlstate)
 
 
-def _finish(conn: psycopg.AsyncConnection[Any]) -> None:
+def _finish(conn: psycopg.BaseConnection[Any]) -> None:
     """Close the socket now (no I/O wait); libpq sends a Terminate message if it can."""
     conn.pgconn.finish()
 

@@ -21,9 +21,21 @@ a pool cares about (open, dead, in a transaction, session state changed).
 :class:`FaultProxy` is the other half, for tests against a real server: a
 loopback TCP proxy whose faults (latency, blackhole, reset, close after N
 bytes, refused connects) are switched at run time.
+
+:class:`SyncFakeConnector` is the fake for :class:`~elasticpool.SyncPool`
+(threads): the same scripts, with real sleeps, safe from many threads.
 """
 
 from ._fake import FakeConnection, FakeConnector, FakeDisconnect, FakeReadOnlyError
 from ._faultproxy import FaultProxy
+from ._sync_fake import SyncFakeConnection, SyncFakeConnector
 
-__all__ = ["FakeConnection", "FakeConnector", "FakeDisconnect", "FakeReadOnlyError", "FaultProxy"]
+__all__ = [
+    "FakeConnection",
+    "FakeConnector",
+    "FakeDisconnect",
+    "FakeReadOnlyError",
+    "FaultProxy",
+    "SyncFakeConnection",
+    "SyncFakeConnector",
+]

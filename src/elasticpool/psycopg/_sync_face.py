@@ -1,0 +1,497 @@
+""":class:`ConnectionPool`, the sync psycopg_pool look-alike, on a ``SyncPool``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Generic, TypeAlias, cast
+
+from psycopg_pool.abc import CT
+
+from .. import _errors
+from .._connector import ResetMode
+from .._pool import PoolStats
+from .._sync_pool import SyncPool
+from ..fleet._base import Membership
+from ._errors import PoolClosed, PoolTimeout, TooManyRequests
+from ._face_args import (
+    FaceStats,
+    check_size,
+    face_settings,
+    log_returned_state,
+    pool_numbers,
+    seconds,
+)
+from ._sync_connector import (
+    _CONNECTION,
+    SyncConnectionCB,
+    SyncConninfoParam,
+    SyncKwargsParam,
+    SyncPsycopgConnector,
+    check_connection_sync,
+)
+
+logger = logging.getLogger("elasticpool")
+
+_monotonic = time.monotonic
+
+SyncReconnectFailedCB: TypeAlias = Callable[["ConnectionPool[Any]"], None]
+"""``reconnect_failed(pool)``."""
+
+
+class _FaceConnector(SyncPsycopgConnector[CT]):
+    """The face's connector: reports connect outcomes, for ``reconnect_failed``."""
+
+    def __init__(self, face: ConnectionPool[CT], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._face = weakref.ref(face)
+
+    def connect(self, timeout: float) -> CT:
+        try:
+            conn = super().connect(timeout)
+        except Exception:
+            face = self._face()
+            if face is not None:
+                face._connect_failed()
+            raise
+        face = self._face()
+        if face is not None:
+            face._failing_since = None
+        return conn
+
+
+class _Borrow(Generic[CT]):
+    """What :meth:`ConnectionPool.connection` returns: ``with pool.connection() as conn``.
+
+    As psycopg_pool's: the block runs in psycopg's connection context (COMMIT
+    at a clean exit, ROLLBACK on an error), then the connection goes back.
+    """
+
+    __slots__ = ("_conn", "_pool", "_started", "_timeout")
+
+    def __init__(self, pool: ConnectionPool[CT], timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: CT | None = None
+        self._started = 0.0
+
+    def __enter__(self) -> CT:
+        conn = self._conn = self._pool.getconn(self._timeout)
+        self._started = _monotonic()
+        return conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        pool = self._pool
+        error = exc
+        try:
+            conn.__exit__(exc_type, exc, tb)  # psycopg's: COMMIT, or ROLLBACK on an error
+        except BaseException as commit_error:
+            error = commit_error  # a connection-class error evicts it on release
+            raise
+        finally:
+            pool._putconn(conn, error)
+            pool._usage_ms += int(1000.0 * (_monotonic() - self._started))
+            pool._usages += 1
+
+
+class ConnectionPool(FaceStats, Generic[CT]):
+    """A drop-in for :class:`psycopg_pool.ConnectionPool` (3.3) on an elastic, threaded pool.
+
+    Same constructor, attributes, methods, errors and statistics as
+    psycopg_pool's sync pool, with psycopg_pool's semantics, and psycopg's own
+    :class:`~psycopg.Connection` handed out. Underneath is an
+    :class:`elasticpool.SyncPool` (:attr:`elastic`), so the pool grows only
+    for callers it cannot serve, shrinks per connection after ``max_idle``,
+    never stops reconnecting, and serves waiting threads strictly first come,
+    first served.
+
+    Parameters map as for :class:`AsyncConnectionPool` (see
+    ``docs/migrate-psycopg.md``): ``min_size`` → ``min_connections``;
+    ``max_size`` (``None``: ``min_size``) → ``max_connections``; ``timeout``
+    → ``pool_timeout``; ``max_waiting`` (0: unbounded) → ``max_waiting``;
+    ``max_lifetime`` → ``connection_lifetime``; ``max_idle`` →
+    ``idle_timeout``; ``num_workers`` → ``max_connecting``; ``check`` given
+    → checked on every borrow. ``reset_mode`` (default ``"rollback"``, as
+    psycopg_pool) may be ``"session"``. ``membership`` (a
+    :class:`~elasticpool.PostgresMembership`, say) makes it a member of a
+    fleet sharing ``total_max_connections``, with async pools of the same
+    name too; any other :class:`~elasticpool.PoolSettings` field may be
+    passed by keyword.
+
+    ``open``: as psycopg_pool 3.2+, ``None`` (the default) opens the pool
+    in the constructor and warns (``DeprecationWarning``) at the first
+    ``getconn`` that the default will change; ``True`` opens it quietly;
+    ``False`` leaves it to :meth:`open` or ``with``. Callbacks
+    (``configure``, ``check``, ``reset``, ``reconnect_failed``) are plain
+    functions, run on the pool's threads (``check`` on the borrowing one).
+
+    ``reconnect_failed(pool)`` is called once per streak of failing connects
+    longer than ``reconnect_timeout``; the pool does not give up then and
+    keeps reconnecting with backoff.
+
+    Errors are :class:`PoolTimeout`, :class:`PoolClosed` and
+    :class:`TooManyRequests` of this package: each is both psycopg_pool's and
+    elasticpool's class of that name. It is not a null pool, and it has no
+    maintenance workers: ``run_task``, ``schedule_task`` and ``worker`` do not
+    exist.
+    """
+
+    def __init__(
+        self,
+        conninfo: SyncConninfoParam = "",
+        *,
+        connection_class: type[CT] = _CONNECTION,
+        kwargs: SyncKwargsParam | None = None,
+        min_size: int = 4,
+        max_size: int | None = None,
+        open: bool | None = None,
+        configure: SyncConnectionCB[CT] | None = None,
+        check: SyncConnectionCB[CT] | None = None,
+        reset: SyncConnectionCB[CT] | None = None,
+        name: str | None = None,
+        close_returns: bool = False,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 60 * 60.0,
+        max_idle: float = 10 * 60.0,
+        reconnect_timeout: float = 5 * 60.0,
+        reconnect_failed: SyncReconnectFailedCB | None = None,
+        num_workers: int = 3,
+        reset_mode: ResetMode = "rollback",
+        membership: Membership | None = None,
+        **elastic_settings: Any,
+    ) -> None:
+        max_size_given = max_size is not None
+        min_size, max_size = check_size(min_size, max_size)
+        if not name:
+            name = f"pool-{next(pool_numbers)}"
+        pool_settings = face_settings(
+            min_size=min_size,
+            max_size=max_size,
+            max_size_given=max_size_given,
+            timeout=timeout,
+            max_waiting=max_waiting,
+            max_lifetime=max_lifetime,
+            max_idle=max_idle,
+            num_workers=num_workers,
+            reset_mode=reset_mode,
+            check_given=check is not None,
+            close_returns=close_returns,
+            elastic_settings=elastic_settings,
+        )
+        self.conninfo = conninfo
+        self.kwargs = kwargs
+        self.connection_class = connection_class
+        self.name = name
+        self.close_returns = close_returns
+        self.timeout = timeout
+        self.max_waiting = max_waiting
+        self.max_lifetime = max_lifetime
+        self.max_idle = max_idle
+        self.reconnect_timeout = reconnect_timeout
+        self.num_workers = num_workers
+        self._min_size = min_size
+        self._max_size = max_size
+        self._reconnect_failed = reconnect_failed
+        self._connector: _FaceConnector[CT] = _FaceConnector(
+            self,
+            conninfo=conninfo,
+            kwargs=kwargs,
+            connection_class=connection_class,
+            configure=configure,
+            check=check,
+            reset=reset,
+        )
+        self.elastic: SyncPool[CT] = SyncPool(
+            self._connector, pool_settings, membership=membership, name=name
+        )
+        """The :class:`elasticpool.SyncPool` underneath (its ``stats()``, ``fleet()``…)."""
+
+        # psycopg_pool's lifecycle flags: closed until opened; opened at most once.
+        self._lock = threading.Lock()
+        self._closed = True
+        self._opened = False
+        self._open_implicit = False
+        self._init_stats()
+        # reconnect_failed: the current streak of failing connects
+        self._failing_since: float | None = None
+        self._streak_reported = False
+
+        if open is None:
+            open = self._open_implicit = True
+        if open:
+            self._open()
+
+    # ------------------------------------------------------------------ read-only attributes
+
+    @property
+    def min_size(self) -> int:
+        """The warm floor (psycopg_pool's ``min_size``)."""
+        return self._min_size
+
+    @property
+    def max_size(self) -> int:
+        """The limit (psycopg_pool's ``max_size``)."""
+        return self._max_size
+
+    @property
+    def closed(self) -> bool:
+        """``True`` before :meth:`open` and after :meth:`close`, as in psycopg_pool."""
+        return self._closed
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__name__} {self.name!r} at 0x{id(self):x}>"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _open(self) -> None:
+        with self._lock:
+            if not self._closed:
+                return
+            if self._opened:
+                raise PoolClosed("pool has already been opened/closed and cannot be reused")
+            self._closed = False
+            self._opened = True
+        self.elastic.open()
+
+    def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """Open the pool; with ``wait``, also wait (``timeout`` seconds at most) for ``min_size``.
+
+        Opening an open pool does nothing; a closed pool cannot be reopened
+        (:class:`PoolClosed`).
+        """
+        self._open()
+        if wait:
+            self.wait(timeout=timeout)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Wait until ``min_size`` connections are open.
+
+        After ``timeout`` seconds the pool is closed and :class:`PoolTimeout`
+        raised, as in psycopg_pool (``__cause__``: the last connect error).
+        """
+        self._check_open_getconn()
+        try:
+            self.elastic.wait(timeout=seconds(timeout))
+        except _errors.PoolTimeout as exc:
+            self.close()
+            raise PoolTimeout(
+                f"pool initialization incomplete after {timeout} sec; {exc}"
+            ) from exc.__cause__
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the pool: waiting and future callers get :class:`PoolClosed`.
+
+        Idle connections are closed now. As in psycopg_pool, connections in
+        use stay usable until they are returned, and are closed then. With
+        none in use it returns once everything is closed, within ``timeout``
+        seconds.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.elastic.stats().in_use == 0:
+            self.elastic.close(timeout=seconds(timeout))
+            return
+        # Borrowed connections must not be cut off under their holders: the
+        # elastic pool's close waits for them, on a thread of its own; waiting
+        # callers fail as soon as it starts.
+        closer = threading.Thread(
+            target=self.elastic.close,
+            kwargs={"timeout": None},
+            name=f"elasticpool-{self.name}-close",
+            daemon=True,
+        )
+        closer.start()
+        with self.elastic._life:
+            self.elastic._life.wait_for(lambda: self.elastic._state != "open", 1.0)
+
+    def __enter__(self) -> ConnectionPool[CT]:
+        self._open_implicit = False
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_open_getconn(self) -> None:
+        if self._closed:
+            if self._opened:
+                raise PoolClosed(f"the pool {self.name!r} is already closed")
+            raise PoolClosed(f"the pool {self.name!r} is not open yet")
+        if self._open_implicit:
+            self._open_implicit = False
+            warnings.warn(
+                f"the default for the {type(self).__name__} 'open' parameter will become "
+                "'False' in a future release. Please use open={True|False} explicitly, or "
+                f"use the pool as context manager using: `with {type(self).__name__}(...) "
+                "as pool: ...`",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------------ borrowing
+
+    def connection(self, timeout: float | None = None) -> _Borrow[CT]:
+        """Borrow a connection for the block: ``with pool.connection() as conn``.
+
+        As in psycopg_pool: the block runs in psycopg's connection context
+        (COMMIT at a clean exit, ROLLBACK on an error) and the connection goes
+        back afterwards. A connection-class error (see
+        :func:`is_disconnect_error`) also closes it, so it is not reused.
+        """
+        return _Borrow(self, timeout)
+
+    def getconn(self, timeout: float | None = None) -> CT:
+        """Borrow a connection; give it back with :meth:`putconn`.
+
+        Waits up to ``timeout`` (``None``: :attr:`timeout`) seconds, then
+        raises :class:`PoolTimeout`; :class:`TooManyRequests` at once if
+        ``max_waiting`` callers already wait; :class:`PoolClosed` if closed.
+        """
+        if timeout is None:
+            timeout = self.timeout
+        self._requests_num += 1
+        self._check_open_getconn()
+        if timeout <= 0:
+            raise PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec")
+        started = _monotonic()
+        try:
+            conn = self.elastic.acquire(timeout=seconds(timeout))
+        except _errors.PoolTimeout as exc:
+            self._requests_errors += 1
+            raise PoolTimeout(
+                f"couldn't get a connection after {timeout:.2f} sec; {exc}"
+            ) from exc.__cause__
+        except _errors.TooManyWaiters as exc:
+            self._requests_errors += 1
+            raise TooManyRequests(
+                f"the pool {self.name!r} has already {self.elastic.stats().waiting}"
+                f" requests waiting; {exc}"
+            ) from None
+        except _errors.PoolClosed as exc:
+            self._requests_errors += 1
+            raise PoolClosed(f"the pool {self.name!r} is already closed; {exc}") from None
+        except BaseException:
+            self._requests_errors += 1
+            raise
+        finally:
+            # psycopg_pool adds each request's wait, failed or not, in whole ms.
+            self._wait_ms += int(1000.0 * (_monotonic() - started))
+        # As psycopg_pool: ``with conn`` then does not close it, and ``conn.close()``
+        # returns it when ``close_returns`` is set.
+        cast(Any, conn)._pool = self
+        return conn
+
+    def putconn(self, conn: CT) -> None:
+        """Give back a connection borrowed with :meth:`getconn`.
+
+        A connection not borrowed from this pool raises :class:`ValueError`
+        (psycopg_pool's message), and so does a stale one: returned by this
+        thread already and borrowed by another since (see
+        :meth:`elasticpool.SyncPool.release`); that borrow stands. The reset,
+        if one is needed, runs on a pool thread.
+        """
+        self._putconn(conn, None)
+
+    def _putconn(self, conn: CT, error: BaseException | None) -> None:
+        pool = getattr(conn, "_pool", None)
+        if pool is not self:
+            msg = f"it comes from pool {pool.name!r}" if pool else "it doesn't come from any pool"
+            raise ValueError(f"can't return connection to pool {self.name!r}, {msg}: {conn}")
+        try:
+            self.elastic._borrow_of(conn, "returned")
+        except RuntimeError as exc:  # a stale putconn: that borrow stands
+            raise ValueError(f"can't return connection to pool {self.name!r}; {exc}") from None
+        cast(Any, conn)._pool = None
+        log_returned_state(conn)
+        self.elastic.release(conn, exc=error)
+
+    # ------------------------------------------------------------------ maintenance
+
+    def resize(self, min_size: int, max_size: int | None = None) -> None:
+        """Change ``min_size`` and ``max_size`` now (``max_size`` ``None``: ``min_size``).
+
+        A raised limit serves waiters at once; a lowered one closes idle
+        surplus now and borrowed surplus as it comes back.
+        """
+        min_size, max_size = check_size(min_size, max_size)
+        logger.info("resizing %r to min_size=%s max_size=%s", self.name, min_size, max_size)
+        self.elastic.resize(max_size, min_connections=min_size)
+        self._min_size = min_size
+        self._max_size = max_size
+
+    def check(self) -> None:
+        """Check every idle connection now; broken ones are closed and replaced as needed.
+
+        On a closed pool it does nothing.
+        """
+        if self._closed:
+            return
+        self.elastic.check()
+
+    def drain(self) -> None:
+        """Close every idle connection now, and every borrowed one when it comes back.
+
+        Connections are made afresh as callers need them (and up to
+        ``min_size`` in the background). On a closed pool it does nothing.
+        """
+        if self._closed:
+            return
+        self.elastic.expire_connections()
+
+    @staticmethod
+    def check_connection(conn: CT) -> None:
+        """psycopg_pool's check: an empty query in autocommit; raises if ``conn`` is unusable.
+
+        Use it as ``check=ConnectionPool.check_connection``.
+        """
+        check_connection_sync(conn)
+
+    def reconnect_failed(self) -> None:
+        """Called when connects have been failing for longer than ``reconnect_timeout``."""
+        if self._reconnect_failed is not None:
+            self._reconnect_failed(self)
+
+    def _connect_failed(self) -> None:
+        now = _monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+            self._streak_reported = False
+        elif not self._streak_reported and now - self._failing_since >= self.reconnect_timeout:
+            self._streak_reported = True
+            logger.warning(
+                "pool %r: connects have been failing for %.1fs (reconnect_timeout %gs); "
+                "still retrying",
+                self.name,
+                now - self._failing_since,
+                self.reconnect_timeout,
+            )
+            try:
+                self.reconnect_failed()  # on the connecting worker thread, as psycopg_pool
+            except Exception as exc:
+                logger.warning("pool %r: reconnect_failed callback failed: %r", self.name, exc)
+
+    # ------------------------------------------------------------------ statistics
+
+    def _elastic_stats(self) -> PoolStats:
+        return self.elastic.stats()
