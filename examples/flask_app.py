@@ -40,10 +40,11 @@ def create_app(dsn: str | None = None) -> Flask:
     app = Flask(__name__)
     pool = ConnectionPool(
         dsn or os.environ["DATABASE_URL"],
-        min_size=0,
-        max_size=10,
+        min_size=1,  # a warm floor per worker, asked of the fleet like the rest
         timeout=10,
         open=False,
+        # Every worker of this name shares the total (no max_size: the total sets
+        # the limit, and each worker's share of it follows its demand).
         name="flask-example",
         total_max_connections=int(os.environ.get("TOTAL_MAX_CONNECTIONS", "20")),
         membership=PostgresMembership(),
@@ -111,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
             f"pool {pool.name!r}: size {stats['pool_size']}, available {stats['pool_available']},"
             f" borrows {stats.get('requests_num', 0)}, fleet total {total}"
         )
-        ok = len(answers) == args.requests and stats["pool_size"] == stats["pool_available"]
+        ok = (
+            len(answers) == args.requests
+            and stats.get("requests_num", 0) == args.requests  # one borrow per request
+            and stats["requests_waiting"] == 0
+        )
         pool.close()
     print("ok" if ok else "unexpected pool state")
     return 0 if ok else 1

@@ -13,6 +13,7 @@ end) and migrates it once; the fleet test counts that database's backends in
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import queue
@@ -223,10 +224,17 @@ def test_membership_needs_a_name() -> None:
         pool_arguments("default", {"membership": "postgres", "total_max_connections": 10})
 
 
-def test_elastic_options_are_pool_settings() -> None:
-    """Every elastic key but ``membership`` and ``reset_mode`` is a PoolSettings field."""
-    fields = set(elasticpool.PoolSettings.__dataclass_fields__)
-    assert set(ELASTIC_OPTIONS) - {"membership", "reset_mode"} <= fields
+def test_options_are_what_the_pool_takes() -> None:
+    """The keys checked here are exactly the sync face's parameters and its PoolSettings extras."""
+    from elasticpool.psycopg import ConnectionPool
+
+    parameters = inspect.signature(ConnectionPool).parameters
+    named = {n for n, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    assert set(PSYCOPG_OPTIONS) | set(DJANGO_SETS) | {"reset_mode", "membership"} == named
+    extras = set(ELASTIC_OPTIONS) - {"membership", "reset_mode"}
+    assert "total_max_connections" in extras
+    assert "connect_timeout" in extras
+    assert extras <= set(elasticpool.PoolSettings.__dataclass_fields__)
     assert not set(PSYCOPG_OPTIONS) & set(ELASTIC_OPTIONS)
 
 
@@ -388,8 +396,12 @@ class Member:
         )
         self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.stderr: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self.readers = [
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for reader in self.readers:
+            reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -417,9 +429,19 @@ class Member:
         self.proc.stdin.flush()
 
     def finish(self) -> None:
-        if self.proc.poll() is None:
+        """Stop the member (closing its stdin ends it; kill if it lingers) and its pipes."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
-        self.proc.wait(timeout=30)
+            self.proc.wait(timeout=30)
+        for reader in self.readers:
+            reader.join(timeout=30)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 @pytest.mark.postgres
@@ -427,8 +449,7 @@ def test_three_processes_share_one_total(pg_server: Any, django_db: dict[str, An
     """Three Django processes wanting 12 connections hold at most total + 3 (docs/fleet.md)."""
     total, members, threads = 6, 3, 4
     pool = {
-        "min_size": 0,
-        "max_size": 6,
+        "min_size": 1,  # no max_size: the total sets the limit
         "timeout": 60,
         "name": f"django-fleet-{uuid.uuid4().hex[:6]}",
         "total_max_connections": total,

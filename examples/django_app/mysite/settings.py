@@ -35,9 +35,11 @@ DATABASES = {
         "CONN_MAX_AGE": 0,  # pooled: each request borrows, and gives back at its end
         "OPTIONS": {
             "pool": {
-                "min_size": 0,
-                "max_size": 10,
-                "timeout": 10,
+                "min_size": 1,  # a warm floor per worker, asked of the fleet like the rest
+                "timeout": 10,  # a request waits at most 10 s for one
+                # Every process of this name on the database shares the total (no
+                # max_size: the total sets the limit, and each process's share of it
+                # follows its demand).
                 "name": "mysite",
                 "total_max_connections": int(os.environ.get("TOTAL_MAX_CONNECTIONS", "20")),
                 "membership": "postgres",

@@ -6,6 +6,7 @@ raises: no Django settings are read here, so it can be tested on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -13,7 +14,9 @@ from typing import Any, Final
 import psycopg
 from django.core.exceptions import ImproperlyConfigured
 
+from .._settings import PoolSettings
 from ..fleet import Membership, PostgresMembership, StaticMembership
+from ..psycopg._face_args import PSYCOPG_NAMES
 
 __all__ = [
     "DJANGO_SETS",
@@ -73,20 +76,14 @@ ELASTIC_OPTIONS: Final = (
     "total_max_connections",
     "membership",
     "reset_mode",
-    "lifetime_jitter",
-    "connect_timeout",
-    "ping_after",
-    "close_timeout",
-    "backoff_initial",
-    "backoff_max",
-    "limit_mode",
-    "soft_overflow",
-    "allow_small_total",
-    "fail_fast",
-    "saturation_warning",
+    *(
+        field.name
+        for field in dataclasses.fields(PoolSettings)
+        if field.name not in PSYCOPG_NAMES and field.name != "total_max_connections"
+    ),
 )
-"""elasticpool's own keys (the :class:`~elasticpool.PoolSettings` fields psycopg_pool's
-parameters do not already set, the face's ``reset_mode``, and ``membership``).
+"""elasticpool's own keys: ``membership``, the face's ``reset_mode``, and every
+:class:`~elasticpool.PoolSettings` field psycopg_pool's parameters do not already set.
 
 The pool checks their values; its messages name the field.
 """
