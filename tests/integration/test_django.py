@@ -337,6 +337,15 @@ def test_bad_options_fail_the_connection_with_improperly_configured(
 
 
 @pytest.mark.postgres
+def test_test_runner_makes_and_drops_a_test_database(django_db: dict[str, Any]) -> None:
+    """Django's test runner creates, uses and drops ``test_<NAME>`` through the pooled backend."""
+    result = run_django("testdb", django_db, {"min_size": 1, "max_size": 3})
+    assert result["inside"] == f"test_{django_db['NAME']}"
+    assert result["pool_class"] == "elasticpool.psycopg.ConnectionPool"
+    assert result["left"] == []  # dropped: close_pool() had let go of its backends
+
+
+@pytest.mark.postgres
 def test_forked_child_makes_its_own_pool(django_db: dict[str, Any]) -> None:
     """After a real ``os.fork()`` the child queries on its own pool; the parent's still works."""
     result = run_django("fork", django_db, {"min_size": 0, "max_size": 2})

@@ -21,6 +21,7 @@ Scenarios (each prints ``{"event": "result", ...}`` last):
   counts this pool's backends (by ``application_name``) until they are gone.
 * ``bad``: makes a connection on each alias of ``EP_DJANGO_DATABASES`` and
   reports the error each raises.
+* ``testdb``: Django's test runner makes a test database, uses it and drops it.
 * ``fork``: opens the pool, forks, and queries in the child and then in
   the parent again.
 * ``fleet``: a fleet member: prints ``ready`` after its first query, waits
@@ -342,6 +343,30 @@ def fleet(args: argparse.Namespace) -> None:
     emit("result", errors=errors, ops=sum(ops), **report)
 
 
+def testdb(args: argparse.Namespace) -> None:
+    from django.conf import settings as django_settings
+    from django.db import connection
+    from django.test.utils import get_runner
+
+    from .notes.models import Note
+
+    runner = get_runner(django_settings)(verbosity=0, interactive=False)
+    old = runner.setup_databases()  # CREATE DATABASE test_<name>, migrate it
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_database()")
+        (inside,) = cursor.fetchone()
+    Note.objects.create(run="testdb", text="in the test database")
+    connection.close()
+    pool_class = f"{type(connection.pool).__module__}.{type(connection.pool).__qualname__}"
+    runner.teardown_databases(old)  # close_pool(), then DROP DATABASE: no backend may be left
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT datname FROM pg_database WHERE datname = %s", [inside])
+        left = cursor.fetchall()
+    connection.close()
+    connection.close_pool()
+    emit("result", inside=inside, pool_class=pool_class, left=left)
+
+
 def fork(args: argparse.Namespace) -> None:
     from django.db import connection
 
@@ -395,6 +420,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {
     "bad": bad,
     "fleet": fleet,
     "fork": fork,
+    "testdb": testdb,
 }
 
 
