@@ -270,16 +270,18 @@ async def holding(pool: Pool[Any], driver: Driver, n: int) -> AsyncIterator[set[
 def test_wrong_argument_type_raises_type_error(bad: object) -> None:
     """Anything but an asyncpg or psycopg async pool is a TypeError that never echoes the value."""
     with pytest.raises(
-        TypeError, match=r"wrap\(\) takes an asyncpg\.Pool or a psycopg_pool\.AsyncConnectionPool"
+        TypeError,
+        match=r"wrap\(\) takes an asyncpg\.Pool, a psycopg_pool\.AsyncConnectionPool or a "
+        r"psycopg_pool\.ConnectionPool",
     ) as info:
         wrap(bad)  # type: ignore[call-overload]
     assert "s3cret" not in str(info.value)
 
 
-def test_synchronous_psycopg_pool_is_a_type_error() -> None:
-    """A synchronous psycopg_pool.ConnectionPool is refused by name."""
-    sync_pool = psycopg_pool.ConnectionPool("", open=False)
-    with pytest.raises(TypeError, match="ConnectionPool is synchronous"):
+def test_unopened_synchronous_psycopg_pool_is_a_value_error() -> None:
+    """A sync psycopg_pool.ConnectionPool is taken (tests/psycopg/test_sync_wrap.py), once open."""
+    sync_pool = psycopg_pool.ConnectionPool("", open=False, name="sync-never-opened")
+    with pytest.raises(ValueError, match=r"'sync-never-opened' is not open .*'pool\.open\(\)'"):
         wrap(sync_pool)
 
 

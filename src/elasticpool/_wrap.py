@@ -35,9 +35,10 @@ from ._settings import PoolSettings
 if TYPE_CHECKING:
     import asyncpg
     import asyncpg.pool
-    from psycopg import AsyncConnection
-    from psycopg_pool import AsyncConnectionPool
+    from psycopg import AsyncConnection, Connection
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+    from ._sync_pool import SyncPool
     from .fleet._base import Membership
 
 __all__ = ["wrap"]
@@ -47,8 +48,9 @@ logger = logging.getLogger("elasticpool")
 ConnT = TypeVar("ConnT")
 RecordT = TypeVar("RecordT", bound="asyncpg.Record")
 ACT = TypeVar("ACT", bound="AsyncConnection[Any]")
+CT = TypeVar("CT", bound="Connection[Any]")
 
-_ACCEPTS = "an asyncpg.Pool or a psycopg_pool.AsyncConnectionPool"
+_ACCEPTS = "an asyncpg.Pool, a psycopg_pool.AsyncConnectionPool or a psycopg_pool.ConnectionPool"
 
 # Give-backs and terminations that outlive the call that started them (kept referenced).
 _background: set[asyncio.Task[Any]] = set()
@@ -495,16 +497,13 @@ def _leases_for(existing: object) -> _Leases[Any]:
             raise ValueError("the asyncpg pool is closed")
         return _AsyncpgLeases(existing)
     ppool = sys.modules.get("psycopg_pool")
-    if ppool is not None:
-        if isinstance(existing, ppool.AsyncConnectionPool):
-            if existing.closed:
-                raise ValueError(
-                    f"psycopg_pool.AsyncConnectionPool {existing.name!r} is not open "
-                    "(create it with open=False, then 'await pool.open()' before wrap())"
-                )
-            return _PsycopgLeases(existing)
-        if isinstance(existing, ppool.ConnectionPool):
-            raise TypeError(f"wrap() takes {_ACCEPTS}; psycopg_pool.ConnectionPool is synchronous")
+    if ppool is not None and isinstance(existing, ppool.AsyncConnectionPool):
+        if existing.closed:
+            raise ValueError(
+                f"psycopg_pool.AsyncConnectionPool {existing.name!r} is not open "
+                "(create it with open=False, then 'await pool.open()' before wrap())"
+            )
+        return _PsycopgLeases(existing)
     # Never repr() the argument: it may be a connection string with a password in it.
     kind = type(existing)
     raise TypeError(f"wrap() takes {_ACCEPTS} (got {kind.__module__}.{kind.__qualname__})")
@@ -534,6 +533,18 @@ def wrap(
 ) -> Pool[ACT]: ...
 
 
+@overload
+def wrap(
+    existing: ConnectionPool[CT],
+    settings: PoolSettings | None = None,
+    *,
+    name: str | None = None,
+    membership: Membership | None = None,
+    close_underlying: bool = False,
+    **elastic_settings: Any,
+) -> SyncPool[CT]: ...
+
+
 def wrap(
     existing: object,
     settings: PoolSettings | None = None,
@@ -542,7 +553,7 @@ def wrap(
     membership: Membership | None = None,
     close_underlying: bool = False,
     **elastic_settings: Any,
-) -> Pool[Any]:
+) -> Pool[Any] | SyncPool[Any]:
     """Put elasticpool's limits, timeouts and stats on top of an existing pool.
 
     ``existing`` is a live :class:`asyncpg.Pool` (``await
@@ -574,10 +585,26 @@ def wrap(
     ``close_underlying=True`` to close it as well. ``name`` defaults to the
     psycopg pool's name, or ``"asyncpg"``.
 
+    A sync :class:`psycopg_pool.ConnectionPool` (open) gives a
+    :class:`~elasticpool.SyncPool` of leases instead, with the same defaults
+    (``with wrap(existing) as pool``, ``pool.connection()``).
+
     It does not change how the underlying pool opens, checks, resets or
     retires server connections; ``docs/wrap.md`` says exactly what each side
     governs.
     """
+    ppool = sys.modules.get("psycopg_pool")
+    if ppool is not None and isinstance(existing, ppool.ConnectionPool):
+        from .psycopg._sync_wrap import wrap_sync  # noqa: PLC0415 - only with one in hand
+
+        return wrap_sync(
+            existing,
+            settings,
+            name=name,
+            membership=membership,
+            close_underlying=close_underlying,
+            elastic_settings=elastic_settings,
+        )
     leases = _leases_for(existing)
     if not isinstance(close_underlying, bool):
         raise TypeError(f"close_underlying must be a bool (got {close_underlying!r})")

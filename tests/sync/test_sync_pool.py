@@ -853,3 +853,27 @@ def _no_thread_left_behind() -> Iterator[None]:
         lambda: not [t for t in threading.enumerate() if t.name.endswith("-ticker")],
         "a pool ticker outlived its test",
     )
+
+
+def test_the_fleets_statements_reach_the_sync_connection_either_way() -> None:
+    """Today's fleet statement runner and the port's connector.fetch both run on the sync conn."""
+    import anyio
+
+    from elasticpool._sync_fleet import AsyncConnectorFacade, LoopConnection
+    from elasticpool.fleet._sql import fetch
+
+    connector = SyncFakeConnector()
+    connector.rows["SELECT $1"] = [(1,)]
+    facade = AsyncConnectorFacade(connector, PoolSettings())
+    raw = connector.connect(1.0)
+    wrapped = LoopConnection(raw, connector)
+
+    async def main() -> list[Any]:
+        return [
+            await fetch(wrapped, "SELECT $1", 1, own=True),  # the membership's runner today
+            await facade.fetch(wrapped, "SELECT $1", 1),  # port.connector.fetch, next
+            await facade.fetch(raw, "SELECT $1", 1),
+        ]
+
+    assert anyio.run(main) == [[(1,)], [(1,)], [(1,)]]
+    assert connector.statements == [("SELECT $1", (1,))] * 3

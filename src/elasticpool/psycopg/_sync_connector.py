@@ -380,35 +380,40 @@ class SyncPsycopgConnector(Generic[CT]):
         return _readonly_transaction(conn, tx) if readonly else tx
 
     def fetch(self, conn: CT, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        """Run ``sql`` (``$1..$n`` placeholders, in order, once each) with ``args``; rows as tuples.
-
-        On a connection in no transaction (and not in autocommit) the
-        statement runs in autocommit, so it commits when it returns and no
-        transaction is left open; inside a transaction it runs there.
-        """
-        order = [int(n) for n in _PLACEHOLDER.findall(sql)]
-        if order != list(range(1, len(order) + 1)) or len(order) != len(args):
-            raise ValueError(f"placeholders must be $1..$n in order, once each: {sql!r}")
-        switch = not conn.autocommit and conn.pgconn.transaction_status == _IDLE
-        if switch:
-            conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                if args:
-                    cur.execute(_PLACEHOLDER.sub("%s", sql), list(args))
-                else:
-                    cur.execute(sql)
-                if cur.description is None:
-                    return []
-                return [tuple(r) for r in cur.fetchall()]
-        finally:
-            if switch and not conn.closed:
-                conn.autocommit = False
+        """See :func:`fetch_rows`."""
+        return fetch_rows(conn, sql, *args)
 
     # ------------------------------------------------------------------ repr
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {_describe_target(self.conninfo, self.kwargs)}>"
+
+
+def fetch_rows(conn: psycopg.Connection[Any], sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Run ``sql`` (``$1..$n`` placeholders, in order, once each) with ``args``; rows as tuples.
+
+    On a connection in no transaction (and not in autocommit) the statement
+    runs in autocommit, so it commits when it returns and no transaction is
+    left open; inside a transaction it runs there.
+    """
+    order = [int(n) for n in _PLACEHOLDER.findall(sql)]
+    if order != list(range(1, len(order) + 1)) or len(order) != len(args):
+        raise ValueError(f"placeholders must be $1..$n in order, once each: {sql!r}")
+    switch = not conn.autocommit and conn.pgconn.transaction_status == _IDLE
+    if switch:
+        conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            if args:
+                cur.execute(_PLACEHOLDER.sub("%s", sql), list(args))
+            else:
+                cur.execute(sql)
+            if cur.description is None:
+                return []
+            return [tuple(r) for r in cur.fetchall()]
+    finally:
+        if switch and not conn.closed:
+            conn.autocommit = False
 
 
 @contextmanager
