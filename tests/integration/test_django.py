@@ -338,8 +338,8 @@ def test_bad_options_fail_the_connection_with_improperly_configured(
 
 @pytest.mark.postgres
 def test_test_runner_makes_and_drops_a_test_database(django_db: dict[str, Any]) -> None:
-    """Django's test runner creates, uses and drops ``test_<NAME>`` through the pooled backend."""
-    result = run_django("testdb", django_db, {"min_size": 1, "max_size": 3})
+    """Django's test runner makes, uses and drops ``test_<NAME>`` on ``OPTIONS["pool"] = True``."""
+    result = run_django("testdb", django_db, True)  # psycopg_pool's defaults: 4 warm connections
     assert result["inside"] == f"test_{django_db['NAME']}"
     assert result["pool_class"] == "elasticpool.psycopg.ConnectionPool"
     assert result["left"] == []  # dropped: close_pool() had let go of its backends
