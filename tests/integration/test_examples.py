@@ -38,6 +38,7 @@ def test_every_example_is_covered() -> None:
         "workers.py",
         "trio_program.py",
         "threads_app.py",
+        "flask_app.py",
     }
     tested |= {"sqlalchemy_app.py"}  # run in tests/integration/test_sqlalchemy.py
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
@@ -75,4 +76,12 @@ def test_threads_app(pg_server: Any) -> None:
     out = run_example("threads_app.py", pg_server.dsn(), "--requests", "60")
     assert "60 requests served" in out
     assert "after idling" in out
+    assert out.rstrip().endswith("ok")
+
+
+def test_flask_app(pg_server: Any) -> None:
+    """The Flask app serves a threaded burst from the sync drop-in pool; none is left borrowed."""
+    pytest.importorskip("flask")
+    out = run_example("flask_app.py", pg_server.dsn(), "--requests", "40")
+    assert "40 requests served" in out
     assert out.rstrip().endswith("ok")

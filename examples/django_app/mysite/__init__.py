@@ -1,0 +1,1 @@
+"""A minimal Django site on ``"ENGINE": "elasticpool.django"``."""

@@ -1,0 +1,1 @@
+"""The project's one app: a ``Note`` model, its migration and two views."""
