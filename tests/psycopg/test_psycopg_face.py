@@ -860,3 +860,18 @@ async def test_close_returns_once_a_connect_in_flight_fails(pg_server: Any) -> N
             await pool.close(timeout=10 * BOUND)
         assert pool.elastic.stats().connect_errors == 1
         assert repr(pool.elastic).startswith(f"<Pool {pool.name!r} closed ")
+
+
+@pytest.mark.anyio
+async def test_min_size_0_with_a_total_and_no_max_size_is_an_idle_worker(pg_server: Any) -> None:
+    """``min_size=0`` beside a total (no ``max_size``) is allowed: the total sets the limit."""
+    with pytest.raises(ValueError, match="if min_size is 0 max_size must be greater than 0"):
+        AsyncConnectionPool(pg_server.dsn(), min_size=0, open=False)
+    async with AsyncConnectionPool(
+        pg_server.dsn(), min_size=0, total_max_connections=5, open=False
+    ) as pool:
+        assert pool.get_stats()["pool_size"] == 0, "an idle worker holds nothing"
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT 1")
+            assert await cur.fetchone() == (1,)
+        assert pool.elastic.stats().max == 5

@@ -626,3 +626,16 @@ def test_bad_returns_are_logged_as_psycopg_pool_does(
     ours = bad_returns_transcript(ep_psycopg, dsn, caplog)
     theirs = bad_returns_transcript(psycopg_pool, dsn, caplog)
     assert ours[: len(theirs)] == theirs
+
+
+def test_min_size_0_with_a_total_and_no_max_size_is_an_idle_worker(pg_server: Any) -> None:
+    """``min_size=0`` beside a total (no ``max_size``) is allowed: the total sets the limit."""
+    with pytest.raises(ValueError, match="if min_size is 0 max_size must be greater than 0"):
+        ep_psycopg.ConnectionPool(pg_server.dsn(), min_size=0, open=False)
+    with ep_psycopg.ConnectionPool(
+        pg_server.dsn(), min_size=0, total_max_connections=5, open=True
+    ) as pool:
+        assert pool.get_stats()["pool_size"] == 0, "an idle worker holds nothing"
+        with pool.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert pool.elastic.stats().max == 5

@@ -62,8 +62,13 @@ MS_EVENTS: Final = {
 """psycopg_pool reports a time counter once its event happened, even at 0 ms."""
 
 
-def check_size(min_size: int, max_size: int | None) -> tuple[int, int]:
-    """psycopg_pool's own size validation, with its messages (wrong types: elasticpool's)."""
+def check_size(min_size: int, max_size: int | None, *, total: bool = False) -> tuple[int, int]:
+    """psycopg_pool's own size validation, with its messages (wrong types: elasticpool's).
+
+    ``total``: a ``total_max_connections`` is given, which sets the limit when
+    ``max_size`` is not: then ``min_size=0`` alone is fine (an idle worker
+    holds nothing).
+    """
     check_int_type("min_size", min_size, low=0)
     check_int_type("max_size", max_size, low=0, optional=True)
     if max_size is None:
@@ -72,7 +77,7 @@ def check_size(min_size: int, max_size: int | None) -> tuple[int, int]:
         raise ValueError("min_size cannot be negative")
     if max_size < min_size:
         raise ValueError("max_size must be greater or equal than min_size")
-    if min_size == max_size == 0:
+    if min_size == max_size == 0 and not total:
         raise ValueError("if min_size is 0 max_size must be greater than 0")
     return min_size, max_size
 

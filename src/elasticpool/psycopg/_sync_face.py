@@ -177,7 +177,8 @@ class ConnectionPool(FaceStats, Generic[CT]):
         **elastic_settings: Any,
     ) -> None:
         max_size_given = max_size is not None
-        min_size, max_size = check_size(min_size, max_size)
+        total = elastic_settings.get("total_max_connections") is not None
+        min_size, max_size = check_size(min_size, max_size, total=total and not max_size_given)
         if not name:
             name = f"pool-{next(pool_numbers)}"
         check_seconds_type("reconnect_timeout", reconnect_timeout, strict=False, finite=False)
