@@ -1383,6 +1383,15 @@ class Pool(Generic[ConnT]):
         return p.n_in_use + p.n_reserved
 
     @property
+    def lent(self) -> int:
+        """Connections lent to callers now: :attr:`in_use` less a fleet heartbeat's own borrow.
+
+        What a face's ``close()`` waits for: the heartbeat's statement is the
+        pool's own business and ends with the pool.
+        """
+        return self.in_use - (1 if self._coordinating is not None else 0)
+
+    @property
     def waiting(self) -> int:
         """Callers queued now: ``stats().waiting``, cheaply."""
         return self._planner.n_waiting

@@ -1349,6 +1349,17 @@ class SyncPool(Generic[ConnT]):
 
     # ------------------------------------------------------------------ inspection
 
+    @property
+    def lent(self) -> int:
+        """Connections lent to callers now: in use less a fleet heartbeat's own borrow.
+
+        What a face's ``close()`` waits for: the heartbeat's statement is the
+        pool's own business and ends with the pool.
+        """
+        with self._lock:
+            p = self._planner
+            return p.n_in_use + p.n_reserved - (1 if self._coordinating is not None else 0)
+
     def stats(self) -> PoolStats:
         """A frozen snapshot of the pool's gauges and counters (from any thread)."""
         with self._lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import types
+import uuid
 import warnings
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -26,6 +27,7 @@ from psycopg.pq import TransactionStatus  # noqa: E402
 
 import elasticpool  # noqa: E402
 import elasticpool.psycopg as ep_psycopg  # noqa: E402
+from elasticpool.fleet._schema import beat_function, fill_function  # noqa: E402
 from elasticpool.psycopg import (  # noqa: E402
     AsyncConnectionPool,
     PoolClosed,
@@ -34,7 +36,7 @@ from elasticpool.psycopg import (  # noqa: E402
 )
 from elasticpool.testing import FaultProxy  # noqa: E402
 
-from ..helpers import eventually, unique_name  # noqa: E402
+from ..helpers import eventually, unique_name, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 postgres = pytest.mark.postgres
@@ -875,3 +877,40 @@ async def test_min_size_0_with_a_total_and_no_max_size_is_an_idle_worker(pg_serv
             cur = await conn.execute("SELECT 1")
             assert await cur.fetchone() == (1,)
         assert pool.elastic.stats().max == 5
+
+
+@pytest.mark.anyio
+async def test_close_during_a_heartbeat_closes_everything_before_returning(pg_server: Any) -> None:
+    """A heartbeat's borrow is not a caller's: close() does not leave the work to the background."""
+    table = f"face_close_{uuid.uuid4().hex[:8]}"
+    membership = elasticpool.PostgresMembership(table=table, heartbeat_interval=60.0)
+    pool = AsyncConnectionPool(
+        pg_server.dsn(), min_size=0, total_max_connections=5, membership=membership, open=False
+    )
+    try:
+        await pool.open()
+        async with pool.connection() as conn:  # joins the fleet; the connection stays idle
+            await conn.execute("SELECT 1")
+        returned: list[int] = []
+
+        async def close() -> None:
+            await pool.close()
+            returned.append(pool.elastic.stats().size)
+
+        async with (
+            anyio.create_task_group() as tg,
+            pool.elastic._port.coordination() as co,  # a heartbeat in flight
+        ):
+            assert not co.extra, "the heartbeat runs on the pool's own connection"
+            tg.start_soon(close)
+            # until close() has returned, or waits in the elastic pool's close
+            await wait_until(lambda: bool(returned) or pool.elastic._state.value == "closing")
+            assert returned == [], "close() returned while the heartbeat held a connection"
+        assert returned == [0], "close() returned before the pool had closed its connections"
+    finally:
+        await pool.close()
+        pg_server.psql(
+            f"DROP TABLE IF EXISTS {table}, {table}_config;"
+            f" DROP FUNCTION IF EXISTS {beat_function(table)};"
+            f" DROP FUNCTION IF EXISTS {fill_function(table)}"
+        )

@@ -22,6 +22,7 @@ from .._pool import Pool
 from .._runner import spawn
 from .._stats import PoolStats
 from .._validate import check_seconds_type
+from ..fleet._base import Membership
 from ._connector import (
     _ASYNC_CONNECTION,
     ConnectionCB,
@@ -91,8 +92,11 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
     ``idle_timeout``; ``num_workers`` → ``max_connecting``; ``check`` given →
     ``ping_after=0`` (checked on every borrow, as psycopg_pool does).
     ``reset_mode`` (elasticpool's, default ``"rollback"`` as psycopg_pool
-    does) may be ``"session"`` for a full session reset; any other
-    :class:`~elasticpool.PoolSettings` field may be passed by keyword.
+    does) may be ``"session"`` for a full session reset. ``membership`` (a
+    :class:`~elasticpool.PostgresMembership`, say) makes it a member of a
+    fleet sharing ``total_max_connections``, with sync pools of the same
+    name too; any other :class:`~elasticpool.PoolSettings` field may be
+    passed by keyword.
 
     ``reconnect_failed(pool)`` is called once per streak of failing connects
     that lasts longer than ``reconnect_timeout``; unlike psycopg_pool, the
@@ -129,6 +133,7 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
         reconnect_failed: ReconnectFailedCB | None = None,
         num_workers: int = 3,
         reset_mode: ResetMode = "rollback",
+        membership: Membership | None = None,
         **elastic_settings: Any,
     ) -> None:
         max_size_given = max_size is not None
@@ -176,7 +181,7 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
             reset=reset,
         )
         self._connector = connector
-        self.elastic: Pool[ACT] = Pool(connector, pool_settings, name=name)
+        self.elastic: Pool[ACT] = Pool(connector, pool_settings, membership=membership, name=name)
         """The :class:`elasticpool.Pool` underneath (its ``stats()``, ``transaction()``…)."""
 
         # psycopg_pool's lifecycle flags: closed until opened; opened at most once.
@@ -301,7 +306,7 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
             return
         self._closed = True
         await self._start()
-        if self.elastic.stats().in_use == 0:
+        if self.elastic.lent == 0:  # a heartbeat's statement ends with the pool
             await self.elastic.close(timeout=seconds(timeout))
             return
         # Borrowed connections must not be cut off under their holders: the

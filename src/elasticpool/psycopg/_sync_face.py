@@ -308,7 +308,7 @@ class ConnectionPool(FaceStats, Generic[CT]):
             if self._closed:
                 return
             self._closed = True
-        if self.elastic.stats().in_use == 0:
+        if self.elastic.lent == 0:  # a heartbeat's statement ends with the pool
             self.elastic.close(timeout=seconds(timeout))
             return
         # Borrowed connections must not be cut off under their holders: the
