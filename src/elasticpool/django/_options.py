@@ -111,7 +111,7 @@ def make_membership(alias: str, spec: object) -> Membership | None:
     defaults; a dict holds the constructor's arguments, with ``"kind"``
     (``"postgres"``, the default, or ``"static"``) choosing the class. Only
     these JSON-able forms are accepted: the backend makes a fresh membership
-    for every pool it opens (after :meth:`close_pool`, in each test
+    for every pool it opens (after ``close_pool()``, in each test
     database), which a shared instance could not be.
     """
     where = f"{_where(alias)}['membership']"

@@ -34,7 +34,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     :class:`~django.core.exceptions.ImproperlyConfigured` otherwise): each
     request borrows a connection on its first query and gives it back when
     the request ends (``request_finished`` → ``close_old_connections``);
-    :meth:`close_pool` closes the pool, and the next query makes a new one.
+    ``close_pool()`` closes the pool, and the next query makes a new one.
 
     ``OPTIONS["pool"]`` is ``True`` or a dict of psycopg_pool's arguments and
     elasticpool's settings; see :mod:`elasticpool.django` and
