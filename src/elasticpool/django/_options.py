@@ -11,12 +11,11 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-import psycopg
 from django.core.exceptions import ImproperlyConfigured
 
 from .._settings import PoolSettings
 from ..fleet import Membership, PostgresMembership, StaticMembership
-from ..psycopg._face_args import PSYCOPG_NAMES
+from ..psycopg._face_args import PSYCOPG_NAMES, is_sync_connection_class
 
 __all__ = [
     "DJANGO_SETS",
@@ -39,13 +38,9 @@ def _is_name(value: object) -> bool:
     return isinstance(value, str) and bool(value)
 
 
-def _is_connection_class(value: object) -> bool:
-    return isinstance(value, type) and issubclass(value, psycopg.Connection)
-
-
 PSYCOPG_OPTIONS: Final[Mapping[str, tuple[str, Callable[[object], bool]]]] = {
     "conninfo": ("a libpq connection string", lambda v: isinstance(v, str)),
-    "connection_class": ("a subclass of psycopg.Connection", _is_connection_class),
+    "connection_class": ("a subclass of psycopg.Connection", is_sync_connection_class),
     "min_size": ("an integer", _is_int),
     "max_size": ("an integer or None", lambda v: v is None or _is_int(v)),
     "name": ("a non-empty string", _is_name),

@@ -251,3 +251,8 @@ class FaceStats:
         stats = self._stats_since_baseline()
         self._baseline, self._baseline_events = self._counters()
         return stats
+
+
+def is_sync_connection_class(value: object) -> bool:
+    """Whether ``value`` may be a sync face's ``connection_class`` (a psycopg ``Connection``)."""
+    return isinstance(value, type) and issubclass(value, psycopg.Connection)
