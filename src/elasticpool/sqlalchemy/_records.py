@@ -129,9 +129,9 @@ def _driver_of(dbapi: Any) -> Any:
     return dbapi.driver_connection if isinstance(dbapi, AdaptedConnection) else dbapi
 
 
-def _plain_dead_check(dbapi: Any) -> Callable[[bool], bool]:
+def _plain_dead_check(driver: Any) -> Callable[[bool], bool]:
     """For a driver no adapter knows (psycopg2, pg8000): a DB-API ``closed`` flag, if it has one."""
-    return lambda deep: bool(getattr(dbapi, "closed", False))
+    return lambda deep: bool(getattr(driver, "closed", False))
 
 
 class _RecordJobs:
@@ -201,7 +201,7 @@ class _RecordJobs:
         if rec.checked_for is not dbapi:  # a new DBAPI connection: its driver's check, once
             driver = rec.driver_connection
             ops = self._ops_for(driver)
-            rec.dead = ops.dead_check(driver) if ops is not None else _plain_dead_check(dbapi)
+            rec.dead = ops.dead_check(driver) if ops is not None else _plain_dead_check(driver)
             rec.checked_for = dbapi
         return rec.dead(not rec.returning)
 
@@ -303,7 +303,7 @@ class AsyncRecordConnector(_RecordJobs):
         await greenlet_spawn(self.sa_pool._dialect.do_ping, dbapi)  # type: ignore[union-attr]
 
     async def reset(self, rec: ElasticRecord, mode: ResetMode) -> None:
-        """Nothing: see :meth:`needs_reset`."""
+        """Nothing: SQLAlchemy resets on return itself (see ``needs_reset``)."""
 
     def transaction(
         self, rec: ElasticRecord, *, readonly: bool = False
@@ -367,7 +367,7 @@ class SyncRecordConnector(_RecordJobs):
             dbapi.rollback()  # the ping may have begun a transaction
 
     def reset(self, rec: ElasticRecord, mode: ResetMode) -> None:
-        """Nothing: see :meth:`needs_reset`."""
+        """Nothing: SQLAlchemy resets on return itself (see ``needs_reset``)."""
 
     def abandon(self, rec: ElasticRecord) -> None:
         """In a forked child: make ``rec`` unusable here without touching the parent's session."""
