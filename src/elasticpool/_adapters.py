@@ -17,6 +17,14 @@ for an object that is not its driver's):
   wrapped as it is, such as a closed one);
 * ``<adapter>._connector.fetch_for(conn)``: a ``fetch(conn, sql, *args)`` for one
   of its connections (see :meth:`Connector.fetch <elasticpool.Connector>`).
+* ``<adapter>._ops.async_ops_for(conn)`` and ``sync_ops_for(conn)``: what the
+  core may do with one of its connections that a SQLAlchemy dialect opened
+  (close it from any thread, check it, give it up after a fork, run
+  statements: :mod:`elasticpool._driver`);
+* ``<adapter>._ops.is_disconnect_for(exc)``: whether one of its driver's
+  exceptions means a dead connection (``True`` or ``False``);
+* ``<adapter>._ops.server_settings_hook(driver_name)``: how the driver a
+  SQLAlchemy dialect names (its ``driver``) takes server settings at connect.
 
 A new adapter adds its package here; a new kind of pool for ``wrap()`` is one
 more case in its adapter's ``leases_for``.

@@ -19,6 +19,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import elasticpool
 from elasticpool import PoolSettings
+from elasticpool._sql import SERVER_LIMITS_SQL
 from elasticpool.sqlalchemy import ElasticPool, PoolTimeout, create_async_engine, create_engine
 
 ASYNC_DRIVERS = ["asyncpg", "psycopg"]
@@ -582,6 +583,33 @@ def sync_until(check: Callable[[], bool], what: str, seconds: float = 10.0) -> N
         time.sleep(0.02)
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("driver", ASYNC_DRIVERS)
+async def test_async_records_run_the_fleets_statements(
+    pg_server: Any, admin: asyncpg.Connection, driver: str
+) -> None:
+    """The async record connector's fetch and transaction run on the driver's own connection."""
+    engine = create_async_engine(url(pg_server, driver), total_max_connections="50%")
+    try:
+        async with engine.connect() as conn:  # the pool opens: the percentage needs fetch
+            assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+        pool = engine.sync_engine.pool
+        assert isinstance(pool, ElasticPool)
+        most, reserved = await admin.fetchrow(SERVER_LIMITS_SQL)
+        expected = PoolSettings(total_max_connections="50%").with_server_limits(most, reserved)
+        shell = pool.elastic_pool
+        assert shell.settings.total_max_connections == expected.total_max_connections
+        connector = shell.connector
+        async with shell.acquire() as rec:
+            assert await connector.fetch(rec, "SELECT $1::int + 1, '5%'", 41) == [(42, "5%")]
+            async with connector.transaction(rec, readonly=True):
+                with pytest.raises(Exception, match="read-only transaction"):
+                    await connector.fetch(rec, "CREATE TEMP TABLE ep_sqla_ro (i int)")
+            assert await connector.fetch(rec, "SELECT 1") == [(1,)]  # no transaction left open
+    finally:
+        await engine.dispose()
+
+
 def run_threads(n: int, fn: Callable[[int], None]) -> None:
     """Run ``fn(i)`` in ``n`` threads at once; re-raise the first failure."""
     import threading
@@ -629,6 +657,33 @@ def test_sync_core_connects_once_per_server_connection(pg_server: Any) -> None:
     finally:
         engine.dispose()
     assert seen.counts["close"] == seen.counts["connect"]
+
+
+def test_sync_records_run_the_fleets_statements(pg_server: Any) -> None:
+    """The sync record connector's fetch and transaction run on psycopg's own connection."""
+    import psycopg
+
+    engine = create_engine(url(pg_server, "psycopg"), total_max_connections="50%")
+    try:
+        with engine.connect() as conn:  # the pool opens: the percentage needs fetch
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+            row = admin.execute(SERVER_LIMITS_SQL).fetchone()
+        assert row is not None
+        expected = PoolSettings(total_max_connections="50%").with_server_limits(*row)
+        sync_pool = engine.pool.elastic_pool
+        assert sync_pool.settings.total_max_connections == expected.total_max_connections
+        connector = engine.pool._shell.connector  # SyncPool does not show its connector
+        with sync_pool.connection() as rec:
+            assert connector.fetch(rec, "SELECT $1::int + 1, '5%'", 41) == [(42, "5%")]
+            with (
+                connector.transaction(rec, readonly=True),
+                pytest.raises(psycopg.errors.ReadOnlySqlTransaction),
+            ):
+                connector.fetch(rec, "CREATE TEMP TABLE ep_sqla_ro (i int)")
+            assert connector.fetch(rec, "SELECT 1") == [(1,)]  # no transaction left open
+    finally:
+        engine.dispose()
 
 
 def test_sync_orm_sessions_in_threads(pg_server: Any) -> None:

@@ -143,10 +143,7 @@ class AsyncpgConnector:
         fn = self._connect_fn or asyncpg.connect
         kwargs = {**self._kwargs, **self._fixed_kwargs}
         if self._server_settings:
-            kwargs["server_settings"] = {
-                **(kwargs.get("server_settings") or {}),
-                **self._server_settings,
-            }
+            add_server_settings(kwargs, self._server_settings)
         unparsed: ValueError | None = None
         try:
             try:
@@ -208,7 +205,7 @@ class AsyncpgConnector:
         does not terminate it through the parent's event loop (whose epoll set
         the child shares).
         """
-        _impl(conn)._aborted = True
+        abandon(conn)
 
     def is_closed(self, conn: asyncpg.Connection) -> bool:
         """Whether asyncpg knows ``conn`` is closed or lost.
@@ -331,6 +328,16 @@ async def fetch(conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     """
     check_placeholders(sql, len(args))
     return [tuple(row) for row in await conn.fetch(sql, *args)]
+
+
+def abandon(conn: asyncpg.Connection) -> None:
+    """Mark ``conn`` aborted, with no I/O (see :meth:`AsyncpgConnector.abandon`)."""
+    _impl(conn)._aborted = True
+
+
+def add_server_settings(kwargs: dict[str, Any], settings: Mapping[str, str]) -> None:
+    """Put server ``settings`` into asyncpg's connect ``kwargs``, over its ``server_settings``."""
+    kwargs["server_settings"] = {**(kwargs.get("server_settings") or {}), **settings}
 
 
 def fetch_for(conn: object) -> Fetch | None:

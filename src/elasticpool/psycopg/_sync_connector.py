@@ -40,6 +40,7 @@ from ._wire import (
     _finish,
     _socket_alive,
     _status_name,
+    abandon_socket,
 )
 
 __all__ = ["SyncConnectionCB", "SyncPsycopgConnector", "check_connection_sync"]
@@ -130,6 +131,24 @@ def _shutdown_socket(conn: psycopg.Connection[Any]) -> None:
             sock.shutdown(socket.SHUT_RDWR)
         finally:
             sock.close()
+
+
+def terminate_now(conn: psycopg.Connection[Any]) -> None:
+    """Close ``conn`` at once, from any thread, without freeing what a blocked call uses.
+
+    When no other thread holds the connection, libpq closes it (sending its
+    ``Terminate`` without waiting); when one is blocked on it, its socket is
+    shut down instead (:func:`_shutdown_socket`), so that call returns with
+    an error and its thread frees the rest.
+    """
+    lock = conn.lock
+    if lock.acquire(blocking=False):
+        try:
+            _finish(conn)
+        finally:
+            lock.release()
+    else:  # another thread is blocked on it: wake it, free nothing under it
+        _shutdown_socket(conn)
 
 
 class SyncPsycopgConnector(Generic[CT]):
@@ -242,26 +261,11 @@ class SyncPsycopgConnector(Generic[CT]):
     def terminate(self, conn: CT) -> None:
         """Close ``conn`` at once; from any thread (see the class docstring)."""
         self._cancel_left_query(conn)
-        lock = conn.lock
-        if lock.acquire(blocking=False):
-            try:
-                _finish(conn)
-            finally:
-                lock.release()
-        else:  # another thread is blocked on it: wake it, free nothing under it
-            _shutdown_socket(conn)
+        terminate_now(conn)
 
     def abandon(self, conn: CT) -> None:
         """In a forked child: make ``conn`` unusable here without touching the parent's session."""
-        try:
-            fd = conn.pgconn.socket
-        except psycopg.Error:
-            return
-        null = os.open(os.devnull, os.O_RDWR)
-        try:
-            os.dup2(null, fd)
-        finally:
-            os.close(null)
+        abandon_socket(conn)
 
     # ------------------------------------------------------------------ health
 
@@ -383,9 +387,8 @@ class SyncPsycopgConnector(Generic[CT]):
     # ------------------------------------------------------------------ statements
 
     def transaction(self, conn: CT, *, readonly: bool = False) -> AbstractContextManager[Any]:
-        """psycopg's own ``conn.transaction()``; ``readonly=True`` makes it read-only at once."""
-        tx: AbstractContextManager[Any] = conn.transaction()
-        return _readonly_transaction(conn, tx) if readonly else tx
+        """See :func:`transaction`."""
+        return transaction(conn, readonly=readonly)
 
     def fetch(self, conn: CT, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """See :func:`fetch_rows`."""
@@ -423,6 +426,14 @@ def fetch_rows(conn: psycopg.Connection[Any], sql: str, *args: Any) -> list[tupl
         # Only from idle: a statement cut off mid-query leaves the connection ACTIVE.
         if switch and not conn.closed and conn.pgconn.transaction_status == _IDLE:
             conn.autocommit = False
+
+
+def transaction(
+    conn: psycopg.Connection[Any], *, readonly: bool = False
+) -> AbstractContextManager[Any]:
+    """psycopg's own ``conn.transaction()``; ``readonly=True`` makes it read-only at once."""
+    tx: AbstractContextManager[Any] = conn.transaction()
+    return _readonly_transaction(conn, tx) if readonly else tx
 
 
 @contextmanager

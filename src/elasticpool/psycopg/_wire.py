@@ -5,11 +5,13 @@ background cancel requests on threads of their own.
 from __future__ import annotations
 
 import logging
+import os
 import select
 import selectors
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any, Final, cast
 
 import psycopg
@@ -114,6 +116,43 @@ def _ends_session(result: pq.abc.PGresult) -> bool:
 def _finish(conn: psycopg.BaseConnection[Any]) -> None:
     """Close the socket now (no I/O wait); libpq sends a Terminate message if it can."""
     conn.pgconn.finish()
+
+
+def dead_check(conn: psycopg.BaseConnection[Any]) -> Callable[[bool], bool]:
+    """A cheap local check of ``conn``: ``check(deep)`` says whether it is dead.
+
+    Dead when psycopg says closed or broken, or when the connection is left
+    mid-query (transaction status ``ACTIVE`` or ``UNKNOWN``); with ``deep``
+    also when a non-blocking look at the idle socket finds it dead
+    (:func:`_socket_alive`). No round trip.
+    """
+    pgconn = conn.pgconn
+    busy = (_ACTIVE, _UNKNOWN)
+
+    def dead(deep: bool) -> bool:
+        if conn.closed or conn.broken or pgconn.transaction_status in busy:
+            return True
+        return deep and not _socket_alive(conn)
+
+    return dead
+
+
+def abandon_socket(conn: psycopg.BaseConnection[Any]) -> None:
+    """In a forked child: point ``conn``'s socket descriptor at ``/dev/null``, here only.
+
+    The parent's session goes on, and nothing psycopg or libpq does here
+    later (a ``Terminate`` message when the connection is collected) reaches
+    it. No I/O.
+    """
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.Error:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        os.dup2(null, fd)  # the parent's socket stays open in the parent only
+    finally:
+        os.close(null)
 
 
 def _cancel_handle(pgconn: pq.abc.PGconn) -> pq.abc.PGcancelConn | pq.abc.PGcancel:

@@ -31,8 +31,9 @@ from sqlalchemy import exc
 from sqlalchemy.pool import Pool as SAPool
 
 from .. import _errors
-from .._pool import Pool, PoolStats
+from .._pool import Pool
 from .._settings import LimitMode, PoolSettings
+from .._stats import PoolStats
 from ..fleet._base import Membership
 from ._args import UNSET, elastic_settings
 from ._records import AsyncRecordConnector, ElasticRecord, SyncRecordConnector, await_, in_greenlet

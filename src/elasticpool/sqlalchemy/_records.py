@@ -10,7 +10,11 @@ per-checkout ``_ConnectionFairy`` as it does for its own pools.
 The two connectors here (:class:`AsyncRecordConnector` for the anyio
 :class:`~elasticpool.Pool`, :class:`SyncRecordConnector` for the threaded
 pool) open, check and close such records; they share everything that needs
-no I/O (:class:`_RecordJobs`).
+no I/O (:class:`_RecordJobs`). What they do with the driver's own connection
+under a record (terminate it, check it without a round trip, give it up after
+a fork, run the fleet's statements) is the driver adapter's code, asked for
+through :mod:`elasticpool._adapters` (see :mod:`elasticpool._driver`): this
+module knows no driver.
 """
 
 from __future__ import annotations
@@ -18,17 +22,18 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import re
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
+from sqlalchemy.engine.interfaces import AdaptedConnection
 from sqlalchemy.pool.base import _ConnectionRecord
 from sqlalchemy.util.concurrency import greenlet_spawn, in_greenlet
 
+from .. import _adapters
 from .._connector import ResetMode
-from ..fleet._sql import fetch
+from .._driver import AsyncDriverOps, DriverOps, ServerSettingsHook, SyncDriverOps
 
 if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import Dialect
@@ -54,44 +59,39 @@ _SERVER_SETTINGS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars
 _TAGGING: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def _add_server_settings(
-    dialect: Dialect,
-    conn_rec: Any,
-    cargs: list[Any],
-    cparams: dict[str, Any],
-) -> None:
-    """``do_connect`` listener: put this connect's server settings into the driver's arguments.
+def _server_settings_listener(
+    hook: ServerSettingsHook,
+) -> Callable[[Dialect, Any, list[Any], dict[str, Any]], None]:
+    """A ``do_connect`` listener putting this connect's server settings into the driver's kwargs.
 
-    asyncpg takes them as ``server_settings``; libpq drivers (psycopg,
-    psycopg2) take ``application_name`` as a parameter of its own and any other
-    setting as ``-c name=value`` in ``options``.
+    ``hook`` is the driver adapter's way (asyncpg takes them as
+    ``server_settings``; libpq drivers take ``application_name`` as a
+    parameter of its own and any other setting as ``-c name=value`` in
+    ``options``).
     """
-    settings = _SERVER_SETTINGS.get()
-    if not settings:
-        return
-    if dialect.driver == "asyncpg":
-        cparams["server_settings"] = {**(cparams.get("server_settings") or {}), **settings}
-        return
-    extra = []
-    for name, value in settings.items():
-        if name == "application_name":
-            cparams["application_name"] = value
-        else:
-            escaped = value.replace("\\", "\\\\").replace(" ", "\\ ")
-            extra.append(f"-c {name}={escaped}")
-    if extra:
-        options = cparams.get("options")
-        cparams["options"] = " ".join([str(options), *extra] if options else extra)
+
+    def add_server_settings(
+        dialect: Dialect, conn_rec: Any, cargs: list[Any], cparams: dict[str, Any]
+    ) -> None:
+        settings = _SERVER_SETTINGS.get()
+        if settings:
+            hook(cparams, settings)
+
+    return add_server_settings
 
 
-def _listen_for_tags(dialect: Any) -> bool:
-    """Make ``dialect``'s connects take server settings (once per dialect); whether it can."""
+def _listen_for_tags(dialect: Any) -> str | None:
+    """Make ``dialect``'s connects take server settings (once per dialect); else why it cannot."""
     if not hasattr(dialect, "dispatch") or not hasattr(dialect.dispatch, "do_connect"):
-        return False  # no engine: a bare creator, nothing to hook
+        return "no engine dialect to tag connections with"  # a bare creator: nothing to hook
     if dialect not in _TAGGING:
-        event.listen(dialect, "do_connect", _add_server_settings)
+        driver = dialect.driver
+        hook: ServerSettingsHook | None = _adapters.ask("_ops", "server_settings_hook", driver)
+        if hook is None:
+            return f"its driver {driver!r} takes no server settings elasticpool knows of"
+        event.listen(dialect, "do_connect", _server_settings_listener(hook))
         _TAGGING.add(dialect)
-    return True
+    return None
 
 
 class ElasticRecord(_ConnectionRecord):
@@ -120,80 +120,17 @@ class ElasticRecord(_ConnectionRecord):
         self.checked_for = None
         super().__init__(pool)
 
-    async def fleet_fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        """Run one fleet statement on the driver's connection (an async engine's).
-
-        A statement outside a transaction is a transaction of its own, as the
-        fleet expects (see :func:`elasticpool.fleet._sql.fetch`).
-        """
-        return await fetch(self.driver_connection, sql, *args, own=True)
-
     def __repr__(self) -> str:
         return f"<ElasticRecord {self.dbapi_connection!r}>"
 
 
-def _driver_kind(driver: Any) -> str:
-    """``"asyncpg"``, ``"psycopg"`` (3) or ``""``, by the driver connection's class."""
-    for cls in type(driver).__mro__:
-        module = cls.__module__
-        if module.startswith("asyncpg"):
-            return "asyncpg"
-        if module.startswith("psycopg") and not module.startswith("psycopg2"):
-            return "psycopg"
-    return ""
+def _driver_of(dbapi: Any) -> Any:
+    """The driver's own connection under ``dbapi`` (an async dialect adapts it; a sync one not)."""
+    return dbapi.driver_connection if isinstance(dbapi, AdaptedConnection) else dbapi
 
 
-def _terminate_driver(record: _ConnectionRecord, dbapi: Any) -> None:
-    """Close ``dbapi`` (``record``'s) now, without waiting on the network and without a greenlet."""
-    driver = record.driver_connection if record.dbapi_connection is dbapi else None
-    if driver is None:
-        try:
-            driver = dbapi.driver_connection  # an async adapter's raw connection
-        except AttributeError:
-            driver = dbapi
-    kind = _driver_kind(driver)
-    if kind == "asyncpg":
-        driver.terminate()
-    elif kind == "psycopg":
-        import psycopg  # noqa: PLC0415 - only with psycopg
-
-        if isinstance(driver, psycopg.Connection):
-            # From any thread: free nothing under a call blocked on it, wake it instead
-            # (the threaded pool's contract; as the sync psycopg connector does it).
-            from ..psycopg._sync_connector import _shutdown_socket  # noqa: PLC0415
-
-            if driver.lock.acquire(blocking=False):
-                try:
-                    driver.pgconn.finish()
-                finally:
-                    driver.lock.release()
-            else:
-                _shutdown_socket(driver)
-        else:
-            driver.pgconn.finish()  # closes the socket; psycopg then reports it closed
-    else:
-        dbapi.close()
-
-
-def _dead_check(driver: Any) -> Callable[[bool], bool]:
-    """A cheap local check of ``driver`` (``deep``: also look at an idle socket), by its kind."""
-    kind = _driver_kind(driver)
-    if kind == "asyncpg":
-        return lambda deep: bool(driver.is_closed())
-    if kind == "psycopg":
-        from psycopg import pq  # noqa: PLC0415 - only with psycopg
-
-        from ..psycopg._wire import _socket_alive  # noqa: PLC0415 - only with psycopg
-
-        pgconn = driver.pgconn
-        busy = (pq.TransactionStatus.ACTIVE, pq.TransactionStatus.UNKNOWN)
-
-        def psycopg_dead(deep: bool) -> bool:
-            if driver.closed or driver.broken or pgconn.transaction_status in busy:
-                return True
-            return deep and not _socket_alive(driver)
-
-        return psycopg_dead
+def _plain_dead_check(driver: Any) -> Callable[[bool], bool]:
+    """For a driver no adapter knows (psycopg2, pg8000): a DB-API ``closed`` flag, if it has one."""
     return lambda deep: bool(getattr(driver, "closed", False))
 
 
@@ -205,7 +142,10 @@ class _RecordJobs:
         self.shell: _Shell | None = None  # set by the shell that owns this connector
         self._server_settings: dict[str, str] = {}
         self._taggable = False
-        self._disconnect_checks: dict[str, Callable[[BaseException], bool]] = {}
+
+    def _ops_for(self, driver: Any) -> DriverOps | None:
+        """The driver adapter's operations on ``driver``, or ``None`` if no adapter knows it."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ making records
 
@@ -227,11 +167,13 @@ class _RecordJobs:
         """
         self._server_settings = dict(settings)
         if not self._taggable:
-            self._taggable = _listen_for_tags(getattr(self.sa_pool, "_dialect", None))
-            if not self._taggable:
+            problem = _listen_for_tags(getattr(self.sa_pool, "_dialect", None))
+            self._taggable = problem is None
+            if problem is not None:
                 logger.info(
-                    "pool %r: no engine dialect to tag connections with %s",
+                    "pool %r: %s: its connections are not tagged with %s",
                     getattr(self.shell, "name", "?"),
+                    problem,
                     sorted(settings),
                 )
 
@@ -257,7 +199,9 @@ class _RecordJobs:
         if self.sa_pool._invalidate_time > start or rec._soft_invalidate_time > start:
             return True
         if rec.checked_for is not dbapi:  # a new DBAPI connection: its driver's check, once
-            rec.dead = _dead_check(rec.driver_connection)
+            driver = rec.driver_connection
+            ops = self._ops_for(driver)
+            rec.dead = ops.dead_check(driver) if ops is not None else _plain_dead_check(driver)
             rec.checked_for = dbapi
         return rec.dead(not rec.returning)
 
@@ -271,16 +215,8 @@ class _RecordJobs:
 
         if isinstance(exc, sa_exc.DBAPIError):
             return bool(exc.connection_invalidated)
-        module = type(exc).__module__
-        if module.startswith("asyncpg"):
-            from ..asyncpg._errors import is_disconnect_error  # noqa: PLC0415
-
-            return is_disconnect_error(exc)
-        if module.startswith("psycopg") and not module.startswith("psycopg2"):
-            from ..psycopg._errors import is_disconnect_error as psycopg_disconnect  # noqa: PLC0415
-
-            return psycopg_disconnect(exc)
-        return False
+        # The driver's own error (from the fleet's statements): its adapter's verdict.
+        return bool(_adapters.ask("_ops", "is_disconnect_for", exc))
 
     # ------------------------------------------------------------------ closing
 
@@ -296,9 +232,31 @@ class _RecordJobs:
         finally:
             rec.dbapi_connection = None
             try:
-                _terminate_driver(rec, dbapi)
+                self._terminate_dbapi(dbapi)
             except Exception as exc:  # pragma: no cover - a driver's close failing
                 logger.debug("terminating %r failed: %r", dbapi, exc)
+
+    def _terminate_dbapi(self, dbapi: Any) -> None:
+        """Close ``dbapi`` now, without waiting on the network, from any thread, without a greenlet.
+
+        The driver adapter's ``terminate`` on the driver's connection; for a
+        driver no adapter knows, the DB-API ``close()``.
+        """
+        driver = _driver_of(dbapi)
+        ops = self._ops_for(driver)
+        if ops is None:
+            dbapi.close()
+        else:
+            ops.terminate(driver)
+
+    @staticmethod
+    def _unsupported(driver: Any) -> TypeError:
+        kind = type(driver)
+        return TypeError(
+            f"ElasticPool cannot run statements (a fleet membership's, a percentage "
+            f"total_max_connections) on a {kind.__module__}.{kind.__qualname__} connection: "
+            "they need an asyncpg or psycopg (3) engine"
+        )
 
 
 class AsyncRecordConnector(_RecordJobs):
@@ -306,8 +264,21 @@ class AsyncRecordConnector(_RecordJobs):
 
     Every method that talks to the server runs SQLAlchemy's synchronous code
     in a greenlet (``greenlet_spawn``), so the async dialect can await the
-    driver there, from whichever task of the pool calls it.
+    driver there, from whichever task of the pool calls it; :meth:`fetch`
+    and :meth:`transaction` (the fleet's) await the driver's connection
+    directly.
     """
+
+    def _ops_for(self, driver: Any) -> AsyncDriverOps | None:
+        ops: AsyncDriverOps | None = _adapters.ask("_ops", "async_ops_for", driver)
+        return ops
+
+    def _statement_ops(self, rec: ElasticRecord) -> tuple[AsyncDriverOps, Any]:
+        driver = rec.driver_connection
+        ops = self._ops_for(driver)
+        if ops is None:
+            raise self._unsupported(driver)
+        return ops, driver
 
     async def connect(self) -> ElasticRecord:
         """Open one server connection as a record; SQLAlchemy's connect events run now, once."""
@@ -321,7 +292,7 @@ class AsyncRecordConnector(_RecordJobs):
         try:
             await greenlet_spawn(rec.close)
         except BaseException:
-            _terminate_driver(rec, dbapi)  # a close cut short: do not leave the socket open
+            self._terminate_dbapi(dbapi)  # a close cut short: do not leave the socket open
             raise
 
     async def ping(self, rec: ElasticRecord) -> None:
@@ -332,25 +303,23 @@ class AsyncRecordConnector(_RecordJobs):
         await greenlet_spawn(self.sa_pool._dialect.do_ping, dbapi)  # type: ignore[union-attr]
 
     async def reset(self, rec: ElasticRecord, mode: ResetMode) -> None:
-        """Nothing: see :meth:`needs_reset`."""
+        """Nothing: SQLAlchemy resets on return itself (see ``needs_reset``)."""
 
     def transaction(
         self, rec: ElasticRecord, *, readonly: bool = False
     ) -> contextlib.AbstractAsyncContextManager[Any]:
         """A transaction on the driver's connection (for the fleet's statements)."""
-        return _async_transaction(rec.driver_connection, readonly)
+        ops, driver = self._statement_ops(rec)
+        return ops.transaction(driver, readonly=readonly)
 
+    async def fetch(self, rec: ElasticRecord, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Run one statement on the driver's connection; its rows as tuples.
 
-@contextlib.asynccontextmanager
-async def _async_transaction(driver: Any, readonly: bool) -> AsyncIterator[Any]:
-    if _driver_kind(driver) == "asyncpg":
-        async with driver.transaction(readonly=readonly):
-            yield driver
-        return
-    async with driver.transaction():
-        if readonly:
-            await driver.execute("SET TRANSACTION READ ONLY")
-        yield driver
+        ``Connector.fetch``'s contract (``$n`` placeholders; outside a
+        transaction, a transaction of its own): the driver adapter's ``fetch``.
+        """
+        ops, driver = self._statement_ops(rec)
+        return await ops.fetch(driver, sql, *args)
 
 
 class SyncRecordConnector(_RecordJobs):
@@ -361,6 +330,17 @@ class SyncRecordConnector(_RecordJobs):
     driver's to keep: pass ``connect_timeout`` in the URL or ``connect_args``
     for libpq.
     """
+
+    def _ops_for(self, driver: Any) -> SyncDriverOps | None:
+        ops: SyncDriverOps | None = _adapters.ask("_ops", "sync_ops_for", driver)
+        return ops
+
+    def _statement_ops(self, rec: ElasticRecord) -> tuple[SyncDriverOps, Any]:
+        driver = rec.driver_connection
+        ops = self._ops_for(driver)
+        if ops is None:
+            raise self._unsupported(driver)
+        return ops, driver
 
     def connect(self, timeout: float) -> ElasticRecord:
         """Open one server connection as a record; SQLAlchemy's connect events run now, once."""
@@ -374,7 +354,7 @@ class SyncRecordConnector(_RecordJobs):
         try:
             rec.close()
         except BaseException:
-            _terminate_driver(rec, dbapi)
+            self._terminate_dbapi(dbapi)
             raise
 
     def ping(self, rec: ElasticRecord, timeout: float) -> None:
@@ -387,75 +367,32 @@ class SyncRecordConnector(_RecordJobs):
             dbapi.rollback()  # the ping may have begun a transaction
 
     def reset(self, rec: ElasticRecord, mode: ResetMode) -> None:
-        """Nothing: see :meth:`needs_reset`."""
+        """Nothing: SQLAlchemy resets on return itself (see ``needs_reset``)."""
 
     def abandon(self, rec: ElasticRecord) -> None:
         """In a forked child: make ``rec`` unusable here without touching the parent's session."""
-        driver: Any = rec.driver_connection
-        if driver is None or _driver_kind(driver) != "psycopg":
+        driver = rec.driver_connection
+        if driver is None:
             return
-        import os  # noqa: PLC0415
-
-        try:
-            fd = driver.pgconn.socket
-        except Exception:
-            return
-        null = os.open(os.devnull, os.O_RDWR)
-        try:
-            os.dup2(null, fd)  # the parent's socket stays open in the parent only
-        finally:
-            os.close(null)
+        ops = self._ops_for(driver)
+        if ops is not None:
+            ops.abandon(driver)
 
     def transaction(
         self, rec: ElasticRecord, *, readonly: bool = False
     ) -> contextlib.AbstractContextManager[Any]:
         """A transaction on the driver's connection (for the fleet's statements)."""
-        return _sync_transaction(rec.driver_connection, readonly)
+        ops, driver = self._statement_ops(rec)
+        return ops.transaction(driver, readonly=readonly)
 
     def fetch(self, rec: ElasticRecord, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        """Run one fleet statement on the driver's connection (psycopg); rows as tuples.
+        """Run one statement on the driver's connection; its rows as tuples.
 
-        Outside a transaction it is a transaction of its own (the connection
-        is switched to autocommit for it, with no round trip).
+        ``SyncConnector.fetch``'s contract (``$n`` placeholders; outside a
+        transaction, a transaction of its own): the driver adapter's ``fetch``.
         """
-        return _fetch_sync(rec.driver_connection, sql, args)
-
-
-_PLACEHOLDER = re.compile(r"\$(\d+)")
-
-
-def _fetch_sync(driver: Any, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    """``sql`` (``$n`` placeholders, in order, once each) on a sync psycopg connection."""
-    if _driver_kind(driver) != "psycopg":
-        raise TypeError(
-            f"cannot run fleet sql on a {type(driver).__module__}.{type(driver).__qualname__} "
-            "connection: the fleet supports psycopg (3) for sync engines"
-        )
-    order = [int(n) for n in _PLACEHOLDER.findall(sql)]
-    if order != list(range(1, len(order) + 1)) or len(order) != len(args):
-        raise ValueError(f"placeholders must be $1..$n in order, once each: {sql!r}")
-    from psycopg import pq  # noqa: PLC0415 - only with psycopg
-
-    switch = not driver.autocommit and driver.info.transaction_status == pq.TransactionStatus.IDLE
-    if switch:
-        driver.autocommit = True
-    try:
-        with driver.cursor() as cur:
-            cur.execute(_PLACEHOLDER.sub("%s", sql), list(args))
-            if cur.description is None:
-                return []
-            return [tuple(r) for r in cur.fetchall()]
-    finally:
-        if switch and not driver.closed:
-            driver.autocommit = False
-
-
-@contextlib.contextmanager
-def _sync_transaction(driver: Any, readonly: bool) -> Iterator[Any]:
-    with driver.transaction():
-        if readonly:
-            driver.execute("SET TRANSACTION READ ONLY")
-        yield driver
+        ops, driver = self._statement_ops(rec)
+        return ops.fetch(driver, sql, *args)
 
 
 await_ = _await
