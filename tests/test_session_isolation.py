@@ -220,6 +220,16 @@ class Driver:
     def borrow(self, pool: Any) -> AbstractAsyncContextManager[Any]:
         return pool.acquire()  # type: ignore[no-any-return]
 
+    async def warm(self, pool: Any) -> None:
+        """Borrow and return once, so the borrower under test is not the connection's first.
+
+        asyncpg's connector tracks what borrowers run from a connection's first
+        reset on (the first return gets the whole reset): the state under test
+        must be cleared by the tracked reset, not by that first one.
+        """
+        async with self.borrow(pool) as conn:
+            await self.probe(conn, "SELECT 1")
+
     def pid(self, conn: Any) -> int:
         """The backend PID from the driver (no query: a failed transaction cannot run one)."""
         raise NotImplementedError
@@ -421,6 +431,7 @@ async def test_next_borrower_sees_the_state_only_without_a_session_reset(
     """Under ``reset="session"`` the state is gone for the next borrower; weaker resets keep it."""
     keep: list[Any] = []
     async with driver.open(pg_server.dsn(), mode) as pool:
+        await driver.warm(pool)
         async with driver.borrow(pool) as conn:
             pid = driver.pid(conn)
             fresh = await driver.probe(conn, state.probe)
@@ -468,6 +479,7 @@ async def test_all_session_state_at_once_is_gone_after_a_session_reset(
     """Every session-level state together (as the role, read-only last) is gone after one reset."""
     keep: list[Any] = []
     async with driver.open(pg_server.dsn(), "session") as pool:
+        await driver.warm(pool)
         async with driver.borrow(pool) as conn:
             pid = driver.pid(conn)
             fresh = {s.name: await driver.probe(conn, s.probe) for s in SESSION_STATES}

@@ -167,11 +167,16 @@ class _Acquire(Generic[ConnT]):
     def __await__(self) -> Generator[Any, None, ConnT]:
         return self._pool._acquire_registered(self._timeout).__await__()
 
-    def _end(self, exc: BaseException | None) -> None:
-        """End this borrow now, as ``__aexit__`` does, without awaiting (for the faces)."""
+    def _end(self, exc: BaseException | None, *, clean: bool = False) -> None:
+        """End this borrow now, as ``__aexit__`` does, without awaiting (for the faces).
+
+        ``clean``: the face has just reset the connection itself (in the
+        releasing task, as the driver's own pool does), so the connector is not
+        asked whether it needs a reset.
+        """
         slot, self._slot = self._slot, None
         if slot is not None and slot.lease == self._lease and slot.state is SlotState.IN_USE:
-            self._pool._release_slot(slot, exc)
+            self._pool._release_slot(slot, exc, clean)
 
     def retire(self) -> None:
         """Close the borrowed connection when it comes back instead of reusing it."""
@@ -884,13 +889,13 @@ class Pool(Generic[ConnT]):
         me = self._current_task()
         slot.returned = (slot.lease, me) if slot.owner == me else None
 
-    def _release_slot(self, slot: Slot, exc: BaseException | None) -> None:
+    def _release_slot(self, slot: Slot, exc: BaseException | None, clean: bool = False) -> None:
         conn = slot.conn
         connector = self._connector
         broken = connector.is_closed(conn) or (exc is not None and connector.is_disconnect(exc))
         # Asked in "none" mode too: a connector may know this connection must be
         # cleaned anyway (a query cancelled mid-flight inside a transaction).
-        reset = not broken and connector.needs_reset(conn, self._reset_mode)
+        reset = not broken and not clean and connector.needs_reset(conn, self._reset_mode)
         planner = self._planner
         planner.release(slot, self._now(), broken, reset)
         if planner._plan is not None:

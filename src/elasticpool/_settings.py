@@ -218,7 +218,7 @@ class PoolSettings:
     close_timeout: float = 5.0
     backoff_initial: float = 0.1
     backoff_max: float = 10.0
-    reset: ResetMode = "session"
+    reset: ResetMode = "rollback"
     limit_mode: LimitMode = "strict"
     soft_overflow: int = 2
     allow_small_total: bool = False

@@ -11,7 +11,7 @@ from collections.abc import (
     Mapping,
 )
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from asyncpg.exceptions import InterfaceError
@@ -19,10 +19,24 @@ from asyncpg.exceptions import InterfaceError
 from .._connector import ResetMode
 from .._redact import dsn_passwords, dsn_problem, redact_dsn, split_uri, unshown
 from ._errors import is_disconnect_error
-from ._reset import _impl, _is_cancelling, _send_session_reset
+from ._reset import (
+    ASYNCPG,
+    FULL,
+    Tracker,
+    _cached_names,
+    _impl,
+    _is_cancelling,
+    _own_reset,
+    _send_session_reset,
+)
 
 ConnectionCallback = Callable[[asyncpg.Connection], Awaitable[object]]
 """``init``, ``setup`` and ``reset`` callbacks: a coroutine function taking the connection."""
+
+SessionScope = Literal["full", "asyncpg"]
+"""What a ``"session"`` reset clears: everything, or what :meth:`asyncpg.Connection.reset` does."""
+
+_SCOPES: dict[str, int] = {"full": FULL, "asyncpg": ASYNCPG}
 
 
 @dataclasses.dataclass(slots=True)
@@ -103,18 +117,31 @@ class AsyncpgConnector:
         connect: Callable[..., Awaitable[asyncpg.Connection]] | None = None,
         init: ConnectionCallback | None = None,
         reset: ConnectionCallback | None = None,
+        session_scope: SessionScope = "full",
+        tracking: bool = True,
         **connect_kwargs: Any,
     ) -> None:
         for what, fn in (("connect", connect), ("init", init), ("reset", reset)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{what} must be a coroutine function or None (got {fn!r})")
+        if session_scope not in _SCOPES:
+            raise ValueError(
+                f"session_scope must be one of {tuple(_SCOPES)} (got {session_scope!r})"
+            )
+        if not isinstance(tracking, bool):
+            raise TypeError(f"tracking must be a bool (got {tracking!r})")
         _check_dsn(dsn)
         self._dsn = dsn
         self._kwargs = connect_kwargs
         self._connect_fn = connect
         self._init = init
         self._reset_fn = reset
+        self._scope = _SCOPES[session_scope]
+        self._tracking = tracking and reset is None
         self._baselines: weakref.WeakKeyDictionary[asyncpg.Connection, _Baseline] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._trackers: weakref.WeakKeyDictionary[asyncpg.Connection, Tracker] = (
             weakref.WeakKeyDictionary()
         )
         # Set by AsyncpgPool: arguments that survive set_connect_args (connection_class,
@@ -214,16 +241,63 @@ class AsyncpgConnector:
     def needs_reset(self, conn: asyncpg.Connection, mode: ResetMode) -> bool:
         """Whether ``conn`` needs :meth:`reset` before reuse (a cheap local check).
 
-        ``"session"``: always. ``"rollback"``: a transaction is open or failed,
-        a transaction object is left behind, or a cancelled query is still
-        being cancelled. ``"none"``: only the last (the pool does not ask in
-        that mode today).
+        ``"rollback"``: a transaction is open or failed, a transaction object
+        is left behind, or a cancelled query is still being cancelled.
+        ``"none"``: only the last (the pool does not ask in that mode today).
+        ``"session"``: the same, or (with ``tracking``, from the connection's
+        first reset on) the borrower ran a statement that may have dirtied a
+        part of the session reset's scope, or changed asyncpg's Python-side
+        listeners or loggers; always with a ``reset`` callback, without
+        ``tracking``, and before the connection was first reset. When it says
+        no, it ends the borrow on asyncpg's side, as a release does: the
+        :class:`~asyncpg.prepared_stmt.PreparedStatement` and cursor objects
+        obtained during it raise if used again.
         """
         if mode == "none":
             return _is_cancelling(conn)
-        if mode == "session":
+        impl = _impl(conn)
+        if mode == "rollback":
+            return conn.is_in_transaction() or impl._top_xact is not None or _is_cancelling(conn)
+        tracker = self._trackers.get(conn) if self._tracking else None
+        if (
+            tracker is None
+            or conn.is_in_transaction()
+            or impl._top_xact is not None
+            or _is_cancelling(conn)
+            or tracker.parts(conn, self._scope)
+            or impl._listeners
+            or self._callbacks_changed(conn)
+        ):
             return True
-        return conn.is_in_transaction() or _impl(conn)._top_xact is not None or _is_cancelling(conn)
+        impl._pool_release_ctr += 1  # PreparedStatement / Cursor objects now raise
+        return False
+
+    def _callbacks_changed(self, conn: asyncpg.Connection) -> bool:
+        """Whether ``conn``'s log listeners, query loggers or termination listeners changed."""
+        impl = _impl(conn)
+        baseline = self._baselines.get(conn)
+        return (
+            baseline is None
+            or impl._log_listeners != baseline.log_listeners
+            or getattr(impl, "_query_loggers", set()) != baseline.query_loggers
+            or impl._termination_listeners != baseline.termination_listeners
+        )
+
+    def _track(self, conn: asyncpg.Connection) -> None:
+        """Start tracking what runs on ``conn``, if this connector tracks and ``conn`` can be.
+
+        Called at a connection's first ``"session"`` reset, or by the drop-in
+        face as soon as it is made (it knows the reset it uses). The tracker's
+        logger is one of the connection's own from then on: resets keep it.
+        """
+        if not self._tracking or conn in self._trackers or not _own_reset(conn):
+            return
+        tracker = Tracker(conn)
+        conn.add_query_logger(tracker)
+        self._trackers[conn] = tracker
+        baseline = self._baselines.get(conn)
+        if baseline is not None:
+            baseline.query_loggers.update(getattr(_impl(conn), "_query_loggers", ()))
 
     async def reset(self, conn: asyncpg.Connection, mode: ResetMode) -> None:
         """Clean ``conn`` for the next borrower under ``mode`` (see the class docstring)."""
@@ -246,7 +320,21 @@ class AsyncpgConnector:
                 await conn.execute("ROLLBACK")
             await self._reset_fn(conn)
             return
-        await _send_session_reset(conn)
+        tracker = self._trackers.get(conn) if self._tracking else None
+        parts = self._scope if tracker is None else tracker.parts(conn, self._scope)
+        if parts or conn.is_in_transaction() or not _own_reset(conn):
+            names = _cached_names(conn)
+            if tracker is not None:  # its own statements are not the next borrower's
+                conn.remove_query_logger(tracker)
+            try:
+                await _send_session_reset(conn, names, parts)
+            finally:
+                if tracker is not None and not conn.is_closed():
+                    conn.add_query_logger(tracker)
+        if tracker is None:
+            self._track(conn)
+        else:
+            tracker.restart(conn)
 
     def _forget_borrow(self, conn: asyncpg.Connection) -> None:
         """Drop the Python-side traces of a borrow: listeners, loggers, statements and cursors."""

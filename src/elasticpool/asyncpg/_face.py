@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import warnings
 from collections.abc import (
@@ -26,7 +28,7 @@ from .._errors import PoolClosed, PoolTimeout
 from .._pool import Pool, PoolStats, _Acquire
 from .._settings import PoolSettings
 from ..fleet import Membership
-from ._connector import AsyncpgConnector, ConnectionCallback
+from ._connector import AsyncpgConnector, ConnectionCallback, SessionScope
 from ._errors import AsyncpgPoolClosed, _AcquireTimeout
 from ._reset import _impl
 
@@ -39,13 +41,19 @@ _RENAMED = {"min_connections": "min_size", "max_connections": "max_size"}
 
 
 class _Lease:
-    """A connection lent by an :class:`AsyncpgPool`, and the core borrow that holds it."""
+    """A connection lent by an :class:`AsyncpgPool`, the core borrow that holds it, its timeout."""
 
-    __slots__ = ("acquire", "conn")
+    __slots__ = ("acquire", "conn", "timeout")
 
-    def __init__(self, conn: asyncpg.Connection, acquire: _Acquire[asyncpg.Connection]) -> None:
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        acquire: _Acquire[asyncpg.Connection],
+        timeout: float | None,
+    ) -> None:
         self.conn = conn
         self.acquire = acquire
+        self.timeout = timeout
 
 
 class AsyncpgPool:
@@ -150,10 +158,13 @@ class AsyncpgPool:
                 raise TypeError(f"{what} must be a coroutine function or None (got {fn!r})")
 
         settings_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in _SETTINGS_FIELDS}
+        scope: SessionScope = "full"
         if isinstance(reset, str):
             if reset not in _RESET_MODES:
                 raise ValueError(f"reset must be a coroutine function or one of {_RESET_MODES}")
             mode, reset_fn = reset, None
+        elif reset is None:  # asyncpg's own reset: what Connection.reset() clears
+            mode, reset_fn, scope = "session", None, "asyncpg"
         else:
             mode, reset_fn = "session", reset
         settings_kw["reset"] = mode
@@ -177,8 +188,14 @@ class AsyncpgPool:
             if idle is not None and lifetime is not None and idle >= lifetime:
                 settings_kw["idle_timeout"] = None  # the default lifetime comes first anyway
 
+        self._mode: ResetMode = mode
         connector = AsyncpgConnector(
-            dsn, connect=connect, init=self._watching(init), reset=reset_fn, **kwargs
+            dsn,
+            connect=connect,
+            init=self._watching(init),
+            reset=reset_fn,
+            session_scope=scope,
+            **kwargs,
         )
         fixed: dict[str, Any] = {"connection_class": connection_class, "record_class": record_class}
         if loop is not None:
@@ -342,7 +359,7 @@ class AsyncpgPool:
             if _AcquireTimeout is PoolTimeout:
                 raise
             raise _AcquireTimeout(str(exc)) from exc.__cause__  # pragma: no cover - 3.10
-        self._leases[id(conn)] = lease = _Lease(conn, borrow)
+        self._leases[id(conn)] = lease = _Lease(conn, borrow, timeout)
         if self._setup is not None:
             try:
                 if timeout is None:
@@ -351,7 +368,8 @@ class AsyncpgPool:
                     with anyio.fail_after(max(timeout - (anyio.current_time() - started), 0)):
                         await self._setup(conn)
             except BaseException as exc:
-                await self._release(lease, exc)
+                with contextlib.suppress(Exception):  # the setup error is the one to raise
+                    await self._release(lease, exc)
                 raise
         return lease
 
@@ -360,14 +378,19 @@ class AsyncpgPool:
     ) -> None:
         """Give back a connection from :meth:`acquire`.
 
-        It returns at once: the reset runs in the background, bounded by
-        ``close_timeout`` (so ``timeout``, accepted for compatibility, is not
-        used). Releasing a connection that is already back is harmless;
-        releasing one this pool never lent raises
-        :class:`~asyncpg.exceptions.InterfaceError`. A stale release is
-        ignored as in asyncpg: by a task that borrowed the connection and gave
-        it back itself, while another task holds the next borrow of it (the
-        pool sees the connection, not a proxy: see
+        As in asyncpg, the connection is reset before this returns, when it
+        needs it: a transaction left open is rolled back, and what the
+        borrower's statements may have changed of the session is cleared (see
+        :func:`create_pool`'s ``reset``; a borrower that only ran queries
+        leaves nothing to clear, and the release does no I/O). ``timeout``
+        (default: the ``timeout`` given to :meth:`acquire`, else
+        ``close_timeout``) bounds the reset; a reset that fails or times out
+        terminates the connection and raises, as in asyncpg. Releasing a
+        connection that is already back is harmless; releasing one this pool
+        never lent raises :class:`~asyncpg.exceptions.InterfaceError`. A stale
+        release is ignored as in asyncpg: by a task that borrowed the
+        connection and gave it back itself, while another task holds the next
+        borrow of it (the pool sees the connection, not a proxy: see
         :meth:`elasticpool.Pool.release`); that borrow stands.
         """
         lease = self._leases.get(id(connection))
@@ -381,24 +404,64 @@ class AsyncpgPool:
         slot = lease.acquire._slot
         if slot is not None and self._pool._stale(slot):
             return  # this task's own borrow ended already: asyncpg ignores it too
-        await self._release(lease, None)
+        await self._release(lease, None, timeout)
 
-    async def _release(self, lease: _Lease, exc: BaseException | None) -> None:
+    async def _release(
+        self, lease: _Lease, exc: BaseException | None, timeout: float | None = None
+    ) -> None:
+        """End ``lease``: reset the connection here if it needs it, then give it to the pool.
+
+        Invariants: the lease leaves ``_leases`` first, so a second release (or
+        the termination listener) finds nothing to do; the core borrow is
+        ended exactly once, whatever is raised or cancelled on the way.
+        """
         if self._leases.get(id(lease.conn)) is not lease:
             return  # already released (then maybe lent again: that borrow is not ours)
         del self._leases[id(lease.conn)]
         conn = lease.conn
-        slot = lease.acquire._slot
+        borrow = lease.acquire
+        slot = borrow._slot
         if slot is not None:
             self._pool._note_return(slot)
+        if conn.is_closed():
+            borrow._end(exc)
+            return
         impl = _impl(conn)
-        if not conn.is_closed():
-            self._warn_listeners(conn)
-            impl._pool_release_ctr += 1  # asyncpg's PreparedStatement / Cursor objects now raise
-            protocol = impl._protocol
-            if protocol is not None and protocol.queries_count >= self._max_queries:
-                lease.acquire.retire()
-        await lease.acquire.__aexit__(type(exc) if exc else None, exc, None)
+        self._warn_listeners(conn)
+        impl._pool_release_ctr += 1  # asyncpg's PreparedStatement / Cursor objects now raise
+        protocol = impl._protocol
+        if protocol is not None and protocol.queries_count >= self._max_queries:
+            borrow.retire()  # closed instead of reset, as in asyncpg
+            borrow._end(exc, clean=True)
+            return
+        connector = self._connector
+        tracker = connector._trackers.get(conn)
+        if tracker is not None and tracker.unseen(conn) > 0:
+            # asyncpg hands query loggers the record of a query on the loop's
+            # next pass: let the tracker read the last ones before it is asked.
+            try:
+                await asyncio.sleep(0)
+            except BaseException:
+                borrow._end(exc)  # the pool decides, and resets in the background
+                raise
+        if (exc is not None and connector.is_disconnect(exc)) or not connector.needs_reset(
+            conn, self._mode
+        ):
+            borrow._end(exc, clean=True)
+            return
+        if timeout is None:
+            timeout = lease.timeout
+        bound = self._pool.settings.close_timeout if timeout is None else timeout
+        try:
+            with anyio.CancelScope(deadline=anyio.current_time() + bound) as scope:
+                await connector.reset(conn, self._mode)
+            if scope.cancelled_caught:
+                raise asyncio.TimeoutError(f"reset of a released connection timed out ({bound:g}s)")
+        except BaseException:
+            conn.terminate()  # as asyncpg: a connection whose reset failed is not reused
+            borrow._end(exc)
+            raise
+        borrow._end(exc, clean=True)
 
     def _watching(self, init: ConnectionCallback | None) -> ConnectionCallback:
         """``init``, then :meth:`_closed` as a termination listener (kept by every reset)."""
@@ -407,6 +470,8 @@ class AsyncpgPool:
             if init is not None:
                 await init(conn)
             conn.add_termination_listener(self._closed)
+            if self._mode == "session":
+                self._connector._track(conn)  # from its first borrow on
 
         return init_and_watch
 
