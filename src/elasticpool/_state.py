@@ -62,6 +62,10 @@ class SlotState(enum.Enum):
     CLOSED = "closed"  # gone: in no collection, counted nowhere
 
 
+_OUT = frozenset({SlotState.RESERVED, SlotState.IN_USE, SlotState.RESETTING})
+"""Slots holding a live connection outside the idle set: each comes back to it or closes."""
+
+
 class CloseReason(enum.Enum):
     """Why a connection was closed (each has a counter in the stats)."""
 
@@ -204,7 +208,12 @@ class Planner:
         self.generation = 0
         self._ids = itertools.count(1)
         self._slots: set[Slot] = set()
-        self._idle: deque[Slot] = deque()
+        self._idle: deque[Slot] = deque()  # least recently used first
+        # Which idle slot acquire() takes: the most recently used (the default, so
+        # the surplus ages out by idle_timeout), or the least recently used (every
+        # connection in turn, as psycopg_pool does; its drop-in face sets it for a
+        # pool that cannot shrink, min = max).
+        self.lru = False
         self._waiters: OrderedDict[Waiter, None] = OrderedDict()
         self._deadlines: list[tuple[float, Waiter]] = []
         self.n_connecting = 0
@@ -300,7 +309,7 @@ class Planner:
             return None
         idle = self._idle
         while idle:
-            slot = idle.pop()
+            slot = idle.popleft() if self.lru else idle.pop()
             if now >= slot.expires_at:
                 self._close(slot, CloseReason.LIFETIME)
                 continue
@@ -702,9 +711,18 @@ class Planner:
         idle = self._idle
         if idle:
             t = min(t, *(s.expires_at for s in idle))
-            timeout = self.settings.idle_timeout
-            if timeout is not None and self.size > self.floor:
-                t = min(t, idle[0].idle_since + timeout)
+        timeout = self.settings.idle_timeout
+        if timeout is not None and self.size > self.floor:
+            # The least recently used idle slot's idle deadline; with none idle,
+            # the earliest any slot given back from now on could reach.
+            t = min(t, (idle[0].idle_since if idle else now) + timeout)
+        # And the lifetimes still ahead of the slots out of the idle set: without
+        # them, a tick while every connection is borrowed leaves next_wake at
+        # infinity, and the next return (which goes idle with a lifetime) wakes
+        # the ticker again, once per return.
+        for slot in self._slots:
+            if slot.state in _OUT and now < slot.expires_at < t:
+                t = slot.expires_at
         if self._waiters:  # a check is only due while callers queue
             t = min(t, self._saturation_check)
         if self.backoff_until > now and self._wanted() > 0:
