@@ -411,12 +411,28 @@ class AsyncpgPool:
     ) -> None:
         """End ``lease``: reset the connection here if it needs it, then give it to the pool.
 
+        asyncpg's warnings about listeners left on the connection are emitted
+        last, once the connection is back: under ``-W error`` they raise, and
+        must not cost the pool the connection.
+        """
+        if self._leases.get(id(lease.conn)) is not lease:
+            return  # already released (then maybe lent again: that borrow is not ours)
+        warned = self._listener_warnings(lease.conn)
+        try:
+            await self._give_back(lease, exc, timeout)
+        finally:
+            for warning in warned:
+                warnings.warn(warning, stacklevel=3)
+
+    async def _give_back(
+        self, lease: _Lease, exc: BaseException | None, timeout: float | None
+    ) -> None:
+        """Reset ``lease``'s connection if it needs it (as asyncpg does, here), and end the borrow.
+
         Invariants: the lease leaves ``_leases`` first, so a second release (or
         the termination listener) finds nothing to do; the core borrow is
         ended exactly once, whatever is raised or cancelled on the way.
         """
-        if self._leases.get(id(lease.conn)) is not lease:
-            return  # already released (then maybe lent again: that borrow is not ours)
         del self._leases[id(lease.conn)]
         conn = lease.conn
         borrow = lease.acquire
@@ -427,7 +443,6 @@ class AsyncpgPool:
             borrow._end(exc)
             return
         impl = _impl(conn)
-        self._warn_listeners(conn)
         impl._pool_release_ctr += 1  # asyncpg's PreparedStatement / Cursor objects now raise
         protocol = impl._protocol
         if protocol is not None and protocol.queries_count >= self._max_queries:
@@ -451,12 +466,16 @@ class AsyncpgPool:
             return
         if timeout is None:
             timeout = lease.timeout
-        bound = self._pool.settings.close_timeout if timeout is None else timeout
         try:
-            with anyio.CancelScope(deadline=anyio.current_time() + bound) as scope:
+            if timeout is None:  # as asyncpg: no bound unless acquire() or release() has one
                 await connector.reset(conn, self._mode)
-            if scope.cancelled_caught:
-                raise asyncio.TimeoutError(f"reset of a released connection timed out ({bound:g}s)")
+            else:
+                with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+                    await connector.reset(conn, self._mode)
+                if scope.cancelled_caught:
+                    raise asyncio.TimeoutError(
+                        f"reset of a released connection timed out ({timeout:g}s)"
+                    )
         except BaseException:
             conn.terminate()  # as asyncpg: a connection whose reset failed is not reused
             borrow._end(exc)
@@ -488,26 +507,27 @@ class AsyncpgPool:
         del self._leases[id(conn)]
         lease.acquire._end(None)  # closed: the pool discards it
 
-    def _warn_listeners(self, conn: asyncpg.Connection) -> None:
-        """asyncpg's warning for a connection released with listeners still on it."""
+    def _listener_warnings(self, conn: asyncpg.Connection) -> list[Warning]:
+        """asyncpg's warnings for a connection released with listeners still on it."""
         impl = _impl(conn)
-        if not impl._listeners and not impl._log_listeners:
-            return  # the usual case, on every release: nothing to look at
+        if conn.is_closed() or (not impl._listeners and not impl._log_listeners):
+            return []  # the usual case, on every release: nothing to look at
         baseline = self._connector._baselines.get(conn)
         kept = baseline.log_listeners if baseline is not None else set()
+        out: list[Warning] = []
         for kind, listeners in (
             ("notification", [cb for cbs in impl._listeners.values() for cb in cbs]),
             ("log", [cb for cb in impl._log_listeners if cb not in kept]),
         ):
             if listeners:
                 n = len(listeners)
-                warnings.warn(
+                out.append(
                     asyncpg.exceptions.InterfaceWarning(
                         f"{conn!r} is being released to pool {self.name!r} but has {n} active "
                         f"{kind} listener{'s' if n > 1 else ''}"
-                    ),
-                    stacklevel=4,
+                    )
                 )
+        return out
 
     @asynccontextmanager
     async def transaction(
