@@ -9,6 +9,7 @@ is one of them) and look at the next borrower's session on the same backend.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -243,3 +244,39 @@ async def test_default_keeps_what_asyncpg_keeps(pg_server: Any) -> None:
                 "SELECT count(*) FROM pg_prepared_statements WHERE name = 'ep_kept_plan'"
             )
             assert await conn.fetchval("SHOW statement_timeout") == "0"
+
+
+@pytest.mark.postgres
+def test_a_connection_lost_while_borrowed_frees_its_place_for_a_timed_acquire(
+    pg_server: Any,
+) -> None:
+    """Regression: a borrowed connection whose backend dies frees its place for acquire(timeout=).
+
+    asyncpg reports the loss to termination listeners from a loop callback,
+    outside any task: ending the borrow there failed to start the close, so
+    the dead connection's slot stayed closing, held the limit, and the next
+    ``acquire(timeout=)`` timed out (asyncpg.Pool's own test_pool_remote_close).
+    Run under plain ``asyncio.run``, as an application runs it: anyio's test
+    runner would let the close start from the callback all the same.
+    """
+
+    async def scenario() -> None:
+        async with create_pool(pg_server.dsn(), min_size=1, max_size=1) as pool:
+            lost = asyncio.Event()
+            async with pool.acquire() as conn:
+                conn.add_termination_listener(lambda _conn: lost.set())
+                killer = await asyncpg.connect(pg_server.dsn())
+                try:
+                    await killer.fetchval("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+                finally:
+                    await killer.close()
+                await asyncio.wait_for(lost.wait(), 10)
+                await asyncio.sleep(0)  # the face's own listener, queued with the test's
+            fresh = await pool.acquire(timeout=5)
+            try:
+                assert fresh is not conn
+                assert await fresh.fetchval("SELECT 1") == 1
+            finally:
+                await pool.release(fresh, timeout=5)
+
+    asyncio.run(scenario())

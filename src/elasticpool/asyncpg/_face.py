@@ -211,6 +211,7 @@ class AsyncpgPool:
         self._max_queries = max_queries
         self._setup = setup
         self._leases: dict[int, _Lease] = {}
+        self._lost: set[asyncio.Task[None]] = set()  # see _closed
         self._state = "new"  # new → opening → open → closing → closed
 
     # ------------------------------------------------------------------ lifecycle
@@ -505,7 +506,16 @@ class AsyncpgPool:
         if lease is None or lease.conn is not conn:
             return  # idle, already given back, or closed by the pool
         del self._leases[id(conn)]
-        lease.acquire._end(None)  # closed: the pool discards it
+        # asyncpg calls listeners from a loop callback, outside any task, and the
+        # pool's bookkeeping starts tasks (the close, a replacement connect): it
+        # would fail there and leave the slot closing for good. Hop into a task.
+        task = asyncio.get_running_loop().create_task(self._end_lost(lease))
+        self._lost.add(task)
+        task.add_done_callback(self._lost.discard)
+
+    @staticmethod
+    async def _end_lost(lease: _Lease) -> None:
+        lease.acquire._end(None)  # closed: the pool discards it and replaces it as needed
 
     def _listener_warnings(self, conn: asyncpg.Connection) -> list[Warning]:
         """asyncpg's warnings for a connection released with listeners still on it."""

@@ -24,6 +24,7 @@ from ._reset import (
 )
 from ._wire import (
     _ACTIVE,
+    _BAD,
     _IDLE,
     _UNKNOWN,
     _cancel_handle,
@@ -246,9 +247,10 @@ class PsycopgConnector(Generic[ACT]):
         No round trip: psycopg's flags, the transaction status (``ACTIVE``
         and ``UNKNOWN`` say yes), and a non-blocking look at the socket.
         """
-        if conn.closed:
+        pgconn = conn.pgconn
+        if pgconn.status == _BAD:  # conn.closed, without its property call (twice a borrow)
             return True
-        status = conn.pgconn.transaction_status
+        status = pgconn.transaction_status
         if status in (_ACTIVE, _UNKNOWN):
             return True
         return not _socket_alive(conn)

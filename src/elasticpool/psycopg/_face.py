@@ -32,7 +32,7 @@ from ._connector import (
 )
 from ._errors import PoolClosed, PoolTimeout, TooManyRequests
 from ._reset import check_connection
-from ._wire import _ACTIVE, _IDLE, _INERROR, _INTRANS, _UNKNOWN, _status_name
+from ._wire import _ACTIVE, _IDLE, _INERROR, _INTRANS, _OK, _UNKNOWN, _status_name
 
 logger = logging.getLogger("elasticpool")
 peer_logger = logging.getLogger("psycopg.pool")
@@ -43,19 +43,27 @@ ReconnectFailedCB: TypeAlias = Callable[["AsyncConnectionPool[Any]"], Awaitable[
 """``reconnect_failed(pool)``, sync or async."""
 
 
-def _exit_is_a_no_op(conn: Any) -> bool:
-    """Whether psycopg's ``conn.__aexit__`` would do nothing now (no I/O, no error).
+_AENTER: Final = psycopg.AsyncConnection.__aenter__
+_AEXIT: Final = psycopg.AsyncConnection.__aexit__
 
-    So it is when the connection is closed, and when it belongs to a pool and
-    is idle outside any ``transaction()`` block, two-phase transaction or
-    pipeline: then its ``commit()`` or ``rollback()`` returns at once (after
-    taking the connection's lock, a loop pass's worth of work the fast path
-    skips); the common case in autocommit.
+
+def _exit_is_a_no_op(conn: Any) -> bool:
+    """Whether psycopg's ``async with conn`` exit would do nothing now (no I/O, no error).
+
+    So it is when the connection class keeps psycopg's ``__aexit__`` and the
+    connection is closed, or belongs to a pool and is idle outside any
+    ``transaction()`` block, two-phase transaction or pipeline: then its
+    ``commit()`` or ``rollback()`` returns at once (after taking the
+    connection's lock, which the fast path skips); the common case in
+    autocommit.
     """
-    if conn.closed:
-        return True
+    if type(conn).__aexit__ is not _AEXIT:
+        return False
+    pgconn = conn.pgconn
+    if pgconn.status != _OK:
+        return True  # closed: psycopg's __aexit__ returns at once
     return (
-        conn.pgconn.transaction_status == _IDLE
+        pgconn.transaction_status == _IDLE
         and not conn._num_transactions
         and not conn._tpc
         and not conn._pipeline
@@ -555,11 +563,12 @@ class AsyncConnectionPool(Generic[ACT]):
             msg = f"it comes from pool {pool.name!r}" if pool else "it doesn't come from any pool"
             raise ValueError(f"can't return connection to pool {self.name!r}, {msg}: {conn}")
         elastic = self.elastic
+        pgconn = conn.pgconn
         if (
             self._closed
             or self._reset is not None
-            or conn.closed
-            or conn.pgconn.transaction_status != _IDLE
+            or pgconn.status != _OK
+            or pgconn.transaction_status != _IDLE
         ):
             try:
                 elastic._borrow_of(conn, "returned")
@@ -788,12 +797,13 @@ class _ConnectionContext(Generic[ACT]):
         conn = await pool.getconn(timeout=self._timeout)
         self._conn = conn
         self._started = monotonic()
-        try:
-            await conn.__aenter__()  # psycopg's connection context (no I/O on entry)
-        except BaseException as exc:
-            self._conn = None
-            await pool._return(conn, exc)
-            raise
+        if type(conn).__aenter__ is not _AENTER:  # psycopg's own just returns the connection
+            try:
+                await conn.__aenter__()
+            except BaseException as exc:
+                self._conn = None
+                await pool._return(conn, exc)
+                raise
         return conn
 
     async def __aexit__(

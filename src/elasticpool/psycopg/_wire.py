@@ -26,6 +26,7 @@ _UNKNOWN: Final = pq.TransactionStatus.UNKNOWN
 _INTRANS: Final = pq.TransactionStatus.INTRANS
 _INERROR: Final = pq.TransactionStatus.INERROR
 _OK: Final = pq.ConnStatus.OK
+_BAD: Final = pq.ConnStatus.BAD
 
 
 _ENDING: Final[weakref.WeakSet[psycopg.AsyncConnection[Any]]] = weakref.WeakSet()
