@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import weakref
@@ -253,17 +254,24 @@ class AsyncpgConnector:
         :class:`~asyncpg.prepared_stmt.PreparedStatement` and cursor objects
         obtained during it raise if used again.
         """
+        impl: Any = conn  # (asyncpg's private attributes; not _impl(): a call per release)
+        protocol = impl._protocol
         if mode == "none":
-            return _is_cancelling(conn)
-        impl = _impl(conn)
+            return protocol is not None and bool(protocol._is_cancelling())
+        if protocol is None:
+            return True  # closed: the pool does not ask about a closed connection anyway
         if mode == "rollback":
-            return conn.is_in_transaction() or impl._top_xact is not None or _is_cancelling(conn)
+            return (
+                protocol.is_in_transaction()
+                or impl._top_xact is not None
+                or bool(protocol._is_cancelling())
+            )
         tracker = self._trackers.get(conn) if self._tracking else None
         if (
             tracker is None
-            or conn.is_in_transaction()
+            or protocol.is_in_transaction()
             or impl._top_xact is not None
-            or _is_cancelling(conn)
+            or protocol._is_cancelling()
             or tracker.parts(conn, self._scope)
             or impl._listeners
             or self._callbacks_changed(conn)
@@ -274,7 +282,7 @@ class AsyncpgConnector:
 
     def _callbacks_changed(self, conn: asyncpg.Connection) -> bool:
         """Whether ``conn``'s log listeners, query loggers or termination listeners changed."""
-        impl = _impl(conn)
+        impl: Any = conn
         baseline = self._baselines.get(conn)
         return (
             baseline is None
@@ -321,6 +329,11 @@ class AsyncpgConnector:
             await self._reset_fn(conn)
             return
         tracker = self._trackers.get(conn) if self._tracking else None
+        if tracker is not None and tracker.unseen(conn) > 0:
+            # The records of the borrower's last queries may still be queued on
+            # the loop (a reset worker can take this connection in the same pass
+            # of the loop as the release): let them reach the tracker first.
+            await asyncio.sleep(0)
         parts = self._scope if tracker is None else tracker.parts(conn, self._scope)
         if parts or conn.is_in_transaction() or not _own_reset(conn):
             names = _cached_names(conn)

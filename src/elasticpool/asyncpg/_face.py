@@ -30,7 +30,6 @@ from .._settings import PoolSettings
 from ..fleet import Membership
 from ._connector import AsyncpgConnector, ConnectionCallback, SessionScope
 from ._errors import AsyncpgPoolClosed, _AcquireTimeout
-from ._reset import _impl
 
 _RESET_MODES = ("none", "rollback", "session")
 
@@ -443,7 +442,7 @@ class AsyncpgPool:
         if conn.is_closed():
             borrow._end(exc)
             return
-        impl = _impl(conn)
+        impl: Any = conn  # (asyncpg's private attributes; not _impl(): a call per release)
         impl._pool_release_ctr += 1  # asyncpg's PreparedStatement / Cursor objects now raise
         protocol = impl._protocol
         if protocol is not None and protocol.queries_count >= self._max_queries:
@@ -451,7 +450,7 @@ class AsyncpgPool:
             borrow._end(exc, clean=True)
             return
         connector = self._connector
-        tracker = connector._trackers.get(conn)
+        tracker = connector._trackers.get(conn) if connector._tracking else None
         if tracker is not None and tracker.unseen(conn) > 0:
             # asyncpg hands query loggers the record of a query on the loop's
             # next pass: let the tracker read the last ones before it is asked.
@@ -519,7 +518,7 @@ class AsyncpgPool:
 
     def _listener_warnings(self, conn: asyncpg.Connection) -> list[Warning]:
         """asyncpg's warnings for a connection released with listeners still on it."""
-        impl = _impl(conn)
+        impl: Any = conn
         if conn.is_closed() or (not impl._listeners and not impl._log_listeners):
             return []  # the usual case, on every release: nothing to look at
         baseline = self._connector._baselines.get(conn)

@@ -272,14 +272,14 @@ class Tracker:
         self.logged = 0
         self.uid = _statement_ids()
 
-    def unseen(self, conn: asyncpg.Connection) -> int:
+    def unseen(self, conn: Any) -> int:
         """How many queries ran since the last reset whose log record has not come (yet).
 
         Not 0 while the records of queries that just ended are still on their
         way (one pass of the event loop), and for queries asyncpg runs without
         logging them; negative if it logged something it did not count.
         """
-        return int(_impl(conn)._protocol.queries_count) - self.base - self.logged
+        return int(conn._protocol.queries_count) - self.base - self.logged
 
     def parts(self, conn: asyncpg.Connection, scope: int) -> int:
         """The parts of ``scope`` the borrowers since the last reset may have dirtied.
