@@ -28,7 +28,7 @@ import anyio.abc
 from anyio.lowlevel import checkpoint
 
 from ._backend import Waker, current_backend
-from ._connector import Connector
+from ._connector import Connector, ResetMode
 from ._errors import PoolClosed, PoolTimeout
 from ._limits import resolve_limit
 from ._settings import PoolSettings
@@ -281,6 +281,10 @@ class Pool(Generic[ConnT]):
         self._state = "new"  # new → opening → open → closing → closed; or forked (see _forked)
         self._pid = 0  # the process that opened it
         self._reset_mode = settings.reset
+        # Optional (see Connector): a reset that needs no I/O, done without a deadline.
+        self._reset_nowait: Callable[[Any, ResetMode], bool | None] | None = getattr(
+            connector, "reset_nowait", None
+        )
         self._ping_after = settings.ping_after
         self._now: Callable[[], float] = anyio.current_time
         self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
@@ -1067,12 +1071,22 @@ class Pool(Generic[ConnT]):
         ok = False
         timeout = self.settings.close_timeout
         try:
-            # A bare scope, not fail_after(): a third cheaper, and this runs per release.
-            with anyio.CancelScope(deadline=self._now() + timeout) as scope:
-                await self._connector.reset(slot.conn, self._reset_mode)
-            if scope.cancelled_caught:  # only the deadline cancels this scope
-                raise TimeoutError(f"reset timed out after {timeout:g}s (close_timeout)")
-            ok = True
+            done: bool | None = False
+            nowait = self._reset_nowait
+            if nowait is not None:
+                done = nowait(slot.conn, self._reset_mode)
+                if done is None:  # not known yet: one pass of the loop, then ask again
+                    await self._sleep(0)
+                    done = nowait(slot.conn, self._reset_mode)
+            if done:
+                ok = True  # no I/O was needed: no deadline to set up
+            else:
+                # A bare scope, not fail_after(): a third cheaper, and this runs per release.
+                with anyio.CancelScope(deadline=self._now() + timeout) as scope:
+                    await self._connector.reset(slot.conn, self._reset_mode)
+                if scope.cancelled_caught:  # only the deadline cancels this scope
+                    raise TimeoutError(f"reset timed out after {timeout:g}s (close_timeout)")
+                ok = True
         except Exception as exc:
             logger.warning("pool %r: error resetting connection, discarded: %r", self.name, exc)
         finally:

@@ -349,6 +349,38 @@ class AsyncpgConnector:
         else:
             tracker.restart(conn)
 
+    def reset_nowait(self, conn: asyncpg.Connection, mode: ResetMode) -> bool | None:
+        """Finish a ``"session"`` reset at once if it needs no I/O; ``True`` if done.
+
+        So it is when the tracker has seen every query run since the last
+        reset and none may have dirtied the session (the pool asked for a
+        reset because their records had not come in yet at the release, or
+        for asyncpg's Python-side listeners and loggers): the Python-side
+        clean-up is done here. ``None`` while records of queries that just ran
+        may still be on their way (the pool asks again one pass of the loop
+        later); ``False``, having changed nothing, when the reset needs I/O.
+        """
+        if mode != "session" or self._reset_fn is not None:
+            return False
+        tracker = self._trackers.get(conn) if self._tracking else None
+        impl: Any = conn
+        protocol = impl._protocol
+        if (
+            tracker is None
+            or protocol is None
+            or protocol.is_in_transaction()
+            or protocol._is_cancelling()
+        ):
+            return False
+        if tracker.unseen(conn) > 0:
+            return None
+        if tracker.parts(conn, self._scope):
+            return False
+        impl._top_xact = None
+        self._forget_borrow(conn)
+        tracker.restart(conn)
+        return True
+
     def _forget_borrow(self, conn: asyncpg.Connection) -> None:
         """Drop the Python-side traces of a borrow: listeners, loggers, statements and cursors."""
         impl = _impl(conn)
