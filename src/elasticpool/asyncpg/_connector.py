@@ -69,8 +69,17 @@ class AsyncpgConnector:
     * ``reset``: as :class:`asyncpg.Pool`'s ``reset``, a coroutine function
       replacing the default ``"session"`` clean-up: the transaction is rolled
       back and asyncpg's Python-side listeners dropped, then ``reset(conn)``
-      runs instead of :func:`session_reset_sql`. It is not called in
-      ``"rollback"`` mode. If it raises, the pool discards the connection.
+      runs instead of :func:`session_reset_sql`, on every return. It is not
+      called in ``"rollback"`` mode. If it raises, the pool discards the
+      connection.
+    * ``session_scope``: what a ``"session"`` reset clears: ``"full"`` (the
+      default: everything below) or ``"asyncpg"`` (what
+      :meth:`asyncpg.Connection.reset` clears, and the role; the drop-in
+      face's default).
+    * ``tracking`` (default ``True``): send only the parts of the ``"session"``
+      reset that the borrower's statements may have dirtied, read from
+      asyncpg's query log (none after plain queries; see ``docs/reset.md``
+      for what counts). ``False``: the whole reset on every return.
     * :meth:`set_connect_args` replaces ``dsn`` and ``connect_kwargs`` for
       later connects; open connections are kept (see
       :meth:`elasticpool.Pool.expire_connections`).
@@ -90,6 +99,9 @@ class AsyncpgConnector:
       they were after ``init``, and prepared statements and cursors obtained
       during the borrow are invalidated (asyncpg raises
       :class:`~asyncpg.exceptions.InterfaceError` if they are used again).
+      With ``tracking``, from a connection's first return on, only the
+      statements for what the borrower may have dirtied are sent, and no round
+      trip at all after plain queries.
 
     A query cancelled mid-flight (task cancelled, or ``timeout=`` expired)
     leaves asyncpg sending a cancel request to the server in the background.

@@ -69,8 +69,9 @@ class AsyncpgPool:
     returns once ``init_size`` (default ``min_size``) connections are open and
     raises the connect error if one fails; ``acquire()`` waits forever unless
     given ``timeout`` (then :class:`asyncio.TimeoutError`); ``setup`` runs
-    on every acquire; released connections are reset with asyncpg's default
-    (transaction rolled back, session state cleared) or the ``reset`` callback;
+    on every acquire; a released connection is reset before ``release()``
+    returns, in the releasing task, with asyncpg's default (transaction rolled
+    back, session state cleared) or the ``reset`` callback;
     a connection retires after ``max_queries`` queries; ``close()`` waits for
     every borrowed connection to come back; an acquire on a closed pool raises
     :class:`~asyncpg.exceptions.InterfaceError`; releasing a connection twice
@@ -82,8 +83,9 @@ class AsyncpgPool:
 
     * the connection lent is asyncpg's own :class:`asyncpg.Connection`, not a
       proxy: using it after release is not detected (it is a bug all the same);
-    * the reset runs in the background after ``release()`` returns, and a
-      connection whose reset fails is closed instead of lent;
+    * the default reset sends only what the borrower's statements may have
+      dirtied (nothing after plain queries; see ``docs/reset.md``), and it
+      also resets the role;
     * connections also retire at ``connection_lifetime`` (600 s, jittered), an
       idle one is pinged before reuse after ``ping_after`` (1 s), and a dead
       one is never lent once asyncpg knows it is closed;
@@ -383,8 +385,8 @@ class AsyncpgPool:
         borrower's statements may have changed of the session is cleared (see
         :func:`create_pool`'s ``reset``; a borrower that only ran queries
         leaves nothing to clear, and the release does no I/O). ``timeout``
-        (default: the ``timeout`` given to :meth:`acquire`, else
-        ``close_timeout``) bounds the reset; a reset that fails or times out
+        (default: the ``timeout`` given to :meth:`acquire`; neither: no bound,
+        as in asyncpg) bounds the reset; a reset that fails or times out
         terminates the connection and raises, as in asyncpg. Releasing a
         connection that is already back is harmless; releasing one this pool
         never lent raises :class:`~asyncpg.exceptions.InterfaceError`. A stale
@@ -761,9 +763,14 @@ def create_pool(
         ``await setup(conn)`` on every acquire before the caller gets it; if it
         raises, the connection is released and the error propagates.
     ``reset``
-        a coroutine function: replaces the default session clean-up, as in
-        asyncpg. A string (``"none"``, ``"rollback"``, ``"session"``, the
-        default) chooses the elastic reset mode instead.
+        ``None`` (the default): what asyncpg's ``Connection.reset()`` clears
+        (transaction, settings, cursors, ``LISTEN``, advisory locks) and the
+        role, each only when the borrower's statements may have changed it
+        (``tracking=False``: all of it on every release). A coroutine
+        function: replaces the clean-up after the rollback, and runs on every
+        release, as in asyncpg. A string chooses an elastic reset mode instead:
+        ``"session"`` (everything, temporary tables and prepared statements
+        too), ``"rollback"`` or ``"none"``.
 
     Every :class:`~elasticpool.PoolSettings` field but ``min_connections`` and
     ``max_connections`` may be passed by keyword too (``total_max_connections``,

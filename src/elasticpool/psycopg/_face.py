@@ -175,10 +175,17 @@ class AsyncConnectionPool(Generic[ACT]):
     (0: unbounded) → ``max_waiting``; ``max_lifetime`` →
     ``connection_lifetime`` (jitter 5 %, as psycopg_pool); ``max_idle`` →
     ``idle_timeout``; ``num_workers`` → ``max_connecting``; ``check`` given →
-    ``ping_after=0`` (checked on every borrow, as psycopg_pool does).
-    ``reset_mode`` (elasticpool's, default ``"rollback"`` as psycopg_pool
-    does) may be ``"session"`` for a full session reset; any other
+    ``ping_after=0`` (checked on every borrow, as psycopg_pool does), not
+    given → ``ping_after=None`` (no check, as psycopg_pool).
+    A connection given back is rolled back, closed or reset (``reset``) as
+    psycopg_pool does, before ``putconn()`` returns, with its warnings on the
+    ``psycopg.pool`` logger. ``reset_mode`` (elasticpool's, default
+    ``"rollback"``: that and nothing more) may be ``"session"`` for a full
+    session reset afterwards, in the background; any other
     :class:`~elasticpool.PoolSettings` field may be passed by keyword.
+    Idle connections are lent without yielding to the event loop, in turn
+    (least recently used first) when ``min_size == max_size``, else most
+    recently used first so the surplus ages out.
 
     ``reconnect_failed(pool)`` is called once per streak of failing connects
     that lasts longer than ``reconnect_timeout``; unlike psycopg_pool, the
@@ -520,6 +527,31 @@ class AsyncConnectionPool(Generic[ACT]):
         conn._pool = self  # type: ignore[assignment]  # (not cast(): a call per borrow)
         return conn
 
+    def _getconn_now(self, timeout: float | None) -> ACT | None:
+        """:meth:`getconn` for an open pool with an idle connection to lend at once, or ``None``.
+
+        ``None`` (having counted nothing) whenever :meth:`getconn` has more to
+        do: the pool not open yet or closed, a warning due, a check due on
+        borrow, no idle connection, or a non-positive ``timeout``.
+        """
+        if (
+            self._closed
+            or self._open_implicit
+            or not self._core_started
+            or not self._lend_at_once
+            or (timeout is not None and timeout <= 0)
+        ):
+            return None
+        try:
+            conn = self._take_idle()
+        except (_errors.PoolClosed, RuntimeError):
+            return None  # closing under us: getconn() raises psycopg_pool's error
+        if conn is None:
+            return None
+        self._requests_num += 1
+        conn._pool = self  # type: ignore[assignment]
+        return conn
+
     def _take_idle(self) -> ACT | None:
         """An idle connection lent at once (no checkpoint), or ``None``: then the caller waits.
 
@@ -558,11 +590,19 @@ class AsyncConnectionPool(Generic[ACT]):
         await self._return(conn, None)
 
     async def _return(self, conn: ACT, error: BaseException | None) -> None:
+        if not self._return_now(conn, error):
+            await self._return_tidied(conn, error)
+
+    def _return_now(self, conn: ACT, error: BaseException | None) -> bool:
+        """Give back a connection that needs no tidying (idle, open pool, no ``reset``).
+
+        ``False``, having done nothing, if it needs :meth:`_return_tidied`.
+        Raises :class:`ValueError` for a foreign or stale connection.
+        """
         pool = getattr(conn, "_pool", None)
         if pool is not self:
             msg = f"it comes from pool {pool.name!r}" if pool else "it doesn't come from any pool"
             raise ValueError(f"can't return connection to pool {self.name!r}, {msg}: {conn}")
-        elastic = self.elastic
         pgconn = conn.pgconn
         if (
             self._closed
@@ -570,21 +610,25 @@ class AsyncConnectionPool(Generic[ACT]):
             or pgconn.status != _OK
             or pgconn.transaction_status != _IDLE
         ):
-            try:
-                elastic._borrow_of(conn, "returned")
-            except RuntimeError as exc:  # stale (see Pool.release): that borrow stands
-                raise ValueError(f"can't return connection to pool {self.name!r}; {exc}") from None
-            try:
-                await self._tidy(conn)
-            finally:
-                conn._pool = None
-                elastic.release(conn, exc=error)
-            return
+            return False
         try:
-            elastic.release(conn, exc=error)
+            self.elastic.release(conn, exc=error)
         except RuntimeError as exc:  # stale (see Pool.release): that borrow stands
             raise ValueError(f"can't return connection to pool {self.name!r}; {exc}") from None
         conn._pool = None
+        return True
+
+    async def _return_tidied(self, conn: ACT, error: BaseException | None) -> None:
+        elastic = self.elastic
+        try:
+            elastic._borrow_of(conn, "returned")
+        except RuntimeError as exc:  # stale (see Pool.release): that borrow stands
+            raise ValueError(f"can't return connection to pool {self.name!r}; {exc}") from None
+        try:
+            await self._tidy(conn)
+        finally:
+            conn._pool = None
+            elastic.release(conn, exc=error)
 
     async def _tidy(self, conn: ACT) -> None:
         """psycopg_pool's return of a connection that is not simply idle, with its warnings.
@@ -794,7 +838,9 @@ class _ConnectionContext(Generic[ACT]):
 
     async def __aenter__(self) -> ACT:
         pool = self._pool
-        conn = await pool.getconn(timeout=self._timeout)
+        conn = pool._getconn_now(self._timeout)  # (no coroutine on the usual path)
+        if conn is None:
+            conn = await pool.getconn(timeout=self._timeout)
         self._conn = conn
         self._started = monotonic()
         if type(conn).__aenter__ is not _AENTER:  # psycopg's own just returns the connection
@@ -824,6 +870,7 @@ class _ConnectionContext(Generic[ACT]):
             error = raised
             raise
         finally:
-            await pool._return(conn, error)
             pool._usage_ms += int(1000.0 * (monotonic() - self._started))
             pool._usages += 1
+            if not pool._return_now(conn, error):  # (no coroutine on the usual path)
+                await pool._return_tidied(conn, error)
