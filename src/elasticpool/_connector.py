@@ -74,6 +74,11 @@ class Connector(Protocol[ConnT]):
       or ``SET TRANSACTION READ ONLY`` first), so the server refuses writes in
       it. The pool passes ``readonly`` only when it is true, so a connector
       written before it existed still serves ordinary transactions.
+    * ``closed_on_return(conn) -> bool``, optional (not part of the
+      protocol): asked instead of :meth:`is_closed` when a connection comes
+      back. It may skip what :meth:`is_closed` does beyond the driver's own
+      state (such as looking at the socket): the pool asks :meth:`is_closed`
+      again before it lends the connection to anyone.
     * ``reset_nowait(conn, mode) -> bool | None``, optional (not part of the
       protocol): finish the reset :meth:`needs_reset` asked for at once, if it
       needs no I/O, and return ``True``; ``False`` (having changed nothing)

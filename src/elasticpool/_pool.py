@@ -250,6 +250,10 @@ class Pool(Generic[ConnT]):
         self.membership = membership
         self._connector = connector
         self._is_closed = connector.is_closed
+        # Optional (see Connector): the cheaper check for a connection coming back.
+        self._closed_on_return: Callable[[Any], bool] = getattr(
+            connector, "closed_on_return", connector.is_closed
+        )
         limit = 0  # with a percentage total the server has a say first (see open())
         if settings.total_percent is None:  # (and warns here about the limits it is given)
             limit = resolve_limit(settings, allow_small_total=settings.allow_small_total).limit
@@ -896,7 +900,7 @@ class Pool(Generic[ConnT]):
     def _release_slot(self, slot: Slot, exc: BaseException | None, clean: bool = False) -> None:
         conn = slot.conn
         connector = self._connector
-        broken = connector.is_closed(conn) or (exc is not None and connector.is_disconnect(exc))
+        broken = self._closed_on_return(conn) or (exc is not None and connector.is_disconnect(exc))
         # Asked in "none" mode too: a connector may know this connection must be
         # cleaned anyway (a query cancelled mid-flight inside a transaction).
         reset = not broken and not clean and connector.needs_reset(conn, self._reset_mode)

@@ -521,7 +521,12 @@ class Planner:
         floor, or lower the floor, call this too.
         """
         timeout = self._idle_timeout
-        if timeout is not None and self._idle and self.size > self.floor:
+        # size > floor, without the two property calls: this runs on every return.
+        if (
+            timeout is not None
+            and self._idle
+            and len(self._slots) - self.n_closing > min(self.min_connections, self.limit)
+        ):
             deadline = self._idle[0].idle_since + timeout
             if deadline < self.next_wake:
                 self._poke(deadline)
@@ -598,7 +603,11 @@ class Planner:
         """Plan connects for uncovered waiters and the floor, within limit, concurrency, backoff."""
         if self.closed:
             return
-        want = self._wanted()
+        # self._wanted(), without its three calls: this runs on every return.
+        want = max(
+            len(self._waiters) - self.n_connecting - self.n_resetting,
+            min(self.min_connections, self.limit) - (len(self._slots) - self.n_closing),
+        )
         if want <= 0:
             return
         if now < self.backoff_until:

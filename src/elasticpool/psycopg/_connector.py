@@ -248,12 +248,21 @@ class PsycopgConnector(Generic[ACT]):
         and ``UNKNOWN`` say yes), and a non-blocking look at the socket.
         """
         pgconn = conn.pgconn
-        if pgconn.status == _BAD:  # conn.closed, without its property call (twice a borrow)
+        if pgconn.status == _BAD:  # conn.closed, without its property call
             return True
-        status = pgconn.transaction_status
-        if status in (_ACTIVE, _UNKNOWN):
+        if pgconn.transaction_status in (_ACTIVE, _UNKNOWN):
             return True
         return not _socket_alive(conn)
+
+    def closed_on_return(self, conn: ACT) -> bool:
+        """:meth:`is_closed` without the look at the socket, for a connection coming back.
+
+        The borrower has just used it; a server that closed it since is seen
+        by :meth:`is_closed` before the connection is lent again (a system
+        call per borrow saved).
+        """
+        pgconn = conn.pgconn
+        return pgconn.status == _BAD or pgconn.transaction_status in (_ACTIVE, _UNKNOWN)
 
     async def ping(self, conn: ACT) -> None:
         """Run ``check(conn)`` if given, else :func:`check_connection`; raise if unusable."""

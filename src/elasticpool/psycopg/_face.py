@@ -542,11 +542,16 @@ class AsyncConnectionPool(Generic[ACT]):
             or (timeout is not None and timeout <= 0)
         ):
             return None
+        elastic = self.elastic
         try:
-            conn = self._take_idle()
+            conn = elastic.acquire_nowait()  # _take_idle(), inlined for its usual case
+        except anyio.WouldBlock:
+            return None
         except (_errors.PoolClosed, RuntimeError):
             return None  # closing under us: getconn() raises psycopg_pool's error
-        if conn is None:
+        if self._connector.is_closed(conn):
+            elastic.release(conn)  # closed: evicted, never lent; getconn() tries the next
+            self._found_closed += 1
             return None
         self._requests_num += 1
         conn._pool = self  # type: ignore[assignment]
@@ -864,7 +869,18 @@ class _ConnectionContext(Generic[ACT]):
         pool = self._pool
         error = exc  # a connection-class error evicts it on release
         try:
-            if not _exit_is_a_no_op(conn):
+            # _exit_is_a_no_op(conn), inlined for its usual answer: this runs per borrow.
+            c: Any = conn  # (psycopg's private attributes)
+            pgconn = c.pgconn
+            if not (
+                pgconn.transaction_status == _IDLE
+                and pgconn.status == _OK
+                and type(c).__aexit__ is _AEXIT
+                and not c._num_transactions
+                and not c._tpc
+                and not c._pipeline
+                and c._pool is pool
+            ) and not _exit_is_a_no_op(conn):
                 await conn.__aexit__(exc_type, exc, tb)  # COMMIT, or ROLLBACK on an error
         except BaseException as raised:
             error = raised

@@ -75,9 +75,10 @@ def _socket_readable(fd: int) -> bool:
         try:
             return bool(poller.poll(0))
         except RuntimeError:  # polled by another thread at this instant: use one of our own
-            mine = select.poll()
-            mine.register(fd, _POLL_MASK)
-            return bool(mine.poll(0))
+            pass
+        mine = select.poll()
+        mine.register(fd, _POLL_MASK)
+        return bool(mine.poll(0))
     readable, _, _ = select.select([fd], [], [], 0)  # pragma: no cover - Windows
     return bool(readable)
 
@@ -102,7 +103,12 @@ def _socket_alive(conn: psycopg.AsyncConnection[Any]) -> bool:
     pgconn = conn.pgconn
     try:
         fd = pgconn.socket
-        if not _socket_readable(fd):
+        poller = _POLLERS.get(fd)  # _socket_readable(fd), inlined: this runs per borrow
+        try:
+            readable = poller.poll(0) if poller is not None else _socket_readable(fd)
+        except RuntimeError:  # polled by another thread at this instant
+            readable = _socket_readable(fd)
+        if not readable:
             return True
         ending = False
         forward = pgconn.notice_handler
