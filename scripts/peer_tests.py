@@ -58,6 +58,7 @@ PEERS: dict[str, dict[str, Any]] = {
         "url": "https://github.com/psycopg/psycopg",
         "paths": ["tests", "tools"],  # tools/pproxy_fix.py: the proxy some tests use
         "module": "psycopg_pool",
+        "filterwarnings": "error",  # psycopg's own pytest configuration
         "public": [
             "AsyncConnectionPool",
             "AsyncNullConnectionPool",
@@ -74,6 +75,7 @@ PEERS: dict[str, dict[str, Any]] = {
         "url": "https://github.com/MagicStack/asyncpg",
         "paths": ["tests"],
         "module": "asyncpg.pool",
+        "filterwarnings": "default",  # asyncpg's own pytest configuration
         "public": ["Pool", "create_pool"],
         "files": ["tests/test_pool.py"],
         "sync_files": [],
@@ -326,7 +328,7 @@ def run(
         "-o",
         "addopts=",
         "-o",
-        "filterwarnings=",
+        f"filterwarnings={PEERS[peer]['filterwarnings']}",
         "--rootdir",
         str(root),
         *files,

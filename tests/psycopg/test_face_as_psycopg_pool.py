@@ -11,6 +11,7 @@ yielding to the event loop.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
 from typing import Any
 
@@ -191,3 +192,20 @@ async def test_an_idle_connection_is_lent_without_yielding(pg_server: Any) -> No
             await pool.putconn(conn)
             assert ran == []
         assert ran == ["other"]
+
+
+@pytest.mark.parametrize(("max_lifetime", "max_idle"), [(0.2, 600.0), (60.0, 60.0)])
+def test_max_lifetime_not_above_max_idle_is_accepted_quietly(
+    max_lifetime: float, max_idle: float
+) -> None:
+    """psycopg_pool accepts max_lifetime <= max_idle silently: no ElasticPoolWarning either.
+
+    The idle timeout could never fire first; elasticpool's settings warn about
+    that (an error under ``-W error``, as psycopg's own tests run), so the
+    face drops it itself.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pool = open_pool("dbname=x", max_lifetime=max_lifetime, max_idle=max_idle)
+    settings = pool.elastic.settings
+    assert (settings.connection_lifetime, settings.idle_timeout) == (max_lifetime, None)

@@ -133,6 +133,22 @@ def _psycopg_wording(message: str) -> str:
     return message
 
 
+def _idle_within(max_idle: float, max_lifetime: float) -> float | None:
+    """``max_idle`` as elasticpool's ``idle_timeout``; ``None`` if the lifetime comes first.
+
+    psycopg_pool accepts ``max_idle >= max_lifetime`` silently (a connection
+    retires before it could idle out); elasticpool's settings would warn about
+    it (an error under ``-W error``), so the face drops the idle timeout itself,
+    as psycopg_pool in effect does. Values out of range are left for the
+    settings to refuse.
+    """
+    idle, lifetime = _seconds(max_idle), _seconds(max_lifetime)
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (idle, lifetime))
+    if numbers and 0 < lifetime <= idle:  # type: ignore[operator]
+        return None
+    return idle
+
+
 def _seconds(value: float) -> float | None:
     """psycopg_pool takes ``inf`` for "no limit"; elasticpool spells it ``None``."""
     return None if value == float("inf") else value
@@ -263,7 +279,7 @@ class AsyncConnectionPool(Generic[ACT]):
             "pool_timeout": _seconds(timeout),
             "max_waiting": max_waiting or None,
             "connection_lifetime": _seconds(max_lifetime),
-            "idle_timeout": _seconds(max_idle),
+            "idle_timeout": _idle_within(max_idle, max_lifetime),
             "lifetime_jitter": 0.05,
             "max_connecting": num_workers,
             "reset": reset_mode,
