@@ -176,8 +176,10 @@ class PoolSettings:
         opening a connection per waiter.
     ``reset``
         What happens to a returned connection before reuse (see
-        :data:`~elasticpool.ResetMode`). The default, ``"session"``, is the safe
-        one: no borrower sees what another left behind.
+        :data:`~elasticpool.ResetMode`). The default, ``"rollback"``, ends an
+        open transaction and costs no I/O otherwise, as psycopg_pool, HikariCP
+        and PgBouncer's transaction mode do; ``"session"`` also clears what a
+        borrower set in the session (see ``docs/reset.md`` for the choice).
     ``limit_mode``
         ``"strict"``: connections being closed count against the limit until
         they are gone. ``"soft"``: up to ``soft_overflow`` closing connections
