@@ -108,6 +108,20 @@ class Connector(Protocol[ConnT]):
       or ``SET TRANSACTION READ ONLY`` first), so the server refuses writes in
       it. The pool passes ``readonly`` only when it is true, so a connector
       written before it existed still serves ordinary transactions.
+    * ``closed_on_return(conn) -> bool``, optional (not part of the
+      protocol): asked instead of :meth:`is_closed` when a connection comes
+      back. It may skip what :meth:`is_closed` does beyond the driver's own
+      state (such as looking at the socket): the pool asks :meth:`is_closed`
+      again before it lends the connection to anyone.
+    * ``reset_nowait(conn, mode) -> bool | None``, optional (not part of the
+      protocol): finish the reset :meth:`needs_reset` asked for at once, if it
+      needs no I/O, and return ``True``; ``False`` (having changed nothing)
+      when it does, and the pool then runs :meth:`reset` under its deadline;
+      ``None`` when it cannot tell yet, and the pool asks again after one pass
+      of the event loop. It lets a connector that decides late what a reset
+      needs (asyncpg's learns what the borrower ran one pass of the loop
+      after the release) skip the deadline's cost when the answer is
+      "nothing".
     * ``abandon(conn)``, optional (not part of the protocol): in a process
       forked from the one that opened the pool, the pool gives each inherited
       connection up with it; it must do no I/O (the socket is the parent's),

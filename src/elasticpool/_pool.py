@@ -32,7 +32,7 @@ import anyio.abc
 from anyio.lowlevel import checkpoint
 
 from ._backend import Waker, current_backend
-from ._connector import Connector, fetch_of
+from ._connector import Connector, ResetMode, fetch_of
 from ._errors import PoolClosed, PoolTimeout
 from ._fork import forked_error, inherit, watch
 from ._lifecycle import CLOSED, CLOSING, FORKED, NEW, OPEN, OPENING, Lifecycle
@@ -138,16 +138,18 @@ class Borrow(Generic[ConnT]):
     def __await__(self) -> Generator[Any, None, ConnT]:
         return self._pool._acquire_registered(self._timeout).__await__()
 
-    def end(self, exc: BaseException | None = None) -> None:
+    def end(self, exc: BaseException | None = None, *, clean: bool = False) -> None:
         """End this borrow now, as ``__aexit__`` does, without awaiting.
 
         ``exc`` is the error the borrower met, if any (a connection-class
-        error evicts the connection). Ending a borrow that has ended, or was
-        never entered, does nothing.
+        error evicts the connection). ``clean``: the caller (a face) has just
+        reset the connection itself, in the releasing task as the driver's own
+        pool does, so the connector is not asked whether it needs a reset.
+        Ending a borrow that has ended, or was never entered, does nothing.
         """
         slot, self._slot = self._slot, None
         if slot is not None and slot.lease == self._lease and slot.state is SlotState.IN_USE:
-            self._pool._release_slot(slot, exc)
+            self._pool._release_slot(slot, exc, clean)
 
     def retire(self) -> None:
         """Close the borrowed connection when it comes back instead of reusing it."""
@@ -249,6 +251,10 @@ class Pool(Generic[ConnT]):
         self.membership = membership
         self._connector = connector
         self._is_closed = connector.is_closed
+        # Optional (see Connector): the cheaper check for a connection coming back.
+        self._closed_on_return: Callable[[Any], bool] = getattr(
+            connector, "closed_on_return", connector.is_closed
+        )
         limit = 0  # with a percentage total the server has a say first (see open())
         if settings.total_percent is None:  # (and warns here about the limits it is given)
             limit = resolve_limit(settings, allow_small_total=settings.allow_small_total).limit
@@ -278,6 +284,10 @@ class Pool(Generic[ConnT]):
         self._state: Lifecycle = NEW  # see _lifecycle.py; forked: see _forked
         self._pid = 0  # the process that opened it
         self._reset_mode = settings.reset
+        # Optional (see Connector): a reset that needs no I/O, done without a deadline.
+        self._reset_nowait: Callable[[Any, ResetMode], bool | None] | None = getattr(
+            connector, "reset_nowait", None
+        )
         self._ping_after = settings.ping_after
         self._now: Callable[[], float] = anyio.current_time
         self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
@@ -860,13 +870,13 @@ class Pool(Generic[ConnT]):
         me = self._current_task()
         slot.returned = (slot.lease, me) if slot.owner == me else None
 
-    def _release_slot(self, slot: Slot, exc: BaseException | None) -> None:
+    def _release_slot(self, slot: Slot, exc: BaseException | None, clean: bool = False) -> None:
         conn = slot.conn
         connector = self._connector
-        broken = connector.is_closed(conn) or (exc is not None and connector.is_disconnect(exc))
+        broken = self._closed_on_return(conn) or (exc is not None and connector.is_disconnect(exc))
         # Asked in "none" mode too: a connector may know this connection must be
         # cleaned anyway (a query cancelled mid-flight inside a transaction).
-        reset = not broken and connector.needs_reset(conn, self._reset_mode)
+        reset = not broken and not clean and connector.needs_reset(conn, self._reset_mode)
         planner = self._planner
         planner.release(slot, self._now(), broken, reset)
         if planner.pending is not None:  # no call when there is nothing (the hot path)
@@ -1048,12 +1058,22 @@ class Pool(Generic[ConnT]):
         ok = False
         timeout = self.settings.close_timeout
         try:
-            # A bare scope, not fail_after(): a third cheaper, and this runs per release.
-            with anyio.CancelScope(deadline=self._now() + timeout) as scope:
-                await self._connector.reset(slot.conn, self._reset_mode)
-            if scope.cancelled_caught:  # only the deadline cancels this scope
-                raise TimeoutError(f"reset timed out after {timeout:g}s (close_timeout)")
-            ok = True
+            done: bool | None = False
+            nowait = self._reset_nowait
+            if nowait is not None:
+                done = nowait(slot.conn, self._reset_mode)
+                if done is None:  # not known yet: one pass of the loop, then ask again
+                    await self._sleep(0)
+                    done = nowait(slot.conn, self._reset_mode)
+            if done:
+                ok = True  # no I/O was needed: no deadline to set up
+            else:
+                # A bare scope, not fail_after(): a third cheaper, and this runs per release.
+                with anyio.CancelScope(deadline=self._now() + timeout) as scope:
+                    await self._connector.reset(slot.conn, self._reset_mode)
+                if scope.cancelled_caught:  # only the deadline cancels this scope
+                    raise TimeoutError(f"reset timed out after {timeout:g}s (close_timeout)")
+                ok = True
         except Exception as exc:
             logger.warning("pool %r: error resetting connection, discarded: %r", self.name, exc)
         finally:
@@ -1381,6 +1401,16 @@ class Pool(Generic[ConnT]):
         """
         p = self._planner
         return p.n_in_use + p.n_reserved
+
+    def set_reuse_order(self, *, lru: bool) -> None:
+        """Which idle connection a borrow takes: least (``lru=True``) or most recently used.
+
+        Most recently used (the default) lets the surplus sit idle and close
+        after ``idle_timeout``; least recently used uses every connection in
+        turn, as psycopg_pool does (its drop-in face sets it for a pool that
+        cannot shrink, ``min_size == max_size``).
+        """
+        self._planner.lru = lru
 
     @property
     def lent(self) -> int:

@@ -131,8 +131,10 @@ class PoolSettings:
         opening a connection per waiter.
     ``reset``
         What happens to a returned connection before reuse (see
-        :data:`~elasticpool.ResetMode`). The default, ``"session"``, is the safe
-        one: no borrower sees what another left behind.
+        :data:`~elasticpool.ResetMode`). The default, ``"rollback"``, ends an
+        open transaction and costs no I/O otherwise, as psycopg_pool, HikariCP
+        and PgBouncer's transaction mode do; ``"session"`` also clears what a
+        borrower set in the session (see ``docs/reset.md`` for the choice).
     ``limit_mode``
         ``"strict"``: connections being closed count against the limit until
         they are gone. ``"soft"``: up to ``soft_overflow`` closing connections
@@ -173,7 +175,7 @@ class PoolSettings:
     close_timeout: float = 5.0
     backoff_initial: float = 0.1
     backoff_max: float = 10.0
-    reset: ResetMode = "session"
+    reset: ResetMode = "rollback"
     limit_mode: LimitMode = "strict"
     soft_overflow: int = 2
     allow_small_total: bool = False

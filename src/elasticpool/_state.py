@@ -63,6 +63,10 @@ class SlotState(enum.Enum):
     CLOSED = "closed"  # gone: in no collection, counted nowhere
 
 
+_OUT = frozenset({SlotState.RESERVED, SlotState.IN_USE, SlotState.RESETTING})
+"""Slots holding a live connection outside the idle set: each comes back to it or closes."""
+
+
 class CloseReason(enum.Enum):
     """Why a connection was closed (each has a counter in the stats)."""
 
@@ -213,7 +217,12 @@ class Planner:
         self.generation = 0
         self._ids = itertools.count(1)
         self._slots: set[Slot] = set()
-        self._idle: deque[Slot] = deque()
+        self._idle: deque[Slot] = deque()  # least recently used first
+        # Which idle slot acquire() takes: the most recently used (the default, so
+        # the surplus ages out by idle_timeout), or the least recently used (every
+        # connection in turn, as psycopg_pool does; its drop-in face sets it for a
+        # pool that cannot shrink, min = max).
+        self.lru = False
         self.waiters: OrderedDict[Waiter, None] = OrderedDict()
         """The queue, oldest first (priority waiters ahead). Read-only for callers."""
         self._deadlines: list[tuple[float, Waiter]] = []
@@ -317,7 +326,7 @@ class Planner:
             return None
         idle = self._idle
         while idle:
-            slot = idle.pop()
+            slot = idle.popleft() if self.lru else idle.pop()
             if now >= slot.expires_at:
                 self._close(slot, CloseReason.LIFETIME)
                 continue
@@ -553,7 +562,12 @@ class Planner:
         floor, or lower the floor, call this too.
         """
         timeout = self._idle_timeout
-        if timeout is not None and self._idle and self.size > self.floor:
+        # size > floor, without the two property calls: this runs on every return.
+        if (
+            timeout is not None
+            and self._idle
+            and len(self._slots) - self.n_closing > min(self.min_connections, self.limit)
+        ):
             deadline = self._idle[0].idle_since + timeout
             if deadline < self.next_wake:
                 self._poke(deadline)
@@ -633,7 +647,11 @@ class Planner:
         room = self.limit - self.budget_used
         if room <= 0:  # at the limit (the common case under load): nothing to plan
             return
-        want = self._wanted()
+        # self._wanted(), without its three calls: this runs on every return.
+        want = max(
+            len(self.waiters) - self.n_connecting - self.n_resetting,
+            min(self.min_connections, self.limit) - (len(self._slots) - self.n_closing),
+        )
         if want <= 0:
             return
         if now < self.backoff_until:
@@ -742,9 +760,18 @@ class Planner:
         idle = self._idle
         if idle:
             t = min(t, *(s.expires_at for s in idle))
-            timeout = self.settings.idle_timeout
-            if timeout is not None and self.size > self.floor:
-                t = min(t, idle[0].idle_since + timeout)
+        timeout = self.settings.idle_timeout
+        if timeout is not None and self.size > self.floor:
+            # The least recently used idle slot's idle deadline; with none idle,
+            # the earliest any slot given back from now on could reach.
+            t = min(t, (idle[0].idle_since if idle else now) + timeout)
+        # And the lifetimes still ahead of the slots out of the idle set: without
+        # them, a tick while every connection is borrowed leaves next_wake at
+        # infinity, and the next return (which goes idle with a lifetime) wakes
+        # the ticker again, once per return.
+        for slot in self._slots:
+            if slot.state in _OUT and now < slot.expires_at < t:
+                t = slot.expires_at
         if self.waiters:  # a check is only due while callers queue
             t = min(t, self._saturation_check)
         if self.backoff_until > now and self._wanted() > 0:

@@ -422,7 +422,9 @@ async def test_failed_reset_discards_the_connection(pg_server: Any, failure: str
         await anyio.sleep(BOUND)
 
     connector = AsyncpgConnector(pg_server.dsn(), reset=reset)
-    async with Pool(connector, max_connections=1, close_timeout=0.2, ping_after=None) as pool:
+    async with Pool(
+        connector, max_connections=1, close_timeout=0.2, ping_after=None, reset="session"
+    ) as pool:
         async with pool.acquire() as conn:
             first = conn
         async with pool.acquire() as conn:

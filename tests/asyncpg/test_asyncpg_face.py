@@ -661,16 +661,23 @@ async def test_repr_names_the_pool_without_secrets(pg_server: Any) -> None:
 # =============================================================================
 
 
+@pytest.mark.parametrize("reset", [None, "session"], ids=["default", "session"])
 @pytest.mark.parametrize("become", ["SET ROLE", "SET SESSION AUTHORIZATION"])
 async def test_session_reset_hides_everything_a_borrower_set(
-    pg_server: Any, observer: Observer, become: str
+    pg_server: Any, observer: Observer, become: str, reset: str | None
 ) -> None:
-    """Role, settings, temp table, LISTEN, advisory lock, PREPARE, cursor: none reach the next."""
+    """Role, settings, LISTEN, advisory lock, cursor never reach the next; temp, PREPARE: "session".
+
+    The default is asyncpg's own reset (what ``Connection.reset()`` clears,
+    and the role): a temporary table and an SQL-level prepared statement stay,
+    as with asyncpg.Pool. ``reset="session"`` clears them too.
+    """
     role = f"ep_face_role_{uuid.uuid4().hex[:8]}"
     pg_server.psql(f"CREATE ROLE {role}")
     notified: list[str] = []
+    kept = reset is None
     try:
-        async with create_pool(pg_server.dsn(), min_size=1, max_size=1) as pool:
+        async with create_pool(pg_server.dsn(), min_size=1, max_size=1, reset=reset) as pool:
 
             async def borrower() -> tuple[int, Any]:
                 async with pool.acquire() as conn:
@@ -714,9 +721,9 @@ async def test_session_reset_hides_everything_a_borrower_set(
                     "search_path": '"$user", public',
                     "statement_timeout": "0",
                     "application_name": "",
-                    "scratch": None,
+                    "scratch": "scratch" if kept else None,
                     "listening": 0,
-                    "prepared": 0,
+                    "prepared": 1 if kept else 0,
                     "cursors": 0,
                 }
                 assert not conn._listeners  # asyncpg's Python-side listeners are gone too

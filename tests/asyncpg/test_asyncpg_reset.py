@@ -1,12 +1,15 @@
-"""asyncpg's ``"session"`` reset: one round trip unless a borrower left prepared statements.
+"""asyncpg's ``"session"`` reset: the round trips it sends.
 
-The reset (``session_reset_sql``) ends with a check of ``pg_prepared_statements``
-against asyncpg's statement cache; the connector reads the round trip's status
-(that of its last statement) and sends the ``DO`` block that deallocates only
-when the check found something. These tests record the SQL each reset sends
-(a query logger added in ``init`` survives the reset, as ``init``'s state does)
-and look at the server afterwards. Isolation of every kind of session state is
-tested in ``test_session_isolation.py``; this file is about the two round trips.
+A connection's first reset is the whole of ``session_reset_sql``, which ends
+with a check of ``pg_prepared_statements`` against asyncpg's statement cache;
+the connector reads the round trip's status (that of its last statement) and
+sends the ``DO`` block that deallocates only when the check found something.
+From then on the connector tracks what borrowers run, and a borrower that only
+ran queries costs no round trip at all. These tests record the SQL each reset
+sends (a query logger added in ``init`` survives the reset, as ``init``'s state
+does) and look at the server afterwards. Isolation of every kind of session
+state is tested in ``test_session_isolation.py``; this file is about the round
+trips.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ CHECK = "FROM pg_catalog.pg_prepared_statements\nHAVING"
 DEALLOCATE = "DO $elasticpool$"
 """Text of the second round trip, which deallocates."""
 
+RESET_MARKS = ("RESET ALL", CHECK, DEALLOCATE, "UNLISTEN *", "CLOSE ALL", "DISCARD ")
+"""Text only the reset's queries hold (in these tests): each reset query holds one."""
+
 
 class Recorder:
     """A connector factory whose connections log the reset queries they run.
@@ -44,7 +50,7 @@ class Recorder:
 
     def connector(self, dsn: str) -> AsyncpgConnector:
         def log(record: Any) -> None:
-            if "RESET ALL" in record.query or DEALLOCATE in record.query:
+            if any(mark in record.query for mark in RESET_MARKS):
                 self.queries.append(record.query)
 
         async def init(conn: Any) -> None:
@@ -76,27 +82,35 @@ def statements_cached(conn: Any) -> set[str]:
     return {s.name for s in conn._stmt_cache.iter_statements()}
 
 
-async def test_plain_borrow_costs_one_round_trip_that_ends_with_the_check(
+async def test_first_reset_is_whole_then_plain_borrows_cost_no_round_trip(
     pg_server: Any,
 ) -> None:
-    """After a borrow that prepared nothing, the reset is one query ending with the check."""
+    """The first return gets the whole reset (one round trip); later plain queries get none."""
     async with recorded_pool(pg_server) as (rec, pool):
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT $1::int", 1) == 1
             first = conn
+        async with pool.acquire() as conn:  # one connection: this waited for the reset
+            (reset,) = rec.take()
+            assert conn is first
+            assert CHECK in reset
+            assert DEALLOCATE not in reset
         for _ in range(3):
-            async with pool.acquire() as conn:  # one connection: this waited for the reset
-                (reset,) = rec.take()
+            async with pool.acquire() as conn:
+                assert rec.take() == []
                 assert conn is first
-                assert CHECK in reset
-                assert DEALLOCATE not in reset
                 assert await conn.fetchval("SELECT $1::int", 2) == 2  # a cache hit
+                await conn.execute("SELECT 3")
         assert pool.stats().closed_broken == 0
 
 
 async def test_borrowers_prepared_statements_take_a_second_round_trip(pg_server: Any) -> None:
     """SQL PREPARE and conn.prepare() make the check fire; the DO block then drops both."""
     async with recorded_pool(pg_server) as (rec, pool):
+        async with pool.acquire():  # the first return gets the whole reset
+            pass
+        async with pool.acquire():  # one connection: this waited for it
+            rec.take()
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT $1::int", 1) == 1
             await conn.execute("PREPARE mine AS SELECT 42")
@@ -109,10 +123,38 @@ async def test_borrowers_prepared_statements_take_a_second_round_trip(pg_server:
             assert await statements_on_server(conn) == statements_cached(conn)
             assert await conn.fetchval("SELECT $1::int", 2) == 2
         assert [CHECK in q for q in reset] == [True, False]
+        assert "RESET ALL" in reset[0]  # a prepared statement ran: its text is unseen
         assert reset[1].startswith(DEALLOCATE)
-        async with pool.acquire():  # clean again: back to one round trip
-            assert len(rec.take()) == 1
+        async with pool.acquire():  # asyncpg cached new statements: one more check
+            assert [CHECK in q for q in rec.take()] == [True]
+        async with pool.acquire():  # nothing new since: no round trip
+            assert rec.take() == []
         assert pool.stats().closed_broken == 0
+
+
+async def test_driver_prepare_alone_makes_the_check_fire(pg_server: Any) -> None:
+    """conn.prepare() never executed (nothing logged, nothing counted) still gets deallocated."""
+    async with recorded_pool(pg_server) as (rec, pool):
+        async with pool.acquire():  # the first return gets the whole reset
+            pass
+        async with pool.acquire():  # one connection: this waited for it
+            rec.take()
+        async with pool.acquire() as conn:
+            held = await conn.prepare("SELECT 44")
+            name = held.get_name()
+            first = conn
+        async with pool.acquire() as conn:
+            reset = rec.take()
+            assert conn is first
+            assert [CHECK in q for q in reset] == [True, False]
+            assert "RESET ALL" not in reset[0]  # only the prepared statements' part
+            assert (
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_prepared_statements WHERE name = $1", name
+                )
+                == 0
+            )
+        del held
 
 
 async def test_swapping_a_cached_statement_for_ones_own_discards_the_connection(

@@ -256,9 +256,9 @@ async def test_dead_idle_connection_is_replaced_not_handed_out() -> None:
 
 
 async def test_dirty_connection_is_reset_before_reuse() -> None:
-    """A connection returned inside a transaction is reset before the next borrower sees it."""
+    """With reset="session", a connection returned dirty is reset before the next borrower."""
     connector = FakeConnector(reset_delay=0.001)
-    async with Pool(connector, max_connections=1) as pool:
+    async with Pool(connector, max_connections=1, reset="session") as pool:
         async with pool.acquire() as conn:
             conn.begin()
             conn.set_session_state()

@@ -160,3 +160,34 @@ class TestVirtualTime:
             stats = pool.stats()
             assert (stats.closed_broken, stats.resetting) == (1, 0)
             assert rec.reset_ends == [released + 2.5]
+
+
+class LateDecider(FakeConnector):
+    """A fake with ``reset_nowait``: it can tell a reset needs no I/O only after one loop pass."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.asked: list[bool | None] = []
+        self.ready = False  # true from the second question on
+
+    def reset_nowait(self, conn: FakeConnection, mode: Any) -> bool | None:
+        answer: bool | None = True if self.ready else None
+        self.asked.append(answer)
+        self.ready = True  # by the second question, the loop has run once more
+        if answer:
+            conn.session_dirty = False
+        return answer
+
+
+async def test_a_reset_that_needs_no_io_skips_the_connectors_reset() -> None:
+    """reset_nowait: None, a loop pass, then True; the async reset and its deadline never run."""
+    connector = LateDecider()
+    async with Pool(connector, max_connections=1, reset="session") as pool:
+        conn = await dirty_borrow(pool)
+        pool.release(conn)
+        async with pool.acquire() as again:
+            assert again is conn
+            assert not again.session_dirty
+        assert connector.asked[:2] == [None, True]
+        assert connector.resets == 0
+        assert_consistent(pool, connector)

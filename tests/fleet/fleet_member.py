@@ -25,14 +25,20 @@ parent is gone), so it never outlives the test that started it.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this file's directory is sys.path[0], and it holds packages
+# named after the drivers (tests/asyncpg, tests/psycopg) that would shadow them.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
+
 import argparse
 import json
 import os
 import random
 import runpy
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 # Run as a script, this file's folder comes first on sys.path, where the test

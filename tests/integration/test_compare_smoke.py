@@ -1,4 +1,4 @@
-"""benchmarks/compare.py runs end to end: every scenario, every candidate, JSON and plot.
+"""benchmarks/compare.py runs end to end: every scenario, every candidate and pair, JSON, plot.
 
 Tiny counts and quick mode: this checks the script works, never how fast
 anything is (speed belongs in the benchmark's own output).
@@ -51,6 +51,8 @@ def test_quick_run_reports_every_row(pg_server: Any, tmp_path: Path) -> None:
             dsn,
             "--connections",
             "2",
+            "--tasks",
+            "2,5",
             "--duration",
             "0.05",
             "--burst-tasks",
@@ -72,15 +74,20 @@ def test_quick_run_reports_every_row(pg_server: Any, tmp_path: Path) -> None:
     written = json.loads(out.read_text())
     assert written.keys() == returned.keys()
     keys = compare.key
-    throughput = {keys(c) for c in compare.THROUGHPUT}
-    assert set(written["uncontended"]) == throughput
-    assert set(written["contended"]) == throughput
+    throughput = {keys(c) for c in [*compare.THROUGHPUT, *compare.SYNC]}
+    assert set(written["throughput"]) == {"2 tasks", "5 tasks"}
+    for rows in written["throughput"].values():
+        assert set(rows) == throughput
+        for row in rows.values():
+            assert row["ops"] > 0
+            assert {"ops_per_s", "cpu_us_per_op", "x_floor", "x_peer", "rounds"} <= row.keys()
     assert set(written["burst"]) == {keys(c) for c in compare.burst_candidates(0.3)}
     assert set(written["spike"]) == {keys(c) for c in compare.SPIKE}
-    for scenario in ("uncontended", "contended"):
-        for row in written[scenario].values():
-            assert row["ops"] > 0
-            assert {"ops_per_s", "cpu_us_per_op", "x_floor", "x_peer"} <= row.keys()
+    pairs = {(p["scenario"], p["driver"], p["candidate"], p["reference"]) for p in written["pairs"]}
+    assert ("2 tasks", "asyncpg", compare.FACE, compare.PEER) in pairs
+    assert ("5 tasks", "psycopg", compare.FACE, compare.PEER) in pairs
+    assert ("2 tasks", "asyncpg", compare.CORE, compare.FLOOR) in pairs  # uncontended only
+    assert ("5 tasks", "asyncpg", compare.CORE, compare.FLOOR) not in pairs
     for row in written["spike"].values():
         assert row["opened"] >= 0
     assert len(written["targets"]) > 0

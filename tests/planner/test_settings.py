@@ -11,11 +11,15 @@ from elasticpool import DEFAULT_TOTAL_MAX_CONNECTIONS, ElasticPoolWarning, PoolS
 
 
 def test_defaults_match_the_design() -> None:
-    """The defaults are the documented ones: empty start, 180 s idle, 600 s life, 30 s wait."""
+    """The defaults are the documented ones: empty start, 180 s idle, 600 s life, 30 s wait.
+
+    ``reset`` defaults to ``"rollback"`` (as psycopg_pool, HikariCP and
+    PgBouncer's transaction mode): see docs/reset.md.
+    """
     s = PoolSettings()
     assert (s.min_connections, s.idle_timeout, s.connection_lifetime) == (0, 180.0, 600.0)
     assert (s.lifetime_jitter, s.pool_timeout, s.ping_after) == (0.025, 30.0, 1.0)
-    assert s.reset == "session"
+    assert s.reset == "rollback"
     assert s.instance_limit() == DEFAULT_TOTAL_MAX_CONNECTIONS == 50
 
 

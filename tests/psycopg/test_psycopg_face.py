@@ -178,7 +178,11 @@ def test_constructor_validates_and_exposes_attributes_as_psycopg_pool(
 
 
 def test_parameters_map_to_elastic_settings() -> None:
-    """psycopg_pool's parameters become the documented elasticpool settings."""
+    """psycopg_pool's parameters become the documented elasticpool settings.
+
+    As psycopg_pool, the face checks a connection on borrow only when given
+    ``check`` (``ping_after=None`` otherwise; closed ones are still found).
+    """
     pool = AsyncConnectionPool(
         "dbname=x",
         open=False,
@@ -199,7 +203,8 @@ def test_parameters_map_to_elastic_settings() -> None:
         None,
     )
     assert (s.connection_lifetime, s.idle_timeout, s.max_connecting) == (None, 30.0, 5)
-    assert (s.reset, s.ping_after, s.lifetime_jitter, s.backoff_max) == ("rollback", 1.0, 0.05, 2.0)
+    assert (s.reset, s.ping_after) == ("rollback", None)
+    assert (s.lifetime_jitter, s.backoff_max) == (0.05, 2.0)
 
     async def check(conn: Conn) -> None:
         pass
@@ -473,7 +478,7 @@ async def test_stale_putconn_does_not_return_the_next_borrow(pg_server: Any) -> 
             tg.start_soon(other)
             await lent.wait()
             assert got == [conn]
-            stale = r"^can't return connection to pool 'mine'; pool 'mine': connection .* returned"
+            stale = r"^can't return connection to pool 'mine'; pool 'mine': connection .* released"
             with pytest.raises(ValueError, match=stale):
                 await pool.putconn(conn)
             with pytest.raises(PoolTimeout):
@@ -836,12 +841,15 @@ async def test_code_written_for_psycopg_pool_runs_unchanged(pg_server: Any, obse
 async def test_bad_returns_are_logged_as_psycopg_pool_does(
     pg_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A connection given back mid-transaction is logged at WARNING with psycopg_pool's text."""
+    """A connection given back mid-transaction is logged at WARNING with psycopg_pool's text.
+
+    On psycopg_pool's own logger, ``psycopg.pool``, as existing logging set-ups expect.
+    """
     dsn = pg_server.dsn(application_name=unique_name("log"))
     async with AsyncConnectionPool(dsn, min_size=1, open=False) as pool:
         conn = await pool.getconn()
         await conn.execute("SELECT 1")  # psycopg opened a transaction: INTRANS
-        with caplog.at_level("WARNING", logger="elasticpool"):
+        with caplog.at_level("WARNING", logger="psycopg.pool"):
             await pool.putconn(conn)
         warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert any(m.startswith("rolling back returned connection") for m in warned), warned

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
@@ -12,7 +13,7 @@ from collections.abc import (
     Mapping,
 )
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import asyncpg.pool
@@ -22,10 +23,24 @@ from .._connector import Fetch, ResetMode, log_refused, refused_settings
 from .._redact import dsn_passwords, dsn_problem, redact_dsn, split_uri, unshown
 from .._sql import check_placeholders
 from ._errors import is_disconnect_error, pooler_hint
-from ._reset import _impl, _is_cancelling, _send_session_reset
+from ._reset import (
+    ASYNCPG,
+    FULL,
+    Tracker,
+    _cached_names,
+    _impl,
+    _is_cancelling,
+    _own_reset,
+    _send_session_reset,
+)
 
 ConnectionCallback = Callable[[asyncpg.Connection], Awaitable[object]]
 """``init``, ``setup`` and ``reset`` callbacks: a coroutine function taking the connection."""
+
+SessionScope = Literal["full", "asyncpg"]
+"""What a ``"session"`` reset clears: everything, or what :meth:`asyncpg.Connection.reset` does."""
+
+_SCOPES: dict[str, int] = {"full": FULL, "asyncpg": ASYNCPG}
 
 
 @dataclasses.dataclass(slots=True)
@@ -57,8 +72,17 @@ class AsyncpgConnector:
     * ``reset``: as :class:`asyncpg.Pool`'s ``reset``, a coroutine function
       replacing the default ``"session"`` clean-up: the transaction is rolled
       back and asyncpg's Python-side listeners dropped, then ``reset(conn)``
-      runs instead of :func:`session_reset_sql`. It is not called in
-      ``"rollback"`` mode. If it raises, the pool discards the connection.
+      runs instead of :func:`session_reset_sql`, on every return. It is not
+      called in ``"rollback"`` mode. If it raises, the pool discards the
+      connection.
+    * ``session_scope``: what a ``"session"`` reset clears: ``"full"`` (the
+      default: everything below) or ``"asyncpg"`` (what
+      :meth:`asyncpg.Connection.reset` clears, and the role; the drop-in
+      face's default).
+    * ``tracking`` (default ``True``): send only the parts of the ``"session"``
+      reset that the borrower's statements may have dirtied, read from
+      asyncpg's query log (none after plain queries; see ``docs/reset.md``
+      for what counts). ``False``: the whole reset on every return.
     * :meth:`set_connect_args` replaces ``dsn`` and ``connect_kwargs`` for
       later connects; open connections are kept (see
       :meth:`elasticpool.Pool.expire_connections`).
@@ -78,6 +102,9 @@ class AsyncpgConnector:
       they were after ``init``, and prepared statements and cursors obtained
       during the borrow are invalidated (asyncpg raises
       :class:`~asyncpg.exceptions.InterfaceError` if they are used again).
+      With ``tracking``, from a connection's first return on, only the
+      statements for what the borrower may have dirtied are sent, and no round
+      trip at all after plain queries.
 
     A query cancelled mid-flight (task cancelled, or ``timeout=`` expired)
     leaves asyncpg sending a cancel request to the server in the background.
@@ -106,18 +133,31 @@ class AsyncpgConnector:
         connect: Callable[..., Awaitable[asyncpg.Connection]] | None = None,
         init: ConnectionCallback | None = None,
         reset: ConnectionCallback | None = None,
+        session_scope: SessionScope = "full",
+        tracking: bool = True,
         **connect_kwargs: Any,
     ) -> None:
         for what, fn in (("connect", connect), ("init", init), ("reset", reset)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{what} must be a coroutine function or None (got {fn!r})")
+        if session_scope not in _SCOPES:
+            raise ValueError(
+                f"session_scope must be one of {tuple(_SCOPES)} (got {session_scope!r})"
+            )
+        if not isinstance(tracking, bool):
+            raise TypeError(f"tracking must be a bool (got {tracking!r})")
         _check_dsn(dsn)
         self._dsn = dsn
         self._kwargs = connect_kwargs
         self._connect_fn = connect
         self._init = init
         self._reset_fn = reset
+        self._scope = _SCOPES[session_scope]
+        self._tracking = tracking and reset is None
         self._baselines: weakref.WeakKeyDictionary[asyncpg.Connection, _Baseline] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._trackers: weakref.WeakKeyDictionary[asyncpg.Connection, Tracker] = (
             weakref.WeakKeyDictionary()
         )
         # Set by AsyncpgPool: arguments that survive set_connect_args (connection_class,
@@ -225,16 +265,70 @@ class AsyncpgConnector:
     def needs_reset(self, conn: asyncpg.Connection, mode: ResetMode) -> bool:
         """Whether ``conn`` needs :meth:`reset` before reuse (a cheap local check).
 
-        ``"session"``: always. ``"rollback"``: a transaction is open or failed,
-        a transaction object is left behind, or a cancelled query is still
-        being cancelled. ``"none"``: only the last (the pool does not ask in
-        that mode today).
+        ``"rollback"``: a transaction is open or failed, a transaction object
+        is left behind, or a cancelled query is still being cancelled.
+        ``"none"``: only the last (the pool does not ask in that mode today).
+        ``"session"``: the same, or (with ``tracking``, from the connection's
+        first reset on) the borrower ran a statement that may have dirtied a
+        part of the session reset's scope, or changed asyncpg's Python-side
+        listeners or loggers; always with a ``reset`` callback, without
+        ``tracking``, and before the connection was first reset. When it says
+        no, it ends the borrow on asyncpg's side, as a release does: the
+        :class:`~asyncpg.prepared_stmt.PreparedStatement` and cursor objects
+        obtained during it raise if used again.
         """
+        impl: Any = conn  # (asyncpg's private attributes; not _impl(): a call per release)
+        protocol = impl._protocol
         if mode == "none":
-            return _is_cancelling(conn)
-        if mode == "session":
+            return protocol is not None and bool(protocol._is_cancelling())
+        if protocol is None:
+            return True  # closed: the pool does not ask about a closed connection anyway
+        if mode == "rollback":
+            return (
+                protocol.is_in_transaction()
+                or impl._top_xact is not None
+                or bool(protocol._is_cancelling())
+            )
+        tracker = self._trackers.get(conn) if self._tracking else None
+        if (
+            tracker is None
+            or protocol.is_in_transaction()
+            or impl._top_xact is not None
+            or protocol._is_cancelling()
+            or tracker.parts(conn, self._scope)
+            or impl._listeners
+            or self._callbacks_changed(conn)
+        ):
             return True
-        return conn.is_in_transaction() or _impl(conn)._top_xact is not None or _is_cancelling(conn)
+        impl._pool_release_ctr += 1  # PreparedStatement / Cursor objects now raise
+        return False
+
+    def _callbacks_changed(self, conn: asyncpg.Connection) -> bool:
+        """Whether ``conn``'s log listeners, query loggers or termination listeners changed."""
+        impl: Any = conn
+        baseline = self._baselines.get(conn)
+        return (
+            baseline is None
+            or impl._log_listeners != baseline.log_listeners
+            or getattr(impl, "_query_loggers", set()) != baseline.query_loggers
+            or impl._termination_listeners != baseline.termination_listeners
+        )
+
+    def _track(self, conn: asyncpg.Connection) -> None:
+        """Start tracking what runs on ``conn``, if this connector tracks and ``conn`` can be.
+
+        Called at a connection's first ``"session"`` reset, or by the drop-in
+        face as soon as it is made (it knows the reset it uses). The tracker's
+        logger is one of the connection's own from then on: resets keep it.
+        """
+        if not self._tracking or conn in self._trackers or not _own_reset(conn):
+            return
+        tracker = Tracker(conn)
+        conn.add_query_logger(tracker)
+        self._trackers[conn] = tracker
+        baseline = self._baselines.get(conn)
+        if baseline is not None:
+            baseline.query_loggers.update(getattr(_impl(conn), "_query_loggers", ()))
 
     async def reset(self, conn: asyncpg.Connection, mode: ResetMode) -> None:
         """Clean ``conn`` for the next borrower under ``mode`` (see the class docstring)."""
@@ -257,11 +351,61 @@ class AsyncpgConnector:
                 await conn.execute("ROLLBACK")
             await self._reset_fn(conn)
             return
-        try:
-            await _send_session_reset(conn)
-        except Exception as exc:
-            self._hint_pooler(exc)
-            raise
+        tracker = self._trackers.get(conn) if self._tracking else None
+        if tracker is not None and tracker.unseen(conn) > 0:
+            # The records of the borrower's last queries may still be queued on
+            # the loop (a reset worker can take this connection in the same pass
+            # of the loop as the release): let them reach the tracker first.
+            await asyncio.sleep(0)
+        parts = self._scope if tracker is None else tracker.parts(conn, self._scope)
+        if parts or conn.is_in_transaction() or not _own_reset(conn):
+            names = _cached_names(conn)
+            if tracker is not None:  # its own statements are not the next borrower's
+                conn.remove_query_logger(tracker)
+            try:
+                await _send_session_reset(conn, names, parts)
+            except Exception as exc:
+                self._hint_pooler(exc)
+                raise
+            finally:
+                if tracker is not None and not conn.is_closed():
+                    conn.add_query_logger(tracker)
+        if tracker is None:
+            self._track(conn)
+        else:
+            tracker.restart(conn)
+
+    def reset_nowait(self, conn: asyncpg.Connection, mode: ResetMode) -> bool | None:
+        """Finish a ``"session"`` reset at once if it needs no I/O; ``True`` if done.
+
+        So it is when the tracker has seen every query run since the last
+        reset and none may have dirtied the session (the pool asked for a
+        reset because their records had not come in yet at the release, or
+        for asyncpg's Python-side listeners and loggers): the Python-side
+        clean-up is done here. ``None`` while records of queries that just ran
+        may still be on their way (the pool asks again one pass of the loop
+        later); ``False``, having changed nothing, when the reset needs I/O.
+        """
+        if mode != "session" or self._reset_fn is not None:
+            return False
+        tracker = self._trackers.get(conn) if self._tracking else None
+        impl: Any = conn
+        protocol = impl._protocol
+        if (
+            tracker is None
+            or protocol is None
+            or protocol.is_in_transaction()
+            or protocol._is_cancelling()
+        ):
+            return False
+        if tracker.unseen(conn) > 0:
+            return None
+        if tracker.parts(conn, self._scope):
+            return False
+        impl._top_xact = None
+        self._forget_borrow(conn)
+        tracker.restart(conn)
+        return True
 
     def _forget_borrow(self, conn: asyncpg.Connection) -> None:
         """Drop the Python-side traces of a borrow: listeners, loggers, statements and cursors."""

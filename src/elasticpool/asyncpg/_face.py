@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import warnings
 from collections.abc import (
@@ -29,9 +31,8 @@ from .._settings import PoolSettings
 from .._stats import PoolStats
 from .._validate import check_int_type, check_seconds_type
 from ..fleet import Membership
-from ._connector import AsyncpgConnector, ConnectionCallback
+from ._connector import AsyncpgConnector, ConnectionCallback, SessionScope
 from ._errors import AsyncpgPoolClosed, _AcquireTimeout
-from ._reset import _impl
 
 _RESET_MODES = ("none", "rollback", "session")
 
@@ -42,13 +43,19 @@ _RENAMED = {"min_connections": "min_size", "max_connections": "max_size"}
 
 
 class _Lease:
-    """A connection lent by an :class:`AsyncpgPool`, and the core borrow that holds it."""
+    """A connection lent by an :class:`AsyncpgPool`, the core borrow that holds it, its timeout."""
 
-    __slots__ = ("acquire", "conn")
+    __slots__ = ("acquire", "conn", "timeout")
 
-    def __init__(self, conn: asyncpg.Connection, acquire: Borrow[asyncpg.Connection]) -> None:
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        acquire: Borrow[asyncpg.Connection],
+        timeout: float | None,
+    ) -> None:
         self.conn = conn
         self.acquire = acquire
+        self.timeout = timeout
 
 
 class AsyncpgPool:
@@ -65,8 +72,9 @@ class AsyncpgPool:
     returns once ``init_size`` (default ``min_size``) connections are open and
     raises the connect error if one fails; ``acquire()`` waits forever unless
     given ``timeout`` (then :class:`asyncio.TimeoutError`); ``setup`` runs
-    on every acquire; released connections are reset with asyncpg's default
-    (transaction rolled back, session state cleared) or the ``reset`` callback;
+    on every acquire; a released connection is reset before ``release()``
+    returns, in the releasing task, with asyncpg's default (transaction rolled
+    back, session state cleared) or the ``reset`` callback;
     a connection retires after ``max_queries`` queries; ``close()`` waits for
     every borrowed connection to come back; an acquire on a closed pool raises
     :class:`~asyncpg.exceptions.InterfaceError`; releasing a connection twice
@@ -78,8 +86,9 @@ class AsyncpgPool:
 
     * the connection lent is asyncpg's own :class:`asyncpg.Connection`, not a
       proxy: using it after release is not detected (it is a bug all the same);
-    * the reset runs in the background after ``release()`` returns, and a
-      connection whose reset fails is closed instead of lent;
+    * the default reset sends only what the borrower's statements may have
+      dirtied (nothing after plain queries; see ``docs/reset.md``), and it
+      also resets the role;
     * connections also retire at ``connection_lifetime`` (600 s, jittered), an
       idle one is pinged before reuse after ``ping_after`` (1 s), and a dead
       one is never lent once asyncpg knows it is closed;
@@ -164,10 +173,13 @@ class AsyncpgPool:
                 raise TypeError(f"{what} must be a coroutine function or None (got {fn!r})")
 
         settings_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in _SETTINGS_FIELDS}
+        scope: SessionScope = "full"
         if isinstance(reset, str):
             if reset not in _RESET_MODES:
                 raise ValueError(f"reset must be a coroutine function or one of {_RESET_MODES}")
             mode, reset_fn = reset, None
+        elif reset is None:  # asyncpg's own reset: what Connection.reset() clears
+            mode, reset_fn, scope = "session", None, "asyncpg"
         else:
             mode, reset_fn = "session", reset
         settings_kw["reset"] = mode
@@ -191,8 +203,14 @@ class AsyncpgPool:
             if idle is not None and lifetime is not None and idle >= lifetime:
                 settings_kw["idle_timeout"] = None  # the default lifetime comes first anyway
 
+        self._mode: ResetMode = mode
         connector = AsyncpgConnector(
-            dsn, connect=connect, init=self._watching(init), reset=reset_fn, **kwargs
+            dsn,
+            connect=connect,
+            init=self._watching(init),
+            reset=reset_fn,
+            session_scope=scope,
+            **kwargs,
         )
         fixed: dict[str, Any] = {"connection_class": connection_class, "record_class": record_class}
         if loop is not None:
@@ -208,6 +226,7 @@ class AsyncpgPool:
         self._max_queries = max_queries
         self._setup = setup
         self._leases: dict[int, _Lease] = {}
+        self._lost: set[asyncio.Task[None]] = set()  # see _closed
         self._state: Lifecycle = NEW  # new → opening → open → closing → closed
 
     # ------------------------------------------------------------------ lifecycle
@@ -356,7 +375,7 @@ class AsyncpgPool:
             if _AcquireTimeout is PoolTimeout:
                 raise
             raise _AcquireTimeout(str(exc)) from exc.__cause__  # pragma: no cover - 3.10
-        self._leases[id(conn)] = lease = _Lease(conn, borrow)
+        self._leases[id(conn)] = lease = _Lease(conn, borrow, timeout)
         if self._setup is not None:
             try:
                 if timeout is None:
@@ -365,7 +384,8 @@ class AsyncpgPool:
                     with anyio.fail_after(max(timeout - (anyio.current_time() - started), 0)):
                         await self._setup(conn)
             except BaseException as exc:
-                await self._release(lease, exc)
+                with contextlib.suppress(Exception):  # the setup error is the one to raise
+                    await self._release(lease, exc)
                 raise
         return lease
 
@@ -374,14 +394,19 @@ class AsyncpgPool:
     ) -> None:
         """Give back a connection from :meth:`acquire`.
 
-        It returns at once: the reset runs in the background, bounded by
-        ``close_timeout`` (so ``timeout``, accepted for compatibility, is not
-        used). Releasing a connection that is already back is harmless;
-        releasing one this pool never lent raises
-        :class:`~asyncpg.exceptions.InterfaceError`. A stale release is
-        ignored as in asyncpg: by a task that borrowed the connection and gave
-        it back itself, while another task holds the next borrow of it (the
-        pool sees the connection, not a proxy: see
+        As in asyncpg, the connection is reset before this returns, when it
+        needs it: a transaction left open is rolled back, and what the
+        borrower's statements may have changed of the session is cleared (see
+        :func:`create_pool`'s ``reset``; a borrower that only ran queries
+        leaves nothing to clear, and the release does no I/O). ``timeout``
+        (default: the ``timeout`` given to :meth:`acquire`; neither: no bound,
+        as in asyncpg) bounds the reset; a reset that fails or times out
+        terminates the connection and raises, as in asyncpg. Releasing a
+        connection that is already back is harmless; releasing one this pool
+        never lent raises :class:`~asyncpg.exceptions.InterfaceError`. A stale
+        release is ignored as in asyncpg: by a task that borrowed the
+        connection and gave it back itself, while another task holds the next
+        borrow of it (the pool sees the connection, not a proxy: see
         :meth:`elasticpool.Pool.release`); that borrow stands.
         """
         lease = self._leases.get(id(connection))
@@ -394,22 +419,81 @@ class AsyncpgPool:
             )
         if lease.acquire.is_stale():
             return  # this task's own borrow ended already: asyncpg ignores it too
-        await self._release(lease, None)
+        await self._release(lease, None, timeout)
 
-    async def _release(self, lease: _Lease, exc: BaseException | None) -> None:
+    async def _release(
+        self, lease: _Lease, exc: BaseException | None, timeout: float | None = None
+    ) -> None:
+        """End ``lease``: reset the connection here if it needs it, then give it to the pool.
+
+        asyncpg's warnings about listeners left on the connection are emitted
+        last, once the connection is back: under ``-W error`` they raise, and
+        must not cost the pool the connection.
+        """
         if self._leases.get(id(lease.conn)) is not lease:
             return  # already released (then maybe lent again: that borrow is not ours)
+        warned = self._listener_warnings(lease.conn)
+        try:
+            await self._give_back(lease, exc, timeout)
+        finally:
+            for warning in warned:
+                warnings.warn(warning, stacklevel=3)
+
+    async def _give_back(
+        self, lease: _Lease, exc: BaseException | None, timeout: float | None
+    ) -> None:
+        """Reset ``lease``'s connection if it needs it (as asyncpg does, here), and end the borrow.
+
+        Invariants: the lease leaves ``_leases`` first, so a second release (or
+        the termination listener) finds nothing to do; the core borrow is
+        ended exactly once, whatever is raised or cancelled on the way.
+        """
         del self._leases[id(lease.conn)]
         conn = lease.conn
-        lease.acquire.note_return()
-        impl = _impl(conn)
-        if not conn.is_closed():
-            self._warn_listeners(conn)
-            impl._pool_release_ctr += 1  # asyncpg's PreparedStatement / Cursor objects now raise
-            protocol = impl._protocol
-            if protocol is not None and protocol.queries_count >= self._max_queries:
-                lease.acquire.retire()
-        await lease.acquire.__aexit__(type(exc) if exc else None, exc, None)
+        borrow = lease.acquire
+        borrow.note_return()
+        if conn.is_closed():
+            borrow.end(exc)
+            return
+        impl: Any = conn  # (asyncpg's private attributes; not _impl(): a call per release)
+        impl._pool_release_ctr += 1  # asyncpg's PreparedStatement / Cursor objects now raise
+        protocol = impl._protocol
+        if protocol is not None and protocol.queries_count >= self._max_queries:
+            borrow.retire()  # closed instead of reset, as in asyncpg
+            borrow.end(exc, clean=True)
+            return
+        connector = self._connector
+        tracker = connector._trackers.get(conn) if connector._tracking else None
+        if tracker is not None and tracker.unseen(conn) > 0:
+            # asyncpg hands query loggers the record of a query on the loop's
+            # next pass: let the tracker read the last ones before it is asked.
+            try:
+                await asyncio.sleep(0)
+            except BaseException:
+                borrow.end(exc)  # the pool decides, and resets in the background
+                raise
+        if (exc is not None and connector.is_disconnect(exc)) or not connector.needs_reset(
+            conn, self._mode
+        ):
+            borrow.end(exc, clean=True)
+            return
+        if timeout is None:
+            timeout = lease.timeout
+        try:
+            if timeout is None:  # as asyncpg: no bound unless acquire() or release() has one
+                await connector.reset(conn, self._mode)
+            else:
+                with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+                    await connector.reset(conn, self._mode)
+                if scope.cancelled_caught:
+                    raise asyncio.TimeoutError(
+                        f"reset of a released connection timed out ({timeout:g}s)"
+                    )
+        except BaseException:
+            conn.terminate()  # as asyncpg: a connection whose reset failed is not reused
+            borrow.end(exc)
+            raise
+        borrow.end(exc, clean=True)
 
     def _watching(self, init: ConnectionCallback | None) -> ConnectionCallback:
         """``init``, then :meth:`_closed` as a termination listener (kept by every reset)."""
@@ -418,6 +502,8 @@ class AsyncpgPool:
             if init is not None:
                 await init(conn)
             conn.add_termination_listener(self._closed)
+            if self._mode == "session":
+                self._connector._track(conn)  # from its first borrow on
 
         return init_and_watch
 
@@ -432,28 +518,38 @@ class AsyncpgPool:
         if lease is None or lease.conn is not conn:
             return  # idle, already given back, or closed by the pool
         del self._leases[id(conn)]
-        lease.acquire.end(None)  # closed: the pool discards it
+        # asyncpg calls listeners from a loop callback, outside any task, and the
+        # pool's bookkeeping starts tasks (the close, a replacement connect): it
+        # would fail there and leave the slot closing for good. Hop into a task.
+        task = asyncio.get_running_loop().create_task(self._end_lost(lease))
+        self._lost.add(task)
+        task.add_done_callback(self._lost.discard)
 
-    def _warn_listeners(self, conn: asyncpg.Connection) -> None:
-        """asyncpg's warning for a connection released with listeners still on it."""
-        impl = _impl(conn)
-        if not impl._listeners and not impl._log_listeners:
-            return  # the usual case, on every release: nothing to look at
+    @staticmethod
+    async def _end_lost(lease: _Lease) -> None:
+        lease.acquire.end(None)  # closed: the pool discards it and replaces it as needed
+
+    def _listener_warnings(self, conn: asyncpg.Connection) -> list[Warning]:
+        """asyncpg's warnings for a connection released with listeners still on it."""
+        impl: Any = conn
+        if conn.is_closed() or (not impl._listeners and not impl._log_listeners):
+            return []  # the usual case, on every release: nothing to look at
         baseline = self._connector._baselines.get(conn)
         kept = baseline.log_listeners if baseline is not None else set()
+        out: list[Warning] = []
         for kind, listeners in (
             ("notification", [cb for cbs in impl._listeners.values() for cb in cbs]),
             ("log", [cb for cb in impl._log_listeners if cb not in kept]),
         ):
             if listeners:
                 n = len(listeners)
-                warnings.warn(
+                out.append(
                     asyncpg.exceptions.InterfaceWarning(
                         f"{conn!r} is being released to pool {self.name!r} but has {n} active "
                         f"{kind} listener{'s' if n > 1 else ''}"
-                    ),
-                    stacklevel=4,
+                    )
                 )
+        return out
 
     @asynccontextmanager
     async def transaction(
@@ -678,9 +774,14 @@ def create_pool(
         ``await setup(conn)`` on every acquire before the caller gets it; if it
         raises, the connection is released and the error propagates.
     ``reset``
-        a coroutine function: replaces the default session clean-up, as in
-        asyncpg. A string (``"none"``, ``"rollback"``, ``"session"``, the
-        default) chooses the elastic reset mode instead.
+        ``None`` (the default): what asyncpg's ``Connection.reset()`` clears
+        (transaction, settings, cursors, ``LISTEN``, advisory locks) and the
+        role, each only when the borrower's statements may have changed it
+        (``tracking=False``: all of it on every release). A coroutine
+        function: replaces the clean-up after the rollback, and runs on every
+        release, as in asyncpg. A string chooses an elastic reset mode instead:
+        ``"session"`` (everything, temporary tables and prepared statements
+        too), ``"rollback"`` or ``"none"``.
 
     Every :class:`~elasticpool.PoolSettings` field but ``min_connections`` and
     ``max_connections`` may be passed by keyword too (``total_max_connections``,

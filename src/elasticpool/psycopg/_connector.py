@@ -28,6 +28,7 @@ from ._reset import (
 )
 from ._wire import (
     _ACTIVE,
+    _BAD,
     _IDLE,
     _UNKNOWN,
     _cancel_handle,
@@ -261,12 +262,22 @@ class PsycopgConnector(Generic[ACT]):
         No round trip: psycopg's flags, the transaction status (``ACTIVE``
         and ``UNKNOWN`` say yes), and a non-blocking look at the socket.
         """
-        if conn.closed:
+        pgconn = conn.pgconn
+        if pgconn.status == _BAD:  # conn.closed, without its property call
             return True
-        status = conn.pgconn.transaction_status
-        if status in (_ACTIVE, _UNKNOWN):
+        if pgconn.transaction_status in (_ACTIVE, _UNKNOWN):
             return True
         return not _socket_alive(conn)
+
+    def closed_on_return(self, conn: ACT) -> bool:
+        """:meth:`is_closed` without the look at the socket, for a connection coming back.
+
+        The borrower has just used it; a server that closed it since is seen
+        by :meth:`is_closed` before the connection is lent again (a system
+        call per borrow saved).
+        """
+        pgconn = conn.pgconn
+        return pgconn.status == _BAD or pgconn.transaction_status in (_ACTIVE, _UNKNOWN)
 
     async def ping(self, conn: ACT) -> None:
         """Run ``check(conn)`` if given, else :func:`check_connection`; raise if unusable."""

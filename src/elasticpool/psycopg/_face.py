@@ -7,13 +7,15 @@ import inspect
 import logging
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import suppress
+from time import monotonic
 from types import TracebackType
-from typing import Any, Generic, TypeAlias, cast
+from typing import Any, Final, Generic, TypeAlias
 
 import anyio
 import anyio.lowlevel
+import psycopg
 from psycopg_pool.abc import ACT
 
 from .. import _errors
@@ -35,17 +37,47 @@ from ._face_args import (
     FaceStats,
     check_size,
     face_settings,
-    log_returned_state,
     pool_numbers,
     seconds,
 )
 from ._reset import check_connection
+from ._wire import _ACTIVE, _IDLE, _INERROR, _INTRANS, _OK, _UNKNOWN, _status_name
 
 logger = logging.getLogger("elasticpool")
+peer_logger = logging.getLogger("psycopg.pool")
+"""psycopg_pool's logger: the face logs psycopg_pool's own messages there, with its texts."""
 
 
 ReconnectFailedCB: TypeAlias = Callable[["AsyncConnectionPool[Any]"], Awaitable[None] | None]
 """``reconnect_failed(pool)``, sync or async."""
+
+
+_AENTER: Final = psycopg.AsyncConnection.__aenter__
+_AEXIT: Final = psycopg.AsyncConnection.__aexit__
+
+
+def _exit_is_a_no_op(conn: Any) -> bool:
+    """Whether psycopg's ``async with conn`` exit would do nothing now (no I/O, no error).
+
+    So it is when the connection class keeps psycopg's ``__aexit__`` and the
+    connection is closed, or belongs to a pool and is idle outside any
+    ``transaction()`` block, two-phase transaction or pipeline: then its
+    ``commit()`` or ``rollback()`` returns at once (after taking the
+    connection's lock, which the fast path skips); the common case in
+    autocommit.
+    """
+    if type(conn).__aexit__ is not _AEXIT:
+        return False
+    pgconn = conn.pgconn
+    if pgconn.status != _OK:
+        return True  # closed: psycopg's __aexit__ returns at once
+    return (
+        pgconn.transaction_status == _IDLE
+        and not conn._num_transactions
+        and not conn._tpc
+        and not conn._pipeline
+        and bool(getattr(conn, "_pool", None))
+    )
 
 
 # =============================================================================
@@ -63,10 +95,10 @@ class _FaceConnector(PsycopgConnector[ACT]):
     async def connect(self) -> ACT:
         try:
             conn = await super().connect()
-        except Exception:
+        except Exception as exc:
             face = self._face()
             if face is not None:
-                face._connect_failed()
+                face._connect_failed(exc)
             raise
         face = self._face()
         if face is not None:
@@ -90,13 +122,20 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
     (0: unbounded) → ``max_waiting``; ``max_lifetime`` →
     ``connection_lifetime`` (jitter 5 %, as psycopg_pool); ``max_idle`` →
     ``idle_timeout``; ``num_workers`` → ``max_connecting``; ``check`` given →
-    ``ping_after=0`` (checked on every borrow, as psycopg_pool does).
-    ``reset_mode`` (elasticpool's, default ``"rollback"`` as psycopg_pool
-    does) may be ``"session"`` for a full session reset. ``membership`` (a
+    ``ping_after=0`` (checked on every borrow, as psycopg_pool does), not
+    given → ``ping_after=None`` (no check, as psycopg_pool).
+    A connection given back is rolled back, closed or reset (``reset``) as
+    psycopg_pool does, before ``putconn()`` returns, with its warnings on the
+    ``psycopg.pool`` logger. ``reset_mode`` (elasticpool's, default
+    ``"rollback"``: that and nothing more) may be ``"session"`` for a full
+    session reset afterwards, in the background. ``membership`` (a
     :class:`~elasticpool.PostgresMembership`, say) makes it a member of a
     fleet sharing ``total_max_connections``, with sync pools of the same
     name too; any other :class:`~elasticpool.PoolSettings` field may be
     passed by keyword.
+    Idle connections are lent without yielding to the event loop, in turn
+    (least recently used first) when ``min_size == max_size``, else most
+    recently used first so the surplus ages out.
 
     ``reconnect_failed(pool)`` is called once per streak of failing connects
     that lasts longer than ``reconnect_timeout``; unlike psycopg_pool, the
@@ -170,6 +209,7 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
         self._min_size = min_size
         self._max_size = max_size
         self._reconnect_failed = reconnect_failed
+        self._reset = reset
 
         connector: _FaceConnector[ACT] = _FaceConnector(
             self,
@@ -178,11 +218,14 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
             connection_class=connection_class,
             configure=configure,
             check=check,
-            reset=reset,
         )
         self._connector = connector
         self.elastic: Pool[ACT] = Pool(connector, pool_settings, membership=membership, name=name)
         """The :class:`elasticpool.Pool` underneath (its ``stats()``, ``transaction()``…)."""
+        # Lend an idle connection with no checkpoint, as psycopg_pool does, when no
+        # health check is due on borrow (see _take_idle).
+        self._lend_at_once = pool_settings.ping_after is None
+        self._reuse_in_turn()
 
         # psycopg_pool's lifecycle flags: closed until opened; opened at most once.
         self._closed = True
@@ -338,8 +381,7 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
 
     # ------------------------------------------------------------------ borrowing
 
-    @asynccontextmanager
-    async def connection(self, timeout: float | None = None) -> AsyncIterator[ACT]:
+    def connection(self, timeout: float | None = None) -> _ConnectionContext[ACT]:
         """Borrow a connection for the block: ``async with pool.connection() as conn``.
 
         As in psycopg_pool: the block runs in psycopg's connection context
@@ -347,20 +389,7 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
         back afterwards. A connection-class error (see
         :func:`is_disconnect_error`) also closes it, so it is not reused.
         """
-        conn = await self.getconn(timeout=timeout)
-        now = self.elastic.clock  # the loop's clock, bound at open: anyio's costs ~1 us a call
-        started = now()
-        error: BaseException | None = None
-        try:
-            async with conn:
-                yield conn
-        except BaseException as exc:
-            error = exc  # a connection-class error evicts it on release
-            raise
-        finally:
-            self._putconn(conn, error)
-            self._usage_ms += int(1000.0 * (now() - started))
-            self._usages += 1
+        return _ConnectionContext(self, timeout)
 
     async def getconn(self, timeout: float | None = None) -> ACT:
         """Borrow a connection; give it back with :meth:`putconn`.
@@ -368,18 +397,33 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
         Waits up to ``timeout`` (``None``: :attr:`timeout`) seconds, then
         raises :class:`PoolTimeout`; :class:`TooManyRequests` at once if
         ``max_waiting`` callers already wait; :class:`PoolClosed` if closed.
+        As in psycopg_pool, a connection ready at once is lent without
+        yielding to the event loop (unless a ``check`` or ``ping_after``
+        asks for a health check first): only a caller that must wait waits.
         """
         if timeout is None:
             timeout = self.timeout
         self._requests_num += 1
-        self._check_open_getconn()
-        await self._start()
+        if self._closed or self._open_implicit:
+            self._check_open_getconn()
+        if not self._core_started:
+            await self._start()
         if timeout <= 0:
             raise PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec")
-        now = self.elastic.clock  # the loop's clock, bound at open: anyio's costs ~1 us a call
-        started = now()
+        elastic = self.elastic
+        conn: ACT | None = None
         try:
-            conn = await self.elastic.acquire(timeout=seconds(timeout))
+            if self._lend_at_once:
+                conn = self._take_idle()
+            if conn is None:
+                now = elastic.clock  # the loop's clock, bound at open: anyio's costs ~1 us
+                started = now()
+                try:
+                    conn = await elastic.acquire(timeout=seconds(timeout))
+                finally:
+                    # psycopg_pool adds each queued request's wait, failed or not, in
+                    # whole ms; a request served at once adds ~0.
+                    self._wait_ms += int(1000.0 * (now() - started))
         except _errors.PoolTimeout as exc:
             self._requests_errors += 1
             raise PoolTimeout(
@@ -388,7 +432,7 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
         except _errors.TooManyWaiters as exc:
             self._requests_errors += 1
             raise TooManyRequests(
-                f"the pool {self.name!r} has already {self.elastic.stats().waiting}"
+                f"the pool {self.name!r} has already {elastic.stats().waiting}"
                 f" requests waiting; {exc}"
             ) from None
         except _errors.PoolClosed as exc:
@@ -397,14 +441,61 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
         except BaseException:
             self._requests_errors += 1
             raise
-        finally:
-            # psycopg_pool adds each queued request's wait, failed or not, in whole ms;
-            # a request served at once adds ~0.
-            self._wait_ms += int(1000.0 * (now() - started))
         # As psycopg_pool: ``async with conn`` then does not close it, and
         # ``conn.close()`` returns it when ``close_returns`` is set.
-        cast(Any, conn)._pool = self
+        conn._pool = self  # type: ignore[assignment]  # (not cast(): a call per borrow)
         return conn
+
+    def _getconn_now(self, timeout: float | None) -> ACT | None:
+        """:meth:`getconn` for an open pool with an idle connection to lend at once, or ``None``.
+
+        ``None`` (having counted nothing) whenever :meth:`getconn` has more to
+        do: the pool not open yet or closed, a warning due, a check due on
+        borrow, no idle connection, or a non-positive ``timeout``.
+        """
+        if (
+            self._closed
+            or self._open_implicit
+            or not self._core_started
+            or not self._lend_at_once
+            or (timeout is not None and timeout <= 0)
+        ):
+            return None
+        elastic = self.elastic
+        try:
+            conn = elastic.acquire_nowait()  # _take_idle(), inlined for its usual case
+        except anyio.WouldBlock:
+            return None
+        except (_errors.PoolClosed, RuntimeError):
+            return None  # closing under us: getconn() raises psycopg_pool's error
+        if self._connector.is_closed(conn):
+            elastic.release(conn)  # closed: evicted, never lent; getconn() tries the next
+            self._found_closed += 1
+            return None
+        self._requests_num += 1
+        conn._pool = self  # type: ignore[assignment]
+        return conn
+
+    def _take_idle(self) -> ACT | None:
+        """An idle connection lent at once (no checkpoint), or ``None``: then the caller waits.
+
+        :meth:`elasticpool.Pool.acquire_nowait` never barges past queued
+        callers and does not ping, so this runs only without ``ping_after``
+        (the face's default, as psycopg_pool checks nothing unless given
+        ``check``); a connection the connector finds closed is given back,
+        evicted, and the next one tried.
+        """
+        elastic = self.elastic
+        is_closed = self._connector.is_closed
+        while True:
+            try:
+                conn = elastic.acquire_nowait()
+            except anyio.WouldBlock:
+                return None
+            if not is_closed(conn):
+                return conn
+            elastic.release(conn)  # closed: evicted, never lent
+            self._found_closed += 1  # a lost connection (the core counts a bad return)
 
     async def putconn(self, conn: ACT) -> None:
         """Give back a connection borrowed with :meth:`getconn`.
@@ -412,24 +503,101 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
         A connection not borrowed from this pool raises :class:`ValueError`
         (psycopg_pool's message), and so does a stale one: returned by this
         task already and borrowed by another since (see
-        :meth:`elasticpool.Pool.release`); that borrow stands. The hand-back
-        itself is synchronous (no await), so a cancelled caller cannot lose
-        the connection; the reset runs in the background.
+        :meth:`elasticpool.Pool.release`); that borrow stands. As in
+        psycopg_pool, a connection given back in a transaction is rolled back
+        here, one given back mid-query is closed, the ``reset`` callback runs,
+        and a pool already closed closes the connection, each with
+        psycopg_pool's warnings on the ``psycopg.pool`` logger; a connection
+        given back idle (the usual case) costs no await. Whatever is raised or
+        cancelled on the way, the connection is given back to the pool.
         """
-        self._putconn(conn, None)
+        await self._return(conn, None)
 
-    def _putconn(self, conn: ACT, error: BaseException | None) -> None:
+    async def _return(self, conn: ACT, error: BaseException | None) -> None:
+        if not self._return_now(conn, error):
+            await self._return_tidied(conn, error)
+
+    def _return_now(self, conn: ACT, error: BaseException | None) -> bool:
+        """Give back a connection that needs no tidying (idle, open pool, no ``reset``).
+
+        ``False``, having done nothing, if it needs :meth:`_return_tidied`.
+        Raises :class:`ValueError` for a foreign or stale connection.
+        """
         pool = getattr(conn, "_pool", None)
         if pool is not self:
             msg = f"it comes from pool {pool.name!r}" if pool else "it doesn't come from any pool"
             raise ValueError(f"can't return connection to pool {self.name!r}, {msg}: {conn}")
+        pgconn = conn.pgconn
+        if (
+            self._closed
+            or self._reset is not None
+            or pgconn.status != _OK
+            or pgconn.transaction_status != _IDLE
+        ):
+            return False
         try:
-            self.elastic.check_release(conn, what="returned")
-        except RuntimeError as exc:  # a stale putconn (see Pool.release): that borrow stands
+            self.elastic.release(conn, exc=error)
+        except RuntimeError as exc:  # stale (see Pool.release): that borrow stands
             raise ValueError(f"can't return connection to pool {self.name!r}; {exc}") from None
-        cast(Any, conn)._pool = None
-        log_returned_state(conn)
-        self.elastic.release(conn, exc=error)
+        conn._pool = None
+        return True
+
+    async def _return_tidied(self, conn: ACT, error: BaseException | None) -> None:
+        elastic = self.elastic
+        try:
+            elastic.check_release(conn, what="returned")
+        except RuntimeError as exc:  # stale (see Pool.release): that borrow stands
+            raise ValueError(f"can't return connection to pool {self.name!r}; {exc}") from None
+        try:
+            await self._tidy(conn)
+        finally:
+            conn._pool = None
+            elastic.release(conn, exc=error)
+
+    async def _tidy(self, conn: ACT) -> None:
+        """psycopg_pool's return of a connection that is not simply idle, with its warnings.
+
+        A closed pool closes it. Else a transaction is rolled back (closed if
+        that fails), a query under way gets it closed (the connector also
+        cancels the query on the server), then the ``reset`` callback runs
+        (closed if it fails or leaves a transaction). A connection closed by
+        then is reported as psycopg_pool does: discarded. Cancellation is not
+        swallowed (psycopg_pool's is): it propagates, and the pool closes a
+        connection it left in an unknown state.
+        """
+        if self._closed:
+            await self._connector.close(conn)
+            return
+        status = conn.pgconn.transaction_status
+        if status in (_INTRANS, _INERROR):
+            peer_logger.warning("rolling back returned connection: %s", conn)
+            try:
+                await conn.rollback()
+            except Exception as ex:
+                peer_logger.warning(
+                    "rollback failed: %s: %s. Discarding connection %s",
+                    ex.__class__.__name__,
+                    ex,
+                    conn,
+                )
+                await self._connector.close(conn)
+        elif status == _ACTIVE:
+            peer_logger.warning("closing returned connection: %s", conn)
+            await self._connector.close(conn)
+        reset = self._reset
+        if reset is not None and not conn.closed:
+            try:
+                await reset(conn)
+                if conn.pgconn.transaction_status != _IDLE:
+                    raise psycopg.ProgrammingError(
+                        f"connection left in status {_status_name(conn)} by reset function"
+                        f" {reset}: discarded"
+                    )
+            except Exception as ex:
+                peer_logger.warning("error resetting connection: %s", ex)
+                await self._connector.close(conn)
+        if conn.closed or conn.pgconn.transaction_status == _UNKNOWN:
+            peer_logger.warning("discarding closed connection: %s", conn)
 
     # ------------------------------------------------------------------ maintenance
 
@@ -444,6 +612,18 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
         await self.elastic.resize(max_size, min_connections=min_size)
         self._min_size = min_size
         self._max_size = max_size
+        self._reuse_in_turn()
+
+    def _reuse_in_turn(self) -> None:
+        """Lend idle connections least recently used first when the pool cannot shrink.
+
+        psycopg_pool uses its connections in turn (a queue). With ``min_size ==
+        max_size`` (its default) nothing ages out, so the face does the same;
+        with room to shrink it lends the most recently used one, so that the
+        surplus sits idle and closes after ``max_idle`` (psycopg_pool shrinks
+        by counting unused connections instead).
+        """
+        self.elastic.set_reuse_order(lru=self._min_size == self._max_size)
 
     async def check(self) -> None:
         """Check every idle connection now; broken ones are closed and replaced as needed.
@@ -482,18 +662,25 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
         if inspect.isawaitable(result):
             await result
 
-    def _connect_failed(self) -> None:
+    def _connect_failed(self, exc: Exception) -> None:
+        """psycopg_pool's warnings for a failed connect, and ``reconnect_failed`` once per streak.
+
+        Each failed attempt is logged as psycopg_pool logs it; a streak that
+        outlasts ``reconnect_timeout`` is reported once with psycopg_pool's
+        "reconnection attempt ... failed" text and ``reconnect_failed`` is
+        called, but the pool keeps reconnecting (with backoff) instead of
+        giving up.
+        """
+        peer_logger.warning("error connecting in %r: %s", self.name, exc)
         now = anyio.current_time()
         if self._failing_since is None:
             self._failing_since = now
             self._streak_reported = False
         elif not self._streak_reported and now - self._failing_since >= self.reconnect_timeout:
             self._streak_reported = True
-            logger.warning(
-                "pool %r: connects have been failing for %.1fs (reconnect_timeout %gs); "
-                "still retrying",
+            peer_logger.warning(
+                "reconnection attempt in pool %r failed after %s sec",
                 self.name,
-                now - self._failing_since,
                 self.reconnect_timeout,
             )
             self._spawn(self.reconnect_failed())
@@ -505,3 +692,69 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
 
     def _elastic_stats(self) -> PoolStats:
         return self.elastic.stats()
+
+
+class _ConnectionContext(Generic[ACT]):
+    """What :meth:`AsyncConnectionPool.connection` returns: ``async with`` borrows for a block.
+
+    A class rather than ``@asynccontextmanager``: a generator per borrow costs
+    more than the borrow itself on the fast path.
+    """
+
+    __slots__ = ("_conn", "_pool", "_started", "_timeout")
+
+    def __init__(self, pool: AsyncConnectionPool[ACT], timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: ACT | None = None
+        self._started = 0.0
+
+    async def __aenter__(self) -> ACT:
+        pool = self._pool
+        conn = pool._getconn_now(self._timeout)  # (no coroutine on the usual path)
+        if conn is None:
+            conn = await pool.getconn(timeout=self._timeout)
+        self._conn = conn
+        self._started = monotonic()
+        if type(conn).__aenter__ is not _AENTER:  # psycopg's own just returns the connection
+            try:
+                await conn.__aenter__()
+            except BaseException as exc:
+                self._conn = None
+                await pool._return(conn, exc)
+                raise
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        pool = self._pool
+        error = exc  # a connection-class error evicts it on release
+        try:
+            # _exit_is_a_no_op(conn), inlined for its usual answer: this runs per borrow.
+            c: Any = conn  # (psycopg's private attributes)
+            pgconn = c.pgconn
+            if not (
+                pgconn.transaction_status == _IDLE
+                and pgconn.status == _OK
+                and type(c).__aexit__ is _AEXIT
+                and not c._num_transactions
+                and not c._tpc
+                and not c._pipeline
+                and c._pool is pool
+            ) and not _exit_is_a_no_op(conn):
+                await conn.__aexit__(exc_type, exc, tb)  # COMMIT, or ROLLBACK on an error
+        except BaseException as raised:
+            error = raised
+            raise
+        finally:
+            pool._usage_ms += int(1000.0 * (monotonic() - self._started))
+            pool._usages += 1
+            if not pool._return_now(conn, error):  # (no coroutine on the usual path)
+                await pool._return_tidied(conn, error)

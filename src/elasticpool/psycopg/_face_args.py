@@ -90,6 +90,22 @@ def psycopg_wording(message: str) -> str:
     return message
 
 
+def idle_within(max_idle: float, max_lifetime: float) -> float | None:
+    """``max_idle`` as elasticpool's ``idle_timeout``; ``None`` if the lifetime comes first.
+
+    psycopg_pool accepts ``max_idle >= max_lifetime`` silently (a connection
+    retires before it could idle out); elasticpool's settings would warn about
+    it (an error under ``-W error``), so the face drops the idle timeout itself,
+    as psycopg_pool in effect does. Values out of range are left for the
+    settings to refuse.
+    """
+    idle, lifetime = seconds(max_idle), seconds(max_lifetime)
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (idle, lifetime))
+    if numbers and 0 < lifetime <= idle:  # type: ignore[operator]
+        return None
+    return idle
+
+
 def seconds(value: float) -> float | None:
     """psycopg_pool takes ``inf`` for "no limit"; elasticpool spells it ``None``."""
     return None if value == math.inf else value
@@ -146,13 +162,14 @@ def face_settings(
         "pool_timeout": seconds(timeout),
         "max_waiting": max_waiting or None,
         "connection_lifetime": seconds(max_lifetime),
-        "idle_timeout": seconds(max_idle),
+        "idle_timeout": idle_within(max_idle, max_lifetime),
         "lifetime_jitter": 0.05,
         "max_connecting": num_workers,
         "reset": reset_mode,
     }
-    if check_given:
-        settings["ping_after"] = 0.0
+    # psycopg_pool checks a connection on borrow only when given ``check`` (then
+    # on every borrow); the connector still finds closed ones for free.
+    settings["ping_after"] = 0.0 if check_given else None
     if not max_size_given and elastic_settings.get("total_max_connections") is not None:
         del settings["max_connections"]
     settings.update(elastic_settings)
@@ -185,6 +202,7 @@ class FaceStats:
 
     _min_size: int
     _max_size: int
+    _found_closed: int
 
     def _init_stats(self) -> None:
         self._requests_num = 0
@@ -192,6 +210,7 @@ class FaceStats:
         self._wait_ms = 0
         self._usage_ms = 0
         self._usages = 0
+        self._found_closed = 0  # idle connections found closed when about to be lent
         self._baseline: dict[str, float] = dict.fromkeys(COUNTERS, 0)
         self._baseline_events: dict[str, int] = dict.fromkeys(MS_EVENTS.values(), 0)
 
@@ -206,11 +225,11 @@ class FaceStats:
             "requests_wait_ms": self._wait_ms / 1000.0,
             "requests_errors": self._requests_errors,
             "usage_ms": self._usage_ms / 1000.0,
-            "returns_bad": s.returned_broken,
+            "returns_bad": s.returned_broken - self._found_closed,
             "connections_num": s.connects + s.connect_errors,
             "connections_ms": s.total_connect_time,
             "connections_errors": s.connect_errors,
-            "connections_lost": s.closed_broken - s.returned_broken,
+            "connections_lost": s.closed_broken - s.returned_broken + self._found_closed,
         }
         events = {"requests_queued": s.waits, "_usages": self._usages, "_connects_ok": s.connects}
         return counters, events

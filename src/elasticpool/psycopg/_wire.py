@@ -25,7 +25,10 @@ logger = logging.getLogger("elasticpool")
 _IDLE: Final = pq.TransactionStatus.IDLE
 _ACTIVE: Final = pq.TransactionStatus.ACTIVE
 _UNKNOWN: Final = pq.TransactionStatus.UNKNOWN
+_INTRANS: Final = pq.TransactionStatus.INTRANS
+_INERROR: Final = pq.TransactionStatus.INERROR
 _OK: Final = pq.ConnStatus.OK
+_BAD: Final = pq.ConnStatus.BAD
 
 
 _ENDING: Final[weakref.WeakSet[psycopg.BaseConnection[Any]]] = weakref.WeakSet()
@@ -34,6 +37,10 @@ _ENDING: Final[weakref.WeakSet[psycopg.BaseConnection[Any]]] = weakref.WeakSet()
 Once read, that message is gone from the socket, and until the end-of-file
 arrives libpq still says the connection is fine: the verdict has to be kept.
 """
+
+
+_ENDING_REFS: Final[set[Any]] = cast(Any, _ENDING).data
+"""The weak set's own set of references: its truth is a C call, the weak set's a Python one."""
 
 
 _MAX_CANCEL_THREADS: Final = 8
@@ -46,12 +53,34 @@ def _status_name(conn: psycopg.BaseConnection[Any]) -> str:
     return pq.TransactionStatus(conn.pgconn.transaction_status).name
 
 
+_POLLERS: Final[dict[int, Any]] = {}
+"""One ``select.poll`` object per file descriptor number, registered once.
+
+A poller watches a number, not a socket: once a socket is closed and its
+number reused, the same poller watches the new one, which is what is wanted.
+Making and registering a poller costs more than the poll itself, and this
+runs twice per borrow (lent and given back).
+"""
+
+_POLL_MASK: Final = (
+    select.POLLIN | select.POLLERR | select.POLLHUP if hasattr(select, "poll") else 0
+)
+
+
 def _socket_readable(fd: int) -> bool:
     """Whether ``fd`` has something to read now (no waiting)."""
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
-        return bool(poller.poll(0))
+    if _POLL_MASK:
+        poller = _POLLERS.get(fd)
+        if poller is None:
+            poller = _POLLERS[fd] = select.poll()
+            poller.register(fd, _POLL_MASK)
+        try:
+            return bool(poller.poll(0))
+        except RuntimeError:  # polled by another thread at this instant: use one of our own
+            pass
+        mine = select.poll()
+        mine.register(fd, _POLL_MASK)
+        return bool(mine.poll(0))
     readable, _, _ = select.select([fd], [], [], 0)  # pragma: no cover - Windows
     return bool(readable)
 
@@ -71,12 +100,17 @@ def _socket_alive(conn: psycopg.BaseConnection[Any]) -> bool:
     message is consumed, so the next look would see nothing to read and a
     status that still says OK until the end-of-file comes.
     """
-    if conn in _ENDING:
+    if _ENDING_REFS and conn in _ENDING:  # (empty but for the odd dying connection)
         return False
     pgconn = conn.pgconn
     try:
         fd = pgconn.socket
-        if not _socket_readable(fd):
+        poller = _POLLERS.get(fd)  # _socket_readable(fd), inlined: this runs per borrow
+        try:
+            readable = poller.poll(0) if poller is not None else _socket_readable(fd)
+        except RuntimeError:  # polled by another thread at this instant
+            readable = _socket_readable(fd)
+        if not readable:
             return True
         ending = False
         forward = pgconn.notice_handler
