@@ -201,7 +201,7 @@ def test_parameters_map_to_elastic_settings() -> None:
     assert (s.connection_lifetime, s.idle_timeout, s.max_connecting) == (None, 30.0, 5)
     assert (s.reset, s.ping_after, s.lifetime_jitter, s.total_max_connections) == (
         "rollback",
-        1.0,
+        None,  # no check on borrow without check=, as psycopg_pool (and the async face)
         0.05,
         11,
     )
