@@ -472,6 +472,9 @@ class AsyncpgPool:
             except BaseException:
                 borrow.end(exc)  # the pool decides, and resets in the background
                 raise
+            if conn.is_closed():  # lost meanwhile: nothing to reset, nothing to raise
+                borrow._end(exc)
+                return
         if (exc is not None and connector.is_disconnect(exc)) or not connector.needs_reset(
             conn, self._mode
         ):
