@@ -473,7 +473,7 @@ class AsyncpgPool:
                 borrow.end(exc)  # the pool decides, and resets in the background
                 raise
             if conn.is_closed():  # lost meanwhile: nothing to reset, nothing to raise
-                borrow._end(exc)
+                borrow.end(exc)
                 return
         if (exc is not None and connector.is_disconnect(exc)) or not connector.needs_reset(
             conn, self._mode
