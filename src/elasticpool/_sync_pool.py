@@ -1350,6 +1350,11 @@ class SyncPool(Generic[ConnT]):
     # ------------------------------------------------------------------ inspection
 
     @property
+    def limit(self) -> int:
+        """The limit now: what :meth:`resize` (or the fleet) set last; ``stats().max``."""
+        return self._planner.limit
+
+    @property
     def lent(self) -> int:
         """Connections lent to callers now: in use less a fleet heartbeat's own borrow.
 

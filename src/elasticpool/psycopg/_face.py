@@ -703,17 +703,17 @@ class _ConnectionContext(Generic[ACT]):
 
     __slots__ = ("_conn", "_pool", "_started", "_timeout")
 
-    def __init__(self, pool: AsyncConnectionPool[ACT], timeout: float | None) -> None:
-        self._pool = pool
+    def __init__(self, face: AsyncConnectionPool[ACT], timeout: float | None) -> None:
+        self._pool = face
         self._timeout = timeout
         self._conn: ACT | None = None
         self._started = 0.0
 
     async def __aenter__(self) -> ACT:
-        pool = self._pool
-        conn = pool._getconn_now(self._timeout)  # (no coroutine on the usual path)
+        face = self._pool
+        conn = face._getconn_now(self._timeout)  # (no coroutine on the usual path)
         if conn is None:
-            conn = await pool.getconn(timeout=self._timeout)
+            conn = await face.getconn(timeout=self._timeout)
         self._conn = conn
         self._started = monotonic()
         if type(conn).__aenter__ is not _AENTER:  # psycopg's own just returns the connection
@@ -721,7 +721,7 @@ class _ConnectionContext(Generic[ACT]):
                 await conn.__aenter__()
             except BaseException as exc:
                 self._conn = None
-                await pool._return(conn, exc)
+                await face._return(conn, exc)
                 raise
         return conn
 
@@ -734,7 +734,7 @@ class _ConnectionContext(Generic[ACT]):
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        pool = self._pool
+        face = self._pool
         error = exc  # a connection-class error evicts it on release
         try:
             # _exit_is_a_no_op(conn), inlined for its usual answer: this runs per borrow.
@@ -747,14 +747,14 @@ class _ConnectionContext(Generic[ACT]):
                 and not c._num_transactions
                 and not c._tpc
                 and not c._pipeline
-                and c._pool is pool
+                and c._pool is face
             ) and not _exit_is_a_no_op(conn):
                 await conn.__aexit__(exc_type, exc, tb)  # COMMIT, or ROLLBACK on an error
         except BaseException as raised:
             error = raised
             raise
         finally:
-            pool._usage_ms += int(1000.0 * (monotonic() - self._started))
-            pool._usages += 1
-            if not pool._return_now(conn, error):  # (no coroutine on the usual path)
-                await pool._return_tidied(conn, error)
+            face._usage_ms += int(1000.0 * (monotonic() - self._started))
+            face._usages += 1
+            if not face._return_now(conn, error):  # (no coroutine on the usual path)
+                await face._return_tidied(conn, error)

@@ -68,7 +68,7 @@ class _FaceConnector(SyncPsycopgConnector[CT]):
 
 
 class _Borrow(Generic[CT]):
-    """What :meth:`ConnectionPool.connection` returns: ``with pool.connection() as conn``.
+    """What :meth:`ConnectionPool.connection` returns: ``with face.connection() as conn``.
 
     As psycopg_pool's: the block runs in psycopg's connection context (COMMIT
     at a clean exit, ROLLBACK on an error), then the connection goes back.
@@ -76,8 +76,8 @@ class _Borrow(Generic[CT]):
 
     __slots__ = ("_conn", "_pool", "_started", "_timeout")
 
-    def __init__(self, pool: ConnectionPool[CT], timeout: float | None) -> None:
-        self._pool = pool
+    def __init__(self, face: ConnectionPool[CT], timeout: float | None) -> None:
+        self._pool = face
         self._timeout = timeout
         self._conn: CT | None = None
         self._started = 0.0
@@ -96,7 +96,7 @@ class _Borrow(Generic[CT]):
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        pool = self._pool
+        face = self._pool
         error = exc
         try:
             conn.__exit__(exc_type, exc, tb)  # psycopg's: COMMIT, or ROLLBACK on an error
@@ -104,9 +104,9 @@ class _Borrow(Generic[CT]):
             error = commit_error  # a connection-class error evicts it on release
             raise
         finally:
-            pool._putconn(conn, error)
-            pool._usage_ms += int(1000.0 * (_monotonic() - self._started))
-            pool._usages += 1
+            face._putconn(conn, error)
+            face._usage_ms += int(1000.0 * (_monotonic() - self._started))
+            face._usages += 1
 
 
 class ConnectionPool(FaceStats, Generic[CT]):

@@ -196,7 +196,7 @@ class _WrappedSyncPool(SyncPool[CT]):
 
     def open(self) -> None:
         if self._state == "new":
-            self._leases.apply_limit(self._planner.limit)
+            self._leases.apply_limit(self.limit)
         super().open()
 
     def resize(self, max_connections: int, min_connections: int | None = None) -> None:
@@ -207,13 +207,13 @@ class _WrappedSyncPool(SyncPool[CT]):
         before the wrapper's limit and lowered after it.
         """
         with self._resize_lock:
-            old = self._planner.limit
+            old = self.limit
             if isinstance(max_connections, int) and max_connections > old:
                 self._leases.apply_limit(max_connections)  # room below first
             try:
                 super().resize(max_connections, min_connections)
             except BaseException:
-                self._leases.apply_limit(self._planner.limit)
+                self._leases.apply_limit(self.limit)
                 raise
             if max_connections < old:
                 self._leases.apply_limit(max_connections)

@@ -137,8 +137,8 @@ def _plain_dead_check(driver: Any) -> Callable[[bool], bool]:
 class _RecordJobs:
     """What both record connectors do without I/O: checks, termination, tagging, errors."""
 
-    def __init__(self, sa_pool: SAPool) -> None:
-        self.sa_pool = sa_pool
+    def __init__(self, sqla: SAPool) -> None:
+        self.sqla = sqla
         self.shell: _Shell | None = None  # set by the shell that owns this connector
         self._server_settings: dict[str, str] = {}
         self._taggable = False
@@ -155,7 +155,7 @@ class _RecordJobs:
         settings = self._server_settings
         token = _SERVER_SETTINGS.set(settings or None)
         try:
-            return ElasticRecord(self.sa_pool, self.shell)
+            return ElasticRecord(self.sqla, self.shell)
         finally:
             _SERVER_SETTINGS.reset(token)
 
@@ -167,7 +167,7 @@ class _RecordJobs:
         """
         self._server_settings = dict(settings)
         if not self._taggable:
-            problem = _listen_for_tags(getattr(self.sa_pool, "_dialect", None))
+            problem = _listen_for_tags(getattr(self.sqla, "_dialect", None))
             self._taggable = problem is None
             if problem is not None:
                 logger.info(
@@ -196,7 +196,7 @@ class _RecordJobs:
         if dbapi is None:
             return True
         start = rec.starttime
-        if self.sa_pool._invalidate_time > start or rec._soft_invalidate_time > start:
+        if self.sqla._invalidate_time > start or rec._soft_invalidate_time > start:
             return True
         if rec.checked_for is not dbapi:  # a new DBAPI connection: its driver's check, once
             driver = rec.driver_connection
@@ -227,8 +227,8 @@ class _RecordJobs:
             return
         rec.finalize_callback.clear()
         try:
-            if self.sa_pool.dispatch.close:
-                self.sa_pool.dispatch.close(dbapi, rec)
+            if self.sqla.dispatch.close:
+                self.sqla.dispatch.close(dbapi, rec)
         finally:
             rec.dbapi_connection = None
             try:
@@ -300,7 +300,7 @@ class AsyncRecordConnector(_RecordJobs):
         dbapi = rec.dbapi_connection
         if dbapi is None:
             raise RuntimeError("the connection record has no connection")
-        await greenlet_spawn(self.sa_pool._dialect.do_ping, dbapi)  # type: ignore[union-attr]
+        await greenlet_spawn(self.sqla._dialect.do_ping, dbapi)  # type: ignore[union-attr]
 
     async def reset(self, rec: ElasticRecord, mode: ResetMode) -> None:
         """Nothing: SQLAlchemy resets on return itself (see ``needs_reset``)."""
@@ -362,7 +362,7 @@ class SyncRecordConnector(_RecordJobs):
         dbapi = rec.dbapi_connection
         if dbapi is None:
             raise RuntimeError("the connection record has no connection")
-        self.sa_pool._dialect.do_ping(dbapi)  # type: ignore[union-attr]
+        self.sqla._dialect.do_ping(dbapi)  # type: ignore[union-attr]
         with contextlib.suppress(Exception):
             dbapi.rollback()  # the ping may have begun a transaction
 
