@@ -906,11 +906,14 @@ async def test_closing_member_keeps_its_share_until_its_borrowers_are_back(fleet
         await closing.open()  # alone first: it borrows 5 with room to spare for its heartbeat
         try:
             async with holding(closing, 5) as let_go, other, load(other, 3):
-                # demands 5 and 3 of 10: shares 6 and 4, "a" with its heartbeat connection idle
+                # demands 5 and 3 of 10, "a" holding 6 (its heartbeat connection idle): "b"
+                # gets 3 or 4 (the spare unit goes to one asker or the other, by when each
+                # asked; with reset="rollback" a borrower's connection is back at once, so
+                # "b" asks for just 3)
                 await wait_for(
                     lambda: (closing.stats().size, closing.stats().in_use, other.stats().max),
-                    lambda s: s == (6, 5, 4),
-                    "never 6/4",
+                    lambda s: s[:2] == (6, 5) and s[2] >= 3,
+                    "never 6/5 in a with b at 3 or more",
                 )
                 await pause_heartbeats(closing)  # so no heartbeat of its own writes its lease back
                 async with anyio.create_task_group() as tg:
