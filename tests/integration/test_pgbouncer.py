@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 import pytest
 
-from elasticpool import Pool, PostgresMembership
+from elasticpool import Pool, PostgresMembership, SyncPool
 
 asyncpg = pytest.importorskip("asyncpg")
 psycopg = pytest.importorskip("psycopg")
@@ -36,7 +36,7 @@ psycopg = pytest.importorskip("psycopg")
 from elasticpool.asyncpg import AsyncpgConnector  # noqa: E402
 from elasticpool.embedded import SYSTEM_USER, make_dsn  # noqa: E402
 from elasticpool.fleet._schema import beat_function, fill_function  # noqa: E402
-from elasticpool.psycopg import PsycopgConnector  # noqa: E402
+from elasticpool.psycopg import PsycopgConnector, SyncPsycopgConnector  # noqa: E402
 
 from ..helpers import eventually  # noqa: E402
 
@@ -333,6 +333,44 @@ async def test_a_fleet_member_behind_pgbouncer_connects_without_the_settings_it_
                         )
                         assert rows[0][0] >= 1, "the tag reached the server"
                 assert pool.fleet().active
+        refused = [r for r in caplog.records if "refused the startup parameters" in r.message]
+        assert len(refused) == 1, [r.message for r in caplog.records]
+        assert "client_connection_check_interval" in refused[0].message
+    finally:
+        pg_server.psql(
+            f"DROP TABLE IF EXISTS {table}, {table}_config;"
+            f" DROP FUNCTION IF EXISTS {beat_function(table)};"
+            f" DROP FUNCTION IF EXISTS {fill_function(table)}"
+        )
+
+
+def test_a_sync_fleet_member_behind_pgbouncer_connects_without_the_settings_it_refuses(
+    pgbouncer: dict[str, Any], pg_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The threaded pool's psycopg connector drops a refused startup parameter the same way."""
+    table = f"bouncer_defaults_sync_{os.getpid()}"
+    membership = PostgresMembership(table=table, heartbeat_interval=0.2, lease_ttl=2.0)
+    connector: Any = SyncPsycopgConnector(pgbouncer["dsn"], kwargs={"prepare_threshold": None})
+    pool = SyncPool(
+        connector,
+        total_max_connections=2,
+        allow_small_total=True,
+        membership=membership,
+        reset="rollback",
+        name="bouncer-defaults-sync",
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="elasticpool"), pool:
+            for _ in range(3):
+                with pool.connection() as conn:
+                    rows = connector.fetch(
+                        conn,
+                        "SELECT count(*)::int FROM pg_stat_activity"
+                        " WHERE strpos(application_name, $1) > 0",
+                        "bouncer-defaults-sync",
+                    )
+                    assert rows[0][0] >= 1, "the tag reached the server"
+            assert pool.fleet().active
         refused = [r for r in caplog.records if "refused the startup parameters" in r.message]
         assert len(refused) == 1, [r.message for r in caplog.records]
         assert "client_connection_check_interval" in refused[0].message

@@ -92,6 +92,26 @@ def _add_settings(conninfo: str, kwargs: dict[str, Any], settings: Mapping[str, 
         kwargs["options"] = " ".join([str(options), *extra] if options else extra)
 
 
+def _without_refused(
+    connector: Any, exc: BaseException, conninfo: str, plain: dict[str, Any]
+) -> dict[str, Any] | None:
+    """``plain`` connect kwargs with the server settings a pooler did not refuse, or ``None``.
+
+    ``None`` when ``exc`` is not a pooler refusing a startup parameter (see
+    :func:`elasticpool._connector.refused_settings`); else ``connector``
+    forgets the refused settings, for good, with one warning. Shared by the
+    async and the sync connector.
+    """
+    kept = refused_settings(exc, connector._server_settings)
+    if kept is None:
+        return None
+    log_refused(connector, connector._server_settings, exc)
+    connector._server_settings = kept
+    kwargs = dict(plain)
+    _add_settings(conninfo, kwargs, kept)
+    return kwargs
+
+
 # =============================================================================
 # the connector
 # =============================================================================
@@ -203,13 +223,10 @@ class PsycopgConnector(Generic[ACT]):
         try:
             conn = await self.connection_class.connect(conninfo, **kwargs)
         except Exception as exc:
-            kept = refused_settings(exc, self._server_settings)
-            if kept is None:
+            retry = _without_refused(self, exc, conninfo, plain)
+            if retry is None:
                 raise
-            log_refused(self, self._server_settings, exc)
-            self._server_settings = kept
-            _add_settings(conninfo, plain, kept)
-            conn = await self.connection_class.connect(conninfo, **plain)
+            conn = await self.connection_class.connect(conninfo, **retry)
         try:
             # Pooled: psycopg does not warn "deleted while still open" about it,
             # and ``async with conn`` does not close it (as with psycopg_pool).

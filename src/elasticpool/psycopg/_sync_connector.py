@@ -29,7 +29,13 @@ from psycopg_pool.abc import CT
 from .._connector import ResetMode
 from .._redact import dsn_problem
 from .._sql import PLACEHOLDER, check_placeholders
-from ._connector import _add_settings, _check_conninfo, _describe_target, _unparsable
+from ._connector import (
+    _add_settings,
+    _check_conninfo,
+    _describe_target,
+    _unparsable,
+    _without_refused,
+)
 from ._errors import is_disconnect_error
 from ._reset import _DISCARD_ALL, _ROLLBACK_AND_DISCARD, _forget_prepared, _Snapshot
 from ._wire import (
@@ -220,8 +226,6 @@ class SyncPsycopgConnector(Generic[CT]):
         unparsable = _check_conninfo(type(self).__name__, conninfo)
         if unparsable is not None:
             raise unparsable
-        if self._server_settings:
-            _add_settings(conninfo, kwargs, self._server_settings)
         if "connect_timeout" not in kwargs:
             try:
                 given = "connect_timeout" in conninfo_to_dict(conninfo)
@@ -229,7 +233,16 @@ class SyncPsycopgConnector(Generic[CT]):
                 given = True
             if not given:
                 kwargs["connect_timeout"] = max(_LIBPQ_MIN_CONNECT_TIMEOUT, math.ceil(timeout))
-        conn = self.connection_class.connect(conninfo, **kwargs)
+        plain = dict(kwargs)
+        if self._server_settings:
+            _add_settings(conninfo, kwargs, self._server_settings)
+        try:
+            conn = self.connection_class.connect(conninfo, **kwargs)
+        except Exception as exc:
+            retry = _without_refused(self, exc, conninfo, plain)
+            if retry is None:
+                raise
+            conn = self.connection_class.connect(conninfo, **retry)
         try:
             conn._pool = None  # pooled: psycopg does not warn "deleted while still open"
             configure = self.configure
