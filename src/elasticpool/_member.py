@@ -69,6 +69,22 @@ class Freeze:
         self.sent = False
         """The heartbeat reached the server: its outcome may be committed."""
 
+    def fallback(self) -> int | None:
+        """The limit to go back to when the heartbeat failed: ``None`` once a grant was applied.
+
+        Before it was applied: to the new grant if it was computed (maybe
+        committed: never above it), else, if the statement reached the server
+        (maybe committed, grant unknown), to the size it reported, else to
+        the limit it had.
+        """
+        if self.applied:
+            return None
+        if self.grant is not None:
+            return min(self.before, self.grant)
+        if self.sent:
+            return min(self.before, self.holding)
+        return self.before
+
     def apply(self, limit: int, adopt: Any = None) -> bool:
         """Set the pool's limit now, with no await: the heartbeat's outcome is committed.
 

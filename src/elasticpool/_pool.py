@@ -1263,19 +1263,12 @@ class Pool(Generic[ConnT]):
         """
         p = self._planner
         coordinating = 1 if self._coordinating is not None else 0
-        # Demand: what is asked now, or the average since the last heartbeat when that is
-        # more (connections in use and callers waiting, in connection-seconds per second),
-        # so a member whose callers come and go is neither missed nor counted at its peak.
         now = self._now()
-        busy = p.usage_time + p.wait_time
-        span = now - self._fleet_since
-        average = (busy - self._fleet_busy) / span if span > 0 else 0.0
-        self._fleet_since, self._fleet_busy = now, busy
-        asked = p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting
-        asked = max(asked, p.min_connections)  # a warm floor asks for itself
+        demand, self._fleet_busy = p.fleet_demand(self._fleet_busy, now - self._fleet_since)
+        self._fleet_since = now
         freeze = Freeze(
             self._apply_grant,
-            demand=max(0, max(asked, int(average + 0.5)) - coordinating),
+            demand=max(0, demand - coordinating),
             holding=len(p.remaining()),
             before=p.limit,
         )
@@ -1285,16 +1278,10 @@ class Pool(Generic[ConnT]):
         try:
             yield freeze
         except BaseException:
-            if not freeze.applied and not p.closed:
-                if freeze.grant is not None:  # computed, maybe committed: never above it
-                    back = min(freeze.before, freeze.grant)
-                elif freeze.sent:  # maybe committed, grant unknown: the size it reported
-                    back = min(freeze.before, freeze.holding)
-                else:
-                    back = freeze.before
-                if p.limit != back:
-                    p.resize(back, self._now())
-                    self._flush()
+            back = freeze.fallback()
+            if back is not None and not p.closed and p.limit != back:
+                p.resize(back, self._now())
+                self._flush()
             raise
 
     # ------------------------------------------------------------------ limits

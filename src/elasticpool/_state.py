@@ -346,6 +346,22 @@ class Planner:
             self._grow(now)
         return None
 
+    def fleet_demand(self, busy_before: float, span: float) -> tuple[int, float]:
+        """What a fleet member reports as its demand, and the busy time to measure the next from.
+
+        The connections asked for now (in use, handed over, waited for, being
+        reset; at least the warm floor), or the average since the last report
+        when that is more: ``busy_before`` is the busy time (usage plus
+        waiting, in connection-seconds) returned then, ``span`` the seconds
+        since. So a member whose callers come and go is neither missed nor
+        counted at its peak.
+        """
+        busy = self.usage_time + self.wait_time
+        average = (busy - busy_before) / span if span > 0 else 0.0
+        asked = self.n_in_use + self.n_reserved + self.n_waiting + self.n_resetting
+        asked = max(asked, self.min_connections)  # a warm floor asks for itself
+        return max(asked, int(average + 0.5)), busy
+
     def idle_slots(self) -> list[Slot]:
         """The idle slots, least recently used first (a snapshot)."""
         return list(self._idle)

@@ -324,15 +324,11 @@ class SyncPort:
         with pool._lock:
             coordinating = 1 if pool._coordinating is not None else 0
             now = time.monotonic()
-            busy = p.usage_time + p.wait_time
-            span = now - self._since
-            average = (busy - self._busy) / span if span > 0 else 0.0
-            self._since, self._busy = now, busy
-            asked = p.n_in_use + p.n_reserved + p.n_waiting + p.n_resetting
-            asked = max(asked, p.min_connections)  # a warm floor asks for itself
+            demand, self._busy = p.fleet_demand(self._busy, now - self._since)
+            self._since = now
             freeze = Freeze(
                 self._apply_limit,
-                demand=max(0, max(asked, int(average + 0.5)) - coordinating),
+                demand=max(0, demand - coordinating),
                 holding=len(p.remaining()),
                 before=p.limit,
             )
@@ -343,13 +339,8 @@ class SyncPort:
         try:
             yield freeze
         except BaseException:
-            if not freeze.applied:
-                if freeze.grant is not None:  # computed, maybe committed: never above it
-                    back = min(freeze.before, freeze.grant)
-                elif freeze.sent:  # maybe committed, grant unknown: the size it reported
-                    back = min(freeze.before, freeze.holding)
-                else:
-                    back = freeze.before
+            back = freeze.fallback()
+            if back is not None:
                 with pool._lock:
                     if not p.closed and p.limit != back:
                         p.resize(back, time.monotonic())
