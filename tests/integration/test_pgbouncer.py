@@ -432,3 +432,28 @@ async def test_psycopg_statement_deallocated_behind_its_back_is_named_once(
                 await borrow(pool, i)
     assert len(hints(caplog)) == 1, hints(caplog)
     assert "prepare_threshold=None" in hints(caplog)[0]
+
+
+def test_sync_psycopg_statement_deallocated_behind_its_back_is_named_once(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The threaded pool's psycopg connector gives the same one hint line for many errors."""
+    caplog.set_level(logging.WARNING, logger="elasticpool")
+
+    def borrow(pool: SyncPool[Any], i: int) -> None:
+        with pool.connection() as conn:
+            for _ in range(6):  # past psycopg's default prepare_threshold of 5
+                assert conn.execute("SELECT %s::int + 1", (i,)).fetchone()[0] == i + 1
+            names = conn.execute("SELECT name FROM pg_prepared_statements").fetchall()
+            for (name,) in names:  # a named DEALLOCATE: psycopg is unaware
+                conn.execute(f'DEALLOCATE "{name}"', prepare=False)
+            for _ in range(6):
+                conn.execute("SELECT %s::int + 1", (i,))
+
+    connector = SyncPsycopgConnector(pg_dsn, kwargs={"autocommit": True})
+    with SyncPool(connector, max_connections=1, reset="rollback", name="dealloc-sync") as pool:
+        for i in range(10):
+            with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+                borrow(pool, i)
+    assert len(hints(caplog)) == 1, hints(caplog)
+    assert "prepare_threshold=None" in hints(caplog)[0]

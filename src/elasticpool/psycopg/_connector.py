@@ -92,6 +92,27 @@ def _add_settings(conninfo: str, kwargs: dict[str, Any], settings: Mapping[str, 
         kwargs["options"] = " ".join([str(options), *extra] if options else extra)
 
 
+def _hint_pooler(connector: Any, exc: BaseException) -> None:
+    """Log, once per connector, what to change when ``exc`` looks like a pooler's doing.
+
+    See :func:`pooler_hint`: behind PgBouncer in transaction mode, psycopg's
+    server-side prepared statements fail borrow after borrow. Shared by the
+    async and the sync connector.
+    """
+    if connector._pooler_hinted:
+        return
+    hint = pooler_hint(exc)
+    if hint is not None:
+        connector._pooler_hinted = True
+        logging.getLogger("elasticpool").warning(
+            "psycopg connections to %s: %s: %s; %s (logged once)",
+            _describe_target(connector.conninfo, connector.kwargs),
+            type(exc).__name__,
+            exc,
+            hint,
+        )
+
+
 def _without_refused(
     connector: Any, exc: BaseException, conninfo: str, plain: dict[str, Any]
 ) -> dict[str, Any] | None:
@@ -314,23 +335,7 @@ class PsycopgConnector(Generic[ACT]):
         return is_disconnect_error(exc)
 
     def _hint_pooler(self, exc: BaseException) -> None:
-        """Log, once per connector, what to change when ``exc`` looks like a pooler's doing.
-
-        See :func:`pooler_hint`: behind PgBouncer in transaction mode, psycopg's
-        server-side prepared statements fail borrow after borrow.
-        """
-        if self._pooler_hinted:
-            return
-        hint = pooler_hint(exc)
-        if hint is not None:
-            self._pooler_hinted = True
-            logging.getLogger("elasticpool").warning(
-                "psycopg connections to %s: %s: %s; %s (logged once)",
-                _describe_target(self.conninfo, self.kwargs),
-                type(exc).__name__,
-                exc,
-                hint,
-            )
+        _hint_pooler(self, exc)
 
     # ------------------------------------------------------------------ reset
 

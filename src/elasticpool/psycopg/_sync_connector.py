@@ -33,6 +33,7 @@ from ._connector import (
     _add_settings,
     _check_conninfo,
     _describe_target,
+    _hint_pooler,
     _unparsable,
     _without_refused,
 )
@@ -212,6 +213,7 @@ class SyncPsycopgConnector(Generic[CT]):
         self.reset_callback = reset
         self._snapshots: weakref.WeakKeyDictionary[CT, _Snapshot] = weakref.WeakKeyDictionary()
         self._server_settings: dict[str, str] = {}
+        self._pooler_hinted = False
 
     def set_server_settings(self, settings: Mapping[str, str]) -> None:
         """Send ``settings`` at every later connect, over the conninfo's values of those names."""
@@ -341,7 +343,8 @@ class SyncPsycopgConnector(Generic[CT]):
                 pgconn.notify_handler(notify)
 
     def is_disconnect(self, exc: BaseException) -> bool:
-        """See :func:`~elasticpool.psycopg.is_disconnect_error`."""
+        """See :func:`~elasticpool.psycopg.is_disconnect_error` (and the pooler hint, once)."""
+        _hint_pooler(self, exc)
         return is_disconnect_error(exc)
 
     # ------------------------------------------------------------------ reset
