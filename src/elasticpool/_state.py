@@ -566,7 +566,8 @@ class Planner:
             return
         # Surplus is judged on live connections: slots still closing block new
         # connects (strict mode) but are no reason to drop a usable one.
-        if len(self._slots) - self.n_closing > self.limit:  # size; the slot still counts
+        size = len(self._slots) - self.n_closing  # (self.size; the slot still counts)
+        if size > self.limit:
             self._close(slot, CloseReason.RESIZE)
             return
         if self.waiters:
@@ -591,15 +592,14 @@ class Planner:
             self._idle.append(slot)
         if slot.expires_at < self.next_wake:
             self._poke(slot.expires_at)
-        # _poke_idle(), inlined (this runs on every return); size > floor spelled
-        # out: size > min(a, b) is size > a or size > b.
+        # _poke_idle(), inlined (this runs on every return). size > floor, that is
+        # size > min(min_connections, limit), is size > min_connections here, where
+        # size <= limit.
         timeout = self._idle_timeout
-        if timeout is not None:
-            size = len(self._slots) - self.n_closing
-            if size > self.min_connections or size > self.limit:
-                deadline = self._idle[0].idle_since + timeout
-                if deadline < self.next_wake:
-                    self._poke(deadline)
+        if timeout is not None and size > self.min_connections:
+            deadline = self._idle[0].idle_since + timeout
+            if deadline < self.next_wake:
+                self._poke(deadline)
 
     def _poke_idle(self) -> None:
         """Make sure the ticker wakes for the least recently used idle slot's idle timeout.
