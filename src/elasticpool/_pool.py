@@ -118,6 +118,10 @@ class Borrow(Generic[ConnT]):
                 slot = await pool._acquire_slow(found, now, self._timeout)
             else:
                 slot = found
+        elif planner.waiters and pool._queues_anyway():
+            # Callers already queue, so this one will too (no barging): its wait
+            # is its checkpoint (one coroutine layer less than _acquire_checkpoint).
+            slot = await pool._acquire_slow(None, now, self._timeout)
         else:
             slot = await pool._acquire_checkpoint(self._timeout)
         slot.owner = task
