@@ -211,9 +211,14 @@ class Pool(Generic[ConnT]):
 
     Semantics callers can rely on:
 
-    * every :meth:`acquire` is a checkpoint (it can be cancelled and it lets
-      other tasks run), and callers are served strictly first come, first
-      served;
+    * every :meth:`acquire` is a cancel point: in a cancelled scope (or one
+      past its deadline) it raises, even with an idle connection ready, and
+      holds nothing; it is a schedule point (it lets other tasks run) only
+      when it waits or checks a connection, and lends an idle connection at
+      once otherwise, as :meth:`asyncio.Queue.get` does (see
+      docs/performance.md);
+    * callers are served strictly first come, first served: with anyone
+      queued, an acquire queues too;
     * a caller that waits longer than ``pool_timeout`` gets
       :class:`~elasticpool.PoolTimeout` (a :class:`TimeoutError`) whose message
       names the pool and its counts, and whose ``__cause__`` is the last
@@ -561,7 +566,12 @@ class Pool(Generic[ConnT]):
 
         ``timeout`` overrides ``pool_timeout`` for this call (``None``: wait
         forever). Raises :class:`~elasticpool.PoolTimeout`,
-        :class:`~elasticpool.TooManyWaiters` or :class:`~elasticpool.PoolClosed`.
+        :class:`~elasticpool.TooManyWaiters` or :class:`~elasticpool.PoolClosed`,
+        and the caller's cancellation if it is due (a cancelled scope, one past
+        its deadline, or an undelivered ``Task.cancel()``), before anything is
+        borrowed. An idle connection, with nobody queued, is lent without
+        yielding to the event loop (like ``checkpoint_if_cancelled()`` in trio);
+        waiting for one, or checking one (``ping_after``), yields.
         """
         if timeout is _DEFAULT:
             timeout = self.settings.pool_timeout
