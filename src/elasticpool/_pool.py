@@ -41,7 +41,17 @@ from ._member import Coordination, Freeze
 from ._runner import Runner
 from ._settings import PoolSettings
 from ._sql import SERVER_LIMITS_SQL
-from ._state import CloseReason, Outcome, Planner, Slot, SlotState, TimingSink
+from ._state import (
+    _HANDED,
+    _IN_USE,
+    _RESETTING,
+    CloseReason,
+    Outcome,
+    Planner,
+    Slot,
+    SlotState,
+    TimingSink,
+)
 from ._stats import PoolStats
 from ._validate import check_name, check_seconds
 from .fleet._base import FleetStatus, Membership
@@ -94,32 +104,27 @@ class Borrow(Generic[ConnT]):
         self._lease = 0
 
     async def __aenter__(self) -> ConnT:
-        # The hot path, inlined from Pool._acquire_slot: one checkpoint, one clock
-        # read, one planner call.
+        # The hot path, inlined from Pool._acquire_slot: one clock read, one cancel
+        # check, one planner call, no yield when an idle connection can be lent.
         pool = self._pool
         planner = pool._planner
-        if planner.waiters and pool._queues_anyway():
-            # Callers already queue, so this one will too (no barging): its wait
-            # is its checkpoint, and a sleep(0) before it would be a second one.
-            slot = await pool._acquire_slow(None, pool._now(), self._timeout)
-        else:
-            await pool._sleep(0)  # cancel point and schedule point, before any state change
-            timeout = self._timeout
-            if pool._state is not OPEN:
-                timeout = await pool._wait_open(timeout)
-            now = pool._now()
+        task = pool._current_task()
+        now = pool._now()
+        if pool._state is OPEN and not planner.waiters and not pool._cancel_due(task, now):
             found = planner.acquire(now)
             if planner.pending is not None:  # no call when there is nothing (the hot path)
                 pool._flush()
-            if (
-                found is None
-                or pool._is_closed(found.conn)
-                or (pool._ping_after is not None and planner.should_ping(found, now))
-            ):
-                slot = await pool._acquire_slow(found, now, timeout)
+            if found is None or found.ping or pool._is_closed(found.conn):
+                slot = await pool._acquire_slow(found, now, self._timeout)
             else:
                 slot = found
-        slot.owner = pool._current_task()
+        elif planner.waiters and pool._queues_anyway():
+            # Callers already queue, so this one will too (no barging): its wait
+            # is its checkpoint (one coroutine layer less than _acquire_checkpoint).
+            slot = await pool._acquire_slow(None, now, self._timeout)
+        else:
+            slot = await pool._acquire_checkpoint(self._timeout)
+        slot.owner = task
         self._slot = slot
         self._lease = slot.lease
         conn: ConnT = slot.conn
@@ -131,9 +136,19 @@ class Borrow(Generic[ConnT]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # The hot path: Pool._release_slot, inlined.
         slot, self._slot = self._slot, None
-        if slot is not None and slot.lease == self._lease and slot.state is SlotState.IN_USE:
-            self._pool._release_slot(slot, exc)
+        if slot is None or slot.lease != self._lease or slot.state is not _IN_USE:
+            return
+        pool = self._pool
+        conn = slot.conn
+        connector = pool._connector
+        broken = pool._closed_on_return(conn) or (exc is not None and connector.is_disconnect(exc))
+        reset = not broken and connector.needs_reset(conn, pool._reset_mode)
+        planner = pool._planner
+        planner.release(slot, pool._now(), broken, reset)
+        if planner.pending is not None:  # no call when there is nothing (the hot path)
+            pool._flush()
 
     def __await__(self) -> Generator[Any, None, ConnT]:
         return self._pool._acquire_registered(self._timeout).__await__()
@@ -148,7 +163,7 @@ class Borrow(Generic[ConnT]):
         Ending a borrow that has ended, or was never entered, does nothing.
         """
         slot, self._slot = self._slot, None
-        if slot is not None and slot.lease == self._lease and slot.state is SlotState.IN_USE:
+        if slot is not None and slot.lease == self._lease and slot.state is _IN_USE:
             self._pool._release_slot(slot, exc, clean)
 
     def retire(self) -> None:
@@ -196,9 +211,14 @@ class Pool(Generic[ConnT]):
 
     Semantics callers can rely on:
 
-    * every :meth:`acquire` is a checkpoint (it can be cancelled and it lets
-      other tasks run), and callers are served strictly first come, first
-      served;
+    * every :meth:`acquire` is a cancel point: in a cancelled scope (or one
+      past its deadline) it raises, even with an idle connection ready, and
+      holds nothing; it is a schedule point (it lets other tasks run) only
+      when it waits or checks a connection, and lends an idle connection at
+      once otherwise, as :meth:`asyncio.Queue.get` does (see
+      docs/performance.md);
+    * callers are served strictly first come, first served: with anyone
+      queued, an acquire queues too;
     * a caller that waits longer than ``pool_timeout`` gets
       :class:`~elasticpool.PoolTimeout` (a :class:`TimeoutError`) whose message
       names the pool and its counts, and whose ``__cause__`` is the last
@@ -288,11 +308,11 @@ class Pool(Generic[ConnT]):
         self._reset_nowait: Callable[[Any, ResetMode], bool | None] | None = getattr(
             connector, "reset_nowait", None
         )
-        self._ping_after = settings.ping_after
         self._now: Callable[[], float] = anyio.current_time
         self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
         self._waker: Callable[[], Waker] = anyio.Event
         self._current_task: Callable[[], object] = lambda: anyio.get_current_task().id
+        self._cancel_due: Callable[[object, float], bool] = lambda task, now: True  # until open
         self._clock_offset = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -348,6 +368,7 @@ class Pool(Generic[ConnT]):
         self._sleep = backend.sleep
         self._waker = backend.waker
         self._current_task = backend.current_task
+        self._cancel_due = backend.cancel_due
         self._clock_offset = backend.now() - time.monotonic()
         self._fleet_since = backend.now()
         self._drained = anyio.Event()
@@ -545,7 +566,12 @@ class Pool(Generic[ConnT]):
 
         ``timeout`` overrides ``pool_timeout`` for this call (``None``: wait
         forever). Raises :class:`~elasticpool.PoolTimeout`,
-        :class:`~elasticpool.TooManyWaiters` or :class:`~elasticpool.PoolClosed`.
+        :class:`~elasticpool.TooManyWaiters` or :class:`~elasticpool.PoolClosed`,
+        and the caller's cancellation if it is due (a cancelled scope, one past
+        its deadline, or an undelivered ``Task.cancel()``), before anything is
+        borrowed. An idle connection, with nobody queued, is lent without
+        yielding to the event loop (like ``checkpoint_if_cancelled()`` in trio);
+        waiting for one, or checking one (``ping_after``), yields.
         """
         if timeout is _DEFAULT:
             timeout = self.settings.pool_timeout
@@ -657,8 +683,37 @@ class Pool(Generic[ConnT]):
         return conn
 
     async def _acquire_slot(self, timeout: float | None, priority: bool = False) -> Slot:
-        # The hot path: a checkpoint, one planner call, one clock read.
-        # (Borrow.__aenter__ inlines this same step, to save a coroutine layer.)
+        """Borrow a slot: lent at once when one is idle and no one waits, else through a wait.
+
+        The hot path: one clock read, one cancel check, one planner call, and
+        no yield. (Borrow.__aenter__ inlines this same step, to save a
+        coroutine layer.) Invariants: the cancel check comes before any state
+        changes, so a caller whose scope is cancelled raises holding nothing;
+        a caller that goes on to wait (or ping) yields there.
+        """
+        planner = self._planner
+        now = self._now()
+        if (
+            self._state is OPEN
+            and not planner.waiters
+            and not self._cancel_due(self._current_task(), now)
+        ):
+            slot = planner.acquire(now)
+            if planner.pending is not None:  # no call when there is nothing (the hot path)
+                self._flush()
+            if slot is not None and not slot.ping and not self._is_closed(slot.conn):
+                return slot
+            return await self._acquire_slow(slot, now, timeout, priority)
+        return await self._acquire_checkpoint(timeout, priority)
+
+    async def _acquire_checkpoint(self, timeout: float | None, priority: bool = False) -> Slot:
+        """An acquire that cannot lend at once without looking further: checkpoint, then borrow.
+
+        Callers queue already (it queues behind them: the wait is its
+        checkpoint), the pool is not open (it waits for an open in progress,
+        or raises), or the running task's cancellation is due (the checkpoint
+        raises it, before any state changes).
+        """
         if self._planner.waiters and not priority and self._queues_anyway():
             return await self._acquire_slow(None, self._now(), timeout)  # the wait: a checkpoint
         await self._sleep(0)  # cancel point and schedule point, before any state change
@@ -667,13 +722,9 @@ class Pool(Generic[ConnT]):
         planner = self._planner
         now = self._now()
         slot = planner.acquire(now)
-        if planner.pending is not None:  # no call when there is nothing (the hot path)
+        if planner.pending is not None:
             self._flush()
-        if (
-            slot is not None
-            and not self._is_closed(slot.conn)
-            and (self._ping_after is None or not planner.should_ping(slot, now))
-        ):
+        if slot is not None and not slot.ping and not self._is_closed(slot.conn):
             return slot
         return await self._acquire_slow(slot, now, timeout, priority)
 
@@ -742,7 +793,7 @@ class Pool(Generic[ConnT]):
                 self._flush()
             raise
         outcome = w.outcome
-        if outcome is Outcome.HANDED:
+        if outcome is _HANDED:
             return planner.claim(w, self._now())
         if outcome is Outcome.TIMEOUT:
             self._raise_timeout(timeout if whole is None else whole)
@@ -820,7 +871,7 @@ class Pool(Generic[ConnT]):
         slot = self._borrow_of(conn, "released")
         del self._in_use[id(conn)]
         self._note_return(slot)
-        if slot.state is SlotState.IN_USE:  # else terminated by a forced close
+        if slot.state is _IN_USE:  # else terminated by a forced close
             self._release_slot(slot, exc)
 
     def retire(self, conn: ConnT) -> None:
@@ -1077,7 +1128,7 @@ class Pool(Generic[ConnT]):
         except Exception as exc:
             logger.warning("pool %r: error resetting connection, discarded: %r", self.name, exc)
         finally:
-            if slot.state is SlotState.RESETTING:
+            if slot.state is _RESETTING:
                 planner.reset_done(slot, ok, self._now())
                 self._flush()
 

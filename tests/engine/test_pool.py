@@ -370,7 +370,7 @@ async def test_release_misuse_is_a_clear_error() -> None:
         assert_consistent(a, connector)
 
 
-async def test_acquire_is_a_checkpoint() -> None:
+async def test_acquire_is_a_cancel_point() -> None:
     """acquire() in a cancelled scope raises even with an idle connection ready."""
     connector = FakeConnector()
     async with Pool(connector, max_connections=1) as pool:
@@ -381,6 +381,38 @@ async def test_acquire_is_a_checkpoint() -> None:
             async with pool.acquire():
                 pytest.fail("acquire did not check for cancellation")
         assert scope.cancelled_caught
+        with anyio.CancelScope() as outer:  # an enclosing scope counts too, and await acquire()
+            outer.cancel()
+            with anyio.CancelScope():
+                await pool.acquire()
+                pytest.fail("await acquire() did not check for cancellation")
+        assert outer.cancelled_caught
+        assert (pool.stats().idle, pool.stats().acquires) == (1, 1)
+
+
+async def test_acquire_in_a_scope_past_its_deadline_raises() -> None:
+    """A scope whose deadline has passed counts as cancelled, before the loop has noticed."""
+    async with Pool(FakeConnector(), max_connections=1) as pool:
+        async with pool.acquire():
+            pass
+        with anyio.CancelScope(deadline=anyio.current_time()) as scope:
+            async with pool.acquire():
+                pytest.fail("acquire lent a connection past its caller's deadline")
+        assert scope.cancelled_caught
+        assert pool.stats().idle == 1
+
+
+async def test_acquire_shielded_from_a_cancelled_scope_lends() -> None:
+    """A shield hides an enclosing cancelled scope: the acquire inside it lends as usual."""
+    async with Pool(FakeConnector(), max_connections=1) as pool:
+        async with pool.acquire():
+            pass
+        with anyio.CancelScope() as outer:
+            outer.cancel()
+            with anyio.CancelScope(shield=True):
+                async with pool.acquire() as conn:
+                    assert conn is not None
+        assert outer.cancel_called
         assert pool.stats().idle == 1
 
 

@@ -279,16 +279,17 @@ class AsyncpgConnector:
         """
         impl: Any = conn  # (asyncpg's private attributes; not _impl(): a call per release)
         protocol = impl._protocol
-        if mode == "none":
-            return protocol is not None and bool(protocol._is_cancelling())
-        if protocol is None:
-            return True  # closed: the pool does not ask about a closed connection anyway
-        if mode == "rollback":
+        if mode == "rollback":  # first: the core's default, asked at every return
             return (
-                protocol.is_in_transaction()
+                protocol is None  # closed: the pool does not ask about a closed one anyway
+                or protocol.is_in_transaction()
                 or impl._top_xact is not None
                 or bool(protocol._is_cancelling())
             )
+        if mode == "none":
+            return protocol is not None and bool(protocol._is_cancelling())
+        if protocol is None:
+            return True
         tracker = self._trackers.get(conn) if self._tracking else None
         if (
             tracker is None
