@@ -202,3 +202,24 @@ def test_a_release_needs_a_claim_the_last_connection_and_someone_asking(
     assert claim(conn, schema, pool, "b", demand=1, total=1)[0] == "asking"
     assert claim(conn, schema, pool, "a", demand=0, holding=1, last=True)[0] == "left"
     assert sums(conn, schema, pool) == (0, 0)
+
+
+def test_a_release_also_gives_back_to_a_member_wanting_more_than_it_claims(
+    fast_db: tuple[Any, Schema],
+) -> None:
+    """A busy member asking for more than its claim is someone asking: the idle one gives back."""
+    conn, schema = fast_db
+    pool = new_pool(conn, schema, claimed=3)
+    conn.execute(
+        f"INSERT INTO {schema.table} (pool_name, instance_id, heartbeat_at, expires_at, demand,"
+        " holding, claim) VALUES (%s, 'busy', now(), now() + interval '1 hour', 3, 3, 3)",
+        (pool,),
+    )
+    assert claim(conn, schema, pool, "idle", demand=1, total=5)[0] == "granted"
+    assert claim(conn, schema, pool, "idle", demand=0, holding=1, last=True, total=5)[0] == "kept"
+    conn.execute(
+        f"UPDATE {schema.table} SET demand = 8 WHERE pool_name = %s AND instance_id = 'busy'",
+        (pool,),
+    )
+    assert claim(conn, schema, pool, "idle", demand=0, holding=1, last=True, total=5)[0] == "left"
+    assert sums(conn, schema, pool) == (3, 3)

@@ -394,9 +394,14 @@ class PostgresMembership:
             stats = pool.stats()
             if stats.size:
                 part = 8
-                if self._tight() and stats.acquires != self._acquires_at_beat:
-                    # used since its last heartbeat in a fleet others wait on: look again
-                    # soon, to give back as soon as its borrowers are done (below)
+                if (
+                    stats.size == 1
+                    and not stats.waiting
+                    and stats.acquires != self._acquires_at_beat
+                    and self._tight()
+                ):
+                    # one connection, used since its last heartbeat, in a fleet others wait
+                    # on: look again soon, to give it back as soon as its borrower is done
                     part = GIVE_BACK_CHECKS
             else:
                 part = ASKS_PER_INTERVAL
@@ -450,10 +455,11 @@ class PostgresMembership:
     async def _beat(self, pool: MemberPort, *, leave: bool = False, own: bool = True) -> None:
         async with self._beating:  # one heartbeat at a time per member (set_total runs one too)
             await self._beat_once(pool, leave, own and not leave)
+            # after it: the heartbeat's own borrow is not a use (see _until_worth_a_beat)
+            self._acquires_at_beat = pool.stats().acquires
 
     async def _beat_once(self, pool: MemberPort, leave: bool, own: bool = True) -> None:
         started = pool.now()
-        self._acquires_at_beat = pool.stats().acquires
         try:
             with anyio.fail_after(self.heartbeat_timeout):
                 async with (

@@ -208,7 +208,9 @@ BEGIN
     v_total := greatest(coalesce(v_live, p_total), p_min_total);
     v_skip := v_claimed IS NULL OR (p_demand > 0 AND v_mine <> 0)
               OR (p_demand <= 0 AND v_mine = 0);
-    SELECT count(*) FILTER (WHERE asking_since IS NOT NULL)::integer, count(*)::integer
+    -- others asking: for a first connection, or for more than they claim
+    SELECT count(*) FILTER (WHERE asking_since IS NOT NULL OR demand > claim)::integer,
+           count(*)::integer
       INTO v_asking, v_members FROM {t}
      WHERE pool_name = p_pool AND instance_id <> p_instance AND expires_at >= now();
     IF p_demand > 0 THEN
