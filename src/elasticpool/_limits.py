@@ -210,15 +210,47 @@ def fleet_shares(total: int, members: Sequence[Member], reserve: int = 0) -> dic
     return shares
 
 
-def fleet_grant(share: int, total: int, others_claimed: int) -> int:
+def fleet_grant(
+    share: int, total: int, others_claimed: int, *, first: bool = False, closing: int = 0
+) -> int:
     """What a member may hold until its next heartbeat: its share, within what others leave.
 
     ``others_claimed`` is the sum of the other members' claims, each
-    ``max(holding, grant)``. A member's claim becomes ``max(holding, grant)``,
-    so the sum of claims never rises above ``total`` (and never rises at all
-    once above it, after a live decrease).
+    ``max(holding, grant)``; ``closing`` the backends of members that left
+    on their last connection, which the server still shows (their claims
+    went when they left; each counts until it is gone). A member's claim
+    becomes ``max(holding, grant)``, so the claims and the closing backends
+    never rise above ``total`` (and never rise at all once above it, after a
+    live decrease).
+
+    ``first``: the member holds nothing and asks (it connected to ask). It
+    gets one connection whenever one is free, even when the division set
+    that unit aside for a member asking longer: that member is not here to
+    take it (it asks on a connection of its own, at its next retry), and a
+    unit left free for it while the asker at hand is turned away is a
+    connection nobody uses, a connect spent for nothing and a retry more.
+    The longest-asking member still comes first in the shares, so busy
+    members give back to it; it just does not hold a free unit hostage.
     """
-    return min(share, max(0, total - others_claimed))
+    return min(max(share, 1 if first else 0), max(0, total - others_claimed - closing))
+
+
+def fleet_first_claim(
+    total: int, claimed: int, own_claim: int, demand: int, closing: int = 0
+) -> int:
+    """The join's fast claim: one unit for a member that claims nothing and asks, if one is free.
+
+    ``claimed`` is the claims' sum (this member's included, which is 0),
+    ``closing`` as for :func:`fleet_grant`. It is :func:`fleet_grant`'s
+    ``first`` case for a member whose share would not be more than one, and
+    needs no division, so it runs in a function small enough to be cheap on
+    the new backend a join runs on (``fleet/_schema.py``, ``_claim_function``;
+    the tests hold the two to each other). A member that claims something
+    already, or asks for nothing, runs the whole heartbeat instead.
+    """
+    if own_claim != 0 or demand <= 0:
+        return 0
+    return 1 if claimed + 1 + closing <= total else 0
 
 
 _warned_max_ignored: set[tuple[int, int]] = set()

@@ -1315,7 +1315,7 @@ class Pool(Generic[ConnT]):
         p = self._planner
         coordinating = 1 if self._coordinating is not None else 0
         now = self._now()
-        demand, self._fleet_busy = p.fleet_demand(self._fleet_busy, now - self._fleet_since)
+        demand, self._fleet_busy = p.fleet_demand(self._fleet_busy, now - self._fleet_since, now)
         self._fleet_since = now
         freeze = Freeze(
             self._apply_grant,

@@ -369,17 +369,21 @@ class Planner:
             self._grow(now)
         return None
 
-    def fleet_demand(self, busy_before: float, span: float) -> tuple[int, float]:
+    def fleet_demand(self, busy_before: float, span: float, now: float) -> tuple[int, float]:
         """What a fleet member reports as its demand, and the busy time to measure the next from.
 
         The connections asked for now (in use, handed over, waited for, being
         reset; at least the warm floor), or the average since the last report
         when that is more: ``busy_before`` is the busy time (usage plus
-        waiting, in connection-seconds) returned then, ``span`` the seconds
-        since. So a member whose callers come and go is neither missed nor
-        counted at its peak.
+        waiting, in connection-seconds, up to ``now``: borrows and waits still
+        running count up to now, so a long wait that ends is not counted
+        whole in a short span) returned then, ``span`` the seconds since. So a
+        member whose callers come and go is neither missed nor counted at its
+        peak.
         """
         busy = self.usage_time + self.wait_time
+        busy += sum(now - s.borrowed_at for s in self._slots if s.state is SlotState.IN_USE)
+        busy += sum(now - w.enqueued_at for w in self.waiters)
         average = (busy - busy_before) / span if span > 0 else 0.0
         asked = self.n_in_use + self.n_reserved + self.n_waiting + self.n_resetting
         asked = max(asked, self.min_connections)  # a warm floor asks for itself

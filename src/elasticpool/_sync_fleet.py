@@ -324,7 +324,7 @@ class SyncPort:
         with pool._lock:
             coordinating = 1 if pool._coordinating is not None else 0
             now = time.monotonic()
-            demand, self._busy = p.fleet_demand(self._busy, now - self._since)
+            demand, self._busy = p.fleet_demand(self._busy, now - self._since, now)
             self._since = now
             freeze = Freeze(
                 self._apply_limit,

@@ -46,7 +46,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from elasticpool import Pool, PoolTimeout
 from elasticpool.embedded import EmbeddedPostgres
 from elasticpool.fleet import PostgresMembership
-from elasticpool.fleet._schema import beat_function, fill_function
+from elasticpool.fleet._schema import beat_function, claim_function, fill_function
 from elasticpool.testing import FaultProxy
 
 from ..helpers import eventually
@@ -190,6 +190,7 @@ async def fleet(request: pytest.FixtureRequest, pg_server: Any) -> AsyncIterator
         await admin.execute(f"DROP TABLE IF EXISTS {fl.qtable}, {fl.qconfig}")
         await admin.execute(f"DROP FUNCTION IF EXISTS {quote_ident(beat_function(fl.table))}")
         await admin.execute(f"DROP FUNCTION IF EXISTS {quote_ident(fill_function(fl.table))}")
+        await admin.execute(f"DROP FUNCTION IF EXISTS {quote_ident(claim_function(fl.table))}")
         await admin.close()
 
 
@@ -841,7 +842,7 @@ async def test_least_privilege_role_needs_the_tables_created_by_an_administrator
         assert any(missing in r.getMessage() for r in caplog.records), caplog.records
         ddl = membership.create_tables_sql()
         assert ddl.count("CREATE TABLE IF NOT EXISTS") == 2
-        assert ddl.count("CREATE OR REPLACE FUNCTION") == 2  # the heartbeat and its helper
+        assert ddl.count("CREATE OR REPLACE FUNCTION") == 3  # the heartbeat, its helper, the claim
         assert quote_ident(schema) in ddl
         await fleet.admin.execute(ddl)
         lease_table = f"{quote_ident(schema)}.{fleet.qtable}"

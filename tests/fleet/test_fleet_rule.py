@@ -19,7 +19,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from elasticpool._limits import RESERVE_FROM, Member, fleet_grant, fleet_shares
+from elasticpool._limits import RESERVE_FROM, Member, fleet_first_claim, fleet_grant, fleet_shares
 from elasticpool.fleet._schema import Schema
 
 member_lists = st.lists(
@@ -123,13 +123,42 @@ def test_serialised_heartbeats_keep_the_fleet_within_the_total(
         demand[me] = want
         view = [Member(i, demand[i], holding[i]) for i in ids]
         share = fleet_shares(total, view, reserve)[me]
-        g = fleet_grant(share, total, sum(claim[i] for i in ids if i != me))
+        first = holding[me] == 0 and want > 0
+        g = fleet_grant(share, total, sum(claim[i] for i in ids if i != me), first=first)
         claim[me] = max(holding[me], g)
         # between heartbeats: the member's pool moves toward a size within its limit
         holding[me] = min(grow_to, g) if holding[me] <= g else max(g, holding[me] - grow_to)
         assert holding[me] <= claim[me]
         assert sum(holding.values()) <= total, (holding, claim)
         assert sum(claim.values()) <= total, claim
+
+
+@given(
+    total=st.integers(1, 20),
+    ops=st.lists(st.tuples(st.sampled_from("jrg"), st.integers(0, 9)), max_size=80),
+)
+def test_fast_joins_and_releases_keep_claims_and_closing_backends_within_the_total(
+    total: int, ops: list[tuple[str, int]]
+) -> None:
+    """Joins (fleet_first_claim), releases on a last connection and closing backends going away.
+
+    A release gives its claim back at once and leaves its backend closing;
+    a closing backend counts against joins until it is gone. Whatever the
+    order, the claims plus the closing backends (the server's view of the
+    fleet) never exceed the total.
+    """
+    claim: dict[int, int] = {}
+    closing: set[int] = set()
+    for op, who in ops:
+        if op == "j" and who not in closing:
+            got = fleet_first_claim(total, sum(claim.values()), claim.get(who, 0), 1, len(closing))
+            claim[who] = claim.get(who, 0) or got
+        elif op == "r" and claim.get(who):
+            claim[who] = 0
+            closing.add(who)
+        elif op == "g":
+            closing.discard(who)
+        assert sum(claim.values()) + len(closing) <= total, (claim, closing)
 
 
 # ----------------------------------------------------------------------------- the server's copy
@@ -149,7 +178,12 @@ def fleet_db(pg_server: Any) -> Iterator[tuple[Any, Schema]]:
             conn.execute(f"DROP TABLE {schema.table}, {schema.config}")
             conn.execute(
                 f"DROP FUNCTION {schema.beat}(text, text, text, integer, integer, integer,"
-                " integer, integer, integer, float8, integer, boolean, text, integer, float8)"
+                " integer, integer, integer, float8, integer, boolean, text, integer, float8,"
+                " boolean)"
+            )
+            conn.execute(
+                f"DROP FUNCTION {schema.claim}(text, text, text, integer, integer, boolean,"
+                " integer, integer, float8, integer)"
             )
             conn.execute(f"DROP FUNCTION {schema.fill}(integer, integer[], integer[])")
 
@@ -192,7 +226,7 @@ def test_the_server_function_decides_as_the_spec(
         )
     row = conn.execute(
         f"SELECT * FROM {schema.beat}(%s, %s, NULL, %s, %s, %s, 0, 1, %s, 60, 1000, false, NULL,"
-        " NULL, NULL)",
+        " NULL, NULL, false)",
         (pool, me.id, me.demand, me.holding, total, reserve),
     ).fetchone()
     assert row is not None
@@ -203,7 +237,8 @@ def test_the_server_function_decides_as_the_spec(
     assert got_total == total
     assert share == expected[me.id]
     others_claimed = sum(claims.values())
-    assert grant == fleet_grant(expected[me.id], total, others_claimed)
+    first = me.holding == 0 and me.demand > 0
+    assert grant == fleet_grant(expected[me.id], total, others_claimed, first=first)
     left = me.demand == 0 and grant == 0
     assert status == ("left" if left else "ok")
     assert claimed == others_claimed + (me.holding if left else max(me.holding, grant))

@@ -254,3 +254,28 @@ def test_connection_passed_from_borrower_to_waiter_is_not_pinged() -> None:
     assert again is s
     assert p.should_ping(s, 6.5)
     p.check()
+
+
+def test_fleet_demand_counts_a_long_wait_only_for_the_span_it_covers() -> None:
+    """A 3 s wait that ends within a 20 ms report span adds at most one connection of demand.
+
+    Waits and borrows still running count up to ``now`` at each report: a
+    wait counted whole when it ends made a member with one caller report a
+    demand of 150 (3 s / 0.02 s) and crowd out every other asker.
+    """
+    p = planner(max_connections=1)
+    busy = 0.0
+    w = p.enqueue(0.0, None)
+    slot = p.take_plan().connect[0]  # type: ignore[union-attr]
+    demand, busy = p.fleet_demand(busy, 2.98, 2.98)  # waiting all along: one caller
+    assert demand == 1
+    p.connected(slot, "c", 3.0, 0.0)  # served at 3.0 after a 3 s wait
+    p.take_plan()
+    p.claim(w, 3.0)
+    p.release(slot, 3.0)
+    p.take_plan()
+    demand, busy = p.fleet_demand(busy, 0.02, 3.0)
+    assert demand <= 1
+    demand, busy = p.fleet_demand(busy, 1.0, 4.0)  # idle for the whole second since
+    assert demand == 0
+    p.check()

@@ -40,17 +40,24 @@ from .._settings import check_connections
 from .._sql import quote_ident
 from .._validate import check_int, check_name
 from ._base import FleetStatus, MemberStatus
-from ._schema import Schema, beat_function, fill_function
+from ._schema import Schema, beat_function, claim_function, fill_function
 from ._tags import application_name as tagged_name
 from ._tags import pool_tag
 
 if TYPE_CHECKING:
     from .._connector import Connector, Fetch
-    from ._base import MemberPort
+    from ._base import Freeze, MemberPort
 
 __all__ = ["PostgresMembership"]
 
 logger = logging.getLogger("elasticpool.fleet")
+
+
+ASKS_PER_INTERVAL = 4
+"""How often per heartbeat interval a member refused asks again, on a new connection."""
+
+GIVE_BACK_CHECKS = 50
+"""Checks per heartbeat interval of a member that was used in a fleet others wait on."""
 
 
 def _seconds(name: str, value: object, allowed: str) -> float:
@@ -185,8 +192,13 @@ class PostgresMembership:
             "database_max_connections", database_max_connections
         )
         self.database_max_connections = database_max_connections
+        self._claim_fn = prefix + quote_ident(claim_function(table))
         self._schema = Schema(
-            self._table, self._config, self._beat_fn, prefix + quote_ident(fill_function(table))
+            self._table,
+            self._config,
+            beat=self._beat_fn,
+            fill=prefix + quote_ident(fill_function(table)),
+            claim=self._claim_fn,
         )
         self._table_name = table if schema is None else f"{schema}.{table}"
         # host:pid:random, within the 24 characters a tag keeps whole
@@ -222,6 +234,9 @@ class PostgresMembership:
         self._reserve = 0  # the reserve it asked the last heartbeat to keep
         self._settings_source = "total"
         self._claim = 0  # what this member's row claims (its holding at the last beat, or more)
+        self._acquires_at_beat = 0  # the pool's acquires when its last heartbeat began
+        self._asking: int | None = None  # others asking, if the last answer was a fast one
+        self._crowd = 0  # live members at the last answer
         self._tag: str | None = None
         self._beating = anyio.Lock()
         self.beats = 0
@@ -263,10 +278,11 @@ class PostgresMembership:
         rows = await fetch(
             conn,
             "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL"
-            " AND to_regproc($3) IS NOT NULL",
+            " AND to_regproc($3) IS NOT NULL AND to_regproc($4) IS NOT NULL",
             self._table,
             self._config,
             self._beat_fn,
+            self._claim_fn,
         )
         return bool(rows[0][0])
 
@@ -375,22 +391,33 @@ class PostgresMembership:
         while True:
             # A member with no connection of its own asks on a new one: less often, and
             # less still while nothing is free (the others give back at their heartbeats).
-            if pool.stats().size:
+            stats = pool.stats()
+            if stats.size:
                 part = 8
+                if (
+                    stats.size == 1
+                    and not stats.waiting
+                    and stats.acquires != self._acquires_at_beat
+                    and self._tight()
+                ):
+                    # one connection, used since its last heartbeat, in a fleet others wait
+                    # on: look again soon, to give it back as soon as its borrower is done
+                    part = GIVE_BACK_CHECKS
             else:
-                full = self._total is not None and self._claimed >= self._total
-                part = 2 if full else 4
+                part = ASKS_PER_INTERVAL
             step = self.heartbeat_interval / part * random.uniform(0.9, 1.1)
             with anyio.move_on_after(step):
                 await demand.wait()
             stats = pool.stats()
+            if stats.waiting and not stats.size and not self._limit and not self._failing:
+                return  # refused, callers still waiting: ask again
             if stats.waiting and (
                 self._share > self._limit  # below its share: the next grant may be more
                 # asked for no more than its share last time: more demand may move it
                 or self._reported <= self._share < stats.in_use + stats.waiting
             ):
                 return
-            if stats.size + stats.closing < self._claim and self._others_want():
+            if stats.size + stats.closing < self._claim and self._others_ask():
                 return  # surplus closed while others ask: give it back
             if stats.size and not stats.in_use and not stats.waiting and self._tight():
                 return  # idle while the fleet is (nearly) full: let go, or keep if still free
@@ -398,10 +425,15 @@ class PostgresMembership:
                 demand = pool.demand_signal()
 
     def _tight(self) -> bool:
-        """Whether the last view left less than the reserve free, or others asked for more."""
+        """Whether the last view left less than the reserve free, or others asked for more,
+        or the pool had more members than units."""
         if self._total is None:
             return False
-        return self._claimed + max(1, self._reserve) >= self._total or self._others_want()
+        return (
+            self._claimed + max(1, self._reserve) >= self._total
+            or self._others_ask()
+            or self._crowd > self._total
+        )
 
     def _others_want(self) -> bool:
         return any(m.share > m.granted for m in self._members if m.id != self.instance_id)
@@ -423,6 +455,8 @@ class PostgresMembership:
     async def _beat(self, pool: MemberPort, *, leave: bool = False, own: bool = True) -> None:
         async with self._beating:  # one heartbeat at a time per member (set_total runs one too)
             await self._beat_once(pool, leave, own and not leave)
+            # after it: the heartbeat's own borrow is not a use (see _until_worth_a_beat)
+            self._acquires_at_beat = pool.stats().acquires
 
     async def _beat_once(self, pool: MemberPort, leave: bool, own: bool = True) -> None:
         started = pool.now()
@@ -439,8 +473,19 @@ class PostgresMembership:
                     if self._check_ok is None and self._tag is not None:
                         await self._probe_check_interval(pool, co.conn)
                     freeze.sent = True
+                    # its last connection, this one: leaving, it gives back at once
+                    last = not co.extra and freeze.holding == 1
                     try:
-                        row = await self._call(pool, co.conn, freeze.demand, freeze.holding, leave)
+                        row = None
+                        if not leave and (
+                            (co.extra and freeze.holding == 0 and freeze.demand > 0)
+                            or (last and freeze.demand == 0 and self._tight())
+                        ):
+                            row = await self._fast(pool, co.conn, freeze, last)
+                        if row is None:
+                            row = await self._call(
+                                pool, co.conn, freeze.demand, freeze.holding, leave=leave, last=last
+                            )
                     except Exception as exc:
                         # An error the server answered with: rolled back, nothing committed.
                         # A lost or late answer (disconnect, timeout) leaves it unknown.
@@ -460,7 +505,10 @@ class PostgresMembership:
                     if freeze.apply(grant, adopt):
                         co.keep()  # the connection it asked on serves a caller now
                     self._reported = freeze.demand
-                    self._claim = max(freeze.holding, grant) if status == "ok" else freeze.holding
+                    if status == "ok":
+                        self._claim = max(freeze.holding, grant)
+                    else:  # left: what it holds, until the server shows it gone
+                        self._claim = 0 if last else freeze.holding
         except Exception as exc:
             await self._failed(pool, exc, started)
             return
@@ -470,6 +518,9 @@ class PostgresMembership:
         self._claimed = claimed
         self._source = "total" if live_total is not None else self._settings_source
         self._members = self._view(row)
+        if row[6] is not None:  # a heartbeat's view: who asks is in it
+            self._asking = None
+            self._crowd = len(self._members)
         self._observed = row[7]
         self._departed = row[8] or 0
         self._database = (row[9], row[10]) if row[9] is not None else (None, None)
@@ -479,9 +530,9 @@ class PostgresMembership:
         self._failing = False
         self._healthy = True
 
-    async def _call(
-        self, pool: MemberPort, conn: Any, demand: int, holding: int, leave: bool
-    ) -> tuple[Any, ...]:
+    def _totals(self, pool: MemberPort) -> tuple[int | None, int, int, int]:
+        """From the settings: the fleet total (``None``: a fixed limit), that limit, the
+        minimum total, and the reserve."""
         settings = pool.settings
         base = resolve_limit(settings, allow_small_total=True)
         self._settings_source = base.source  # which rule applies unless a live total is set
@@ -492,11 +543,83 @@ class PostgresMembership:
         if reserve is None:
             reserve = 0 if total is None else min(2, total // 20)
         self._reserve = reserve
+        return total, fixed, minimum, reserve
+
+    async def _fast(
+        self, pool: MemberPort, conn: Any, freeze: Freeze, last: bool
+    ) -> tuple[Any, ...] | None:
+        """The small members' fast path (``Schema._claim_function``); an answer, or ``None``.
+
+        A join with one connection (the one it asks on) or a release of the
+        last one, without the division. ``None`` when it does not apply (a
+        database budget, a fixed limit, the tables not checked yet, or the
+        function says it is the heartbeat function's case): the caller then
+        runs the heartbeat function on the same connection.
+        """
+        if not self._tables_ready or self._db_total is not None or self._db_percent is not None:
+            return None
+        mine, _, minimum, _ = self._totals(pool)
+        if mine is None:
+            return None
+        rows = await self._fetch(pool)(
+            conn,
+            f"SELECT * FROM {self._claim_fn}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            pool.name,
+            self.instance_id,
+            self._tag,
+            freeze.demand,
+            freeze.holding,
+            last,
+            mine,
+            minimum,
+            self.lease_ttl,
+            max(1, round(self.lock_timeout * 1000)),
+        )
+        status, claimed, total, live, asking, members = rows[0]
+        if status == "skip":
+            return None
+        if status == "busy":
+            return ("busy",)
+        self._asking = asking
+        self._crowd = members
+        n = 1 if status in ("granted", "kept") else 0
+        # shaped as the function's answer; the view is the last one (None: keep it)
+        return (
+            "left" if status == "left" else "ok",
+            n,
+            n,
+            total,
+            live,
+            claimed,
+            None,
+            self._observed,
+            self._departed,
+            None,
+            None,
+        )
+
+    def _others_ask(self) -> bool:
+        """Whether the last answer showed other members asking for connections."""
+        if self._asking is not None:
+            return self._asking > 0
+        return self._others_want()
+
+    async def _call(
+        self,
+        pool: MemberPort,
+        conn: Any,
+        demand: int,
+        holding: int,
+        *,
+        leave: bool,
+        last: bool,
+    ) -> tuple[Any, ...]:
+        total, fixed, minimum, reserve = self._totals(pool)
         fetch = self._fetch(pool)
         rows = await fetch(  # a transaction of its own: committed when it returns
             conn,
             f"SELECT * FROM {self._beat_fn}"
-            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
             pool.name,
             self.instance_id,
             self._tag,
@@ -512,6 +635,7 @@ class PostgresMembership:
             pool_tag(pool.name) if self._tag is not None else None,
             self._db_total,
             self._db_percent,
+            last,
         )
         return tuple(rows[0])
 

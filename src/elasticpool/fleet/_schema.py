@@ -1,4 +1,8 @@
-"""The fleet's tables and its one server-side function, as DDL text.
+"""The fleet's tables and its server-side functions, as DDL text.
+
+Besides the heartbeat function below there is the small members' claim
+function (:meth:`Schema._claim_function`): a join with one connection, or a
+release of the last one, without the division (cheap on a new backend).
 
 A heartbeat is one call of ``<table>_beat(...)``: one statement, one round
 trip, in its own (autocommit) transaction. The function serialises the
@@ -19,7 +23,8 @@ trip), and does, in order:
    rule in Python, and the tests hold the two to each other); the
    leftover lets members keep connections they hold anyway, and what is
    still left is headroom for the members asking;
-4. *grant*: ``min(share, total - others' claims)``, so the sum of claims
+4. *grant*: ``min(share, total - others' claims)`` (a member asking for its first
+   connection: at least one when one is free), so the sum of claims
    never grows above the total; the caller's claim becomes
    ``max(holding, grant)``;
 5. *leave*: a caller with no demand granted nothing marks its lease expired
@@ -38,7 +43,7 @@ import hashlib
 
 from .._sql import quote_ident
 
-__all__ = ["Schema", "beat_function", "fill_function"]
+__all__ = ["Schema", "beat_function", "claim_function", "fill_function"]
 
 
 def beat_function(table: str) -> str:
@@ -57,10 +62,15 @@ def fill_function(table: str) -> str:
     return f"{table}_fill_{_digest()}"
 
 
+def claim_function(table: str) -> str:
+    """The (unquoted) name of the join's fast claim function (see ``Schema._claim_function``)."""
+    return f"{table}_claim_{_digest()}"
+
+
 @functools.cache
 def _digest() -> str:
-    schema = Schema('"t"', '"t_config"', '"t_beat"', '"t_fill"')
-    text = schema._fill_function() + schema._function()
+    schema = Schema('"t"', '"t_config"', beat='"t_beat"', fill='"t_fill"', claim='"t_claim"')
+    text = schema._fill_function() + schema._function() + schema._claim_function()
     return hashlib.blake2s(text.encode(), digest_size=4).hexdigest()
 
 
@@ -71,11 +81,12 @@ class Schema:
     the SQL-safety check follows them); :meth:`of` quotes them itself.
     """
 
-    def __init__(self, table: str, config: str, beat: str, fill: str) -> None:
+    def __init__(self, table: str, config: str, *, beat: str, fill: str, claim: str) -> None:
         self.table = table
         self.config = config
         self.beat = beat
         self.fill = fill
+        self.claim = claim
 
     @classmethod
     def of(cls, table: str, schema: str | None = None) -> Schema:
@@ -84,8 +95,9 @@ class Schema:
         return cls(
             prefix + quote_ident(table),
             prefix + quote_ident(table + "_config"),
-            prefix + quote_ident(beat_function(table)),
-            prefix + quote_ident(fill_function(table)),
+            beat=prefix + quote_ident(beat_function(table)),
+            fill=prefix + quote_ident(fill_function(table)),
+            claim=prefix + quote_ident(claim_function(table)),
         )
 
     def ddl(self) -> str:
@@ -109,6 +121,7 @@ class Schema:
             f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS claim integer NOT NULL DEFAULT 0",
             f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS tag text",
             f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS asking_since timestamptz",
+            f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS closing_pid integer",
             f"CREATE TABLE IF NOT EXISTS {c} ("
             " pool_name text PRIMARY KEY,"
             " total_max_connections integer,"
@@ -117,7 +130,145 @@ class Schema:
             f"ALTER TABLE {c} ADD COLUMN IF NOT EXISTS total integer",
             self._fill_function(),
             self._function(),
+            self._claim_function(),
         ]
+
+    def _claim_function(self) -> str:
+        t, c, f = self.table, self.config, self.claim
+        planned = hashlib.blake2s(f.encode(), digest_size=8).hexdigest()  # see _function
+        if "$fn$" in t + c + f:
+            raise ValueError("the lease table's name must not contain '$fn$'")
+        return f"""CREATE OR REPLACE FUNCTION {f}(
+    p_pool text, p_instance text, p_tag text, p_demand integer, p_holding integer,
+    p_last boolean, p_total integer, p_min_total integer, p_ttl float8, p_lock_ms integer)
+RETURNS TABLE (o_status text, o_claimed integer, o_total integer, o_live_total integer,
+    o_asking integer, o_members integer)
+LANGUAGE plpgsql VOLATILE
+AS $fn$
+-- The small members' fast path: joining with one connection and leaving on the last
+-- one need no division, and this function is small, so cheap to plan on the new
+-- backend a join runs on (the heartbeat function's first call plans its every
+-- statement, about 5 ms of server time under the pool's row lock), and a release
+-- runs the same statements as the join that opened its connection.
+-- * join: a member that asks and claims nothing takes one unit when the claims and
+--   the closing backends leave one free (_limits.fleet_first_claim), else records
+--   that it asks ('granted' / 'asking');
+-- * release: a member with no demand whose one connection runs this gives its claim
+--   back at once if others ask or the pool has more members than units; that backend
+--   counts as closing until it exits ('left'), as the heartbeat function's leave on a
+--   last connection. Otherwise it keeps it, its lease renewed ('kept').
+-- 'skip': neither case, or a claim already, no config row yet, a database budget, or
+-- refused while departed members' claims wait to be reaped: the heartbeat function's
+-- work. 'busy': the pool's row stayed locked for p_lock_ms.
+DECLARE
+    v_live integer;
+    v_claimed integer;
+    v_total integer;
+    v_mine integer;
+    v_closing integer;
+    v_new integer;
+    v_status text;
+    v_asking integer;
+    v_members integer;
+    v_departed boolean;
+    v_skip boolean;
+    v_pass integer;
+BEGIN
+    IF NOT ((p_demand > 0 AND p_holding = 0) OR (p_demand <= 0 AND p_holding = 1 AND p_last))
+       OR EXISTS (SELECT 1 FROM {c} WHERE pool_name = ''
+                     AND coalesce(total_max_connections, total) IS NOT NULL) THEN
+        RETURN QUERY SELECT 'skip'::text, NULL::integer, NULL::integer, NULL::integer,
+            NULL::integer, NULL::integer;
+        RETURN;
+    END IF;
+    -- A join always runs on a new backend, whose first call plans every statement
+    -- here: pass 0 does that without the lock, reading and writing nothing it keeps;
+    -- pass 1 takes the lock and decides.
+    FOR v_pass IN CASE WHEN current_setting('elasticpool.planned_claim', true) = '{planned}'
+                       THEN 1 ELSE 0 END..1 LOOP
+    IF v_pass = 0 THEN
+        SELECT total_max_connections, claimed INTO v_live, v_claimed
+          FROM {c} WHERE pool_name = p_pool;
+    ELSE
+        PERFORM set_config('lock_timeout', p_lock_ms::text || 'ms', true);
+        BEGIN
+            SELECT total_max_connections, claimed INTO v_live, v_claimed
+              FROM {c} WHERE pool_name = p_pool FOR UPDATE;
+        EXCEPTION WHEN lock_not_available THEN
+            RETURN QUERY SELECT 'busy'::text, NULL::integer, NULL::integer, NULL::integer,
+                NULL::integer, NULL::integer;
+            RETURN;
+        END;
+        PERFORM set_config('lock_timeout', '0', true);
+    END IF;
+    -- its own row after the lock: a heartbeat may have reaped it (an expired row of a
+    -- member whose asking connection, tagged, the server shows)
+    SELECT claim INTO v_mine FROM {t} WHERE pool_name = p_pool AND instance_id = p_instance;
+    v_mine := coalesce(v_mine, 0);
+    v_total := greatest(coalesce(v_live, p_total), p_min_total);
+    v_skip := v_claimed IS NULL OR (p_demand > 0 AND v_mine <> 0)
+              OR (p_demand <= 0 AND v_mine = 0);
+    -- others asking: for a first connection, or for more than they claim
+    SELECT count(*) FILTER (WHERE asking_since IS NOT NULL OR demand > claim)::integer,
+           count(*)::integer
+      INTO v_asking, v_members FROM {t}
+     WHERE pool_name = p_pool AND instance_id <> p_instance AND expires_at >= now();
+    IF p_demand > 0 THEN
+        SELECT count(*)::integer INTO v_closing FROM {t} l
+         WHERE l.pool_name = p_pool AND l.closing_pid IS NOT NULL
+           AND l.closing_pid <> pg_backend_pid()
+           AND NOT pg_try_advisory_xact_lock_shared(hashtext('elasticpool closing'),
+                                                    l.closing_pid);
+        v_new := CASE WHEN coalesce(v_claimed, 0) + 1 + v_closing <= v_total
+                      THEN 1 ELSE 0 END;
+        -- refused while departed members' claims wait to be reaped: the heartbeat
+        -- function's work
+        v_departed := EXISTS (
+            SELECT 1 FROM {t} WHERE pool_name = p_pool AND instance_id <> p_instance
+               AND expires_at < now() AND claim > 0 AND closing_pid IS NULL);
+        v_skip := v_skip OR (v_new = 0 AND v_departed);
+        v_status := CASE WHEN v_new = 1 THEN 'granted' ELSE 'asking' END;
+    ELSE
+        -- released when others ask, or when the pool has more members than units (the
+        -- next to ask will find it free, rather than be refused and connect again):
+        -- otherwise nobody needs it, it stays
+        v_new := CASE WHEN v_asking > 0 OR v_members + 1 > v_total THEN 0 ELSE v_mine END;
+        v_status := CASE WHEN v_new = 0 THEN 'left' ELSE 'kept' END;
+    END IF;
+    IF v_pass = 1 AND v_skip THEN
+        RETURN QUERY SELECT 'skip'::text, NULL::integer, NULL::integer, NULL::integer,
+            NULL::integer, NULL::integer;
+        RETURN;
+    END IF;
+    IF v_pass = 1 AND v_status = 'left' THEN
+        -- closing: this backend holds a session lock that goes with it, so the others
+        -- can tell it is gone without reading the server's status of every backend
+        PERFORM pg_advisory_lock(hashtext('elasticpool closing'), pg_backend_pid());
+    END IF;
+    v_claimed := coalesce(v_claimed, 0) - v_mine + v_new;
+    -- (pass 0 runs these too, to plan them: its condition matches nothing)
+    UPDATE {c} SET claimed = v_claimed WHERE pool_name = p_pool AND v_pass = 1;
+    INSERT INTO {t} AS l (pool_name, instance_id, heartbeat_at, expires_at, demand, holding,
+                          share, granted, claim, tag, asking_since, closing_pid)
+         SELECT p_pool, p_instance, now(),
+                CASE WHEN v_status = 'left' THEN now() - interval '1 microsecond'
+                     ELSE now() + make_interval(secs => p_ttl) END,
+                greatest(p_demand, 0), p_holding, v_new, v_new, v_new, p_tag,
+                CASE WHEN v_status = 'asking' THEN now() END,
+                CASE WHEN v_status = 'left' THEN pg_backend_pid() END
+          WHERE v_pass = 1
+    ON CONFLICT (pool_name, instance_id) DO UPDATE SET
+        heartbeat_at = EXCLUDED.heartbeat_at, expires_at = EXCLUDED.expires_at,
+        demand = EXCLUDED.demand, holding = EXCLUDED.holding, share = EXCLUDED.share,
+        granted = EXCLUDED.granted, claim = EXCLUDED.claim, tag = EXCLUDED.tag,
+        asking_since = CASE WHEN EXCLUDED.asking_since IS NULL THEN NULL
+                            ELSE coalesce(l.asking_since, EXCLUDED.asking_since) END,
+        closing_pid = coalesce(EXCLUDED.closing_pid, l.closing_pid);
+    END LOOP;
+    PERFORM set_config('elasticpool.planned_claim', '{planned}', false);
+    RETURN QUERY SELECT v_status, v_claimed, v_total, v_live, v_asking, v_members + 1;
+END
+$fn$"""
 
     def _fill_function(self) -> str:
         fill = self.fill
@@ -175,6 +326,8 @@ $fn$"""
 
     def _function(self) -> str:
         t, c, f, fill = self.table, self.config, self.beat, self.fill
+        # which function a backend has planned (a session setting): a digest of its name
+        planned = hashlib.blake2s(f.encode(), digest_size=8).hexdigest()
         # The body is dollar-quoted: a quoted identifier may hold anything, so refuse the tag.
         if "$fn$" in t + c + f:
             raise ValueError("the lease table's name must not contain '$fn$'")
@@ -182,7 +335,7 @@ $fn$"""
     p_pool text, p_instance text, p_tag text, p_demand integer, p_holding integer,
     p_total integer, p_fixed integer, p_min_total integer, p_reserve integer,
     p_ttl float8, p_lock_ms integer, p_leave boolean, p_observe text,
-    p_db_total integer, p_db_percent float8)
+    p_db_total integer, p_db_percent float8, p_last boolean)
 RETURNS TABLE (o_status text, o_share integer, o_granted integer, o_total integer,
     o_live_total integer, o_claimed integer, o_view text, o_observed integer,
     o_departed integer, o_db_total integer, o_db_claimed integer)
@@ -216,6 +369,8 @@ DECLARE
     v_spare integer;
     v_extra integer;
     v_db_live integer;
+    v_closing integer := 0;
+    v_db_closing integer := 0;
     v_db_set integer;
     v_db_mine integer;
     v_db_total integer;
@@ -225,6 +380,10 @@ DECLARE
     v_pclaimed integer[];
     v_palloc integer[];
     v_pme integer;
+    v_pass integer;
+    v_view text;
+    v_observed integer;
+    v_departed integer;
     r record;
 BEGIN
     -- 0. the database budget over every pool name, when one is set (live by the
@@ -240,66 +399,97 @@ BEGIN
     SELECT total_max_connections, total INTO v_db_live, v_db_set FROM {c} WHERE pool_name = '';
     v_db_total := coalesce(v_db_live, v_db_mine, v_db_set);
 
-    PERFORM set_config('lock_timeout', p_lock_ms::text || 'ms', true);
-    BEGIN
-        -- 1. the lock: the database row first (when there is a budget), then the pool's
-        IF v_db_total IS NOT NULL THEN
-            INSERT INTO {c} (pool_name) VALUES ('') ON CONFLICT (pool_name) DO NOTHING;
-            SELECT total_max_connections INTO v_db_live FROM {c} WHERE pool_name = '' FOR UPDATE;
-            IF v_db_mine IS NOT NULL AND v_db_set IS DISTINCT FROM v_db_mine THEN
-                UPDATE {c} SET total = v_db_mine WHERE pool_name = '';
-                v_db_set := v_db_mine;
+    -- A backend's first call plans every statement and expression below (about 5 ms
+    -- of server time); done under the pool's row lock, that made a convoy of members
+    -- waiting for it. So a backend's first call runs the reads once without the lock
+    -- and keeps nothing of them (pass 0), and only then, every plan made, takes the
+    -- lock and decides (pass 1).
+    FOR v_pass IN CASE WHEN current_setting('elasticpool.planned', true) = '{planned}'
+                       THEN 1 ELSE 0 END..1 LOOP
+    IF v_pass = 0 THEN
+        SELECT total_max_connections, coalesce(claimed, 0) INTO v_live, v_claimed
+          FROM {c} WHERE pool_name = p_pool;
+        v_claimed := coalesce(v_claimed, 0);
+    ELSE
+        PERFORM set_config('lock_timeout', p_lock_ms::text || 'ms', true);
+        BEGIN
+            -- 1. the lock: the database row first (when there is a budget), then the pool's
+            IF v_db_total IS NOT NULL THEN
+                INSERT INTO {c} (pool_name) VALUES ('') ON CONFLICT (pool_name) DO NOTHING;
+                SELECT total_max_connections INTO v_db_live FROM {c}
+                 WHERE pool_name = '' FOR UPDATE;
+                IF v_db_mine IS NOT NULL AND v_db_set IS DISTINCT FROM v_db_mine THEN
+                    UPDATE {c} SET total = v_db_mine WHERE pool_name = '';
+                    v_db_set := v_db_mine;
+                END IF;
+                v_db_total := coalesce(v_db_live, v_db_mine, v_db_set);
             END IF;
-            v_db_total := coalesce(v_db_live, v_db_mine, v_db_set);
-        END IF;
-        SELECT total_max_connections, claimed INTO v_live, v_claimed
-          FROM {c} WHERE pool_name = p_pool FOR UPDATE;
-        IF NOT FOUND THEN
-            INSERT INTO {c} AS k (pool_name) VALUES (p_pool)
-                ON CONFLICT (pool_name) DO NOTHING;
             SELECT total_max_connections, claimed INTO v_live, v_claimed
               FROM {c} WHERE pool_name = p_pool FOR UPDATE;
-        END IF;
-    EXCEPTION WHEN lock_not_available THEN
-        UPDATE {t} SET expires_at = now() + make_interval(secs => p_ttl)
-         WHERE pool_name = p_pool AND instance_id = p_instance AND expires_at >= now();
-        RETURN QUERY SELECT 'busy'::text, NULL::integer, NULL::integer, NULL::integer,
-            NULL::integer, NULL::integer, NULL::text, NULL::integer, NULL::integer,
-            NULL::integer, NULL::integer;
-        RETURN;
-    END;
-    PERFORM set_config('lock_timeout', '0', true);
-
-    -- 2. reap: departed members keep a claim for the backends the server still shows
-    --    (one look at pg_stat_activity, and only when someone has departed); under a
-    --    database budget, every pool name's departed members
-    IF EXISTS (SELECT 1 FROM {t} WHERE (pool_name = p_pool OR v_db_total IS NOT NULL)
-                  AND (pool_name, instance_id) <> (p_pool, p_instance)
-                  AND expires_at < now()) THEN
-        FOR r IN
-            SELECT l.pool_name, l.instance_id, l.claim, coalesce(a.n, 0) AS alive
-              FROM {t} l
-              LEFT JOIN (SELECT application_name, count(*)::integer AS n
-                           FROM pg_stat_activity GROUP BY 1) a
-                     ON l.tag IS NOT NULL AND a.application_name = l.tag
-             WHERE (l.pool_name = p_pool OR v_db_total IS NOT NULL)
-               AND (l.pool_name, l.instance_id) <> (p_pool, p_instance)
-               AND l.expires_at < now()
-        LOOP
-            IF r.alive = 0 THEN
-                DELETE FROM {t} WHERE pool_name = r.pool_name AND instance_id = r.instance_id;
-            ELSIF r.alive <> r.claim THEN
-                UPDATE {t} SET claim = r.alive, holding = r.alive, demand = 0, granted = 0
-                 WHERE pool_name = r.pool_name AND instance_id = r.instance_id;
+            IF NOT FOUND THEN
+                INSERT INTO {c} AS k (pool_name) VALUES (p_pool)
+                    ON CONFLICT (pool_name) DO NOTHING;
+                SELECT total_max_connections, claimed INTO v_live, v_claimed
+                  FROM {c} WHERE pool_name = p_pool FOR UPDATE;
             END IF;
-            IF r.alive <> r.claim AND r.pool_name = p_pool THEN
-                v_claimed := v_claimed - r.claim + r.alive;
-            ELSIF r.alive <> r.claim THEN  -- another name's: its sum, on its row
-                UPDATE {c} SET claimed = claimed - r.claim + r.alive
-                 WHERE pool_name = r.pool_name;
-            END IF;
-        END LOOP;
+        EXCEPTION WHEN lock_not_available THEN
+            UPDATE {t} SET expires_at = now() + make_interval(secs => p_ttl)
+             WHERE pool_name = p_pool AND instance_id = p_instance AND expires_at >= now();
+            RETURN QUERY SELECT 'busy'::text, NULL::integer, NULL::integer, NULL::integer,
+                NULL::integer, NULL::integer, NULL::text, NULL::integer, NULL::integer,
+                NULL::integer, NULL::integer;
+            RETURN;
+        END;
+        PERFORM set_config('lock_timeout', '0', true);
     END IF;
+    IF v_pass = 1 THEN
+        -- 2. reap: departed members keep a claim for the backends the server still shows
+        --    (one look at pg_stat_activity, and only when someone has departed); under a
+        --    database budget, every pool name's departed members
+        --    (a member that left on its last connection gave its claim back at once: its
+        --    row names that backend in closing_pid, counted below, not reaped here)
+        IF EXISTS (SELECT 1 FROM {t} WHERE (pool_name = p_pool OR v_db_total IS NOT NULL)
+                      AND (pool_name, instance_id) <> (p_pool, p_instance)
+                      AND expires_at < now() AND closing_pid IS NULL) THEN
+            FOR r IN
+                SELECT l.pool_name, l.instance_id, l.claim, coalesce(a.n, 0) AS alive
+                  FROM {t} l
+                  LEFT JOIN (SELECT application_name, count(*)::integer AS n
+                               FROM pg_stat_activity GROUP BY 1) a
+                         ON l.tag IS NOT NULL AND a.application_name = l.tag
+                 WHERE (l.pool_name = p_pool OR v_db_total IS NOT NULL)
+                   AND (l.pool_name, l.instance_id) <> (p_pool, p_instance)
+                   AND l.expires_at < now() AND l.closing_pid IS NULL
+            LOOP
+                IF r.alive = 0 THEN
+                    DELETE FROM {t} WHERE pool_name = r.pool_name AND instance_id = r.instance_id;
+                ELSIF r.alive <> r.claim THEN
+                    UPDATE {t} SET claim = r.alive, holding = r.alive, demand = 0, granted = 0
+                     WHERE pool_name = r.pool_name AND instance_id = r.instance_id;
+                END IF;
+                IF r.alive <> r.claim AND r.pool_name = p_pool THEN
+                    v_claimed := v_claimed - r.claim + r.alive;
+                ELSIF r.alive <> r.claim THEN  -- another name's: its sum, on its row
+                    UPDATE {c} SET claimed = claimed - r.claim + r.alive
+                     WHERE pool_name = r.pool_name;
+                END IF;
+            END LOOP;
+        END IF;
+
+        -- 2b. closing backends: each counts until the server no longer shows it (its
+        --     claim went when its member left on it); forgotten once gone
+        --     (a closing backend holds a session advisory lock on ('elasticpool closing',
+        --     its pid) until it exits: a shared try-lock that succeeds says it is gone)
+        UPDATE {t} l SET closing_pid = NULL
+         WHERE (l.pool_name = p_pool OR v_db_total IS NOT NULL) AND l.closing_pid IS NOT NULL
+           AND l.closing_pid <> pg_backend_pid()
+           AND pg_try_advisory_xact_lock_shared(hashtext('elasticpool closing'),
+                                                l.closing_pid);
+    END IF;
+    SELECT count(*) FILTER (WHERE l.pool_name = p_pool)::integer, count(*)::integer
+      INTO v_closing, v_db_closing FROM {t} l
+     WHERE (l.pool_name = p_pool OR v_db_total IS NOT NULL) AND l.closing_pid IS NOT NULL
+       AND l.closing_pid <> pg_backend_pid();
 
     SELECT claim INTO v_old FROM {t} WHERE pool_name = p_pool AND instance_id = p_instance;
     v_old := coalesce(v_old, 0);
@@ -393,11 +583,31 @@ BEGIN
         v_share := v_alloc[v_me];
         -- 4. grant: never more than the others' claims leave of the total (and of the
         --    database budget)
-        v_grant := least(v_share, greatest(0, v_total - v_others));
+        --    (a member asking for its first connection takes one that is free, even one
+        --    the division set aside for a member asking longer but not here to take it)
+        v_grant := least(greatest(v_share, CASE WHEN p_holding = 0 AND p_demand > 0
+                                                THEN 1 ELSE 0 END),
+                         greatest(0, v_total - v_others - v_closing));
         IF v_db_total IS NOT NULL THEN
-            v_grant := least(v_grant, greatest(0, v_db_total - v_db_others));
+            v_grant := least(v_grant, greatest(0, v_db_total - v_db_others - v_db_closing));
         END IF;
     END IF;
+    -- the view as JSON text ([id, demand, holding, share, granted, age] per member):
+    -- plain types only, which every driver reads without looking them up
+    v_granteds[v_me] := CASE WHEN p_leave THEN 0 ELSE v_grant END;
+    SELECT json_agg(json_build_array(v_ids[i], v_demands[i], v_holdings[i], v_alloc[i],
+                                     v_granteds[i], round(v_ages[i]::numeric, 3))
+                    ORDER BY i)::text
+      INTO v_view FROM generate_subscripts(v_ids, 1) AS i;
+    IF p_observe IS NOT NULL THEN
+        SELECT count(*)::integer INTO v_observed FROM pg_stat_get_activity(NULL) a
+         WHERE strpos(a.application_name, p_observe) > 0;
+    END IF;
+    SELECT coalesce(sum(claim), 0)::integer INTO v_departed FROM {t}
+     WHERE pool_name = p_pool AND instance_id <> p_instance AND expires_at < now();
+    END LOOP;
+    PERFORM set_config('elasticpool.planned', '{planned}', false);
+
     v_claim := greatest(p_holding, v_grant);
 
     IF p_leave THEN
@@ -408,17 +618,24 @@ BEGIN
         v_status := 'left';
     ELSIF p_demand <= 0 AND v_grant = 0 THEN
         -- 5. idle and granted nothing: expired at once, claiming what it still holds
-        --    until the server no longer shows its backends
+        --    until the server no longer shows its backends; on its last connection
+        --    (p_last: it holds one, this one, and closes it now) nothing: that backend
+        --    counts as closing until the server no longer shows it (2b)
         v_grant := 0;
-        v_claim := greatest(p_holding, 0);
+        v_claim := CASE WHEN p_last AND p_holding = 1 THEN 0 ELSE greatest(p_holding, 0) END;
+        IF p_last AND p_holding = 1 THEN  -- closing: a lock that goes with this backend
+            PERFORM pg_advisory_lock(hashtext('elasticpool closing'), pg_backend_pid());
+        END IF;
         INSERT INTO {t} AS l (pool_name, instance_id, heartbeat_at, expires_at, demand,
-                              holding, share, granted, claim, tag)
+                              holding, share, granted, claim, tag, closing_pid)
              VALUES (p_pool, p_instance, now(), now() - interval '1 microsecond', 0,
-                     p_holding, 0, 0, v_claim, p_tag)
+                     p_holding, 0, 0, v_claim, p_tag,
+                     CASE WHEN p_last AND p_holding = 1 THEN pg_backend_pid() END)
         ON CONFLICT (pool_name, instance_id) DO UPDATE SET
             heartbeat_at = EXCLUDED.heartbeat_at, expires_at = EXCLUDED.expires_at,
             demand = 0, holding = EXCLUDED.holding, share = 0, granted = 0,
-            claim = EXCLUDED.claim, tag = EXCLUDED.tag;
+            claim = EXCLUDED.claim, tag = EXCLUDED.tag,
+            closing_pid = coalesce(EXCLUDED.closing_pid, l.closing_pid);
         v_status := 'left';
     ELSE
         INSERT INTO {t} AS l (pool_name, instance_id, heartbeat_at, expires_at, demand,
@@ -437,19 +654,7 @@ BEGIN
     v_claimed := v_others + v_claim;
     UPDATE {c} SET claimed = v_claimed, total = v_total WHERE pool_name = p_pool;
 
-    v_granteds[v_me] := v_grant;
-    -- the view as JSON text ([id, demand, holding, share, granted, age] per member):
-    -- plain types only, which every driver reads without looking them up
-    RETURN QUERY SELECT v_status, v_share, v_grant, v_total, v_live, v_claimed,
-        (SELECT json_agg(json_build_array(v_ids[i], v_demands[i], v_holdings[i], v_alloc[i],
-                                          v_granteds[i], round(v_ages[i]::numeric, 3))
-                         ORDER BY i)::text
-           FROM generate_subscripts(v_ids, 1) AS i),
-        CASE WHEN p_observe IS NULL THEN NULL ELSE
-            (SELECT count(*)::integer FROM pg_stat_activity
-              WHERE strpos(application_name, p_observe) > 0) END,
-        (SELECT coalesce(sum(claim), 0)::integer FROM {t}
-          WHERE pool_name = p_pool AND instance_id <> p_instance AND expires_at < now()),
-        v_db_total, v_db_others + v_claim;
+    RETURN QUERY SELECT v_status, v_share, v_grant, v_total, v_live, v_claimed, v_view,
+        v_observed, v_departed, v_db_total, v_db_others + v_claim;
 END
 $fn$"""
