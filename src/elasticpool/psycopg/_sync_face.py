@@ -9,8 +9,9 @@ import warnings
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Generic, TypeAlias
+from typing import Any, Final, Generic, TypeAlias
 
+import psycopg
 from psycopg_pool.abc import CT
 
 from .. import _errors
@@ -36,8 +37,11 @@ from ._sync_connector import (
     SyncPsycopgConnector,
     check_connection_sync,
 )
+from ._wire import _IDLE, _OK
 
 logger = logging.getLogger("elasticpool")
+
+_EXIT: Final = psycopg.Connection.__exit__
 
 _monotonic = time.monotonic
 _INF = float("inf")
@@ -98,13 +102,32 @@ class _Borrow(Generic[CT]):
             return
         face = self._pool
         error = exc
+        clean = False
         try:
-            conn.__exit__(exc_type, exc, tb)  # psycopg's: COMMIT, or ROLLBACK on an error
+            c: Any = conn  # (psycopg's private attributes)
+            pgconn = c.pgconn
+            if (
+                pgconn.transaction_status == _IDLE
+                and pgconn.status == _OK
+                and type(c).__exit__ is _EXIT
+                and not c._num_transactions
+                and not c._tpc
+                and not c._pipeline
+                and c._pool is face
+            ):
+                # psycopg's __exit__ would do nothing (COMMIT and ROLLBACK of an idle
+                # connection outside any transaction() block, two-phase transaction
+                # or pipeline return at once): skipped. And the connection comes
+                # back open and idle, as the pool needs it, unless an error says
+                # otherwise or a reset is due whatever its state.
+                clean = exc is None and face._idle_is_clean
+            else:
+                conn.__exit__(exc_type, exc, tb)  # COMMIT, or ROLLBACK on an error
         except BaseException as commit_error:
             error = commit_error  # a connection-class error evicts it on release
             raise
         finally:
-            face._putconn(conn, error)
+            face._putconn(conn, error, clean)
             face._usage_ms += int(1000.0 * (_monotonic() - self._started))
             face._usages += 1
 
@@ -223,6 +246,9 @@ class ConnectionPool(FaceStats, Generic[CT]):
             self._connector, pool_settings, membership=membership, name=name
         )
         """The :class:`elasticpool.SyncPool` underneath (its ``stats()``, ``fleet()``…)."""
+        # Whether a connection given back open and idle needs nothing more: no reset
+        # under reset_mode (the connector's needs_reset, decided once here).
+        self._idle_is_clean = pool_settings.reset != "session" and reset is None
 
         # psycopg_pool's lifecycle flags: closed until opened; opened at most once.
         self._lock = threading.Lock()
@@ -418,7 +444,9 @@ class ConnectionPool(FaceStats, Generic[CT]):
         """
         self._putconn(conn, None)
 
-    def _putconn(self, conn: CT, error: BaseException | None) -> None:
+    def _putconn(self, conn: CT, error: BaseException | None, clean: bool = False) -> None:
+        # clean: the caller found the connection open and idle, and no reset is due
+        # (see _Borrow.__exit__): it goes back with no further look at it.
         pool = getattr(conn, "_pool", None)
         if pool is not self:
             msg = f"it comes from pool {pool.name!r}" if pool else "it doesn't come from any pool"
@@ -429,8 +457,9 @@ class ConnectionPool(FaceStats, Generic[CT]):
         except RuntimeError as exc:  # a stale putconn: that borrow stands
             raise ValueError(f"can't return connection to pool {self.name!r}; {exc}") from None
         conn._pool = None
-        log_returned_state(conn)
-        elastic._end_borrow(slot, conn, error)
+        if not clean and conn.pgconn.transaction_status != _IDLE:
+            log_returned_state(conn)
+        elastic._end_borrow(slot, conn, error, clean)
 
     # ------------------------------------------------------------------ maintenance
 
