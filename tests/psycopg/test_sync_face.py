@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 import time
 import types
@@ -639,3 +640,117 @@ def test_min_size_0_with_a_total_and_no_max_size_is_an_idle_worker(pg_server: An
         with pool.connection() as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
         assert pool.elastic.stats().max == 5
+
+
+@postgres
+def test_many_threads_random_timeouts_and_server_side_kills_never_share_a_connection(
+    pg_server: Any, observer: Any
+) -> None:
+    """32 threads on the face's fast paths, random timeouts, backends killed: never lent twice."""
+    import random
+
+    app = unique("storm")
+    lent: dict[int, int] = {}
+    lock = threading.Lock()
+    clashes: list[str] = []
+    tally = {"ok": 0, "timeout": 0, "killed": 0, "raised": 0}
+    stop = threading.Event()
+    rounds = 300
+
+    def killer() -> None:
+        rng = random.Random(1)
+        while not stop.wait(0.02):
+            pids = sorted(app_pids(observer, app))
+            if pids:
+                observer.execute("SELECT pg_terminate_backend(%s)", [rng.choice(pids)])
+
+    def take(conn: Any) -> None:
+        me = threading.get_ident()
+        with lock:
+            if id(conn) in lent:
+                clashes.append(f"{conn} lent twice")
+            lent[id(conn)] = me
+
+    def give(conn: Any) -> None:
+        with lock:
+            if lent.pop(id(conn), None) != threading.get_ident():
+                clashes.append(f"{conn} taken from under its borrower")
+
+    with ConnectionPool(
+        pg_server.dsn(application_name=app),
+        min_size=2,
+        max_size=4,
+        kwargs={"autocommit": True},  # the clean return: psycopg's __exit__ skipped
+        open=False,
+    ) as pool:
+
+        def worker(seed: int) -> None:
+            rng = random.Random(seed)
+            for _ in range(rounds):
+                timeout = rng.choice((0.005, 0.05, 2.0))
+                how = rng.random()
+                try:
+                    if how < 0.2:  # getconn / putconn
+                        conn = pool.getconn(timeout=timeout)
+                        take(conn)
+                        try:
+                            conn.execute("SELECT 1")
+                        finally:
+                            give(conn)
+                            pool.putconn(conn)
+                    else:
+                        with pool.connection(timeout=timeout) as conn:
+                            take(conn)
+                            try:
+                                if how < 0.35:
+                                    conn.execute("BEGIN")  # left open: committed on exit
+                                conn.execute("SELECT pg_sleep(%s)", [rng.choice((0, 0.001))])
+                                if how > 0.95:
+                                    raise LookupError("the borrower's own error")
+                            finally:
+                                give(conn)
+                    result = "ok"
+                except PoolTimeout:
+                    result = "timeout"
+                except psycopg.OperationalError:
+                    result = "killed"
+                except LookupError:
+                    result = "raised"
+                except BaseException as exc:  # a bug in the pool: reported, not lost in a thread
+                    with lock:
+                        clashes.append(f"{type(exc).__name__}: {exc}")
+                    raise
+                with lock:
+                    tally[result] += 1
+
+        kill = start(killer)
+        # Threads switch every few microseconds instead of every 5 ms, so that the
+        # pool's critical sections are interrupted as often as they can be.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            threads = [start(lambda n=n: worker(n)) for n in range(32)]  # type: ignore[misc]
+            for thread in threads:
+                thread.join(60)
+                assert not thread.is_alive(), "a thread hung"
+        finally:
+            sys.setswitchinterval(switch)
+        stop.set()
+        join(kill)
+        assert not clashes, clashes[:5]
+        assert sum(tally.values()) == 32 * rounds
+        assert tally["ok"] > 0
+        elastic = pool.elastic
+        settled = "background work never settled"
+        until(lambda: not (elastic.stats().connecting or elastic.stats().resetting), settled)
+        elastic.check()  # connections killed while idle since their last borrow go now
+        until(lambda: not elastic.stats().closing, settled)
+        with elastic._lock:
+            elastic._planner.check()
+            held = {s.conn.info.backend_pid for s in elastic._planner.remaining()}
+        stats = elastic.stats()
+        assert (stats.in_use, stats.waiting) == (0, 0)
+        assert pool.get_stats()["requests_num"] == 32 * rounds
+        print(f"\nface storm: {tally}, {stats.closed_broken} evicted, {stats.waits} waited")
+        until(lambda: app_pids(observer, app) == held, "the server and the pool disagree")
+    until(lambda: not app_pids(observer, app), "backends left after close")
