@@ -1415,6 +1415,18 @@ class SyncPool(Generic[ConnT]):
         assert self._fleet is not None
         self._fleet.call(set_total, self._port, total)
 
+    def set_reuse_order(self, *, lru: bool) -> None:
+        """Which idle connection a borrow takes: least (``lru=True``) or most recently used.
+
+        As :meth:`elasticpool.Pool.set_reuse_order`: most recently used (the
+        default) lets the surplus sit idle and close after ``idle_timeout``;
+        least recently used uses every connection in turn, as psycopg_pool
+        does (its drop-in face sets it for a pool that cannot shrink,
+        ``min_size == max_size``).
+        """
+        with self._lock:
+            self._planner.lru = lru
+
     # ------------------------------------------------------------------ inspection
 
     @property

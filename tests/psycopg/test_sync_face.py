@@ -754,3 +754,32 @@ def test_many_threads_random_timeouts_and_server_side_kills_never_share_a_connec
         print(f"\nface storm: {tally}, {stats.closed_broken} evicted, {stats.waits} waited")
         until(lambda: app_pids(observer, app) == held, "the server and the pool disagree")
     until(lambda: not app_pids(observer, app), "backends left after close")
+
+
+@postgres
+def test_connections_are_used_in_turn_when_the_pool_cannot_shrink(pg_server: Any) -> None:
+    """min_size == max_size (psycopg_pool's default): each connection in turn, as psycopg_pool."""
+    from collections import Counter
+
+    with ConnectionPool(pg_server.dsn(), min_size=4, open=False) as pool:
+        pool.wait(timeout=BOUND)
+        used: Counter[int] = Counter()
+        for _ in range(8):
+            with pool.connection() as conn:
+                used[id(conn)] += 1
+    assert sorted(used.values()) == [2, 2, 2, 2]
+
+
+@postgres
+def test_the_most_recent_is_reused_when_the_pool_can_shrink(pg_server: Any) -> None:
+    """With room to shrink (and after a resize to it), the most recently used one is lent."""
+    from collections import Counter
+
+    with ConnectionPool(pg_server.dsn(), min_size=2, max_size=2, open=False) as pool:
+        pool.wait(timeout=BOUND)
+        pool.resize(2, 4)
+        used: Counter[int] = Counter()
+        for _ in range(6):
+            with pool.connection() as conn:
+                used[id(conn)] += 1
+    assert sorted(used.values()) == [6]

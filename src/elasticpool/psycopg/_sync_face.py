@@ -249,6 +249,7 @@ class ConnectionPool(FaceStats, Generic[CT]):
         # Whether a connection given back open and idle needs nothing more: no reset
         # under reset_mode (the connector's needs_reset, decided once here).
         self._idle_is_clean = pool_settings.reset != "session" and reset is None
+        self._reuse_in_turn()
 
         # psycopg_pool's lifecycle flags: closed until opened; opened at most once.
         self._lock = threading.Lock()
@@ -474,6 +475,17 @@ class ConnectionPool(FaceStats, Generic[CT]):
         self.elastic.resize(max_size, min_connections=min_size)
         self._min_size = min_size
         self._max_size = max_size
+        self._reuse_in_turn()
+
+    def _reuse_in_turn(self) -> None:
+        """Lend idle connections least recently used first when the pool cannot shrink.
+
+        As the async face (see there): psycopg_pool uses its connections in
+        turn; with ``min_size == max_size`` (its default) nothing ages out, so
+        the face does the same; with room to shrink it lends the most recently
+        used one, so that the surplus sits idle and closes after ``max_idle``.
+        """
+        self.elastic.set_reuse_order(lru=self._min_size == self._max_size)
 
     def check(self) -> None:
         """Check every idle connection now; broken ones are closed and replaced as needed.
