@@ -783,3 +783,117 @@ def test_the_most_recent_is_reused_when_the_pool_can_shrink(pg_server: Any) -> N
             with pool.connection() as conn:
                 used[id(conn)] += 1
     assert sorted(used.values()) == [6]
+
+
+@postgres
+def test_the_reset_callback_is_done_when_the_block_returns(pg_server: Any) -> None:
+    """``reset=`` has run (once per return) by the time ``connection()``'s block is left."""
+    calls: list[int] = []
+
+    def reset(conn: Any) -> None:
+        calls.append(conn.info.backend_pid)
+        with conn.transaction():  # a reset must leave the connection idle
+            conn.execute("SET timezone TO 'UTC'")
+
+    with ConnectionPool(pg_server.dsn(), min_size=1, reset=reset, open=False) as pool:
+        with pool.connection() as conn:
+            pid = conn.info.backend_pid
+            conn.execute("SET timezone TO '+02:00'")
+        assert calls == [pid]
+        with pool.connection() as conn:
+            assert scalar(conn, "SHOW timezone") == "UTC"
+        assert calls == [pid, pid]
+
+
+@postgres
+def test_a_connection_given_back_mid_query_is_closed_with_psycopg_pools_warnings(
+    pg_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given back ACTIVE: "closing returned connection", then "discarding closed connection"."""
+    caplog.set_level(logging.WARNING, logger="psycopg.pool")
+    with ConnectionPool(pg_server.dsn(), min_size=1, open=False) as pool:
+        conn = pool.getconn()
+        pid = conn.info.backend_pid
+        conn.pgconn.exec_(b"copy (select * from generate_series(1, 10)) to stdout")
+        assert conn.info.transaction_status == TransactionStatus.ACTIVE
+        pool.putconn(conn)
+        assert conn.closed
+        with pool.connection() as fresh:
+            assert fresh.info.backend_pid != pid
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.name for r in records] == ["psycopg.pool", "psycopg.pool"]
+    assert records[0].message.startswith("closing returned connection")
+    assert "ACTIVE" in records[0].message
+    assert records[1].message.startswith("discarding closed connection")
+    assert "BAD" in records[1].message
+
+
+@postgres
+def test_a_failed_rollback_is_warned_and_the_connection_discarded(
+    pg_server: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """INERROR given back, its rollback fails: three psycopg_pool warnings, a new connection."""
+    caplog.set_level(logging.WARNING, logger="psycopg.pool")
+    with ConnectionPool(pg_server.dsn(), min_size=1, open=False) as pool:
+        conn = pool.getconn()
+        rollback = conn.rollback
+
+        def failing_rollback() -> None:
+            conn.pgconn.finish()
+            rollback()
+
+        monkeypatch.setattr(conn, "rollback", failing_rollback)
+        pid = conn.info.backend_pid
+        with pytest.raises(psycopg.ProgrammingError):
+            conn.execute("wat")
+        pool.putconn(conn)
+        with pool.connection() as fresh:
+            assert fresh.info.backend_pid != pid
+    messages = [r.message for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(messages) == 3, messages
+    assert messages[0].startswith("rolling back returned connection")
+    assert "INERROR" in messages[0]
+    assert messages[1].startswith("rollback failed: OperationalError")
+    assert messages[2].startswith("discarding closed connection")
+    assert "BAD" in messages[2]
+
+
+@postgres
+def test_a_connection_given_back_to_a_closed_pool_is_closed_at_once(pg_server: Any) -> None:
+    """As psycopg_pool: the block's connection is closed when it comes back to a closed pool."""
+    pool = ConnectionPool(pg_server.dsn(), min_size=1, open=False)
+    pool.open()
+    with pool.connection() as conn:
+        pool.close()
+        assert not conn.closed  # still the borrower's until it gives it back
+    assert conn.closed
+
+
+def test_failed_connects_are_warned_as_psycopg_pool_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every failed connect: "error connecting in"; past reconnect_timeout, once, its give-up."""
+    caplog.set_level(logging.WARNING, logger="psycopg.pool")
+
+    def no_conninfo() -> str:
+        raise RuntimeError("cannot build conninfo")
+
+    failed = threading.Event()
+    pool = ConnectionPool(
+        no_conninfo,
+        min_size=1,
+        open=False,
+        reconnect_timeout=0.2,
+        reconnect_failed=lambda pool: failed.set(),
+        backoff_initial=0.05,
+        backoff_max=0.1,
+    )
+    pool.open()
+    try:
+        assert failed.wait(BOUND), "reconnect_failed never called"
+    finally:
+        pool.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "psycopg.pool"]
+    assert messages[0].startswith(f"error connecting in {pool.name!r}: cannot build conninfo")
+    give_up = [m for m in messages if m.startswith("reconnection attempt in pool")]
+    assert give_up == [f"reconnection attempt in pool {pool.name!r} failed after 0.2 sec"]
