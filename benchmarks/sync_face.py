@@ -22,11 +22,21 @@ With ``--elastic-core`` a third candidate runs: an :class:`elasticpool.SyncPool`
 of :class:`~elasticpool.psycopg.SyncPsycopgConnector` connections, its
 defaults but the size (``reset="session"``: every borrow is followed by a
 session reset), borrowed with ``pool.connection()`` and committing nothing.
+
+With ``--floors``, two floors run too, to show what any pool could reach
+here: the same connections in a :class:`queue.Queue` (a returned connection
+goes back on the queue, and the returning thread may take it again before
+the thread woken for it runs: barging), and in the least a strictly
+first-come-first-served pool can do (one lock, a deque of idle connections,
+a lock per waiting thread, handed the connection directly: what the face
+promises, with nothing else). Each commits at the end of the block, as the
+pools' ``connection()`` does.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import statistics
 import threading
@@ -103,6 +113,87 @@ def core_candidate(dsn: str, size: int) -> Iterator[Borrow]:
         yield pool.connection
 
 
+def _floor_connections(dsn: str, size: int) -> list[Any]:
+    import psycopg
+
+    return [psycopg.Connection.connect(dsn) for _ in range(size)]
+
+
+@contextmanager
+def queue_floor(dsn: str, size: int) -> Iterator[Borrow]:
+    """The connections in a :class:`queue.Queue`: no limits, timeouts or fairness (barging)."""
+    import queue
+
+    conns = _floor_connections(dsn, size)
+    idle: queue.Queue[Any] = queue.Queue()
+    for conn in conns:
+        idle.put(conn)
+
+    @contextmanager
+    def borrow() -> Iterator[Any]:
+        conn = idle.get()
+        try:
+            yield conn
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            idle.put(conn)
+
+    try:
+        yield borrow
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+@contextmanager
+def fifo_floor(dsn: str, size: int) -> Iterator[Borrow]:
+    """The least a strictly first-come-first-served pool does: direct hand-off, one lock."""
+    conns = _floor_connections(dsn, size)
+    lock = threading.Lock()
+    idle = collections.deque(conns)
+    waiting: collections.deque[list[Any]] = collections.deque()
+
+    def get() -> Any:
+        with lock:
+            if idle and not waiting:
+                return idle.pop()
+            box = [threading.Lock(), None]
+            box[0].acquire()
+            waiting.append(box)
+        box[0].acquire()
+        return box[1]
+
+    def put(conn: Any) -> None:
+        with lock:
+            if waiting:
+                box = waiting.popleft()
+                box[1] = conn
+                box[0].release()
+            else:
+                idle.append(conn)
+
+    @contextmanager
+    def borrow() -> Iterator[Any]:
+        conn = get()
+        try:
+            yield conn
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            put(conn)
+
+    try:
+        yield borrow
+    finally:
+        for conn in conns:
+            conn.close()
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--dsn", default=None, help="a PostgreSQL to use (default: embedded)")
@@ -111,6 +202,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--duration", type=float, default=2.0)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--elastic-core", action="store_true", help="also run a bare SyncPool")
+    p.add_argument(
+        "--floors", action="store_true", help="also run a queue.Queue and a strict-FIFO floor"
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -128,6 +222,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if args.elastic_core:
         candidates["elasticpool.SyncPool (session reset)"] = core_candidate
+    if args.floors:
+        candidates["floor: queue.Queue (barging)"] = queue_floor
+        candidates["floor: strict FIFO hand-off"] = fifo_floor
     rounds: dict[str, list[float]] = {name: [] for name in candidates}
     cpus: dict[str, list[float]] = {name: [] for name in candidates}
     try:

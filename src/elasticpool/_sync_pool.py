@@ -69,6 +69,18 @@ _DEFAULT: Any = object()
 
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
+_INF = math.inf
+_TIMEOUT_MAX = threading.TIMEOUT_MAX
+
+# Enum members as module constants: on Python 3.11 each ``SlotState.X`` is an attribute
+# lookup through the enum's metaclass (``EnumType.__getattr__``), about five times the
+# cost of a global, and the hot paths use them on every borrow.
+_IN_USE = SlotState.IN_USE
+_S_CLOSING = SlotState.CLOSING
+_S_CONNECTING = SlotState.CONNECTING
+_S_RESETTING = SlotState.RESETTING
+_HANDED = Outcome.HANDED
+_CONNECT_FAILED = Outcome.CONNECT_FAILED
 
 
 _CONNECTOR_METHODS = (
@@ -119,11 +131,12 @@ class _Waker:
 
     def wait(self, timeout: float | None) -> bool:
         """Block until :meth:`set` (``True``) or ``timeout`` seconds (``None``: no bound)."""
+        # (Positional arguments: keywords cost a parse per call, on the hot path.)
         if timeout is None:
             return self._lock.acquire()
         if timeout <= 0:
-            return self._lock.acquire(blocking=False)
-        return self._lock.acquire(timeout=min(timeout, threading.TIMEOUT_MAX))
+            return self._lock.acquire(False)
+        return self._lock.acquire(True, min(timeout, _TIMEOUT_MAX))
 
 
 class _Workers:
@@ -786,12 +799,17 @@ class SyncPool(Generic[ConnT]):
         self._in_use[id(conn)] = slot
         return conn
 
-    def _end_borrow(self, slot: Slot, conn: ConnT, exc: BaseException | None) -> None:
-        """:meth:`release` once :meth:`_borrow_of` found ``slot`` (a face checks it first)."""
+    def _end_borrow(
+        self, slot: Slot, conn: ConnT, exc: BaseException | None, clean: bool = False
+    ) -> None:
+        """:meth:`release` once :meth:`_borrow_of` found ``slot`` (a face checks it first).
+
+        ``clean``: see :meth:`_release_slot`.
+        """
         self._in_use.pop(id(conn), None)
         me = _get_ident()
         slot.returned = (slot.lease, me) if slot.owner == me else None
-        self._release_slot(slot, exc, slot.lease)
+        self._release_slot(slot, exc, slot.lease, clean)
 
     def retire(self, conn: ConnT) -> None:
         """Close ``conn`` (borrowed with :meth:`acquire`) when it comes back, not reuse it."""
@@ -836,7 +854,9 @@ class SyncPool(Generic[ConnT]):
 
     def _acquire_slot(self, timeout: float | None, priority: bool = False) -> Slot:
         # The hot path: one lock hold, in which the caller takes an idle slot or queues;
-        # one clock read; then a health check, or the wait.
+        # one clock read; then a health check, or the wait. Under load most borrows
+        # queue, and the thread that hands them a slot has claimed it for them (see
+        # _take): the woken thread only checks it the way a return does.
         if self._state is not _OPEN:
             timeout = self._wait_open(timeout)
         planner = self._planner
@@ -853,28 +873,42 @@ class SyncPool(Generic[ConnT]):
                 except (PoolClosed, TooManyWaiters) as exc:
                     refused = exc  # raised once the plan the acquire left is carried out
                 else:
-                    waiter.token = _Waker(math.inf if timeout is None else now + timeout)
+                    waiter.token = _Waker(_INF if timeout is None else now + timeout)
                     demand = (
                         self._fleet_demand is not None
                         and not priority
                         and planner.budget_used + planner.n_connecting >= planner.limit
                     )
-            plan = self._take()
+            plan = None if planner.pending is None else self._take()
         if plan is not None:
             self._execute(plan)
+        deadline = _INF if timeout is None else now + timeout
+        if slot is not None:  # taken from the idle set
+            # self._dead(slot, now), inlined: this runs per borrow.
+            if (
+                self._is_closed(slot.conn)
+                if now - slot.idle_since >= _PROBE_AFTER
+                else self._is_broken(slot.conn)
+            ):
+                self._evict(slot)
+                slot = None
+            elif self._ping_after is None or not planner.should_ping(slot, now):
+                return slot
+            return self._acquire_slow(slot, now, deadline, timeout, priority)
         if refused is not None:
             raise refused
-        if waiter is not None:
-            if demand:
-                self._signal_demand()  # a caller queues at the limit: the fleet should know
-            return self._acquire_slow(None, now, timeout, priority, waiter)
-        assert slot is not None
-        if self._dead(slot, now):
+        assert waiter is not None
+        if demand:
+            self._signal_demand()  # a caller queues at the limit: the fleet should know
+        slot = self._wait(waiter, timeout)
+        # Handed over by its last borrower: checked only as cheaply as at its return.
+        if self._is_broken(slot.conn):
             self._evict(slot)
             slot = None
-        elif self._ping_after is None or not planner.should_ping(slot, now):
+        elif self._ping_after is None:
             return slot
-        return self._acquire_slow(slot, now, timeout, priority)
+        # The ping decision is about now, not when the caller queued.
+        return self._acquire_slow(slot, _monotonic(), deadline, timeout, priority)
 
     def _dead(self, slot: Slot, now: float) -> bool:
         """Whether a connection taken from the idle set is known dead (no round trip).
@@ -896,28 +930,26 @@ class SyncPool(Generic[ConnT]):
         self,
         slot: Slot | None,
         now: float,
+        deadline: float,
         timeout: float | None,
         priority: bool = False,
-        waiter: Waiter | None = None,
     ) -> Slot:
-        """Wait for a slot and/or ping it; loop until a healthy one or the deadline.
+        """Ping a slot and/or wait for one; loop until a healthy one or the ``deadline``.
 
-        ``waiter``, if given, is already queued; ``slot``, if given, passed
-        the closed check and is due for a ping. A connection the driver knows
-        is dead is evicted without a ping (no caller ever gets one): one
-        taken from the idle set is checked in full (``is_closed``) if it sat
-        there a while (see :meth:`_dead`), one handed straight from its last
-        borrower only as cheaply as at its return (``is_broken``, when the
-        connector has it).
+        ``slot``, if given, passed the closed check and may be due for a
+        ping (decided at ``now``); ``None``: the caller queues again. A
+        connection the driver knows is dead is evicted without a ping (no
+        caller ever gets one): one taken from the idle set is checked in full
+        (``is_closed``) if it sat there a while (see :meth:`_dead`), one
+        handed straight from its last borrower only as cheaply as at its
+        return (``is_broken``, when the connector has it). ``timeout``: the
+        caller's own, for the message.
         """
         planner = self._planner
-        deadline = math.inf if timeout is None else now + timeout
         while True:
             if slot is None:
-                if waiter is None:
-                    waiter = self._queue(now, None if timeout is None else deadline - now, priority)
+                waiter = self._queue(now, None if deadline == _INF else deadline - now, priority)
                 slot = self._wait(waiter, timeout)
-                waiter = None
                 now = _monotonic()  # the ping decision is about now, not when we queued
                 if self._is_broken(slot.conn):
                     self._evict(slot)
@@ -968,9 +1000,18 @@ class SyncPool(Generic[ConnT]):
         deadline = waker.deadline
         timed_out = False
         try:
-            while not waker.wait(None if deadline == math.inf else deadline - _monotonic()):
-                if _monotonic() < deadline:
-                    continue  # woken a hair early
+            # The first wait is waker.wait(), inlined: this runs per queued borrow.
+            lock = waker._lock
+            if deadline == _INF:
+                woken = lock.acquire()
+            else:
+                left = deadline - _monotonic()
+                woken = lock.acquire(True, min(left, _TIMEOUT_MAX)) if left > 0 else False
+            while not woken:
+                left = deadline - _monotonic()
+                if left > 0:  # woken a hair early
+                    woken = waker.wait(left)
+                    continue
                 with self._lock:
                     if w.outcome is None:
                         planner.cancel(w, _monotonic())
@@ -986,13 +1027,13 @@ class SyncPool(Generic[ConnT]):
         if timed_out:
             self._raise_timeout(whole)
         outcome = w.outcome
-        if outcome is Outcome.HANDED:
+        if outcome is _HANDED:
             slot = waker.slot
             if slot is not None:  # claimed for us by the thread that handed it over
                 return slot
             with self._lock:  # pragma: no cover - every hand-off is claimed in _take
                 return planner.claim(w, _monotonic())
-        if outcome is Outcome.CONNECT_FAILED and planner.last_connect_error is not None:
+        if outcome is _CONNECT_FAILED and planner.last_connect_error is not None:
             raise planner.last_connect_error
         raise PoolClosed(f"pool {self.name!r} closed while waiting ({planner.describe()})")
 
@@ -1003,7 +1044,7 @@ class SyncPool(Generic[ConnT]):
             slot, waker.slot = waker.slot, None
             if slot is None:
                 planner.cancel(w, _monotonic())
-            elif slot.state is SlotState.IN_USE:  # claimed for it: give it back (to the next)
+            elif slot.state is _IN_USE:  # claimed for it: give it back (to the next)
                 planner.release(slot, _monotonic())
             plan = self._take()
         self._execute(plan)
@@ -1034,7 +1075,7 @@ class SyncPool(Generic[ConnT]):
     def _evict(self, slot: Slot) -> None:
         """A freshly borrowed connection is dead: close it (unless a forced close took it)."""
         with self._lock:
-            if slot.state is SlotState.IN_USE:
+            if slot.state is _IN_USE:
                 self._planner.pinged(slot, False, _monotonic())
             plan = self._take()
         self._execute(plan)
@@ -1057,26 +1098,53 @@ class SyncPool(Generic[ConnT]):
             self._evict(slot)
             raise
         with self._lock:
-            if slot.state is SlotState.IN_USE:
+            if slot.state is _IN_USE:
                 self._planner.pinged(slot, True, _monotonic())
         return True
 
     # ------------------------------------------------------------------ release
 
-    def _release_slot(self, slot: Slot, exc: BaseException | None, lease: int) -> None:
-        conn = slot.conn
-        broken = self._is_broken(conn) or (exc is not None and self._is_disconnect(exc))
-        # Asked in "none" mode too: a connector may know this connection must be
-        # cleaned anyway.
-        reset = not broken and self._needs_reset(conn, self._reset_mode)
+    def _release_slot(
+        self, slot: Slot, exc: BaseException | None, lease: int, clean: bool = False
+    ) -> None:
+        """End the borrow ``lease`` of ``slot``: back to the idle set, to a waiter, or closed.
+
+        ``clean``: the caller (a face) has just seen the connection open and
+        idle, with no error and no reset due under its settings, so the
+        connector is not asked again.
+        """
+        if clean:
+            broken = reset = False
+        else:
+            conn = slot.conn
+            broken = self._is_broken(conn) or (exc is not None and self._is_disconnect(exc))
+            # Asked in "none" mode too: a connector may know this connection must be
+            # cleaned anyway.
+            reset = not broken and self._needs_reset(conn, self._reset_mode)
+        planner = self._planner
         with self._lock:
             # Not when a forced close took it meanwhile, nor for a stale borrow.
-            if slot.state is not SlotState.IN_USE or slot.lease != lease:
+            if slot.state is not _IN_USE or slot.lease != lease:
                 return
-            self._planner.release(slot, _monotonic(), broken, reset)
-            plan = self._take()
-        if plan is not None:
-            self._execute(plan)
+            now = _monotonic()
+            planner.release(slot, now, broken, reset)
+            if planner.pending is None:  # back to the idle set: the usual return, unless
+                return  # callers queue
+            plan = planner.take_plan()
+            assert plan is not None
+            # self._take(), inlined with the same clock reading: under load, this is
+            # the hand-off to the oldest waiter, claimed for it here.
+            for w in plan.wake:
+                if w.outcome is _HANDED and w.slot is not None:
+                    w.token.slot = planner.claim(w, now)
+        if not (plan.connect or plan.close or plan.reset or plan.wake_ticker or plan.saturated_for):
+            for w in plan.wake:  # self._execute(plan), inlined for a hand-off and nothing else
+                try:
+                    w.token._lock.release()  # w.token.set(), inlined
+                except RuntimeError:  # pragma: no cover - set already
+                    pass
+            return
+        self._execute(plan)
 
     # ------------------------------------------------------------------ plans
 
@@ -1104,7 +1172,7 @@ class SyncPool(Generic[ConnT]):
         if plan is not None and plan.wake:
             now = _monotonic()
             for w in plan.wake:
-                if w.outcome is Outcome.HANDED and w.slot is not None:
+                if w.outcome is _HANDED and w.slot is not None:
                     w.token.slot = planner.claim(w, now)
         return plan
 
@@ -1138,13 +1206,13 @@ class SyncPool(Generic[ConnT]):
                     planner = self._planner
                     now = _monotonic()
                     for slot in plan.close:
-                        if slot.state is SlotState.CLOSING:
+                        if slot.state is _S_CLOSING:
                             planner.closed_conn(slot, now)
                     for slot in plan.connect:
-                        if slot.state is SlotState.CONNECTING:
+                        if slot.state is _S_CONNECTING:
                             planner.connect_failed(slot, None, now, 0.0)
                     for slot in plan.reset:
-                        if slot.state is SlotState.RESETTING:
+                        if slot.state is _S_RESETTING:
                             planner.reset_done(slot, False, now)
                     follow = self._take()
                     self._changed.notify_all()
@@ -1199,7 +1267,7 @@ class SyncPool(Generic[ConnT]):
             conn = self._connector.connect(self.settings.connect_timeout)
         except Exception as exc:
             with self._lock:
-                if slot.state is SlotState.CONNECTING:
+                if slot.state is _S_CONNECTING:
                     planner.connect_failed(slot, exc, _monotonic(), random.random())
                 plan = self._take()
                 failures = planner.failures
@@ -1211,7 +1279,7 @@ class SyncPool(Generic[ConnT]):
             self._execute(plan)
             return
         with self._lock:
-            if slot.state is not SlotState.CONNECTING:  # forgotten by a forced close
+            if slot.state is not _S_CONNECTING:  # forgotten by a forced close
                 plan = None
                 forgotten = True
             else:
@@ -1233,7 +1301,7 @@ class SyncPool(Generic[ConnT]):
         if conn is not None:
             self._close_conn(conn)
         with self._lock:
-            if slot.state is SlotState.CLOSING:
+            if slot.state is _S_CLOSING:
                 self._planner.closed_conn(slot, _monotonic())
             plan = self._take()
             self._changed.notify_all()
@@ -1262,7 +1330,7 @@ class SyncPool(Generic[ConnT]):
             logger.warning("pool %r: error resetting connection, discarded: %r", self.name, exc)
         finally:
             with self._lock:
-                if slot.state is SlotState.RESETTING:
+                if slot.state is _S_RESETTING:
                     self._planner.reset_done(slot, ok, _monotonic())
                 plan = self._take()
                 self._changed.notify_all()
@@ -1346,6 +1414,18 @@ class SyncPool(Generic[ConnT]):
         self._check_open()
         assert self._fleet is not None
         self._fleet.call(set_total, self._port, total)
+
+    def set_reuse_order(self, *, lru: bool) -> None:
+        """Which idle connection a borrow takes: least (``lru=True``) or most recently used.
+
+        As :meth:`elasticpool.Pool.set_reuse_order`: most recently used (the
+        default) lets the surplus sit idle and close after ``idle_timeout``;
+        least recently used uses every connection in turn, as psycopg_pool
+        does (its drop-in face sets it for a pool that cannot shrink,
+        ``min_size == max_size``).
+        """
+        with self._lock:
+            self._planner.lru = lru
 
     # ------------------------------------------------------------------ inspection
 

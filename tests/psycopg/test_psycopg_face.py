@@ -922,3 +922,55 @@ async def test_close_during_a_heartbeat_closes_everything_before_returning(pg_se
             f" DROP FUNCTION IF EXISTS {beat_function(table)};"
             f" DROP FUNCTION IF EXISTS {fill_function(table)}"
         )
+
+
+@postgres
+async def test_connection_back_a_moment_ago_is_lent_without_a_look_at_its_socket(
+    pg_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Borrowed again within the window after its return, a connection's socket is not polled."""
+    from elasticpool.psycopg import _face
+
+    monkeypatch.setattr(_face, "_RECENT", 60.0)  # "a moment ago", however slow the machine
+    looks: list[object] = []
+    socket_look = ep_psycopg.PsycopgConnector.is_closed
+
+    def counted(self: Any, conn: Any) -> bool:
+        looks.append(conn)
+        return socket_look(self, conn)
+
+    monkeypatch.setattr(ep_psycopg.PsycopgConnector, "is_closed", counted)
+    async with AsyncConnectionPool(pg_server.dsn(), min_size=1, open=False) as pool:
+        await pool.wait(timeout=BOUND)
+        async with pool.connection() as conn:
+            first = conn
+        looks.clear()
+        async with pool.connection() as conn:
+            assert conn is first
+            assert await fetchval(conn, "SELECT 1") == 1
+    assert looks == []
+
+
+@postgres
+async def test_connection_terminated_while_idle_past_the_window_is_never_lent(
+    pg_server: Any, observer: Conn
+) -> None:
+    """A backend terminated while its connection sat idle longer than the window: not lent."""
+    from time import monotonic
+
+    from elasticpool.psycopg import _face
+
+    app = unique_name("idle-dead")
+    async with AsyncConnectionPool(
+        pg_server.dsn(application_name=app), min_size=1, open=False
+    ) as pool:
+        await pool.wait(timeout=BOUND)
+        async with pool.connection() as conn:
+            pid = conn.info.backend_pid
+        returned = monotonic()
+        await terminate(observer, pid)
+        # Idle longer than the window: the precondition, not a synchronisation.
+        await anyio.sleep(max(0.0, _face._RECENT - (monotonic() - returned)) + 0.001)
+        async with pool.connection() as conn:
+            assert conn.info.backend_pid != pid
+            assert await fetchval(conn, "SELECT 1") == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 import time
 import types
@@ -639,3 +640,260 @@ def test_min_size_0_with_a_total_and_no_max_size_is_an_idle_worker(pg_server: An
         with pool.connection() as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
         assert pool.elastic.stats().max == 5
+
+
+@postgres
+def test_many_threads_random_timeouts_and_server_side_kills_never_share_a_connection(
+    pg_server: Any, observer: Any
+) -> None:
+    """32 threads on the face's fast paths, random timeouts, backends killed: never lent twice."""
+    import random
+
+    app = unique("storm")
+    lent: dict[int, int] = {}
+    lock = threading.Lock()
+    clashes: list[str] = []
+    tally = {"ok": 0, "timeout": 0, "killed": 0, "raised": 0}
+    stop = threading.Event()
+    rounds = 300
+
+    def killer() -> None:
+        rng = random.Random(1)
+        while not stop.wait(0.02):
+            pids = sorted(app_pids(observer, app))
+            if pids:
+                observer.execute("SELECT pg_terminate_backend(%s)", [rng.choice(pids)])
+
+    def take(conn: Any) -> None:
+        me = threading.get_ident()
+        with lock:
+            if id(conn) in lent:
+                clashes.append(f"{conn} lent twice")
+            lent[id(conn)] = me
+
+    def give(conn: Any) -> None:
+        with lock:
+            if lent.pop(id(conn), None) != threading.get_ident():
+                clashes.append(f"{conn} taken from under its borrower")
+
+    with ConnectionPool(
+        pg_server.dsn(application_name=app),
+        min_size=2,
+        max_size=4,
+        kwargs={"autocommit": True},  # the clean return: psycopg's __exit__ skipped
+        open=False,
+    ) as pool:
+
+        def worker(seed: int) -> None:
+            rng = random.Random(seed)
+            for _ in range(rounds):
+                timeout = rng.choice((0.005, 0.05, 2.0))
+                how = rng.random()
+                try:
+                    if how < 0.2:  # getconn / putconn
+                        conn = pool.getconn(timeout=timeout)
+                        take(conn)
+                        try:
+                            conn.execute("SELECT 1")
+                        finally:
+                            give(conn)
+                            pool.putconn(conn)
+                    else:
+                        with pool.connection(timeout=timeout) as conn:
+                            take(conn)
+                            try:
+                                if how < 0.35:
+                                    conn.execute("BEGIN")  # left open: committed on exit
+                                conn.execute("SELECT pg_sleep(%s)", [rng.choice((0, 0.001))])
+                                if how > 0.95:
+                                    raise LookupError("the borrower's own error")
+                            finally:
+                                give(conn)
+                    result = "ok"
+                except PoolTimeout:
+                    result = "timeout"
+                except psycopg.OperationalError:
+                    result = "killed"
+                except LookupError:
+                    result = "raised"
+                except BaseException as exc:  # a bug in the pool: reported, not lost in a thread
+                    with lock:
+                        clashes.append(f"{type(exc).__name__}: {exc}")
+                    raise
+                with lock:
+                    tally[result] += 1
+
+        kill = start(killer)
+        # Threads switch every few microseconds instead of every 5 ms, so that the
+        # pool's critical sections are interrupted as often as they can be.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            threads = [start(lambda n=n: worker(n)) for n in range(32)]  # type: ignore[misc]
+            for thread in threads:
+                thread.join(60)
+                assert not thread.is_alive(), "a thread hung"
+        finally:
+            sys.setswitchinterval(switch)
+        stop.set()
+        join(kill)
+        assert not clashes, clashes[:5]
+        assert sum(tally.values()) == 32 * rounds
+        assert tally["ok"] > 0
+        elastic = pool.elastic
+        settled = "background work never settled"
+        until(lambda: not (elastic.stats().connecting or elastic.stats().resetting), settled)
+        elastic.check()  # connections killed while idle since their last borrow go now
+        until(lambda: not elastic.stats().closing, settled)
+        with elastic._lock:
+            elastic._planner.check()
+            held = {s.conn.info.backend_pid for s in elastic._planner.remaining()}
+        stats = elastic.stats()
+        assert (stats.in_use, stats.waiting) == (0, 0)
+        assert pool.get_stats()["requests_num"] == 32 * rounds
+        print(f"\nface storm: {tally}, {stats.closed_broken} evicted, {stats.waits} waited")
+        until(lambda: app_pids(observer, app) == held, "the server and the pool disagree")
+    until(lambda: not app_pids(observer, app), "backends left after close")
+
+
+@postgres
+def test_connections_are_used_in_turn_when_the_pool_cannot_shrink(pg_server: Any) -> None:
+    """min_size == max_size (psycopg_pool's default): each connection in turn, as psycopg_pool."""
+    from collections import Counter
+
+    with ConnectionPool(pg_server.dsn(), min_size=4, open=False) as pool:
+        pool.wait(timeout=BOUND)
+        used: Counter[int] = Counter()
+        for _ in range(8):
+            with pool.connection() as conn:
+                used[id(conn)] += 1
+    assert sorted(used.values()) == [2, 2, 2, 2]
+
+
+@postgres
+def test_the_most_recent_is_reused_when_the_pool_can_shrink(pg_server: Any) -> None:
+    """With room to shrink (and after a resize to it), the most recently used one is lent."""
+    from collections import Counter
+
+    with ConnectionPool(pg_server.dsn(), min_size=2, max_size=2, open=False) as pool:
+        pool.wait(timeout=BOUND)
+        pool.resize(2, 4)
+        used: Counter[int] = Counter()
+        for _ in range(6):
+            with pool.connection() as conn:
+                used[id(conn)] += 1
+    assert sorted(used.values()) == [6]
+
+
+@postgres
+def test_the_reset_callback_is_done_when_the_block_returns(pg_server: Any) -> None:
+    """``reset=`` has run (once per return) by the time ``connection()``'s block is left."""
+    calls: list[int] = []
+
+    def reset(conn: Any) -> None:
+        calls.append(conn.info.backend_pid)
+        with conn.transaction():  # a reset must leave the connection idle
+            conn.execute("SET timezone TO 'UTC'")
+
+    with ConnectionPool(pg_server.dsn(), min_size=1, reset=reset, open=False) as pool:
+        with pool.connection() as conn:
+            pid = conn.info.backend_pid
+            conn.execute("SET timezone TO '+02:00'")
+        assert calls == [pid]
+        with pool.connection() as conn:
+            assert scalar(conn, "SHOW timezone") == "UTC"
+        assert calls == [pid, pid]
+
+
+@postgres
+def test_a_connection_given_back_mid_query_is_closed_with_psycopg_pools_warnings(
+    pg_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given back ACTIVE: "closing returned connection", then "discarding closed connection"."""
+    caplog.set_level(logging.WARNING, logger="psycopg.pool")
+    with ConnectionPool(pg_server.dsn(), min_size=1, open=False) as pool:
+        conn = pool.getconn()
+        pid = conn.info.backend_pid
+        conn.pgconn.exec_(b"copy (select * from generate_series(1, 10)) to stdout")
+        assert conn.info.transaction_status == TransactionStatus.ACTIVE
+        pool.putconn(conn)
+        assert conn.closed
+        with pool.connection() as fresh:
+            assert fresh.info.backend_pid != pid
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.name for r in records] == ["psycopg.pool", "psycopg.pool"]
+    assert records[0].message.startswith("closing returned connection")
+    assert "ACTIVE" in records[0].message
+    assert records[1].message.startswith("discarding closed connection")
+    assert "BAD" in records[1].message
+
+
+@postgres
+def test_a_failed_rollback_is_warned_and_the_connection_discarded(
+    pg_server: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """INERROR given back, its rollback fails: three psycopg_pool warnings, a new connection."""
+    caplog.set_level(logging.WARNING, logger="psycopg.pool")
+    with ConnectionPool(pg_server.dsn(), min_size=1, open=False) as pool:
+        conn = pool.getconn()
+        rollback = conn.rollback
+
+        def failing_rollback() -> None:
+            conn.pgconn.finish()
+            rollback()
+
+        monkeypatch.setattr(conn, "rollback", failing_rollback)
+        pid = conn.info.backend_pid
+        with pytest.raises(psycopg.ProgrammingError):
+            conn.execute("wat")
+        pool.putconn(conn)
+        with pool.connection() as fresh:
+            assert fresh.info.backend_pid != pid
+    messages = [r.message for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(messages) == 3, messages
+    assert messages[0].startswith("rolling back returned connection")
+    assert "INERROR" in messages[0]
+    assert messages[1].startswith("rollback failed: OperationalError")
+    assert messages[2].startswith("discarding closed connection")
+    assert "BAD" in messages[2]
+
+
+@postgres
+def test_a_connection_given_back_to_a_closed_pool_is_closed_at_once(pg_server: Any) -> None:
+    """As psycopg_pool: the block's connection is closed when it comes back to a closed pool."""
+    pool = ConnectionPool(pg_server.dsn(), min_size=1, open=False)
+    pool.open()
+    with pool.connection() as conn:
+        pool.close()
+        assert not conn.closed  # still the borrower's until it gives it back
+    assert conn.closed
+
+
+def test_failed_connects_are_warned_as_psycopg_pool_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every failed connect: "error connecting in"; past reconnect_timeout, once, its give-up."""
+    caplog.set_level(logging.WARNING, logger="psycopg.pool")
+
+    def no_conninfo() -> str:
+        raise RuntimeError("cannot build conninfo")
+
+    failed = threading.Event()
+    pool = ConnectionPool(
+        no_conninfo,
+        min_size=1,
+        open=False,
+        reconnect_timeout=0.2,
+        reconnect_failed=lambda pool: failed.set(),
+        backoff_initial=0.05,
+        backoff_max=0.1,
+    )
+    pool.open()
+    try:
+        assert failed.wait(BOUND), "reconnect_failed never called"
+    finally:
+        pool.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "psycopg.pool"]
+    assert messages[0].startswith(f"error connecting in {pool.name!r}: cannot build conninfo")
+    give_up = [m for m in messages if m.startswith("reconnection attempt in pool")]
+    assert give_up == [f"reconnection attempt in pool {pool.name!r} failed after 0.2 sec"]

@@ -41,7 +41,7 @@ from ._face_args import (
     seconds,
 )
 from ._reset import check_connection
-from ._wire import _ACTIVE, _IDLE, _INERROR, _INTRANS, _OK, _UNKNOWN, _status_name
+from ._wire import _ACTIVE, _BAD, _IDLE, _INERROR, _INTRANS, _OK, _UNKNOWN, _status_name
 
 logger = logging.getLogger("elasticpool")
 peer_logger = logging.getLogger("psycopg.pool")
@@ -85,8 +85,26 @@ def _exit_is_a_no_op(conn: Any) -> bool:
 # =============================================================================
 
 
+_RECENT: Final = 0.01
+"""Seconds after its return within which a connection is lent without a look at its socket.
+
+The sync pool's window too (``_sync_pool._PROBE_AFTER``), for HikariCP's
+reason (``aliveBypassWindowMs``): a connection used a moment ago is as good
+as psycopg's own flags say, and the look is a system call per borrow.
+"""
+
+
 class _FaceConnector(PsycopgConnector[ACT]):
-    """The face's connector: reports connect outcomes, for ``reconnect_failed``."""
+    """The face's connector: reports connect outcomes, for ``reconnect_failed``.
+
+    And it skips the look at the socket (:meth:`is_closed`) for a connection
+    given back less than :data:`_RECENT` seconds ago, as the sync pool does:
+    a connection handed straight from one borrower to the next, or reused at
+    once, is checked by psycopg's flags only. A session the server ends in
+    those few milliseconds fails its borrower's first query with a
+    connection error, which evicts it (psycopg_pool, at its defaults, looks
+    at no connection before lending it).
+    """
 
     def __init__(self, face: AsyncConnectionPool[ACT], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -104,6 +122,21 @@ class _FaceConnector(PsycopgConnector[ACT]):
         if face is not None:
             face._connect_ok()
         return conn
+
+    def closed_on_return(self, conn: ACT) -> bool:
+        """The connector's check of a connection coming back; notes when it came back."""
+        c: Any = conn  # (an attribute of the face's own on psycopg's connection)
+        c._elasticpool_returned = monotonic()
+        pgconn = c.pgconn
+        return pgconn.status == _BAD or pgconn.transaction_status in (_ACTIVE, _UNKNOWN)
+
+    def is_closed(self, conn: ACT) -> bool:
+        """The connector's check, without the socket's for a connection back a moment ago."""
+        c: Any = conn
+        pgconn = c.pgconn
+        if monotonic() - getattr(c, "_elasticpool_returned", -_RECENT) < _RECENT:
+            return pgconn.status == _BAD or pgconn.transaction_status in (_ACTIVE, _UNKNOWN)
+        return super().is_closed(conn)
 
 
 class AsyncConnectionPool(FaceStats, Generic[ACT]):
@@ -418,8 +451,14 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
             if conn is None:
                 now = elastic.clock  # the loop's clock, bound at open: anyio's costs ~1 us
                 started = now()
+                wait = seconds(timeout)
                 try:
-                    conn = await elastic.acquire(timeout=seconds(timeout))
+                    # The pool's own timeout (the usual case) passes no argument:
+                    # acquire() then checks none.
+                    if wait == elastic.settings.pool_timeout:
+                        conn = await elastic.acquire()
+                    else:
+                        conn = await elastic.acquire(timeout=wait)
                 finally:
                     # psycopg_pool adds each queued request's wait, failed or not, in
                     # whole ms; a request served at once adds ~0.
@@ -462,6 +501,8 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
         ):
             return None
         elastic = self.elastic
+        if elastic.waiting:  # callers queue (no barging): so does this one, with no raise
+            return None
         try:
             conn = elastic.acquire_nowait()  # _take_idle(), inlined for its usual case
         except anyio.WouldBlock:
@@ -486,6 +527,8 @@ class AsyncConnectionPool(FaceStats, Generic[ACT]):
         evicted, and the next one tried.
         """
         elastic = self.elastic
+        if elastic.waiting:  # callers queue (no barging): so does this one, with no raise
+            return None
         is_closed = self._connector.is_closed
         while True:
             try:

@@ -2,8 +2,7 @@
 
 psycopg_pool's parameters mapped onto :class:`~elasticpool.PoolSettings`
 (with psycopg_pool's own validation and messages), the statistics psycopg_pool
-reports (``get_stats`` / ``pop_stats``), its warnings for a connection given
-back in a bad state, and its pool numbering. Used by
+reports (``get_stats`` / ``pop_stats``), and its pool numbering. Used by
 :class:`~elasticpool.psycopg.AsyncConnectionPool` and
 :class:`~elasticpool.psycopg.ConnectionPool` alike.
 """
@@ -11,7 +10,6 @@ back in a bad state, and its pool numbering. Used by
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 from typing import Any, Final
 
@@ -20,9 +18,6 @@ import psycopg
 from .._settings import PoolSettings
 from .._stats import PoolStats
 from .._validate import check_int_type
-from ._wire import _ACTIVE, _IDLE, _UNKNOWN
-
-logger = logging.getLogger("elasticpool")
 
 pool_numbers = itertools.count(1)
 """``pool-1``, ``pool-2``…: the names psycopg_pool gives pools without one (shared numbering)."""
@@ -177,19 +172,6 @@ def face_settings(
         return PoolSettings(**settings)
     except (TypeError, ValueError) as exc:
         raise type(exc)(psycopg_wording(str(exc))) from None
-
-
-def log_returned_state(conn: Any) -> None:
-    """psycopg_pool's warnings for a connection given back in a bad state (same texts)."""
-    status = conn.pgconn.transaction_status
-    if status == _IDLE:  # a closed connection is UNKNOWN
-        return
-    if status == _UNKNOWN or conn.closed:
-        logger.warning("discarding closed connection: %s", conn)
-    elif status == _ACTIVE:
-        logger.warning("closing returned connection: %s", conn)
-    else:
-        logger.warning("rolling back returned connection: %s", conn)
 
 
 class FaceStats:

@@ -41,6 +41,7 @@ from ._errors import is_disconnect_error
 from ._reset import _DISCARD_ALL, _ROLLBACK_AND_DISCARD, _forget_prepared, _Snapshot
 from ._wire import (
     _ACTIVE,
+    _BAD,
     _IDLE,
     _UNKNOWN,
     _cancel_in_background,
@@ -299,7 +300,8 @@ class SyncPsycopgConnector(Generic[CT]):
         What the pool asks when a connection comes back, or goes straight to
         the next borrower: it was in use a moment ago, so psycopg would know.
         """
-        return conn.closed or conn.pgconn.transaction_status in (_ACTIVE, _UNKNOWN)
+        pgconn = conn.pgconn  # conn.closed, without its property call: this runs per borrow
+        return pgconn.status == _BAD or pgconn.transaction_status in (_ACTIVE, _UNKNOWN)
 
     def ping(self, conn: CT, timeout: float) -> None:
         """Run ``check(conn)`` if given, else an empty query bounded by ``timeout``.

@@ -9,8 +9,9 @@ import warnings
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Generic, TypeAlias
+from typing import Any, Final, Generic, TypeAlias
 
+import psycopg
 from psycopg_pool.abc import CT
 
 from .. import _errors
@@ -24,7 +25,6 @@ from ._face_args import (
     FaceStats,
     check_size,
     face_settings,
-    log_returned_state,
     pool_numbers,
     seconds,
 )
@@ -36,8 +36,13 @@ from ._sync_connector import (
     SyncPsycopgConnector,
     check_connection_sync,
 )
+from ._wire import _ACTIVE, _IDLE, _INERROR, _INTRANS, _OK, _UNKNOWN, _status_name
 
 logger = logging.getLogger("elasticpool")
+peer_logger = logging.getLogger("psycopg.pool")
+"""psycopg_pool's logger: the face logs psycopg_pool's own messages there, with its texts."""
+
+_EXIT: Final = psycopg.Connection.__exit__
 
 _monotonic = time.monotonic
 _INF = float("inf")
@@ -56,10 +61,10 @@ class _FaceConnector(SyncPsycopgConnector[CT]):
     def connect(self, timeout: float) -> CT:
         try:
             conn = super().connect(timeout)
-        except Exception:
+        except Exception as exc:
             face = self._face()
             if face is not None:
-                face._connect_failed()
+                face._connect_failed(exc)
             raise
         face = self._face()
         if face is not None:
@@ -98,13 +103,32 @@ class _Borrow(Generic[CT]):
             return
         face = self._pool
         error = exc
+        clean = False
         try:
-            conn.__exit__(exc_type, exc, tb)  # psycopg's: COMMIT, or ROLLBACK on an error
+            c: Any = conn  # (psycopg's private attributes)
+            pgconn = c.pgconn
+            if (
+                pgconn.transaction_status == _IDLE
+                and pgconn.status == _OK
+                and type(c).__exit__ is _EXIT
+                and not c._num_transactions
+                and not c._tpc
+                and not c._pipeline
+                and c._pool is face
+            ):
+                # psycopg's __exit__ would do nothing (COMMIT and ROLLBACK of an idle
+                # connection outside any transaction() block, two-phase transaction
+                # or pipeline return at once): skipped. And the connection comes
+                # back open and idle, as the pool needs it, unless an error says
+                # otherwise or a reset is due whatever its state.
+                clean = exc is None and face._idle_is_clean and not face._closed
+            else:
+                conn.__exit__(exc_type, exc, tb)  # COMMIT, or ROLLBACK on an error
         except BaseException as commit_error:
             error = commit_error  # a connection-class error evicts it on release
             raise
         finally:
-            face._putconn(conn, error)
+            face._putconn(conn, error, clean)
             face._usage_ms += int(1000.0 * (_monotonic() - self._started))
             face._usages += 1
 
@@ -138,7 +162,14 @@ class ConnectionPool(FaceStats, Generic[CT]):
     ``getconn`` that the default will change; ``True`` opens it quietly;
     ``False`` leaves it to :meth:`open` or ``with``. Callbacks
     (``configure``, ``check``, ``reset``, ``reconnect_failed``) are plain
-    functions, run on the pool's threads (``check`` on the borrowing one).
+    functions: ``check`` runs on the borrowing thread, ``reset`` on the
+    returning one (done when :meth:`putconn` or the ``connection()`` block
+    returns), the others on the pool's threads.
+
+    A connection given back is rolled back, closed or reset as psycopg_pool
+    does it, with psycopg_pool's warnings on the ``psycopg.pool`` logger;
+    ``reset_mode="session"`` adds a full session reset afterwards, on a pool
+    thread.
 
     ``reconnect_failed(pool)`` is called once per streak of failing connects
     longer than ``reconnect_timeout``; the pool does not give up then and
@@ -217,12 +248,17 @@ class ConnectionPool(FaceStats, Generic[CT]):
             connection_class=connection_class,
             configure=configure,
             check=check,
-            reset=reset,
         )
+        self._reset = reset  # run by the face, in putconn(), as psycopg_pool's return does
         self.elastic: SyncPool[CT] = SyncPool(
             self._connector, pool_settings, membership=membership, name=name
         )
         """The :class:`elasticpool.SyncPool` underneath (its ``stats()``, ``fleet()``…)."""
+        # Whether a connection given back open and idle needs nothing more: no reset
+        # under reset_mode (the connector's needs_reset, decided once here).
+        self._idle_is_clean = pool_settings.reset != "session" and reset is None
+        # (and the pool open: see _Borrow.__exit__)
+        self._reuse_in_turn()
 
         # psycopg_pool's lifecycle flags: closed until opened; opened at most once.
         self._lock = threading.Lock()
@@ -413,12 +449,19 @@ class ConnectionPool(FaceStats, Generic[CT]):
         A connection not borrowed from this pool raises :class:`ValueError`
         (psycopg_pool's message), and so does a stale one: returned by this
         thread already and borrowed by another since (see
-        :meth:`elasticpool.SyncPool.release`); that borrow stands. The reset,
-        if one is needed, runs on a pool thread.
+        :meth:`elasticpool.SyncPool.release`); that borrow stands. As in
+        psycopg_pool, a connection given back in a transaction is rolled back
+        here, one given back mid-query is closed, the ``reset`` callback runs,
+        and a pool already closed closes the connection, each with
+        psycopg_pool's warnings on the ``psycopg.pool`` logger; a connection
+        given back idle (the usual case) is only handed back. Whatever is
+        raised on the way, the connection is given back to the pool.
         """
         self._putconn(conn, None)
 
-    def _putconn(self, conn: CT, error: BaseException | None) -> None:
+    def _putconn(self, conn: CT, error: BaseException | None, clean: bool = False) -> None:
+        # clean: the caller found the connection open and idle, the pool open, and no
+        # reset due (see _Borrow.__exit__): it goes back with no further look at it.
         pool = getattr(conn, "_pool", None)
         if pool is not self:
             msg = f"it comes from pool {pool.name!r}" if pool else "it doesn't come from any pool"
@@ -428,9 +471,68 @@ class ConnectionPool(FaceStats, Generic[CT]):
             slot = elastic._borrow_of(conn, "returned")
         except RuntimeError as exc:  # a stale putconn: that borrow stands
             raise ValueError(f"can't return connection to pool {self.name!r}; {exc}") from None
+        if not clean:
+            pgconn = conn.pgconn
+            if (
+                self._closed
+                or self._reset is not None
+                or pgconn.status != _OK
+                or pgconn.transaction_status != _IDLE
+            ):
+                # Whatever is raised on the way, the connection goes back to the pool.
+                try:
+                    self._tidy(conn)
+                finally:
+                    conn._pool = None
+                    elastic._end_borrow(slot, conn, error)
+                return
+            clean = error is None and self._idle_is_clean  # open, idle: as above
         conn._pool = None
-        log_returned_state(conn)
-        elastic._end_borrow(slot, conn, error)
+        elastic._end_borrow(slot, conn, error, clean)
+
+    def _tidy(self, conn: CT) -> None:
+        """psycopg_pool's return of a connection that is not simply idle, with its warnings.
+
+        A closed pool closes it. Else a transaction is rolled back (closed if
+        that fails), a query under way gets it closed (the connector also
+        cancels the query on the server), then the ``reset`` callback runs
+        (closed if it fails or leaves a transaction). A connection closed by
+        then is reported as psycopg_pool does: discarded. The async face's
+        ``_tidy``, with blocking calls.
+        """
+        if self._closed:
+            self._connector.close(conn)
+            return
+        status = conn.pgconn.transaction_status
+        if status in (_INTRANS, _INERROR):
+            peer_logger.warning("rolling back returned connection: %s", conn)
+            try:
+                conn.rollback()
+            except Exception as ex:
+                peer_logger.warning(
+                    "rollback failed: %s: %s. Discarding connection %s",
+                    ex.__class__.__name__,
+                    ex,
+                    conn,
+                )
+                self._connector.close(conn)
+        elif status == _ACTIVE:
+            peer_logger.warning("closing returned connection: %s", conn)
+            self._connector.close(conn)
+        reset = self._reset
+        if reset is not None and not conn.closed:
+            try:
+                reset(conn)
+                if conn.pgconn.transaction_status != _IDLE:
+                    raise psycopg.ProgrammingError(
+                        f"connection left in status {_status_name(conn)} by reset function"
+                        f" {reset}: discarded"
+                    )
+            except Exception as ex:
+                peer_logger.warning("error resetting connection: %s", ex)
+                self._connector.close(conn)
+        if conn.closed or conn.pgconn.transaction_status == _UNKNOWN:
+            peer_logger.warning("discarding closed connection: %s", conn)
 
     # ------------------------------------------------------------------ maintenance
 
@@ -445,6 +547,17 @@ class ConnectionPool(FaceStats, Generic[CT]):
         self.elastic.resize(max_size, min_connections=min_size)
         self._min_size = min_size
         self._max_size = max_size
+        self._reuse_in_turn()
+
+    def _reuse_in_turn(self) -> None:
+        """Lend idle connections least recently used first when the pool cannot shrink.
+
+        As the async face (see there): psycopg_pool uses its connections in
+        turn; with ``min_size == max_size`` (its default) nothing ages out, so
+        the face does the same; with room to shrink it lends the most recently
+        used one, so that the surplus sits idle and closes after ``max_idle``.
+        """
+        self.elastic.set_reuse_order(lru=self._min_size == self._max_size)
 
     def check(self) -> None:
         """Check every idle connection now; broken ones are closed and replaced as needed.
@@ -478,24 +591,31 @@ class ConnectionPool(FaceStats, Generic[CT]):
         if self._reconnect_failed is not None:
             self._reconnect_failed(self)
 
-    def _connect_failed(self) -> None:
+    def _connect_failed(self, exc: Exception) -> None:
+        """psycopg_pool's warnings for a failed connect, and ``reconnect_failed`` once per streak.
+
+        As the async face: each failed attempt is logged as psycopg_pool logs
+        it; a streak that outlasts ``reconnect_timeout`` is reported once
+        with psycopg_pool's "reconnection attempt ... failed" text and
+        ``reconnect_failed`` is called, but the pool keeps reconnecting (with
+        backoff) instead of giving up.
+        """
+        peer_logger.warning("error connecting in %r: %s", self.name, exc)
         now = _monotonic()
         if self._failing_since is None:
             self._failing_since = now
             self._streak_reported = False
         elif not self._streak_reported and now - self._failing_since >= self.reconnect_timeout:
             self._streak_reported = True
-            logger.warning(
-                "pool %r: connects have been failing for %.1fs (reconnect_timeout %gs); "
-                "still retrying",
+            peer_logger.warning(
+                "reconnection attempt in pool %r failed after %s sec",
                 self.name,
-                now - self._failing_since,
                 self.reconnect_timeout,
             )
             try:
                 self.reconnect_failed()  # on the connecting worker thread, as psycopg_pool
-            except Exception as exc:
-                logger.warning("pool %r: reconnect_failed callback failed: %r", self.name, exc)
+            except Exception as error:
+                logger.warning("pool %r: reconnect_failed callback failed: %r", self.name, error)
 
     # ------------------------------------------------------------------ statistics
 
