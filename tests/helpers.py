@@ -123,6 +123,30 @@ async def settle(pool: Pool[Any], *, bound: float = BOUND) -> PoolStats:
 
 
 @contextlib.contextmanager
+def lease_schema(dsn: str, label: str) -> Iterator[tuple[Any, Any]]:
+    """An autocommit psycopg connection and a fleet lease schema of its own, dropped after.
+
+    Yields ``(conn, schema)`` (:class:`elasticpool.fleet._schema.Schema`): the
+    tables and every server-side function created, for tests that call the
+    functions directly.
+    """
+    import psycopg  # the tests that use it skip without psycopg
+
+    from elasticpool.fleet._schema import Schema
+
+    schema = Schema.of(f"{label} {uuid.uuid4().hex[:8]}")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in schema.statements():
+            conn.execute(statement)
+        try:
+            yield conn, schema
+        finally:
+            conn.execute(f"DROP TABLE {schema.table}, {schema.config}")
+            for fn in (schema.beat, schema.claim, schema.fill):
+                conn.execute(f"DROP FUNCTION {fn}")  # each name is unique: no signature
+
+
+@contextlib.contextmanager
 def scratch_database(admin_dsn: str, label: str) -> Iterator[str]:
     """A new, empty database for the block (its name); dropped ``WITH (FORCE)`` after.
 

@@ -21,6 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from elasticpool._limits import fleet_first_claim
 from elasticpool.fleet._schema import Schema
 
+from ..helpers import lease_schema
+
 pytestmark = pytest.mark.postgres
 
 psycopg = pytest.importorskip("psycopg")
@@ -32,28 +34,8 @@ LOCK_MS = 1000
 @pytest.fixture(scope="module")
 def fast_db(pg_server: Any) -> Iterator[tuple[Any, Schema]]:
     """An autocommit psycopg connection and a lease table of this module's own."""
-    schema = Schema.of(f"fast {uuid.uuid4().hex[:8]}")
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
-        for statement in schema.statements():
-            conn.execute(statement)
-        try:
-            yield conn, schema
-        finally:
-            conn.execute(f"DROP TABLE {schema.table}, {schema.config}")
-            for fn, args in (
-                (
-                    schema.beat,
-                    "text, text, text, integer, integer, integer, integer, integer,"
-                    " integer, float8, integer, boolean, text, integer, float8, boolean",
-                ),
-                (schema.fill, "integer, integer[], integer[]"),
-                (
-                    schema.claim,
-                    "text, text, text, integer, integer, boolean, integer, integer,"
-                    " float8, integer",
-                ),
-            ):
-                conn.execute(f"DROP FUNCTION {fn}({args})")
+    with lease_schema(pg_server.dsn(), "fast") as db:
+        yield db
 
 
 @pytest.fixture(scope="module")

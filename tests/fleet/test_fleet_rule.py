@@ -22,6 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from elasticpool._limits import RESERVE_FROM, Member, fleet_first_claim, fleet_grant, fleet_shares
 from elasticpool.fleet._schema import Schema
 
+from ..helpers import lease_schema
+
 member_lists = st.lists(
     st.builds(
         Member,
@@ -167,25 +169,9 @@ def test_fast_joins_and_releases_keep_claims_and_closing_backends_within_the_tot
 @pytest.fixture(scope="module")
 def fleet_db(pg_server: Any) -> Iterator[tuple[Any, Schema]]:
     """A psycopg connection (autocommit) and a lease table of this module's own."""
-    psycopg = pytest.importorskip("psycopg")
-    schema = Schema.of(f"rule {uuid.uuid4().hex[:8]}")
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
-        for statement in schema.statements():
-            conn.execute(statement)
-        try:
-            yield conn, schema
-        finally:
-            conn.execute(f"DROP TABLE {schema.table}, {schema.config}")
-            conn.execute(
-                f"DROP FUNCTION {schema.beat}(text, text, text, integer, integer, integer,"
-                " integer, integer, integer, float8, integer, boolean, text, integer, float8,"
-                " boolean)"
-            )
-            conn.execute(
-                f"DROP FUNCTION {schema.claim}(text, text, text, integer, integer, boolean,"
-                " integer, integer, float8, integer)"
-            )
-            conn.execute(f"DROP FUNCTION {schema.fill}(integer, integer[], integer[])")
+    pytest.importorskip("psycopg")
+    with lease_schema(pg_server.dsn(), "rule") as db:
+        yield db
 
 
 @pytest.mark.postgres
