@@ -122,6 +122,25 @@ async def settle(pool: Pool[Any], *, bound: float = BOUND) -> PoolStats:
 # ---------------------------------------------------------------------------- fleets of processes
 
 
+def load_benchmark(name: str) -> Any:
+    """``benchmarks/<name>.py`` as a module (benchmarks/ is not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"elasticpool_bench_{name}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
 @contextlib.contextmanager
 def lease_schema(dsn: str, label: str) -> Iterator[tuple[Any, Any]]:
     """An autocommit psycopg connection and a fleet lease schema of its own, dropped after.

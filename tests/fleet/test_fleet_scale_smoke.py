@@ -6,31 +6,21 @@ in the benchmark's own output).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-pytest.importorskip("asyncpg")
+from ..helpers import load_benchmark as load_script
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "fleet_scale.py"
+pytest.importorskip("asyncpg")
 
 
 def load_benchmark() -> ModuleType:
-    """benchmarks/fleet_scale.py as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("elasticpool_bench_fleet_scale", BENCHMARK)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
+    """benchmarks/fleet_scale.py as a module."""
+    module: ModuleType = load_script("fleet_scale")
     return module
 
 

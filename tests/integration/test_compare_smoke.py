@@ -6,32 +6,22 @@ anything is (speed belongs in the benchmark's own output).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+from ..helpers import load_benchmark
+
 pytest.importorskip("asyncpg")
 pytest.importorskip("psycopg_pool")
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "compare.py"
-
 
 def load_compare() -> ModuleType:
-    """benchmarks/compare.py as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("elasticpool_bench_compare", BENCHMARK)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
+    """benchmarks/compare.py as a module."""
+    module: ModuleType = load_benchmark("compare")
     return module
 
 

@@ -6,31 +6,21 @@ the benchmark's own output).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-pytest.importorskip("psycopg_pool")
+from ..helpers import load_benchmark
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "sync_face.py"
+pytest.importorskip("psycopg_pool")
 
 
 def load_sync_face() -> ModuleType:
-    """benchmarks/sync_face.py as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("elasticpool_bench_sync_face", BENCHMARK)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
+    """benchmarks/sync_face.py as a module."""
+    module: ModuleType = load_benchmark("sync_face")
     return module
 
 
